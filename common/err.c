@@ -1,0 +1,37 @@
+/* err.c: error names and the per-thread detail message. */
+#include "err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+static _Thread_local char last_msg[1024];
+
+const char *sep_strerror(int code)
+{
+    switch (code) {
+    case SEP_OK: return "success";
+    case SEP_ENOMEM: return "out of memory";
+    case SEP_EIO: return "input/output error";
+    case SEP_EFORMAT: return "malformed input";
+    case SEP_EUNSUPPORTED: return "unsupported";
+    case SEP_EINVAL: return "invalid argument";
+    case SEP_ENOTFOUND: return "not found";
+    case SEP_EUTF8: return "invalid UTF-8";
+    case SEP_ERANGE: return "out of range";
+    default: return "unknown error";
+    }
+}
+
+int sep_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *sep_errmsg(void)
+{
+    return last_msg;
+}

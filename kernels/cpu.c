@@ -1,0 +1,313 @@
+/* cpu.c: the CPU backend. OpenBLAS (single-threaded per call) does the
+ * matrix products; OpenMP splits every operation across cores itself, so
+ * the two thread pools never compete for the same cores. */
+#include "backend.h"
+#include "err.h"
+#include "fastmath.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Queries per attention task: small enough to balance threads, large
+ * enough that the score and value products are real matrix products. */
+#define ATTN_QBLOCK 64
+
+static void *cpu_alloc(sep_backend_t *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    /* 64-byte alignment for AVX-512 loads; posix_memalign(0) may return NULL */
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+        return NULL;
+    return p;
+}
+
+static void cpu_free(sep_backend_t *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static void cpu_copy(sep_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    memmove(dst, src, bytes);
+}
+
+static void cpu_gather_rows(sep_backend_t *be, float *dst, const float *src,
+                            const int32_t *src_idx, int n, int width)
+{
+    (void)be;
+    /* ascending src_idx[i] >= i makes an in-place gather safe in order */
+    for (int i = 0; i < n; i++)
+        if (dst + (size_t)i * width != src + (size_t)src_idx[i] * width)
+            memmove(dst + (size_t)i * width, src + (size_t)src_idx[i] * width,
+                    (size_t)width * sizeof(float));
+}
+
+static void cpu_copy_rows(sep_backend_t *be, float *dst, int dst_stride,
+                          const float *src, int src_stride, int n, int width)
+{
+    (void)be;
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (size_t)i * dst_stride, src + (size_t)i * src_stride,
+               (size_t)width * sizeof(float));
+}
+
+static void cpu_matmul(sep_backend_t *be, float *y, const float *x, const float *w,
+                       const float *bias, int n, int d_in, int d_out)
+{
+    int nt = be->n_threads;
+    int by_rows = n >= 2 * nt;
+    #pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), nth = omp_get_num_threads();
+        int len = by_rows ? n : d_out;
+        int lo = (int)((long)len * t / nth), hi = (int)((long)len * (t + 1) / nth);
+        if (hi > lo) {
+            int r0 = by_rows ? lo : 0, rows = by_rows ? hi - lo : n;
+            int c0 = by_rows ? 0 : lo, cols = by_rows ? d_out : hi - lo;
+            float *yb = y + (size_t)r0 * d_out + c0;
+            float beta = 0.0f;
+            if (bias) {
+                for (int r = 0; r < rows; r++)
+                    memcpy(yb + (size_t)r * d_out, bias + c0, (size_t)cols * sizeof(float));
+                beta = 1.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, d_in,
+                        1.0f, x + (size_t)r0 * d_in, d_in, w + (size_t)c0 * d_in, d_in,
+                        beta, yb, d_out);
+        }
+    }
+}
+
+static void cpu_rmsnorm(sep_backend_t *be, float *y, const float *x, const float *w,
+                        int n, int d, float eps)
+{
+    #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * d;
+        float *yi = y + (size_t)i * d;
+        float ss = 0.0f;
+        #pragma omp simd reduction(+:ss)
+        for (int j = 0; j < d; j++)
+            ss += xi[j] * xi[j];
+        float r = 1.0f / sqrtf(ss / d + eps);
+        #pragma omp simd
+        for (int j = 0; j < d; j++)
+            yi[j] = xi[j] * r * w[j];
+    }
+}
+
+static void cpu_layernorm(sep_backend_t *be, float *y, const float *x, const float *w,
+                          const float *b, int n, int d, float eps)
+{
+    #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * d;
+        float *yi = y + (size_t)i * d;
+        float s = 0.0f, ss = 0.0f;
+        #pragma omp simd reduction(+:s)
+        for (int j = 0; j < d; j++)
+            s += xi[j];
+        float mean = s / d;
+        #pragma omp simd reduction(+:ss)
+        for (int j = 0; j < d; j++)
+            ss += (xi[j] - mean) * (xi[j] - mean);
+        float r = 1.0f / sqrtf(ss / d + eps);
+        #pragma omp simd
+        for (int j = 0; j < d; j++)
+            yi[j] = (xi[j] - mean) * r * w[j] + b[j];
+    }
+}
+
+static void cpu_rope(sep_backend_t *be, float *x, int n, int stride, int n_heads,
+                     int head_dim, int rot_dim, const float *cs)
+{
+    int half = rot_dim / 2;
+    #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *c = cs + (size_t)i * rot_dim, *s = c + half;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (size_t)i * stride + (size_t)h * head_dim;
+            #pragma omp simd
+            for (int j = 0; j < half; j++) {
+                float a = v[j], b = v[j + half];
+                v[j] = a * c[j] - b * s[j];
+                v[j + half] = b * c[j] + a * s[j];
+            }
+        }
+    }
+}
+
+/* One task: query head h, queries [i0, i1) of problem p. */
+static void cpu_attention_block(const sep_attn_t *p, int h, int i0, int i1,
+                                int group, int head_dim, int kv_dim, float *sc)
+{
+    int kvh = h / group, m = i1 - i0, n_keys = p->n_past + i1;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n_keys, head_dim, scale,
+                p->q + (size_t)i0 * p->q_stride + (size_t)h * head_dim, p->q_stride,
+                p->k + (size_t)kvh * head_dim, kv_dim, 0.0f, sc, n_keys);
+    for (int r = 0; r < m; r++) {
+        float *row = sc + (size_t)r * n_keys;
+        int valid = p->n_past + i0 + r + 1; /* causal: keys 0 .. n_past + i */
+        sep_softmax_inplace(row, valid);
+        memset(row + valid, 0, (size_t)(n_keys - valid) * sizeof(float));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, head_dim, n_keys, 1.0f,
+                sc, n_keys, p->v + (size_t)kvh * head_dim, kv_dim, 0.0f,
+                p->out + (size_t)i0 * p->out_stride + (size_t)h * head_dim, p->out_stride);
+}
+
+/* The CPU backend with its per-thread attention scratch. */
+typedef struct {
+    sep_backend_t base;
+    float **scratch;   /* (n_threads) score blocks of scratch_len floats */
+    size_t scratch_len;
+} cpu_backend_t;
+
+static int cpu_reserve_scratch(cpu_backend_t *cb, size_t len)
+{
+    if (len <= cb->scratch_len)
+        return SEP_OK;
+    for (int t = 0; t < cb->base.n_threads; t++) {
+        float *p = realloc(cb->scratch[t], len * sizeof(float));
+        if (!p)
+            return sep_fail(SEP_ENOMEM, "cpu attention: no memory for %zu scores", len);
+        cb->scratch[t] = p;
+    }
+    cb->scratch_len = len;
+    return SEP_OK;
+}
+
+static int cpu_attention(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
+                         int n_heads, int n_kv_heads, int head_dim)
+{
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    int group = n_heads / n_kv_heads, kv_dim = n_kv_heads * head_dim;
+    int n_tasks = 0, max_keys = 0;
+    for (int p = 0; p < n_probs; p++) {
+        n_tasks += n_heads * ((probs[p].n_q + ATTN_QBLOCK - 1) / ATTN_QBLOCK);
+        if (probs[p].n_past + probs[p].n_q > max_keys)
+            max_keys = probs[p].n_past + probs[p].n_q;
+    }
+    int rc = cpu_reserve_scratch(cb, (size_t)ATTN_QBLOCK * max_keys);
+    if (rc)
+        return rc;
+    #pragma omp parallel for num_threads(be->n_threads) schedule(dynamic)
+    for (int t = 0; t < n_tasks; t++) {
+        int p = 0, rest = t, nb;
+        while (rest >= (nb = n_heads * ((probs[p].n_q + ATTN_QBLOCK - 1) / ATTN_QBLOCK))) {
+            rest -= nb;
+            p++;
+        }
+        int h = rest % n_heads, i0 = rest / n_heads * ATTN_QBLOCK;
+        int i1 = i0 + ATTN_QBLOCK < probs[p].n_q ? i0 + ATTN_QBLOCK : probs[p].n_q;
+        cpu_attention_block(&probs[p], h, i0, i1, group, head_dim, kv_dim,
+                            cb->scratch[omp_get_thread_num()]);
+    }
+    return SEP_OK;
+}
+
+static void cpu_add(sep_backend_t *be, float *x, const float *y, size_t n)
+{
+    #pragma omp parallel for simd num_threads(be->n_threads) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
+static void cpu_silu_mul(sep_backend_t *be, float *y, const float *gu, int n, int d)
+{
+    #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *g = gu + (size_t)i * 2 * d;
+        sep_silu_mul_row(y + (size_t)i * d, g, g + d, d);
+    }
+}
+
+static void cpu_gelu(sep_backend_t *be, float *x, size_t n, int tanh_approx)
+{
+    if (tanh_approx) {
+        #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float v = x[i];
+            x[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        }
+    } else {
+        #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+        for (size_t i = 0; i < n; i++)
+            x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
+    }
+}
+
+static void cpu_nll(sep_backend_t *be, float *nll, const float *logits,
+                    const int32_t *target, int n, int vocab)
+{
+    #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+    for (int i = 0; i < n; i++) {
+        if (target[i] < 0)
+            continue;
+        const float *row = logits + (size_t)i * vocab;
+        nll[i] = sep_logsumexp(row, vocab) - row[target[i]];
+    }
+}
+
+static void cpu_destroy(sep_backend_t *be)
+{
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    if (cb->scratch)
+        for (int t = 0; t < be->n_threads; t++)
+            free(cb->scratch[t]);
+    free(cb->scratch);
+    free(cb);
+}
+
+int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
+{
+    *out = NULL;
+    if (n_threads <= 0)
+        n_threads = omp_get_num_procs();
+    cpu_backend_t *cb = calloc(1, sizeof *cb);
+    float **scratch = calloc((size_t)n_threads, sizeof *scratch);
+    if (!cb || !scratch) {
+        free(cb);
+        free(scratch);
+        return sep_fail(SEP_ENOMEM, "cpu backend: out of memory");
+    }
+    /* our OpenMP loops split the work; OpenBLAS runs inside them */
+    openblas_set_num_threads(1);
+    sep_backend_t *be = &cb->base;
+    cb->scratch = scratch;
+    be->name = "cpu";
+    be->n_threads = n_threads;
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->upload = cpu_copy;
+    be->download = cpu_copy;
+    be->gather_rows = cpu_gather_rows;
+    be->copy_rows = cpu_copy_rows;
+    be->matmul = cpu_matmul;
+    be->rmsnorm = cpu_rmsnorm;
+    be->layernorm = cpu_layernorm;
+    be->rope = cpu_rope;
+    be->attention = cpu_attention;
+    be->add = cpu_add;
+    be->silu_mul = cpu_silu_mul;
+    be->gelu = cpu_gelu;
+    be->nll = cpu_nll;
+    be->destroy = cpu_destroy;
+    *out = be;
+    return SEP_OK;
+}
+
+void sep_backend_destroy(sep_backend_t **self_p)
+{
+    if (*self_p) {
+        (*self_p)->destroy(*self_p);
+        *self_p = NULL;
+    }
+}

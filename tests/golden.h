@@ -1,0 +1,18 @@
+/* golden.h: reading the shared fixtures (../shared) in tests. */
+#ifndef SEP_TEST_GOLDEN_H
+#define SEP_TEST_GOLDEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The shared folder: $SEP_SHARED, else the build's SEP_SHARED_DIR. */
+const char *golden_shared(void);
+
+/* shared/rel as a path in a static buffer (valid until the next call). */
+const char *golden_path(const char *rel);
+
+/* Whitespace-separated numbers of a file; malloc'ed; 0 on success. */
+int golden_read_floats(const char *path, float **v, size_t *n);
+int golden_read_ids(const char *path, int32_t **v, size_t *n);
+
+#endif

@@ -1,0 +1,407 @@
+/* test_forward: the CPU forward pass against the golden NLLs.
+ *
+ * Every full-attention run of ../shared/golden/summary.json, every hf_full
+ * file (transformers, fp32) including the architecture variants: each
+ * token's NLL within 2e-3, perplexity within 0.1%, cache accounting exact.
+ * Then the invariances chunked execution relies on, and bad checkpoints. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "err.h"
+#include "golden.h"
+#include "model.h"
+#include "stream.h"
+
+#define NLL_TOL 2e-3
+#define PPL_RTOL 1e-3
+
+typedef struct {
+    char name[128];
+    char model_dir[512];
+    char ids[512];
+    char nll[512];
+    int tokens;
+    double ppl, avg_kv;
+    long max_kv; /* < 0: not given */
+} run_t;
+
+static sep_backend_t *be;
+
+static int setup_backend(void **state)
+{
+    (void)state;
+    return sep_backend_cpu_new(&be, 0);
+}
+
+static int teardown_backend(void **state)
+{
+    (void)state;
+    sep_backend_destroy(&be);
+    return 0;
+}
+
+/* Score the first tokens+1 ids of r through its model in chunks of chunk. */
+static void score(const run_t *r, int chunk, float **nll_out, sep_stream_t **s_out)
+{
+    sep_model_t *m = NULL;
+    int32_t *ids;
+    size_t n_ids, scored;
+    assert_int_equal(golden_read_ids(r->ids, &ids, &n_ids), 0);
+    assert_true(n_ids >= (size_t)r->tokens + 1);
+    int rc = sep_model_load(&m, r->model_dir, be, chunk);
+    if (rc)
+        fail_msg("%s: %s", r->model_dir, sep_errmsg());
+    sep_stream_t *s;
+    assert_int_equal(sep_stream_new(&s, m), 0);
+    float *nll = malloc(sizeof *nll * (r->tokens + 1));
+    assert_non_null(nll);
+    rc = sep_stream_feed(m, s, ids, (size_t)r->tokens + 1, nll, &scored);
+    if (rc)
+        fail_msg("feed: %s", sep_errmsg());
+    assert_int_equal(scored, r->tokens);
+    free(ids);
+    sep_model_destroy(&m);
+    *nll_out = nll;
+    if (s_out)
+        *s_out = s;
+    else
+        sep_stream_destroy(&s);
+}
+
+static void test_golden_run(void **state)
+{
+    const run_t *r = *state;
+    float *want, *got;
+    size_t n_want;
+    sep_stream_t *s;
+    assert_int_equal(golden_read_floats(r->nll, &want, &n_want), 0);
+    assert_int_equal(n_want, r->tokens);
+    score(r, 512, &got, &s);
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < n_want; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (d > worst) {
+            worst = d;
+            at = i;
+        }
+    }
+    if (worst > NLL_TOL)
+        fail_msg("%s: token %zu: nll %.6f, golden %.6f", r->name, at, got[at], want[at]);
+    double ppl = exp(s->nll_sum / s->tokens), want_ppl = r->ppl, sum = 0;
+    if (want_ppl < 0) {
+        for (size_t i = 0; i < n_want; i++)
+            sum += want[i];
+        want_ppl = exp(sum / n_want);
+    }
+    if (fabs(ppl - want_ppl) > PPL_RTOL * want_ppl)
+        fail_msg("%s: ppl %.6f, golden %.6f", r->name, ppl, want_ppl);
+    if (r->max_kv >= 0) {
+        assert_int_equal(s->kv_max, r->max_kv);
+        assert_true(fabs((double)s->kv_sum / s->tokens - r->avg_kv) < 1e-9);
+    }
+    free(want);
+    free(got);
+    sep_stream_destroy(&s);
+}
+
+/* ---- the run list from summary.json ----------------------------------- */
+
+static run_t *runs;
+static size_t n_runs;
+
+static run_t *add_run(void)
+{
+    run_t *nr = realloc(runs, (n_runs + 1) * sizeof *runs);
+    assert_non_null(nr);
+    runs = nr;
+    memset(&runs[n_runs], 0, sizeof *runs);
+    runs[n_runs].max_kv = -1;
+    return &runs[n_runs++];
+}
+
+/* "persuasion.txt" -> "persuasion" */
+static void text_stem(char *dst, size_t len, const char *text)
+{
+    snprintf(dst, len, "%s", text);
+    char *dot = strrchr(dst, '.');
+    if (dot)
+        *dot = 0;
+}
+
+static void load_runs(void)
+{
+    json_error_t jerr;
+    json_t *sum = json_load_file(golden_path("golden/summary.json"), 0, &jerr);
+    if (!sum) {
+        fprintf(stderr, "summary.json: %s\n", jerr.text);
+        exit(1);
+    }
+    char stem[128];
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(sum, "runs"), i, e) {
+        if (strcmp(json_string_value(json_object_get(e, "method")), "full") != 0)
+            continue;
+        const char *model = json_string_value(json_object_get(e, "model"));
+        run_t *r = add_run();
+        text_stem(stem, sizeof stem, json_string_value(json_object_get(e, "text")));
+        snprintf(r->name, sizeof r->name, "%s", json_string_value(json_object_get(e, "name")));
+        snprintf(r->model_dir, sizeof r->model_dir, "%s", golden_path(json_string_value(json_object_get(e, "model_dir"))));
+        snprintf(r->ids, sizeof r->ids, "%s/golden/ids.%s.%s.txt", golden_shared(), model, stem);
+        snprintf(r->nll, sizeof r->nll, "%s/golden/%s", golden_shared(), json_string_value(json_object_get(e, "file")));
+        r->tokens = (int)json_integer_value(json_object_get(e, "tokens"));
+        r->ppl = json_number_value(json_object_get(e, "ppl"));
+        r->avg_kv = json_number_value(json_object_get(e, "avg_kv"));
+        r->max_kv = (long)json_integer_value(json_object_get(e, "max_kv"));
+    }
+    /* hf_full.MODEL.TEXT.TOKENS.nll */
+    json_array_foreach(json_object_get(sum, "hf_check"), i, e) {
+        const char *file = json_string_value(json_object_get(e, "file"));
+        char model[128];
+        int tokens;
+        assert_int_equal(sscanf(file, "hf_full.%127[^.].%127[^.].%d.nll", model, stem, &tokens), 3);
+        run_t *r = add_run();
+        snprintf(r->name, sizeof r->name, "%s", file);
+        snprintf(r->model_dir, sizeof r->model_dir, "%s/models/%s", golden_shared(), model);
+        snprintf(r->ids, sizeof r->ids, "%s/golden/ids.%s.%s.txt", golden_shared(), model, stem);
+        snprintf(r->nll, sizeof r->nll, "%s/golden/%s", golden_shared(), file);
+        r->tokens = tokens;
+        r->ppl = json_number_value(json_object_get(e, "ppl"));
+    }
+    /* the architecture variants are checked against tests/golden: the
+     * shared files do not come from the stored weights (README there) */
+    json_array_foreach(json_object_get(sum, "arch_check"), i, e) {
+        const char *dir = json_string_value(json_object_get(e, "model_dir"));
+        const char *base = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
+        run_t *r = add_run();
+        snprintf(r->name, sizeof r->name, "hf_full %s", base);
+        snprintf(r->model_dir, sizeof r->model_dir, "%s", golden_path(dir));
+        snprintf(r->ids, sizeof r->ids, "%s/golden/%s", golden_shared(),
+                 json_string_value(json_object_get(e, "ids")));
+        r->tokens = (int)json_integer_value(json_object_get(e, "tokens"));
+        snprintf(r->nll, sizeof r->nll, "%s/hf_full.%s.persuasion.%d.nll",
+                 SEP_TEST_GOLDEN_DIR, base, r->tokens);
+        r->ppl = -1; /* from the file itself */
+    }
+    json_decref(sum);
+}
+
+/* ---- invariances of chunked execution ---------------------------------- */
+
+static run_t small_run(int tokens)
+{
+    run_t r = { .tokens = tokens, .max_kv = -1 };
+    snprintf(r.model_dir, sizeof r.model_dir, "%s", golden_path("models/books-llama-16m"));
+    snprintf(r.ids, sizeof r.ids, "%s", golden_path("golden/ids.books-llama-16m.persuasion.txt"));
+    return r;
+}
+
+static void assert_close(const float *a, const float *b, int n, double tol, const char *what)
+{
+    for (int i = 0; i < n; i++)
+        if (fabs((double)a[i] - b[i]) > tol)
+            fail_msg("%s: token %d: %.7f vs %.7f", what, i, a[i], b[i]);
+}
+
+static void test_chunk_size_invariance(void **state)
+{
+    (void)state;
+    run_t r = small_run(300);
+    float *one, *seven, *big;
+    score(&r, 1, &one, NULL);
+    score(&r, 7, &seven, NULL);
+    score(&r, 512, &big, NULL);
+    assert_close(one, big, r.tokens, 1e-4, "chunk 1 vs 512");
+    assert_close(seven, big, r.tokens, 1e-4, "chunk 7 vs 512");
+    free(one);
+    free(seven);
+    free(big);
+}
+
+/* Feeding in uneven pieces equals feeding at once. */
+static void test_feed_in_pieces(void **state)
+{
+    (void)state;
+    run_t r = small_run(400);
+    float *whole;
+    score(&r, 64, &whole, NULL);
+    sep_model_t *m;
+    sep_stream_t *s;
+    int32_t *ids;
+    size_t n_ids, scored, total = 0;
+    assert_int_equal(golden_read_ids(r.ids, &ids, &n_ids), 0);
+    assert_int_equal(sep_model_load(&m, r.model_dir, be, 64), 0);
+    assert_int_equal(sep_stream_new(&s, m), 0);
+    float nll[401];
+    const size_t pieces[] = { 1, 1, 5, 100, 63, 64, 65, 102 }; /* sums to 401 */
+    for (size_t p = 0, at = 0; p < sizeof pieces / sizeof pieces[0]; at += pieces[p], p++) {
+        assert_int_equal(sep_stream_feed(m, s, ids + at, pieces[p], nll + total, &scored), 0);
+        total += scored;
+    }
+    assert_int_equal(total, r.tokens);
+    assert_close(nll, whole, r.tokens, 1e-4, "pieces vs whole");
+    free(ids);
+    free(whole);
+    sep_stream_destroy(&s);
+    sep_model_destroy(&m);
+}
+
+/* Two streams in one batch give what each gives alone. */
+static void test_batch_of_streams(void **state)
+{
+    (void)state;
+    run_t r = small_run(200);
+    sep_model_t *m;
+    sep_cache_t *c1, *c2;
+    int32_t *ids;
+    size_t n_ids;
+    float *alone, both1[100], both2[150];
+    score(&r, 512, &alone, NULL);
+    assert_int_equal(golden_read_ids(r.ids, &ids, &n_ids), 0);
+    assert_int_equal(sep_model_load(&m, r.model_dir, be, 512), 0);
+    assert_int_equal(sep_model_cache_new(m, &c1), 0);
+    assert_int_equal(sep_model_cache_new(m, &c2), 0);
+    /* stream 1: tokens 0..99 then 100..199; stream 2: tokens 0..149 */
+    sep_chunk_t b[2] = {
+        { .cache = c1, .ids = ids, .n = 100, .targets = ids + 1, .nll = both1 },
+        { .cache = c2, .ids = ids, .n = 150, .targets = ids + 1, .nll = both2 },
+    };
+    assert_int_equal(sep_model_forward(m, b, 2), 0);
+    assert_close(both1, alone, 100, 1e-4, "batched stream 1");
+    assert_close(both2, alone, 150, 1e-4, "batched stream 2");
+    sep_chunk_t c = { .cache = c1, .ids = ids + 100, .n = 100, .targets = ids + 101, .nll = both1 };
+    assert_int_equal(sep_model_forward(m, &c, 1), 0);
+    assert_close(both1, alone + 100, 100, 1e-4, "stream 1 continued");
+    free(ids);
+    free(alone);
+    sep_cache_destroy(&c1);
+    sep_cache_destroy(&c2);
+    sep_model_destroy(&m);
+}
+
+/* ---- bad checkpoints ----------------------------------------------------- */
+
+/* A copy of tiny-llama31 with config.json's field set to value (raw JSON);
+ * the weights are symlinked. Returns the folder (static buffer). */
+static const char *bad_model(const char *field, const char *value)
+{
+    static char dir[256];
+    char path[512];
+    snprintf(dir, sizeof dir, "/tmp/sep-test-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    const char *src = golden_path("models/arch/tiny-llama31");
+    const char *files[] = { "model.safetensors", "tokenizer.json" };
+    for (int i = 0; i < 2; i++) {
+        char target[512];
+        snprintf(target, sizeof target, "%s/%s", src, files[i]);
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        assert_int_equal(symlink(target, path), 0);
+    }
+    snprintf(path, sizeof path, "%s/config.json", src);
+    json_t *cfg = json_load_file(path, 0, NULL);
+    assert_non_null(cfg);
+    json_t *v = json_loads(value, JSON_DECODE_ANY, NULL);
+    assert_non_null(v);
+    json_object_set_new(cfg, field, v);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    assert_int_equal(json_dump_file(cfg, path, 0), 0);
+    json_decref(cfg);
+    return dir;
+}
+
+static void expect_load_error(const char *field, const char *value, int code, const char *needle)
+{
+    const char *dir = bad_model(field, value);
+    sep_model_t *m = NULL;
+    int rc = sep_model_load(&m, dir, be, 16);
+    assert_null(m);
+    if (rc != code || !strstr(sep_errmsg(), needle))
+        fail_msg("%s=%s: got %d '%s', want %d naming '%s'", field, value, rc,
+                 sep_errmsg(), code, needle);
+    if (!strstr(sep_errmsg(), "model.safetensors"))
+        fail_msg("%s=%s: '%s' does not name the file", field, value, sep_errmsg());
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_missing_tensor(void **state)
+{
+    (void)state;
+    expect_load_error("num_hidden_layers", "4", SEP_ENOTFOUND, "model.layers.3.");
+}
+
+static void test_missing_lm_head(void **state)
+{
+    (void)state;
+    expect_load_error("tie_word_embeddings", "false", SEP_ENOTFOUND, "lm_head.weight");
+}
+
+static void test_shape_mismatch(void **state)
+{
+    (void)state;
+    expect_load_error("intermediate_size", "256", SEP_EFORMAT, "model.layers.0.mlp.gate_proj.weight");
+}
+
+static void test_vocab_mismatch(void **state)
+{
+    (void)state;
+    expect_load_error("vocab_size", "8000", SEP_EFORMAT, "model.embed_tokens.weight");
+}
+
+static void test_bad_token_id(void **state)
+{
+    (void)state;
+    sep_model_t *m;
+    sep_cache_t *c;
+    assert_int_equal(sep_model_load(&m, golden_path("models/arch/tiny-llama31"), be, 16), 0);
+    assert_int_equal(sep_model_cache_new(m, &c), 0);
+    int32_t ids[2] = { 5, 8192 };
+    float nll[2];
+    sep_chunk_t ch = { .cache = c, .ids = ids, .n = 2, .nll = nll };
+    assert_int_equal(sep_model_forward(m, &ch, 1), SEP_ERANGE);
+    assert_non_null(strstr(sep_errmsg(), "8192"));
+    assert_int_equal(c->n, 0); /* nothing appended */
+    sep_cache_destroy(&c);
+    sep_model_destroy(&m);
+}
+
+int main(void)
+{
+    load_runs();
+    struct CMUnitTest fixed[] = {
+        cmocka_unit_test(test_chunk_size_invariance),
+        cmocka_unit_test(test_feed_in_pieces),
+        cmocka_unit_test(test_batch_of_streams),
+        cmocka_unit_test(test_missing_tensor),
+        cmocka_unit_test(test_missing_lm_head),
+        cmocka_unit_test(test_shape_mismatch),
+        cmocka_unit_test(test_vocab_mismatch),
+        cmocka_unit_test(test_bad_token_id),
+    };
+    size_t n_fixed = sizeof fixed / sizeof fixed[0];
+    struct CMUnitTest *tests = calloc(n_runs + n_fixed, sizeof *tests);
+    if (!tests)
+        return 1;
+    for (size_t i = 0; i < n_runs; i++)
+        tests[i] = (struct CMUnitTest){ .name = runs[i].name, .test_func = test_golden_run,
+                                        .initial_state = &runs[i] };
+    memcpy(tests + n_runs, fixed, sizeof fixed);
+    int failed = _cmocka_run_group_tests("forward", tests, n_runs + n_fixed,
+                                         setup_backend, teardown_backend);
+    free(tests);
+    free(runs);
+    return failed;
+}

@@ -1,0 +1,328 @@
+/* test_kernels: every backend operation against a plain double-precision
+ * loop written from its definition in backend.h. The CPU backend runs in
+ * CI; a GPU backend runs the same cases on the GPU machine. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "fastmath.h"
+
+static sep_backend_t *be;
+
+static int setup(void **state)
+{
+    (void)state;
+    return sep_backend_cpu_new(&be, 2);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    sep_backend_destroy(&be);
+    return 0;
+}
+
+/* Deterministic values in [-1, 1). */
+static float *rand_vec(size_t n, unsigned seed)
+{
+    float *v = malloc(n * sizeof *v);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        v[i] = (float)((seed >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+    return v;
+}
+
+/* A backend copy of host data. */
+static float *dev(const float *host, size_t n)
+{
+    float *d = be->alloc(be, n * sizeof *d);
+    assert_non_null(d);
+    be->upload(be, d, host, n * sizeof *d);
+    return d;
+}
+
+static void expect_near(const float *dev_got, const double *want, size_t n, double tol)
+{
+    float *got = malloc(n * sizeof *got);
+    assert_non_null(got);
+    be->download(be, got, dev_got, n * sizeof *got);
+    for (size_t i = 0; i < n; i++)
+        if (fabs(got[i] - want[i]) > tol * (1 + fabs(want[i])))
+            fail_msg("element %zu: %.7g, want %.7g", i, got[i], want[i]);
+    free(got);
+}
+
+static void test_matmul(void **state)
+{
+    (void)state;
+    /* n >= 2 threads splits rows, n = 1 splits columns: both paths */
+    for (int n = 1; n <= 37; n += 36) {
+        int din = 70, dout = 33;
+        float *x = rand_vec((size_t)n * din, 1), *w = rand_vec((size_t)dout * din, 2);
+        float *b = rand_vec(dout, 3);
+        double *want = malloc(sizeof *want * n * dout);
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < dout; o++) {
+                double s = b[o];
+                for (int k = 0; k < din; k++)
+                    s += (double)x[i * din + k] * w[o * din + k];
+                want[i * dout + o] = s;
+            }
+        float *dx = dev(x, (size_t)n * din), *dw = dev(w, (size_t)dout * din), *db = dev(b, dout);
+        float *dy = be->alloc(be, sizeof(float) * n * dout);
+        be->matmul(be, dy, dx, dw, db, n, din, dout);
+        expect_near(dy, want, (size_t)n * dout, 1e-5);
+        free(x); free(w); free(b); free(want);
+        be->free(be, dx); be->free(be, dw); be->free(be, db); be->free(be, dy);
+    }
+}
+
+static void test_norms(void **state)
+{
+    (void)state;
+    int n = 5, d = 48;
+    float *x = rand_vec((size_t)n * d, 4), *w = rand_vec(d, 5), *b = rand_vec(d, 6);
+    double *rms = malloc(sizeof *rms * n * d), *ln = malloc(sizeof *ln * n * d);
+    for (int i = 0; i < n; i++) {
+        double ss = 0, s = 0, v = 0;
+        for (int j = 0; j < d; j++) {
+            ss += (double)x[i * d + j] * x[i * d + j];
+            s += x[i * d + j];
+        }
+        double mean = s / d;
+        for (int j = 0; j < d; j++)
+            v += (x[i * d + j] - mean) * (x[i * d + j] - mean);
+        for (int j = 0; j < d; j++) {
+            rms[i * d + j] = x[i * d + j] / sqrt(ss / d + 1e-5) * w[j];
+            ln[i * d + j] = (x[i * d + j] - mean) / sqrt(v / d + 1e-5) * w[j] + b[j];
+        }
+    }
+    float *dx = dev(x, (size_t)n * d), *dw = dev(w, d), *db = dev(b, d);
+    float *dy = be->alloc(be, sizeof(float) * n * d);
+    be->rmsnorm(be, dy, dx, dw, n, d, 1e-5f);
+    expect_near(dy, rms, (size_t)n * d, 1e-5);
+    be->layernorm(be, dy, dx, dw, db, n, d, 1e-5f);
+    expect_near(dy, ln, (size_t)n * d, 1e-5);
+    free(x); free(w); free(b); free(rms); free(ln);
+    be->free(be, dx); be->free(be, dw); be->free(be, db); be->free(be, dy);
+}
+
+/* Partial rotary (rot_dim < head_dim) on strided rows: the untouched dims
+ * and the gap between rows stay as they were. */
+static void test_rope(void **state)
+{
+    (void)state;
+    int n = 3, heads = 2, hd = 8, rot = 4, stride = 20;
+    float *x = rand_vec((size_t)n * stride, 7), *cs = malloc(sizeof *cs * n * rot);
+    double *want = malloc(sizeof *want * n * stride);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < rot / 2; j++) {
+            double a = (i + 3) * pow(10000.0, -2.0 * j / rot);
+            cs[i * rot + j] = (float)cos(a);
+            cs[i * rot + rot / 2 + j] = (float)sin(a);
+        }
+    for (int i = 0; i < n * stride; i++)
+        want[i] = x[i];
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < heads; h++)
+            for (int j = 0; j < rot / 2; j++) {
+                float *v = x + i * stride + h * hd;
+                double c = cs[i * rot + j], s = cs[i * rot + rot / 2 + j];
+                want[i * stride + h * hd + j] = v[j] * c - v[j + rot / 2] * s;
+                want[i * stride + h * hd + j + rot / 2] = v[j + rot / 2] * c + v[j] * s;
+            }
+    float *dx = dev(x, (size_t)n * stride), *dcs = dev(cs, (size_t)n * rot);
+    be->rope(be, dx, n, stride, heads, hd, rot, dcs);
+    expect_near(dx, want, (size_t)n * stride, 1e-6);
+    free(x); free(cs); free(want);
+    be->free(be, dx); be->free(be, dcs);
+}
+
+/* Reference attention of one problem, double precision. */
+static void attn_ref(double *out, const float *q, const float *k, const float *v,
+                     int n_q, int n_past, int heads, int kv_heads, int hd, int q_stride)
+{
+    int kv_dim = kv_heads * hd, group = heads / kv_heads;
+    double *p = malloc(sizeof *p * (n_past + n_q));
+    for (int i = 0; i < n_q; i++)
+        for (int h = 0; h < heads; h++) {
+            int kh = h / group, nk = n_past + i + 1;
+            double mx = -INFINITY, sum = 0;
+            for (int t = 0; t < nk; t++) {
+                double s = 0;
+                for (int j = 0; j < hd; j++)
+                    s += (double)q[i * q_stride + h * hd + j] * k[t * kv_dim + kh * hd + j];
+                p[t] = s / sqrt(hd);
+                mx = p[t] > mx ? p[t] : mx;
+            }
+            for (int t = 0; t < nk; t++)
+                sum += (p[t] = exp(p[t] - mx));
+            for (int j = 0; j < hd; j++) {
+                double o = 0;
+                for (int t = 0; t < nk; t++)
+                    o += p[t] / sum * v[t * kv_dim + kh * hd + j];
+                out[(size_t)i * heads * hd + h * hd + j] = o;
+            }
+        }
+    free(p);
+}
+
+/* Two problems in one call: GQA 3:1, cache prefixes, chunks longer than
+ * one attention block and of one token. */
+static void test_attention(void **state)
+{
+    (void)state;
+    const int heads = 6, kv_heads = 2, hd = 16, q_stride = heads * hd + 5;
+    const int n_q[2] = { 70, 1 }, n_past[2] = { 33, 90 };
+    sep_attn_t probs[2];
+    double *want[2];
+    float *host[2][3], *dq[2], *dk[2], *dv[2], *dout[2];
+    for (int p = 0; p < 2; p++) {
+        int nk = n_past[p] + n_q[p];
+        host[p][0] = rand_vec((size_t)n_q[p] * q_stride, 10 + p);
+        host[p][1] = rand_vec((size_t)nk * kv_heads * hd, 20 + p);
+        host[p][2] = rand_vec((size_t)nk * kv_heads * hd, 30 + p);
+        want[p] = malloc(sizeof(double) * n_q[p] * heads * hd);
+        attn_ref(want[p], host[p][0], host[p][1], host[p][2], n_q[p], n_past[p], heads,
+                 kv_heads, hd, q_stride);
+        dq[p] = dev(host[p][0], (size_t)n_q[p] * q_stride);
+        dk[p] = dev(host[p][1], (size_t)nk * kv_heads * hd);
+        dv[p] = dev(host[p][2], (size_t)nk * kv_heads * hd);
+        dout[p] = be->alloc(be, sizeof(float) * n_q[p] * heads * hd);
+        probs[p] = (sep_attn_t){ .out = dout[p], .q = dq[p], .k = dk[p], .v = dv[p],
+                                 .n_q = n_q[p], .n_past = n_past[p],
+                                 .out_stride = heads * hd, .q_stride = q_stride };
+    }
+    assert_int_equal(be->attention(be, probs, 2, heads, kv_heads, hd), 0);
+    for (int p = 0; p < 2; p++) {
+        expect_near(dout[p], want[p], (size_t)n_q[p] * heads * hd, 1e-5);
+        for (int t = 0; t < 3; t++)
+            free(host[p][t]);
+        free(want[p]);
+        be->free(be, dq[p]); be->free(be, dk[p]); be->free(be, dv[p]); be->free(be, dout[p]);
+    }
+}
+
+static void test_activations(void **state)
+{
+    (void)state;
+    int n = 4, d = 10;
+    float *gu = rand_vec((size_t)n * 2 * d, 8), *x = rand_vec((size_t)n * d, 9);
+    for (int i = 0; i < n * d; i++)
+        x[i] *= 4; /* reach the tails of gelu */
+    double *silu = malloc(sizeof *silu * n * d), *ge = malloc(sizeof *ge * n * d);
+    double *gt = malloc(sizeof *gt * n * d);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < d; j++) {
+            double g = gu[i * 2 * d + j], u = gu[i * 2 * d + d + j], v = x[i * d + j];
+            silu[i * d + j] = g / (1 + exp(-g)) * u;
+            ge[i * d + j] = 0.5 * v * (1 + erf(v / sqrt(2.0)));
+            gt[i * d + j] = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+        }
+    float *dgu = dev(gu, (size_t)n * 2 * d), *dy = be->alloc(be, sizeof(float) * n * d);
+    be->silu_mul(be, dy, dgu, n, d);
+    expect_near(dy, silu, (size_t)n * d, 1e-6);
+    float *dx = dev(x, (size_t)n * d);
+    be->gelu(be, dx, (size_t)n * d, 0);
+    expect_near(dx, ge, (size_t)n * d, 1e-6);
+    be->upload(be, dx, x, sizeof(float) * n * d);
+    be->gelu(be, dx, (size_t)n * d, 1);
+    expect_near(dx, gt, (size_t)n * d, 1e-6);
+    be->add(be, dx, dx, (size_t)n * d);
+    for (int i = 0; i < n * d; i++)
+        gt[i] *= 2;
+    expect_near(dx, gt, (size_t)n * d, 1e-6);
+    free(gu); free(x); free(silu); free(ge); free(gt);
+    be->free(be, dgu); be->free(be, dy); be->free(be, dx);
+}
+
+/* NLL of targets, with a skipped row and logits far from zero. */
+static void test_nll(void **state)
+{
+    (void)state;
+    int n = 3, vocab = 1000;
+    float *lg = rand_vec((size_t)n * vocab, 11);
+    for (int j = 0; j < vocab; j++)
+        lg[2 * vocab + j] = lg[2 * vocab + j] * 30 + 500;
+    int32_t tgt[3] = { 7, -1, 999 };
+    float nll[3] = { 0, 42, 0 };
+    double want[3];
+    for (int i = 0; i < n; i++) {
+        double mx = -INFINITY, s = 0;
+        for (int j = 0; j < vocab; j++)
+            mx = lg[i * vocab + j] > mx ? lg[i * vocab + j] : mx;
+        for (int j = 0; j < vocab; j++)
+            s += exp(lg[i * vocab + j] - mx);
+        want[i] = tgt[i] < 0 ? 42 : mx + log(s) - lg[i * vocab + tgt[i]];
+    }
+    float *dl = dev(lg, (size_t)n * vocab);
+    be->nll(be, nll, dl, tgt, n, vocab);
+    for (int i = 0; i < n; i++)
+        assert_true(fabs(nll[i] - want[i]) < 1e-4 * (1 + fabs(want[i])));
+    free(lg);
+    be->free(be, dl);
+}
+
+/* In-place compaction gather and strided row copies. */
+static void test_rows(void **state)
+{
+    (void)state;
+    int w = 3, n = 6;
+    float *src = rand_vec((size_t)n * w, 12);
+    int32_t keep[4] = { 0, 2, 3, 5 };
+    double want[12];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < w; j++)
+            want[i * w + j] = src[keep[i] * w + j];
+    float *d = dev(src, (size_t)n * w);
+    be->gather_rows(be, d, d, keep, 4, w);
+    expect_near(d, want, 4 * (size_t)w, 0);
+    float *strided = be->alloc(be, sizeof(float) * 4 * 5);
+    be->copy_rows(be, strided, 5, d, w, 4, w);
+    float got[20];
+    be->download(be, got, strided, sizeof got);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < w; j++)
+            assert_true(got[i * 5 + j] == (float)want[i * w + j]);
+    free(src);
+    be->free(be, d);
+    be->free(be, strided);
+}
+
+/* The vectorised exp against libm over the range softmax uses. */
+static void test_fast_exp(void **state)
+{
+    (void)state;
+    double worst = 0;
+    for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
+        double rel = fabs(sep_expf(x) - exp((double)x)) / exp((double)x);
+        worst = rel > worst ? rel : worst;
+    }
+    assert_true(worst < 4e-7);
+    assert_true(sep_expf(-1000.0f) >= 0.0f && sep_expf(-1000.0f) < 1e-37f);
+    assert_true(isfinite(sep_expf(1000.0f)));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_norms),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_activations),
+        cmocka_unit_test(test_nll),
+        cmocka_unit_test(test_rows),
+        cmocka_unit_test(test_fast_exp),
+    };
+    return cmocka_run_group_tests_name("kernels", tests, setup, teardown);
+}

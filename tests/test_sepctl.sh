@@ -1,0 +1,86 @@
+#!/bin/sh
+# test_sepctl: the command line as users and scripts meet it (TAP).
+# Needs SEPCTL (the binary) and SEP_SHARED (the fixtures), set by make check.
+set -u
+: "${SEPCTL:?}" "${SEP_SHARED:?}"
+G=$SEP_SHARED/golden
+T=$SEP_SHARED/texts
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+n=0
+failed=0
+echo "1..14"
+
+# ok NAME CONDITION: one TAP line for a shell condition evaluated here;
+# on failure show stderr of the last run
+ok() {
+    n=$((n + 1))
+    name=$1
+    if eval "$2"; then
+        echo "ok $n - $name"
+    else
+        echo "not ok $n - $name"
+        sed 's/^/# /' "$tmp/err" 2>/dev/null
+        failed=$((failed + 1))
+    fi
+}
+
+# run CMD...: stdout to $tmp/out, stderr to $tmp/err, status in $rc
+run() {
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+}
+
+# near A B TOL: |A - B| <= TOL * |B|
+near() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d; if (b < 0) b = -b; exit !(d <= t * b) }'; }
+
+# json_num KEY: the number after "KEY": in $tmp/out
+json_num() { sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" "$tmp/out"; }
+
+run "$SEPCTL"
+ok "no command: usage error (2)" 'test $rc -eq 2 && test -s "$tmp/err"'
+
+run "$SEPCTL" frobnicate
+ok "unknown command: usage error naming it" 'test $rc -eq 2 && grep -q frobnicate "$tmp/err"'
+
+run "$SEPCTL" eval --max-tokens abc
+ok "bad --max-tokens: usage error naming the option" 'test $rc -eq 2 && grep -q -- --max-tokens "$tmp/err"'
+
+run "$SEPCTL" eval --model "$tmp/nowhere" --ids "$G/ids.books-llama-16m.persuasion.txt"
+ok "missing model folder: runtime error (1) naming it" 'test $rc -eq 1 && grep -q "$tmp/nowhere" "$tmp/err"'
+
+run "$SEPCTL" tokenize --model "$SEP_SHARED/models/books-llama-16m" <"$T/persuasion.txt"
+ok "tokenize: the golden ids of a whole book" 'test $rc -eq 0 && cmp -s "$tmp/out" "$G/ids.books-llama-16m.persuasion.txt"'
+
+run "$SEPCTL" tokenize --model "$SEP_SHARED/models/stories15m" <"$T/jack_sheppard.txt"
+ok "tokenize: SentencePiece golden ids" 'test $rc -eq 0 && cmp -s "$tmp/out" "$G/ids.stories15m.jack_sheppard.txt"'
+
+printf 'abc\377def' >"$tmp/bad.txt"
+run "$SEPCTL" tokenize <"$tmp/bad.txt"
+ok "invalid UTF-8: runtime error naming the byte" 'test $rc -eq 1 && grep -qi "utf-8" "$tmp/err" && grep -q 3 "$tmp/err"'
+
+run "$SEPCTL" eval --json --max-tokens 1024 --ids "$G/ids.books-llama-16m.persuasion.txt" \
+    --nll-out "$tmp/nll"
+ok "eval --json: all keys" 'test $rc -eq 0 && (for k in tokens ppl avg_kv max_kv seconds tokens_per_s; do grep -q "\"$k\":" "$tmp/out" || exit 1; done)'
+ok "eval --json: golden counts and perplexity" \
+    'test "$(json_num tokens)" = 1024 && test "$(json_num max_kv)" = 1024 && near "$(json_num ppl)" 191.05301874331573 1e-3 && near "$(json_num avg_kv)" 512.5 1e-9'
+ok "eval --nll-out: golden NLLs within 2e-3" \
+    'paste "$tmp/nll" "$G/llama.full.1024.nll" | awk "{ d = \$1 - \$2; if (d < 0) d = -d; if (d > 2e-3) bad = 1; n++ } END { exit bad || n != 1024 }"'
+
+head -c 20000 "$T/persuasion.txt" >"$tmp/text"
+run "$SEPCTL" eval --max-tokens 300 --threads 1 <"$tmp/text"
+ok "eval of text on stdin with the bundled model" 'test $rc -eq 0 && grep -q "tokens 300 " "$tmp/out"'
+
+printf '12 34 x5\n' >"$tmp/ids"
+run "$SEPCTL" eval --ids "$tmp/ids"
+ok "eval --ids with a bad id: error naming file and byte" 'test $rc -eq 1 && grep -q "$tmp/ids: byte 6" "$tmp/err"'
+
+printf '12 99999\n' >"$tmp/ids"
+run "$SEPCTL" eval --ids "$tmp/ids"
+ok "eval of an id outside the vocabulary: error naming it" 'test $rc -eq 1 && grep -q 99999 "$tmp/err"'
+
+printf 'a' | "$SEPCTL" eval >"$tmp/out" 2>"$tmp/err"
+rc=$?
+ok "eval of a one-token text: error saying so" 'test $rc -eq 1 && grep -q "at least 2" "$tmp/err"'
+
+exit 0

@@ -1,0 +1,749 @@
+/* test_tokenizer.c: tokenizer.json encode/decode against tokenizers' ids.
+ *
+ * Fixtures come from the shared folder: $SEP_SHARED, else SEP_SHARED_DIR
+ * (set at build time). Golden ids are HF tokenizers' encode(text,
+ * add_special_tokens=False) of whole texts. Small tokenizer.json files
+ * written to a temporary folder cover what the fixtures lack (Metaspace,
+ * Split, NFC, unk fusing) and malformed input.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "tokenizer.h"
+
+#ifndef SEP_SHARED_DIR
+#define SEP_SHARED_DIR "../shared"
+#endif
+
+static char tmpdir[] = "/tmp/test_tokenizer.XXXXXX";
+
+static const char *shared_dir(void)
+{
+    const char *s = getenv("SEP_SHARED");
+    return s && *s ? s : SEP_SHARED_DIR;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *b = NULL;
+    long n;
+    if (!f || fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET))
+        goto fail;
+    if (!(b = malloc((size_t)n + 1)) || fread(b, 1, (size_t)n, f) != (size_t)n)
+        goto fail;
+    b[n] = 0;
+    *len = (size_t)n;
+    fclose(f);
+    return b;
+fail:
+    print_error("cannot read %s\n", path);
+    free(b);
+    if (f)
+        fclose(f);
+    fail();
+    return NULL;
+}
+
+static char *text_of(const char *name, size_t *len)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/texts/%s.txt", shared_dir(), name);
+    return slurp(p, len);
+}
+
+static sep_tok_t *load_model(const char *model)
+{
+    char p[1024];
+    sep_tok_t *t = NULL;
+    snprintf(p, sizeof p, "%s/models/%s/tokenizer.json", shared_dir(), model);
+    int rc = sep_tok_load(&t, p);
+    if (rc)
+        print_error("%s: %s\n", sep_strerror(rc), sep_errmsg());
+    assert_int_equal(rc, SEP_OK);
+    assert_non_null(t);
+    return t;
+}
+
+static int32_t *golden_ids(const char *model, const char *text, size_t *n)
+{
+    char p[1024], *s, *e;
+    size_t len, cap = 1024;
+    snprintf(p, sizeof p, "%s/golden/ids.%s.%s.txt", shared_dir(), model, text);
+    char *buf = slurp(p, &len);
+    int32_t *v = malloc(cap * sizeof *v);
+    assert_non_null(v);
+    *n = 0;
+    for (s = buf;; s = e) {
+        long x = strtol(s, &e, 10);
+        if (e == s)
+            break;
+        if (*n == cap) {
+            v = realloc(v, (cap *= 2) * sizeof *v);
+            assert_non_null(v);
+        }
+        v[(*n)++] = (int32_t)x;
+    }
+    free(buf);
+    assert_true(*n > 0);
+    return v;
+}
+
+static void encode_ok(const sep_tok_t *t, const char *s, size_t len,
+                      int32_t **ids, size_t *n)
+{
+    int rc = sep_tok_encode(t, s, len, ids, n);
+    if (rc)
+        print_error("%s: %s\n", sep_strerror(rc), sep_errmsg());
+    assert_int_equal(rc, SEP_OK);
+}
+
+static void assert_ids(const int32_t *got, size_t ngot, const int32_t *want,
+                       size_t nwant)
+{
+    size_t i = 0;
+    while (i < ngot && i < nwant && got[i] == want[i])
+        i++;
+    if (i == ngot && i == nwant)
+        return;
+    print_error("%zu ids, want %zu; first difference at index %zu:\n", ngot,
+                nwant, i);
+    for (size_t k = i > 4 ? i - 4 : 0; k < i + 6 && (k < ngot || k < nwant); k++)
+        print_error("  [%zu] got %d want %d%s\n", k, k < ngot ? got[k] : -1,
+                    k < nwant ? want[k] : -1, k == i ? "  <--" : "");
+    fail();
+}
+
+/* ---- golden ids of whole texts ---- */
+
+struct golden {
+    const char *model, *text;
+};
+
+static const struct golden goldens[] = {
+    {"stories15m", "persuasion"},      {"stories15m", "jack_sheppard"},
+    {"stories15m", "wikitext2_test"},  {"books-llama-16m", "persuasion"},
+    {"books-llama-16m", "jack_sheppard"}, {"books-llama-16m", "wikitext2_test"},
+    {"books-neox-9m", "persuasion"},   {"books-neox-9m", "jack_sheppard"},
+    {"books-neox-9m", "wikitext2_test"},
+};
+
+static void test_golden(void **state)
+{
+    const struct golden *g = *state;
+    sep_tok_t *t = load_model(g->model);
+    size_t len, nwant, n;
+    char *text = text_of(g->text, &len);
+    int32_t *want = golden_ids(g->model, g->text, &nwant), *ids;
+    encode_ok(t, text, len, &ids, &n);
+    assert_ids(ids, n, want, nwant);
+    free(ids);
+    free(want);
+    free(text);
+    sep_tok_destroy(&t);
+    assert_null(t);
+}
+
+/* decode(encode(text)) == text for byte-level BPE. */
+static void test_roundtrip(void **state)
+{
+    const struct golden *g = *state;
+    sep_tok_t *t = load_model(g->model);
+    size_t len, n, dlen;
+    char *text = text_of(g->text, &len), *back;
+    int32_t *ids;
+    assert_int_equal(sep_tok_kind(t), SEP_TOK_BYTELEVEL);
+    encode_ok(t, text, len, &ids, &n);
+    assert_int_equal(sep_tok_decode(t, ids, n, &back, &dlen), SEP_OK);
+    assert_int_equal(dlen, len);
+    assert_memory_equal(back, text, len);
+    assert_int_equal(back[dlen], 0);
+    free(back);
+    free(ids);
+    free(text);
+    sep_tok_destroy(&t);
+}
+
+/* The golden ids of stories15m decode to the text: Strip takes off the one
+ * space that Prepend added (wikitext starts with a space of its own). */
+static void test_sp_decode(void **state)
+{
+    const struct golden *g = *state;
+    sep_tok_t *t = load_model(g->model);
+    size_t len, n, dlen;
+    char *text = text_of(g->text, &len), *back;
+    int32_t *ids = golden_ids(g->model, g->text, &n);
+    assert_int_equal(sep_tok_kind(t), SEP_TOK_SENTENCEPIECE);
+    assert_int_equal(sep_tok_decode(t, ids, n, &back, &dlen), SEP_OK);
+    assert_int_equal(dlen, len);
+    assert_memory_equal(back, text, len);
+    free(back);
+    free(ids);
+    free(text);
+    sep_tok_destroy(&t);
+}
+
+static void test_vocab_size(void **state)
+{
+    (void)state;
+    sep_tok_t *a = load_model("stories15m"), *b = load_model("books-neox-9m");
+    assert_int_equal(sep_tok_vocab_size(a), 32000);
+    assert_int_equal(sep_tok_vocab_size(b), 8192);
+    assert_int_equal(sep_tok_kind(b), SEP_TOK_BYTELEVEL);
+    sep_tok_destroy(&a);
+    sep_tok_destroy(&b);
+}
+
+/* ---- invalid input ---- */
+
+static void test_invalid_utf8(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        size_t len, off;
+    } bad[] = {
+        {"abc\x80", 4, 3},            /* lone continuation byte */
+        {"ab\xC0\xAF", 4, 2},         /* overlong '/' */
+        {"x\xED\xA0\x80y", 5, 1},     /* surrogate */
+        {"hello \xE2\x82", 8, 6},     /* truncated at the end */
+        {"\xF5\x80\x80\x80", 4, 0},   /* above U+10FFFF */
+        {"ok\xC3\xA9 \xFF", 6, 5},    /* after a valid é */
+    };
+    sep_tok_t *t = load_model("books-llama-16m");
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        int32_t *ids = (int32_t *)1;
+        size_t n = 99;
+        char want[64];
+        assert_int_equal(sep_tok_encode(t, bad[i].s, bad[i].len, &ids, &n),
+                         SEP_EUTF8);
+        assert_null(ids);
+        assert_int_equal(n, 0);
+        snprintf(want, sizeof want, "offset %zu", bad[i].off);
+        if (!strstr(sep_errmsg(), want))
+            print_error("case %zu: \"%s\" lacks \"%s\"\n", i, sep_errmsg(), want);
+        assert_non_null(strstr(sep_errmsg(), want));
+    }
+    sep_tok_destroy(&t);
+}
+
+static void test_decode_range(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("books-llama-16m");
+    int32_t ids[] = {14, 8192};
+    char *s = (char *)1;
+    size_t n;
+    assert_int_equal(sep_tok_decode(t, ids, 2, &s, &n), SEP_ERANGE);
+    assert_null(s);
+    assert_non_null(strstr(sep_errmsg(), "8192"));
+    ids[1] = -1;
+    assert_int_equal(sep_tok_decode(t, ids, 2, &s, &n), SEP_ERANGE);
+    sep_tok_destroy(&t);
+}
+
+/* ---- malformed tokenizer.json ---- */
+
+static char *write_tmp(const char *name, const char *json)
+{
+    static char path[256];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(json, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+    return path;
+}
+
+/* Loading json fails with code, and the message names the file and has
+ * the word field. */
+static void load_fails(const char *name, const char *json, int code,
+                       const char *field)
+{
+    const char *path = write_tmp(name, json);
+    sep_tok_t *t = (sep_tok_t *)1;
+    int rc = sep_tok_load(&t, path);
+    if (rc != code || !strstr(sep_errmsg(), path) || !strstr(sep_errmsg(), field))
+        print_error("%s: got %d (%s), want %d naming %s\n", name, rc,
+                    sep_errmsg(), code, field);
+    assert_int_equal(rc, code);
+    assert_null(t);
+    assert_non_null(strstr(sep_errmsg(), path));
+    assert_non_null(strstr(sep_errmsg(), field));
+    unlink(path);
+}
+
+#define BPE_HEAD "{\"model\": {\"type\": \"BPE\", "
+
+static void test_bad_not_json(void **state)
+{
+    (void)state;
+    load_fails("notjson.json", "{\"model\": {\"type\": \"BPE\",", SEP_EFORMAT,
+               "JSON");
+}
+
+static void test_bad_no_model(void **state)
+{
+    (void)state;
+    load_fails("nomodel.json", "{\"added_tokens\": [], \"normalizer\": null}",
+               SEP_EFORMAT, "model");
+}
+
+static void test_bad_model_type(void **state)
+{
+    (void)state;
+    load_fails("wordpiece.json",
+               "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}",
+               SEP_EUNSUPPORTED, "model.type");
+}
+
+static void test_bad_merge(void **state)
+{
+    (void)state;
+    load_fails("merge.json",
+               BPE_HEAD "\"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2},"
+               " \"merges\": [\"a b\", \"a c\"]}}",
+               SEP_EFORMAT, "model.merges[1]");
+    load_fails("merged.json",
+               BPE_HEAD "\"vocab\": {\"a\": 0, \"b\": 1},"
+               " \"merges\": [[\"a\", \"b\"]]}}",
+               SEP_EFORMAT, "model.merges[0]");
+}
+
+static void test_bad_vocab_range(void **state)
+{
+    (void)state;
+    load_fails("range.json",
+               BPE_HEAD "\"vocab\": {\"a\": 0, \"b\": 7}, \"merges\": []}}",
+               SEP_EFORMAT, "model.vocab");
+    load_fails("negative.json",
+               BPE_HEAD "\"vocab\": {\"a\": -1}, \"merges\": []}}",
+               SEP_EFORMAT, "model.vocab");
+}
+
+static void test_bad_vocab_dup(void **state)
+{
+    (void)state;
+    load_fails("dup.json",
+               BPE_HEAD "\"vocab\": {\"a\": 0, \"b\": 0}, \"merges\": []}}",
+               SEP_EFORMAT, "model.vocab");
+}
+
+static void test_bad_unsupported(void **state)
+{
+    (void)state;
+    load_fails("lower.json",
+               BPE_HEAD "\"vocab\": {\"a\": 0}, \"merges\": []},"
+               " \"normalizer\": {\"type\": \"Sequence\", \"normalizers\":"
+               " [{\"type\": \"NFC\"}, {\"type\": \"Lowercase\"}]}}",
+               SEP_EUNSUPPORTED, "normalizer.normalizers[1]");
+    load_fails("suffix.json",
+               BPE_HEAD "\"vocab\": {\"a\": 0}, \"merges\": [],"
+               " \"end_of_word_suffix\": \"</w>\"}}",
+               SEP_EUNSUPPORTED, "end_of_word_suffix");
+    load_fails("pretok.json",
+               BPE_HEAD "\"vocab\": {\"a\": 0}, \"merges\": []},"
+               " \"pre_tokenizer\": {\"type\": \"Whitespace\"}}",
+               SEP_EUNSUPPORTED, "pre_tokenizer");
+}
+
+static void test_bad_missing_file(void **state)
+{
+    (void)state;
+    char path[300];
+    sep_tok_t *t;
+    snprintf(path, sizeof path, "%s/absent.json", tmpdir);
+    assert_int_equal(sep_tok_load(&t, path), SEP_ENOTFOUND);
+    assert_null(t);
+    assert_non_null(strstr(sep_errmsg(), path));
+}
+
+/* ---- added tokens ---- */
+
+static void test_added_bytelevel(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("books-llama-16m");
+    int32_t *a, *b, *all;
+    size_t na, nb, n;
+    encode_ok(t, "Hello there", 11, &a, &na);
+    encode_ok(t, " world.", 7, &b, &nb);
+    encode_ok(t, "Hello there<|endoftext|> world.", 31, &all, &n);
+    assert_int_equal(n, na + 1 + nb);
+    assert_memory_equal(all, a, na * sizeof *a);
+    assert_int_equal(all[na], 0);
+    assert_memory_equal(all + na + 1, b, nb * sizeof *b);
+    free(a);
+    free(b);
+    free(all);
+    sep_tok_destroy(&t);
+}
+
+/* Each segment is normalized on its own: both get the ▁ prefix. */
+static void test_added_sentencepiece(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("stories15m");
+    int32_t *a, *all;
+    size_t na, n;
+    encode_ok(t, "Once", 4, &a, &na);
+    encode_ok(t, "Once</s>Once", 12, &all, &n);
+    assert_int_equal(n, 2 * na + 1);
+    assert_memory_equal(all, a, na * sizeof *a);
+    assert_int_equal(all[na], 2);
+    assert_memory_equal(all + na + 1, a, na * sizeof *a);
+    free(a);
+    free(all);
+    sep_tok_destroy(&t);
+}
+
+/* ---- per-token text and the separator rule ---- */
+
+static const char *const seps[] = {
+    ".", ",", "?", "!", ";", ":", "\n", "\t", " ", " .", " ,", " ?", " !",
+    " ;", " :", " \n", "  ", "   ", "\n ", " \n ",
+};
+
+static void check_seps(const char *model, const int32_t *want, size_t nwant)
+{
+    sep_tok_t *t = load_model(model);
+    int32_t got[64];
+    size_t n = 0;
+    for (int32_t id = 0; id < sep_tok_vocab_size(t); id++) {
+        char *s;
+        size_t len;
+        assert_int_equal(sep_tok_token_text(t, id, &s, &len), SEP_OK);
+        assert_int_equal(s[len], 0);
+        for (size_t k = 0; k < sizeof seps / sizeof *seps; k++)
+            if (len == strlen(seps[k]) && !memcmp(s, seps[k], len)) {
+                assert_true(n < 64);
+                got[n++] = id;
+                break;
+            }
+        free(s);
+    }
+    assert_ids(got, n, want, nwant);
+    sep_tok_destroy(&t);
+}
+
+static void test_seps_stories(void **state)
+{
+    (void)state;
+    static const int32_t want[] = {12, 13, 36, 47, 49, 61, 62, 66, 259, 268,
+        584, 869, 1577, 1678, 1738, 1919, 2056, 29889, 29892, 29901, 29936,
+        29973, 29991};
+    check_seps("stories15m", want, sizeof want / sizeof *want);
+}
+
+static const int32_t books_seps[] = {1, 12, 14, 26, 27, 31, 198, 199, 221,
+                                     360, 1679};
+
+static void test_seps_books_llama(void **state)
+{
+    (void)state;
+    check_seps("books-llama-16m", books_seps, sizeof books_seps / sizeof *books_seps);
+}
+
+static void test_seps_books_neox(void **state)
+{
+    (void)state;
+    check_seps("books-neox-9m", books_seps, sizeof books_seps / sizeof *books_seps);
+}
+
+/* A token's own text has its raw bytes; a whole decode replaces broken
+ * UTF-8: byte-level as from_utf8_lossy (one U+FFFD per maximal invalid
+ * prefix), ByteFallback with one U+FFFD per byte. */
+static void test_broken_utf8_decode(void **state)
+{
+    (void)state;
+    sep_tok_t *b = load_model("books-llama-16m"), *s = load_model("stories15m");
+    int32_t e2 = -1, x82 = -1, A = -1;
+    char *out;
+    size_t n;
+    for (int32_t id = 0; id < sep_tok_vocab_size(b); id++) {
+        assert_int_equal(sep_tok_token_text(b, id, &out, &n), SEP_OK);
+        if (n == 1 && (unsigned char)out[0] == 0xE2)
+            e2 = id;
+        if (n == 1 && (unsigned char)out[0] == 0x82)
+            x82 = id;
+        if (n == 1 && out[0] == 'A')
+            A = id;
+        free(out);
+    }
+    assert_true(e2 >= 0 && x82 >= 0 && A >= 0);
+    int32_t bl[] = {e2, x82, A, e2};
+    assert_int_equal(sep_tok_decode(b, bl, 4, &out, &n), SEP_OK);
+    assert_string_equal(out, "\xEF\xBF\xBD" "A" "\xEF\xBF\xBD");
+    free(out);
+
+    /* stories15m: <0xXX> is id 3 + XX. */
+    int32_t euro[] = {3 + 0xE2, 3 + 0x82, 3 + 0xAC}, cut[] = {3 + 0xE2, 3 + 0x82};
+    assert_int_equal(sep_tok_decode(s, euro, 3, &out, &n), SEP_OK);
+    assert_string_equal(out, "\xE2\x82\xAC");
+    free(out);
+    assert_int_equal(sep_tok_decode(s, cut, 2, &out, &n), SEP_OK);
+    assert_string_equal(out, "\xEF\xBF\xBD\xEF\xBF\xBD");
+    free(out);
+    assert_int_equal(sep_tok_token_text(s, 3 + 0xE2, &out, &n), SEP_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal((unsigned char)out[0], 0xE2);
+    free(out);
+    sep_tok_destroy(&b);
+    sep_tok_destroy(&s);
+}
+
+/* ---- small tokenizers for what the fixtures lack ---- */
+
+static sep_tok_t *load_tmp(const char *name, const char *json)
+{
+    const char *path = write_tmp(name, json);
+    sep_tok_t *t = NULL;
+    int rc = sep_tok_load(&t, path);
+    if (rc)
+        print_error("%s: %s\n", sep_strerror(rc), sep_errmsg());
+    assert_int_equal(rc, SEP_OK);
+    unlink(path);
+    return t;
+}
+
+static void expect_ids(const sep_tok_t *t, const char *s,
+                       const int32_t *want, size_t nwant)
+{
+    int32_t *ids;
+    size_t n;
+    encode_ok(t, s, strlen(s), &ids, &n);
+    assert_ids(ids, n, want, nwant);
+    free(ids);
+}
+
+static void expect_decode(const sep_tok_t *t, const int32_t *ids, size_t n,
+                          const char *want)
+{
+    char *s;
+    size_t len;
+    assert_int_equal(sep_tok_decode(t, ids, n, &s, &len), SEP_OK);
+    assert_string_equal(s, want);
+    assert_int_equal(len, strlen(want));
+    free(s);
+}
+
+/* Metaspace pre-tokenizer (prepend_scheme first, split), byte fallback,
+ * fused unk, Metaspace and ByteFallback decoders. */
+static const char METASPACE_JSON[] =
+    "{\"added_tokens\": [{\"id\": 10, \"content\": \"<x>\", \"special\": true,"
+    "  \"normalized\": false}],"
+    " \"normalizer\": null,"
+    " \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\xE2\x96\x81\","
+    "  \"prepend_scheme\": \"first\", \"split\": true},"
+    " \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"ByteFallback\"},"
+    "  {\"type\": \"Metaspace\", \"replacement\": \"\xE2\x96\x81\","
+    "   \"prepend_scheme\": \"first\", \"split\": true}]},"
+    " \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": \"<unk>\","
+    "  \"continuing_subword_prefix\": null, \"end_of_word_suffix\": null,"
+    "  \"fuse_unk\": true, \"byte_fallback\": true, \"ignore_merges\": false,"
+    "  \"vocab\": {\"<unk>\": 0, \"<0xC3>\": 1, \"<0xA9>\": 2, \"\xE2\x96\x81\": 3,"
+    "   \"a\": 4, \"b\": 5, \"c\": 6, \"\xE2\x96\x81" "a\": 7, \"bc\": 8,"
+    "   \"\xE2\x96\x81" "abc\": 9},"
+    "  \"merges\": [\"\xE2\x96\x81 a\", \"b c\", \"\xE2\x96\x81" "a bc\"]}}";
+
+static void test_metaspace(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_tmp("metaspace.json", METASPACE_JSON);
+    assert_int_equal(sep_tok_kind(t), SEP_TOK_SENTENCEPIECE);
+    assert_int_equal(sep_tok_vocab_size(t), 11);
+    /* "▁abc" "▁abc" "▁é": é falls back to its two bytes. */
+    const int32_t a[] = {9, 9, 3, 1, 2};
+    expect_ids(t, "abc abc \xC3\xA9", a, 5);
+    expect_decode(t, a, 5, "abc abc \xC3\xA9");
+    /* Only the segment at the start of the text gets the prefix. */
+    const int32_t b[] = {7, 5, 10, 4, 5};
+    expect_ids(t, "ab<x>ab", b, 5);
+    /* x and y are unknown and have no byte tokens: one fused unk. */
+    const int32_t c[] = {7, 0, 5};
+    expect_ids(t, "axyb", c, 3);
+    sep_tok_destroy(&t);
+}
+
+/* NFC, Split on a String with Removed, ByteLevel without its regex,
+ * ignore_merges. */
+static const char SPLIT_JSON[] =
+    "{\"normalizer\": {\"type\": \"NFC\"},"
+    " \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": ["
+    "  {\"type\": \"Split\", \"pattern\": {\"String\": \" \"},"
+    "   \"behavior\": \"Removed\", \"invert\": false},"
+    "  {\"type\": \"ByteLevel\", \"add_prefix_space\": false,"
+    "   \"trim_offsets\": true, \"use_regex\": false}]},"
+    " \"decoder\": {\"type\": \"ByteLevel\"},"
+    " \"model\": {\"type\": \"BPE\", \"ignore_merges\": true,"
+    "  \"vocab\": {\"a\": 0, \"b\": 1, \"\xC3\x83\": 2, \"\xC2\xA9\": 3,"
+    "   \"\xC3\x83\xC2\xA9\": 4, \"ab\": 5, \"abab\": 6},"
+    "  \"merges\": [\"a b\", \"\xC3\x83 \xC2\xA9\"]}}";
+
+static void test_split_nfc(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_tmp("split.json", SPLIT_JSON);
+    assert_int_equal(sep_tok_kind(t), SEP_TOK_BYTELEVEL);
+    /* e + U+0301 composes to é (bytes C3 A9, chars Ã ©); "abab" is in the
+     * vocabulary, so with ignore_merges it is not merged to "ab" "ab". */
+    const int32_t a[] = {6, 4, 5, 5};
+    expect_ids(t, "abab  \xC3\xA9 ab ab", a, 4);
+    expect_ids(t, "abab e\xCC\x81 ab ab", a, 4);
+    expect_decode(t, a, 4, "abab\xC3\xA9" "abab");
+    sep_tok_destroy(&t);
+}
+
+/* lstrip/rstrip take the spaces around an added token; single_word
+ * matches only between non-alphanumeric characters. No pre-tokenizer, no
+ * unk token (unknown characters are dropped), no decoder (tokens join with
+ * spaces). */
+static const char STRIP_JSON[] =
+    "{\"added_tokens\": ["
+    "  {\"id\": 6, \"content\": \"<m>\", \"lstrip\": true, \"rstrip\": true,"
+    "   \"single_word\": false, \"normalized\": false, \"special\": true},"
+    "  {\"id\": 7, \"content\": \"cat\", \"lstrip\": false, \"rstrip\": false,"
+    "   \"single_word\": true, \"normalized\": false, \"special\": false}],"
+    " \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2,"
+    "  \"t\": 3, \"s\": 4, \" \": 5}, \"merges\": []}}";
+
+static void test_added_options(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_tmp("strip.json", STRIP_JSON);
+    const int32_t a[] = {0, 6, 1};
+    expect_ids(t, "a  <m> b", a, 3);
+    expect_decode(t, a, 3, "a <m> b");
+    const int32_t b[] = {7, 5, 2, 0, 3, 4, 5, 7};
+    expect_ids(t, "cat cats cat", b, 8);
+    /* é and 1 are alphanumeric, so no match; being unknown, they are
+     * dropped. */
+    const int32_t c[] = {2, 0, 3, 5, 7, 5, 2, 0, 3};
+    expect_ids(t, "\xC3\xA9" "cat cat 1cat", c, 9);
+    sep_tok_destroy(&t);
+}
+
+/* A long word the merge heap takes in one piece: no junction is free. */
+static void test_long_word(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("stories15m");
+    size_t len = 200000;
+    char *s = malloc(len + 1), *back;
+    int32_t *ids;
+    size_t n, dlen;
+    assert_non_null(s);
+    memset(s, ' ', len);
+    s[len] = 0;
+    encode_ok(t, s, len, &ids, &n);
+    assert_true(n > 0 && n < len / 4);
+    assert_int_equal(sep_tok_decode(t, ids, n, &back, &dlen), SEP_OK);
+    assert_int_equal(dlen, len);
+    assert_memory_equal(back, s, len);
+    free(back);
+    free(ids);
+    free(s);
+    sep_tok_destroy(&t);
+}
+
+/* ---- concurrency ---- */
+
+struct job {
+    const sep_tok_t *tok;
+    const char *text;
+    size_t len;
+    int32_t *ids;
+    size_t n;
+    int rc;
+};
+
+static void *encode_job(void *arg)
+{
+    struct job *j = arg;
+    j->rc = sep_tok_encode(j->tok, j->text, j->len, &j->ids, &j->n);
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("books-llama-16m");
+    size_t len, nwant;
+    char *text = text_of("persuasion", &len);
+    int32_t *want = golden_ids("books-llama-16m", "persuasion", &nwant);
+    struct job jobs[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (struct job){t, text, len, NULL, 0, -1};
+        assert_int_equal(pthread_create(&th[i], NULL, encode_job, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(jobs[i].rc, SEP_OK);
+        assert_ids(jobs[i].ids, jobs[i].n, want, nwant);
+        free(jobs[i].ids);
+    }
+    free(want);
+    free(text);
+    sep_tok_destroy(&t);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return rmdir(tmpdir);
+}
+
+#define GOLDEN(i, f) cmocka_unit_test_prestate(f, (void *)&goldens[i])
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        GOLDEN(0, test_golden), GOLDEN(1, test_golden), GOLDEN(2, test_golden),
+        GOLDEN(3, test_golden), GOLDEN(4, test_golden), GOLDEN(5, test_golden),
+        GOLDEN(6, test_golden), GOLDEN(7, test_golden), GOLDEN(8, test_golden),
+        GOLDEN(3, test_roundtrip), GOLDEN(4, test_roundtrip),
+        GOLDEN(5, test_roundtrip),
+        GOLDEN(0, test_sp_decode), GOLDEN(1, test_sp_decode),
+        GOLDEN(2, test_sp_decode),
+        cmocka_unit_test(test_vocab_size),
+        cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_decode_range),
+        cmocka_unit_test(test_bad_not_json),
+        cmocka_unit_test(test_bad_no_model),
+        cmocka_unit_test(test_bad_model_type),
+        cmocka_unit_test(test_bad_merge),
+        cmocka_unit_test(test_bad_vocab_range),
+        cmocka_unit_test(test_bad_vocab_dup),
+        cmocka_unit_test(test_bad_unsupported),
+        cmocka_unit_test(test_bad_missing_file),
+        cmocka_unit_test(test_added_bytelevel),
+        cmocka_unit_test(test_added_sentencepiece),
+        cmocka_unit_test(test_added_options),
+        cmocka_unit_test(test_seps_stories),
+        cmocka_unit_test(test_seps_books_llama),
+        cmocka_unit_test(test_seps_books_neox),
+        cmocka_unit_test(test_broken_utf8_decode),
+        cmocka_unit_test(test_metaspace),
+        cmocka_unit_test(test_split_nfc),
+        cmocka_unit_test(test_long_word),
+        cmocka_unit_test(test_threads),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

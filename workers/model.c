@@ -1,0 +1,430 @@
+/* model.c: weight loading and the forward pass of Llama-family and
+ * GPT-NeoX decoders, written once against the backend interface. */
+#include "model.h"
+#include "err.h"
+#include "safetensors.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows of logits computed at once: bounds memory for large vocabularies. */
+#define SEP_LOGIT_ROWS 128
+
+/* ---- loading ---------------------------------------------------------- */
+
+typedef struct {
+    const sep_st_t *st;
+    sep_model_t *m;
+    float *stage;      /* host staging buffer, stage_len floats */
+    size_t stage_len;
+    char name[256];
+} loader_t;
+
+/* Read tensor `name` of shape (rows, cols) (cols 0: 1-D of rows) into the
+ * staging buffer at float offset off. */
+static int loader_read(loader_t *ld, size_t off, const char *name, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = { rows, cols };
+    return sep_st_read_f32(ld->st, name, cols ? 2 : 1, shape, ld->stage + off);
+}
+
+/* Place the first n staged floats in a new backend buffer *dst. */
+static int loader_place(loader_t *ld, float **dst, size_t n)
+{
+    sep_backend_t *be = ld->m->be;
+    *dst = be->alloc(be, n * sizeof(float));
+    if (!*dst)
+        return sep_fail(SEP_ENOMEM, "%s: no %s memory for %zu weights",
+                        ld->name, be->name, n);
+    be->upload(be, *dst, ld->stage, n * sizeof(float));
+    return SEP_OK;
+}
+
+/* One tensor straight to the backend: a 1-D (cols 0) or 2-D weight. */
+static int loader_tensor(loader_t *ld, float **dst, const char *name, int64_t rows, int64_t cols)
+{
+    snprintf(ld->name, sizeof ld->name, "%s", name);
+    int rc = loader_read(ld, 0, name, rows, cols);
+    return rc ? rc : loader_place(ld, dst, (size_t)rows * (size_t)(cols ? cols : 1));
+}
+
+static int load_llama_layer(loader_t *ld, int l, sep_layer_t *L)
+{
+    const sep_config_t *c = &ld->m->cfg;
+    const char *prefix = "model.layers.";
+    int q = ld->m->q_dim, kv = ld->m->kv_dim, d = c->dim, f = c->ffn_dim;
+    int rc;
+    char nm[256];
+#define T(dst, suffix, rows, cols) \
+    do { snprintf(nm, sizeof nm, "%s%d.%s", prefix, l, suffix); \
+         if ((rc = loader_tensor(ld, dst, nm, rows, cols))) return rc; } while (0)
+#define R(off, suffix, rows, cols) \
+    do { snprintf(nm, sizeof nm, "%s%d.%s", prefix, l, suffix); \
+         if ((rc = loader_read(ld, off, nm, rows, cols))) return rc; } while (0)
+    T(&L->norm1_w, "input_layernorm.weight", d, 0);
+    T(&L->norm2_w, "post_attention_layernorm.weight", d, 0);
+    R(0, "self_attn.q_proj.weight", q, d);
+    R((size_t)q * d, "self_attn.k_proj.weight", kv, d);
+    R((size_t)(q + kv) * d, "self_attn.v_proj.weight", kv, d);
+    if ((rc = loader_place(ld, &L->wqkv, (size_t)(q + 2 * kv) * d)))
+        return rc;
+    if (c->qkv_bias) {
+        R(0, "self_attn.q_proj.bias", q, 0);
+        R(q, "self_attn.k_proj.bias", kv, 0);
+        R(q + kv, "self_attn.v_proj.bias", kv, 0);
+        if ((rc = loader_place(ld, &L->bqkv, (size_t)q + 2 * kv)))
+            return rc;
+    }
+    T(&L->wo, "self_attn.o_proj.weight", d, q);
+    if (c->o_bias)
+        T(&L->bo, "self_attn.o_proj.bias", d, 0);
+    R(0, "mlp.gate_proj.weight", f, d);
+    R((size_t)f * d, "mlp.up_proj.weight", f, d);
+    if ((rc = loader_place(ld, &L->w_up, (size_t)2 * f * d)))
+        return rc;
+    T(&L->w_down, "mlp.down_proj.weight", d, f);
+    if (c->mlp_bias) {
+        R(0, "mlp.gate_proj.bias", f, 0);
+        R(f, "mlp.up_proj.bias", f, 0);
+        if ((rc = loader_place(ld, &L->b_up, (size_t)2 * f)))
+            return rc;
+        T(&L->b_down, "mlp.down_proj.bias", d, 0);
+    }
+    return SEP_OK;
+}
+
+/* NeoX fuses q, k, v per head: rows [h*3*hd, +hd) are q of head h, then
+ * k, then v. Reorder to all q rows, then all k, then all v, as for llama,
+ * so both architectures share one forward pass. */
+static void neox_unfuse_qkv(float *dst, const float *src, int n_heads, int head_dim, int cols)
+{
+    int q_dim = n_heads * head_dim;
+    for (int h = 0; h < n_heads; h++)
+        for (int part = 0; part < 3; part++)
+            memcpy(dst + ((size_t)part * q_dim + (size_t)h * head_dim) * cols,
+                   src + ((size_t)h * 3 + part) * head_dim * cols,
+                   (size_t)head_dim * cols * sizeof(float));
+}
+
+static int load_neox_layer(loader_t *ld, int l, sep_layer_t *L)
+{
+    const sep_config_t *c = &ld->m->cfg;
+    const char *prefix = "gpt_neox.layers.";
+    int d = c->dim, f = c->ffn_dim, qkv = ld->m->qkv_dim;
+    size_t half = ld->stage_len / 2;
+    int rc;
+    char nm[256];
+    T(&L->norm1_w, "input_layernorm.weight", d, 0);
+    T(&L->norm1_b, "input_layernorm.bias", d, 0);
+    T(&L->norm2_w, "post_attention_layernorm.weight", d, 0);
+    T(&L->norm2_b, "post_attention_layernorm.bias", d, 0);
+    /* read into the upper half of the stage, unfuse into the lower */
+    R(half, "attention.query_key_value.weight", qkv, d);
+    neox_unfuse_qkv(ld->stage, ld->stage + half, c->n_heads, c->head_dim, d);
+    if ((rc = loader_place(ld, &L->wqkv, (size_t)qkv * d)))
+        return rc;
+    R(half, "attention.query_key_value.bias", qkv, 0);
+    neox_unfuse_qkv(ld->stage, ld->stage + half, c->n_heads, c->head_dim, 1);
+    if ((rc = loader_place(ld, &L->bqkv, (size_t)qkv)))
+        return rc;
+    T(&L->wo, "attention.dense.weight", d, d);
+    T(&L->bo, "attention.dense.bias", d, 0);
+    T(&L->w_up, "mlp.dense_h_to_4h.weight", f, d);
+    T(&L->b_up, "mlp.dense_h_to_4h.bias", f, 0);
+    T(&L->w_down, "mlp.dense_4h_to_h.weight", d, f);
+    T(&L->b_down, "mlp.dense_4h_to_h.bias", d, 0);
+    return SEP_OK;
+#undef T
+#undef R
+}
+
+static int model_alloc_run(sep_model_t *m, int max_tokens)
+{
+    sep_backend_t *be = m->be;
+    sep_run_t *r = &m->run;
+    const sep_config_t *c = &m->cfg;
+    size_t t = (size_t)max_tokens;
+    r->max_tokens = max_tokens;
+    r->x = be->alloc(be, t * c->dim * sizeof(float));
+    r->h = be->alloc(be, t * c->dim * sizeof(float));
+    r->o = be->alloc(be, t * c->dim * sizeof(float));
+    r->qkv = be->alloc(be, t * m->qkv_dim * sizeof(float));
+    r->att = be->alloc(be, t * m->q_dim * sizeof(float));
+    r->ff = be->alloc(be, t * 2 * c->ffn_dim * sizeof(float));
+    r->act = be->alloc(be, t * c->ffn_dim * sizeof(float));
+    r->logits = be->alloc(be, (size_t)SEP_LOGIT_ROWS * c->vocab * sizeof(float));
+    r->cs = be->alloc(be, t * c->rot_dim * sizeof(float));
+    r->cs_host = malloc(t * c->rot_dim * sizeof(float));
+    r->rows = malloc(t * sizeof(int32_t));
+    r->nll = malloc(SEP_LOGIT_ROWS * sizeof(float));
+    if (!r->x || !r->h || !r->o || !r->qkv || !r->att || !r->ff || !r->act ||
+        !r->logits || !r->cs || !r->cs_host || !r->rows || !r->nll)
+        return sep_fail(SEP_ENOMEM, "model: no memory for a forward of %d tokens", max_tokens);
+    return SEP_OK;
+}
+
+int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens)
+{
+    *out = NULL;
+    sep_st_t *st = NULL;
+    loader_t ld = { 0 };
+    int rc;
+    if (max_tokens < 1 || max_tokens > (1 << 20))
+        return sep_fail(SEP_EINVAL, "model: max_tokens %d outside 1..%d", max_tokens, 1 << 20);
+    sep_model_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return sep_fail(SEP_ENOMEM, "model: out of memory");
+    m->be = be;
+    if ((rc = sep_config_load(&m->cfg, dir)) || (rc = sep_st_open(&st, dir)))
+        goto fail;
+    const sep_config_t *c = &m->cfg;
+    m->q_dim = c->n_heads * c->head_dim;
+    m->kv_dim = c->n_kv_heads * c->head_dim;
+    m->qkv_dim = m->q_dim + 2 * m->kv_dim;
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    m->inv_freq = malloc((size_t)c->rot_dim / 2 * sizeof(double));
+    /* the largest staged tensor: embeddings, fused qkv or mlp (twice for
+     * NeoX's unfusing), whichever is largest */
+    size_t big = (size_t)c->vocab * c->dim;
+    size_t qkv = (size_t)m->qkv_dim * c->dim * 2, mlp = (size_t)2 * c->ffn_dim * c->dim;
+    size_t ow = (size_t)c->dim * m->q_dim;
+    big = big > qkv ? big : qkv;
+    big = big > mlp ? big : mlp;
+    big = big > ow ? big : ow;
+    ld.stage_len = big;
+    ld.stage = malloc(big * sizeof(float));
+    ld.st = st;
+    ld.m = m;
+    if (!m->layers || !m->inv_freq || !ld.stage) {
+        rc = sep_fail(SEP_ENOMEM, "%s: out of memory loading the model", dir);
+        goto fail;
+    }
+    sep_config_rope_freqs(c, m->inv_freq);
+    int neox = c->arch == SEP_ARCH_NEOX;
+    if ((rc = loader_tensor(&ld, &m->embed, neox ? "gpt_neox.embed_in.weight"
+                                                 : "model.embed_tokens.weight",
+                            c->vocab, c->dim)))
+        goto fail;
+    for (int l = 0; l < c->n_layers; l++)
+        if ((rc = neox ? load_neox_layer(&ld, l, &m->layers[l])
+                       : load_llama_layer(&ld, l, &m->layers[l])))
+            goto fail;
+    if ((rc = loader_tensor(&ld, &m->norm_w, neox ? "gpt_neox.final_layer_norm.weight"
+                                                  : "model.norm.weight", c->dim, 0)))
+        goto fail;
+    if (neox && (rc = loader_tensor(&ld, &m->norm_b, "gpt_neox.final_layer_norm.bias",
+                                    c->dim, 0)))
+        goto fail;
+    if (c->tied_embeddings)
+        m->lm_head = m->embed;
+    else if ((rc = loader_tensor(&ld, &m->lm_head, neox ? "embed_out.weight" : "lm_head.weight",
+                                 c->vocab, c->dim)))
+        goto fail;
+    if ((rc = model_alloc_run(m, max_tokens)))
+        goto fail;
+    free(ld.stage);
+    sep_st_destroy(&st);
+    *out = m;
+    return SEP_OK;
+fail:
+    free(ld.stage);
+    sep_st_destroy(&st);
+    sep_model_destroy(&m);
+    return rc;
+}
+
+void sep_model_destroy(sep_model_t **self_p)
+{
+    sep_model_t *m = *self_p;
+    if (!m)
+        return;
+    sep_backend_t *be = m->be;
+    if (m->layers) {
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            sep_layer_t *L = &m->layers[l];
+            float *w[] = { L->norm1_w, L->norm1_b, L->wqkv, L->bqkv, L->wo, L->bo,
+                           L->norm2_w, L->norm2_b, L->w_up, L->b_up, L->w_down, L->b_down };
+            for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
+                be->free(be, w[i]);
+        }
+    }
+    if (m->lm_head != m->embed)
+        be->free(be, m->lm_head);
+    be->free(be, m->embed);
+    be->free(be, m->norm_w);
+    be->free(be, m->norm_b);
+    sep_run_t *r = &m->run;
+    float *bufs[] = { r->x, r->h, r->o, r->qkv, r->att, r->ff, r->act, r->logits, r->cs };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        be->free(be, bufs[i]);
+    free(r->cs_host);
+    free(r->rows);
+    free(r->nll);
+    free(m->layers);
+    free(m->inv_freq);
+    free(m);
+    *self_p = NULL;
+}
+
+int sep_model_cache_new(const sep_model_t *m, sep_cache_t **out)
+{
+    return sep_cache_new(out, m->be, m->cfg.n_layers, m->kv_dim);
+}
+
+/* ---- forward ------------------------------------------------------------ */
+
+static void model_norm(sep_model_t *m, float *y, const float *x, const float *w,
+                       const float *b, int n)
+{
+    if (m->cfg.arch == SEP_ARCH_NEOX)
+        m->be->layernorm(m->be, y, x, w, b, n, m->cfg.dim, m->cfg.norm_eps);
+    else
+        m->be->rmsnorm(m->be, y, x, w, n, m->cfg.dim, m->cfg.norm_eps);
+}
+
+/* Rotary table row for position pos: cos then sin of pos * inv_freq. The
+ * angle is taken in double so positions in the millions stay exact. */
+static void model_rope_row(const sep_model_t *m, float *row, int64_t pos)
+{
+    int half = m->cfg.rot_dim / 2;
+    for (int j = 0; j < half; j++) {
+        double a = (double)pos * m->inv_freq[j];
+        row[j] = (float)cos(a);
+        row[half + j] = (float)sin(a);
+    }
+}
+
+/* The mlp of layer L on h (n rows) into m->run.o. */
+static void model_mlp(sep_model_t *m, const sep_layer_t *L, int n)
+{
+    sep_backend_t *be = m->be;
+    sep_run_t *r = &m->run;
+    int d = m->cfg.dim, f = m->cfg.ffn_dim;
+    if (m->cfg.arch == SEP_ARCH_NEOX) {
+        be->matmul(be, r->ff, r->h, L->w_up, L->b_up, n, d, f);
+        be->gelu(be, r->ff, (size_t)n * f, m->cfg.act == SEP_ACT_GELU_TANH);
+        be->matmul(be, r->o, r->ff, L->w_down, L->b_down, n, f, d);
+    } else {
+        be->matmul(be, r->ff, r->h, L->w_up, L->b_up, n, d, 2 * f);
+        be->silu_mul(be, r->act, r->ff, n, f);
+        be->matmul(be, r->o, r->act, L->w_down, L->b_down, n, f, d);
+    }
+}
+
+static int model_check_batch(const sep_model_t *m, const sep_chunk_t *ch, int nc, int *total)
+{
+    int n = 0;
+    if (nc < 1)
+        return sep_fail(SEP_EINVAL, "forward: empty batch");
+    for (int j = 0; j < nc; j++) {
+        if (ch[j].n < 1 || ch[j].n > m->run.max_tokens - n)
+            return sep_fail(SEP_EINVAL, "forward: batch of more than %d tokens", m->run.max_tokens);
+        for (int i = 0; i < ch[j].n; i++) {
+            if (ch[j].ids[i] < 0 || ch[j].ids[i] >= m->cfg.vocab)
+                return sep_fail(SEP_ERANGE, "forward: token id %d outside the vocabulary (%d)",
+                                ch[j].ids[i], m->cfg.vocab);
+            if (ch[j].targets && ch[j].targets[i] >= m->cfg.vocab)
+                return sep_fail(SEP_ERANGE, "forward: target id %d outside the vocabulary (%d)",
+                                ch[j].targets[i], m->cfg.vocab);
+        }
+        n += ch[j].n;
+    }
+    *total = n;
+    return SEP_OK;
+}
+
+/* Scores of the final hidden states h: NLLs of each row's target. */
+static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
+{
+    sep_backend_t *be = m->be;
+    sep_run_t *r = &m->run;
+    int any = 0;
+    for (int j = 0, row = 0; j < nc; row += ch[j].n, j++)
+        for (int i = 0; i < ch[j].n; i++) {
+            r->rows[row + i] = ch[j].targets ? ch[j].targets[i] : -1;
+            any |= r->rows[row + i] >= 0;
+        }
+    if (!any)
+        return;
+    int j = 0, i = 0; /* chunk and token of the next row to hand back */
+    for (int b = 0; b < n; b += SEP_LOGIT_ROWS) {
+        int rows = n - b < SEP_LOGIT_ROWS ? n - b : SEP_LOGIT_ROWS;
+        be->matmul(be, r->logits, r->h + (size_t)b * m->cfg.dim, m->lm_head, NULL,
+                   rows, m->cfg.dim, m->cfg.vocab);
+        be->nll(be, r->nll, r->logits, r->rows + b, rows, m->cfg.vocab);
+        for (int k = 0; k < rows; k++) {
+            if (r->rows[b + k] >= 0)
+                ch[j].nll[i] = r->nll[k];
+            if (++i == ch[j].n) {
+                i = 0;
+                j++;
+            }
+        }
+    }
+}
+
+int sep_model_forward(sep_model_t *m, sep_chunk_t *ch, int nc)
+{
+    sep_backend_t *be = m->be;
+    sep_run_t *r = &m->run;
+    const sep_config_t *c = &m->cfg;
+    int n = 0, rc;
+    if ((rc = model_check_batch(m, ch, nc, &n)))
+        return rc;
+    for (int j = 0; j < nc; j++)
+        if ((rc = sep_cache_reserve(ch[j].cache, ch[j].n)))
+            return rc;
+    sep_attn_t probs[nc];
+
+    /* embeddings and the rotary table at each token's cache slot */
+    for (int j = 0, row = 0; j < nc; row += ch[j].n, j++)
+        for (int i = 0; i < ch[j].n; i++) {
+            r->rows[row + i] = ch[j].ids[i];
+            model_rope_row(m, r->cs_host + (size_t)(row + i) * c->rot_dim, ch[j].cache->n + i);
+        }
+    be->gather_rows(be, r->x, m->embed, r->rows, n, c->dim);
+    be->upload(be, r->cs, r->cs_host, (size_t)n * c->rot_dim * sizeof(float));
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const sep_layer_t *L = &m->layers[l];
+        model_norm(m, r->h, r->x, L->norm1_w, L->norm1_b, n);
+        be->matmul(be, r->qkv, r->h, L->wqkv, L->bqkv, n, c->dim, m->qkv_dim);
+        be->rope(be, r->qkv, n, m->qkv_dim, c->n_heads, c->head_dim, c->rot_dim, r->cs);
+        be->rope(be, r->qkv + m->q_dim, n, m->qkv_dim, c->n_kv_heads, c->head_dim,
+                 c->rot_dim, r->cs);
+        for (int j = 0, row = 0; j < nc; row += ch[j].n, j++) {
+            sep_cache_t *kc = ch[j].cache;
+            const float *qkv = r->qkv + (size_t)row * m->qkv_dim;
+            size_t at = (size_t)kc->n * m->kv_dim;
+            be->copy_rows(be, kc->k[l] + at, m->kv_dim, qkv + m->q_dim, m->qkv_dim,
+                          ch[j].n, m->kv_dim);
+            be->copy_rows(be, kc->v[l] + at, m->kv_dim, qkv + m->q_dim + m->kv_dim,
+                          m->qkv_dim, ch[j].n, m->kv_dim);
+            probs[j] = (sep_attn_t){
+                .out = r->att + (size_t)row * m->q_dim, .q = qkv,
+                .k = kc->k[l], .v = kc->v[l], .n_q = ch[j].n, .n_past = kc->n,
+                .out_stride = m->q_dim, .q_stride = m->qkv_dim,
+            };
+        }
+        if ((rc = be->attention(be, probs, nc, c->n_heads, c->n_kv_heads, c->head_dim)))
+            return rc;
+        be->matmul(be, r->o, r->att, L->wo, L->bo, n, m->q_dim, c->dim);
+        if (c->arch == SEP_ARCH_NEOX && c->parallel_residual) {
+            /* x + attn(ln1(x)) + mlp(ln2(x)): both norms see the same x */
+            model_norm(m, r->h, r->x, L->norm2_w, L->norm2_b, n);
+            be->add(be, r->x, r->o, (size_t)n * c->dim);
+        } else {
+            be->add(be, r->x, r->o, (size_t)n * c->dim);
+            model_norm(m, r->h, r->x, L->norm2_w, L->norm2_b, n);
+        }
+        model_mlp(m, L, n);
+        be->add(be, r->x, r->o, (size_t)n * c->dim);
+    }
+    model_norm(m, r->h, r->x, m->norm_w, m->norm_b, n);
+    model_score(m, ch, nc, n);
+    for (int j = 0; j < nc; j++)
+        sep_cache_commit(ch[j].cache, ch[j].ids, ch[j].n);
+    return SEP_OK;
+}

@@ -1,0 +1,82 @@
+/* model.h: a checkpoint's weights on a backend and its forward pass.
+ *
+ * sep_model_load() reads config.json and the safetensors of a Hugging Face
+ * folder, checks every tensor's presence, dtype and shape against the
+ * config, converts the weights to fp32 and places them on the backend.
+ * sep_model_forward() runs a batch of chunks, one per stream: each chunk's
+ * tokens attend causally to their stream's cache plus the chunk's earlier
+ * tokens, their K/V are appended to the cache, and each token's NLL of
+ * its target (the next token) is returned. A batch shares every weight
+ * read across its streams. One forward runs at a time per model.
+ */
+#ifndef SEP_MODEL_H
+#define SEP_MODEL_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "cache.h"
+#include "config.h"
+
+typedef struct {
+    float *norm1_w, *norm1_b; /* (dim) input norm; bias NULL for RMSNorm */
+    float *wqkv;              /* (q_dim + 2*kv_dim, dim): q rows, then k, then v */
+    float *bqkv;              /* (q_dim + 2*kv_dim) or NULL */
+    float *wo;                /* (dim, q_dim) */
+    float *bo;                /* (dim) or NULL */
+    float *norm2_w, *norm2_b; /* (dim) post-attention norm */
+    float *w_up;              /* llama: (2*ffn, dim) gate rows then up rows; neox: (ffn, dim) */
+    float *b_up;              /* (2*ffn) or (ffn) or NULL */
+    float *w_down;            /* (dim, ffn) */
+    float *b_down;            /* (dim) or NULL */
+} sep_layer_t;
+
+/* Scratch of one forward, sized for max_tokens rows. */
+typedef struct {
+    int max_tokens;
+    float *x;        /* (max_tokens, dim) residual stream */
+    float *h;        /* (max_tokens, dim) normed input */
+    float *o;        /* (max_tokens, dim) attention or mlp output */
+    float *qkv;      /* (max_tokens, q_dim + 2*kv_dim) */
+    float *att;      /* (max_tokens, q_dim) */
+    float *ff;       /* (max_tokens, 2*ffn) */
+    float *act;      /* (max_tokens, ffn) */
+    float *logits;   /* (SEP_LOGIT_ROWS, vocab) */
+    float *cs;       /* (max_tokens, rot_dim) rope cos|sin, backend memory */
+    float *cs_host;  /* (max_tokens, rot_dim) the same, host */
+    int32_t *rows;   /* (max_tokens) host scratch for indices and targets */
+    float *nll;      /* (SEP_LOGIT_ROWS) host */
+} sep_run_t;
+
+typedef struct {
+    sep_config_t cfg;
+    sep_backend_t *be;
+    int q_dim, kv_dim, qkv_dim;
+    float *embed;                 /* (vocab, dim) */
+    float *lm_head;               /* (vocab, dim); == embed when tied */
+    float *norm_w, *norm_b;       /* (dim) final norm; bias NULL for RMSNorm */
+    sep_layer_t *layers;          /* (n_layers) */
+    double *inv_freq;             /* (rot_dim / 2) rotary frequencies, host */
+    sep_run_t run;
+} sep_model_t;
+
+/* One stream's part of a batch. */
+typedef struct {
+    sep_cache_t *cache;     /* the stream's cache; K/V of ids are appended */
+    const int32_t *ids;     /* (n) tokens */
+    int n;
+    const int32_t *targets; /* (n) token to score after each, < 0: none; NULL: none */
+    float *nll;             /* (n) out: -log p(targets[i]) (left alone where none) */
+} sep_chunk_t;
+
+/* Load dir; max_tokens bounds the rows of one forward. */
+int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens);
+void sep_model_destroy(sep_model_t **self_p);
+
+/* A cache for this model's layers. */
+int sep_model_cache_new(const sep_model_t *m, sep_cache_t **out);
+
+/* Run a batch (chunks of distinct caches, at most max_tokens tokens). */
+int sep_model_forward(sep_model_t *m, sep_chunk_t *chunks, int n_chunks);
+
+#endif

@@ -1,0 +1,58 @@
+/* safetensors.h: the tensors of a checkpoint folder, memory-mapped.
+ *
+ * A folder holds model.safetensors, or shards listed by
+ * model.safetensors.index.json (its weight_map names each tensor's file).
+ * Every header is validated before any tensor is used: JSON well formed,
+ * dtype known, shape product times element size equal to the byte range,
+ * ranges inside the file's data area and not overlapping, the index's
+ * tensors all present in the file it names. Supported dtypes: F32, F16,
+ * BF16 (others load but sep_st_read_f32 refuses them, naming the tensor).
+ *
+ * Data stay mapped until sep_st_destroy(); nothing is copied at open.
+ */
+#ifndef SEP_SAFETENSORS_H
+#define SEP_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    SEP_DT_F32 = 1,
+    SEP_DT_F16,
+    SEP_DT_BF16,
+    SEP_DT_OTHER, /* a valid safetensors dtype sepd cannot convert */
+} sep_dtype_t;
+
+#define SEP_ST_MAX_DIMS 8
+
+typedef struct {
+    const char *name;
+    const char *file;          /* path of the file holding it */
+    const char *dtype_name;    /* as written in the header ("BF16") */
+    sep_dtype_t dtype;
+    int ndim;
+    int64_t shape[SEP_ST_MAX_DIMS];
+    const void *data;          /* inside the mapping */
+    size_t nbytes;
+} sep_tensor_t;
+
+typedef struct sep_st sep_st_t;
+
+/* Open every safetensors file of the folder dir. On failure *out is NULL
+ * and sep_errmsg() names the file (and tensor) that was wrong. */
+int sep_st_open(sep_st_t **out, const char *dir);
+void sep_st_destroy(sep_st_t **self_p);
+
+/* The tensor called name, or NULL. */
+const sep_tensor_t *sep_st_find(const sep_st_t *st, const char *name);
+size_t sep_st_count(const sep_st_t *st);
+const sep_tensor_t *sep_st_at(const sep_st_t *st, size_t i);
+
+/* Convert tensor name to fp32 into dst after checking that its shape is
+ * exactly shape[0..ndim). Missing tensor: SEP_ENOTFOUND; other shape:
+ * SEP_EFORMAT; unconvertible dtype: SEP_EUNSUPPORTED; each naming the
+ * file and the tensor. */
+int sep_st_read_f32(const sep_st_t *st, const char *name, int ndim,
+                    const int64_t *shape, float *dst);
+
+#endif
