@@ -710,18 +710,27 @@ static int teardown(void **state)
     return rmdir(tmpdir);
 }
 
-#define GOLDEN(i, f) cmocka_unit_test_prestate(f, (void *)&goldens[i])
+/* One case per model and text, named so a TAP line says which failed. */
+#define CASE(name, f, i) {name, f, NULL, NULL, (void *)&goldens[i]}
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        GOLDEN(0, test_golden), GOLDEN(1, test_golden), GOLDEN(2, test_golden),
-        GOLDEN(3, test_golden), GOLDEN(4, test_golden), GOLDEN(5, test_golden),
-        GOLDEN(6, test_golden), GOLDEN(7, test_golden), GOLDEN(8, test_golden),
-        GOLDEN(3, test_roundtrip), GOLDEN(4, test_roundtrip),
-        GOLDEN(5, test_roundtrip),
-        GOLDEN(0, test_sp_decode), GOLDEN(1, test_sp_decode),
-        GOLDEN(2, test_sp_decode),
+        CASE("golden_stories15m_persuasion", test_golden, 0),
+        CASE("golden_stories15m_jack_sheppard", test_golden, 1),
+        CASE("golden_stories15m_wikitext2_test", test_golden, 2),
+        CASE("golden_books-llama-16m_persuasion", test_golden, 3),
+        CASE("golden_books-llama-16m_jack_sheppard", test_golden, 4),
+        CASE("golden_books-llama-16m_wikitext2_test", test_golden, 5),
+        CASE("golden_books-neox-9m_persuasion", test_golden, 6),
+        CASE("golden_books-neox-9m_jack_sheppard", test_golden, 7),
+        CASE("golden_books-neox-9m_wikitext2_test", test_golden, 8),
+        CASE("roundtrip_books-llama-16m_persuasion", test_roundtrip, 3),
+        CASE("roundtrip_books-llama-16m_jack_sheppard", test_roundtrip, 4),
+        CASE("roundtrip_books-llama-16m_wikitext2_test", test_roundtrip, 5),
+        CASE("sp_decode_stories15m_persuasion", test_sp_decode, 0),
+        CASE("sp_decode_stories15m_jack_sheppard", test_sp_decode, 1),
+        CASE("sp_decode_stories15m_wikitext2_test", test_sp_decode, 2),
         cmocka_unit_test(test_vocab_size),
         cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_decode_range),

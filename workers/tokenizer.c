@@ -918,8 +918,9 @@ static int load_vocab(sep_tok_t *t, json_t *vocab, size_t limit,
                             path, key, (long long)id, limit);
         if (t->text_off[id] != HOLE)
             return sep_fail(SEP_EFORMAT,
-                            "%s: model.vocab[\"%.60s\"]: id %lld already belongs to \"%.60s\"",
+                            "%s: model.vocab[\"%.60s\"]: id %lld already belongs to \"%.*s\"",
                             path, key, (long long)id,
+                            (int)(t->text_len[id] > 60 ? 60 : t->text_len[id]),
                             t->blob.p + t->text_off[id]);
         if ((rc = vocab_put(t, key, klen, (int32_t)id)))
             return rc;
@@ -1088,8 +1089,9 @@ static int added_cmp(const void *a, const void *b)
 
 static void addset_index(struct addset *a)
 {
-    qsort(a->v, a->n, sizeof *a->v, added_cmp);
     size_t k = 0;
+    if (a->n)
+        qsort(a->v, a->n, sizeof *a->v, added_cmp);
     for (int c = 0; c < 256; c++) {
         a->first[c] = (uint32_t)k;
         while (k < a->n && (unsigned char)a->v[k].s[0] == c)
@@ -1865,11 +1867,11 @@ static int utf8_lossy(const char *s, size_t n, struct buf *out)
     uint32_t cp;
     size_t bad, l;
     int rc;
-    for (size_t i = 0; i < n; i += l ? l : bad)
-        if ((l = utf8_decode((const unsigned char *)s + i, n - i, &cp, &bad))
-                ? (rc = buf_add(out, s + i, l))
-                : (rc = buf_add(out, FFFD, 3)))
+    for (size_t i = 0; i < n; i += l ? l : bad) {
+        l = utf8_decode((const unsigned char *)s + i, n - i, &cp, &bad);
+        if ((rc = l ? buf_add(out, s + i, l) : buf_add(out, FFFD, 3)))
             return rc;
+    }
     return SEP_OK;
 }
 
