@@ -9,6 +9,7 @@
 #include "err.h"
 #include "backend.h"
 #include "model.h"
+#include "separators.h"
 #include "stream.h"
 #include "tokenizer.h"
 
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,10 +31,17 @@ static const char *usage_text =
     "\n"
     "commands:\n"
     "  tokenize [--model DIR]        encode stdin, print the ids on one line\n"
-    "  eval [--model DIR] [--method full] [--max-tokens N] [--ids FILE]\n"
-    "       [--nll-out FILE] [--json] [--threads T] [--chunk K]\n"
+    "  eval [--model DIR] [cache options] [--max-tokens N] [--ids FILE]\n"
+    "       [--nll-out FILE] [--kv-out FILE] [--json] [--threads T] [--chunk K]\n"
+    "       [--per-token]\n"
     "                                score a text (stdin, or ids from FILE)\n"
+    "  separators [--model DIR] [--separators X]\n"
+    "                                print the separator ids, ascending\n"
     "  version                       print the version\n"
+    "\n"
+    "cache options: --method full|streaming|sepllm (sepllm) --init A (4)\n"
+    "  --seps S (64) --window W (256; streaming: C - A) --capacity C (800)\n"
+    "  --no-shift --separators auto|rule|llama3|gpt_neox|falcon|LIST (auto)\n"
     "\n"
     "DIR defaults to $SEPD_MODEL, else the bundled books-llama-16m.\n";
 
@@ -134,19 +143,21 @@ static int ctl_parse_ids(const char *path, const char *text, size_t len,
     return SEP_OK;
 }
 
-static int ctl_tokenize_stdin(const char *model_dir, int32_t **ids, size_t *n)
+static int ctl_tok_load(const char *model_dir, sep_tok_t **tok)
 {
-    char path[4096], *text = NULL;
-    size_t len;
-    sep_tok_t *tok = NULL;
-    int rc;
+    char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
-    if ((rc = sep_tok_load(&tok, path)) || (rc = ctl_slurp(stdin, "stdin", &text, &len)))
-        goto done;
-    rc = sep_tok_encode(tok, text, len, ids, n);
-done:
+    return sep_tok_load(tok, path);
+}
+
+static int ctl_tokenize_stdin(const sep_tok_t *tok, int32_t **ids, size_t *n)
+{
+    char *text = NULL;
+    size_t len;
+    int rc = ctl_slurp(stdin, "stdin", &text, &len);
+    if (!rc)
+        rc = sep_tok_encode(tok, text, len, ids, n);
     free(text);
-    sep_tok_destroy(&tok);
     return rc;
 }
 
@@ -165,7 +176,11 @@ static int cmd_tokenize(int argc, char **argv)
         return usage_error("tokenize: unexpected argument '%s'", argv[optind]);
     int32_t *ids = NULL;
     size_t n = 0;
-    int rc = ctl_tokenize_stdin(ctl_model_dir(model), &ids, &n);
+    sep_tok_t *tok = NULL;
+    int rc = ctl_tok_load(ctl_model_dir(model), &tok);
+    if (!rc)
+        rc = ctl_tokenize_stdin(tok, &ids, &n);
+    sep_tok_destroy(&tok);
     if (rc)
         return runtime_error(rc);
     for (size_t i = 0; i < n; i++)
@@ -197,28 +212,66 @@ static double ctl_now(void)
 }
 
 typedef struct {
-    const char *model, *ids_path, *nll_out, *method;
+    const char *model, *ids_path, *nll_out, *kv_out, *separators;
     long max_tokens, threads, chunk;
     int json;
+    sep_policy_t policy;
 } eval_opts_t;
+
+/* Cache options shared by eval (and, later, the daemon's open). */
+static int ctl_cache_opt(int c, const char *arg, sep_policy_t *p, int *window_given,
+                         const char **separators)
+{
+    long v;
+    switch (c) {
+    case 'M':
+        if (sep_method_parse(arg, &p->method)) {
+            fprintf(stderr, "sepctl: --method: %s\n", sep_errmsg());
+            return -1;
+        }
+        return 0;
+    case 'A': if (ctl_int_opt("init", arg, 0, 1 << 24, &v)) return -1; p->a = (int)v; return 0;
+    case 'S': if (ctl_int_opt("seps", arg, 0, 1 << 24, &v)) return -1; p->s = (int)v; return 0;
+    case 'W': if (ctl_int_opt("window", arg, 0, 1 << 24, &v)) return -1; p->w = (int)v;
+              *window_given = 1; return 0;
+    case 'C': if (ctl_int_opt("capacity", arg, 1, 1 << 24, &v)) return -1; p->c = (int)v; return 0;
+    case 'N': p->shift = 0; return 0;
+    case 'X': *separators = arg; return 0;
+    default: return 1;
+    }
+}
+
+#define CTL_CACHE_OPTIONS \
+    { "method", required_argument, 0, 'M' }, { "init", required_argument, 0, 'A' }, \
+    { "seps", required_argument, 0, 'S' }, { "window", required_argument, 0, 'W' }, \
+    { "capacity", required_argument, 0, 'C' }, { "no-shift", no_argument, 0, 'N' }, \
+    { "separators", required_argument, 0, 'X' }
 
 static int eval_parse(int argc, char **argv, eval_opts_t *o)
 {
     static const struct option opts[] = {
-        { "model", required_argument, 0, 'm' }, { "method", required_argument, 0, 'M' },
+        { "model", required_argument, 0, 'm' }, CTL_CACHE_OPTIONS,
         { "max-tokens", required_argument, 0, 'n' }, { "ids", required_argument, 0, 'i' },
         { "nll-out", required_argument, 0, 'o' }, { "json", no_argument, 0, 'j' },
         { "threads", required_argument, 0, 't' }, { "chunk", required_argument, 0, 'c' },
+        { "per-token", no_argument, 0, 'p' }, { "kv-out", required_argument, 0, 'k' },
         { 0, 0, 0, 0 } };
-    int c;
-    *o = (eval_opts_t){ .method = "full", .max_tokens = -1, .threads = 0, .chunk = 512 };
+    int c, window_given = 0, r;
+    *o = (eval_opts_t){ .max_tokens = -1, .threads = 0, .chunk = 512,
+                        .policy = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64, .w = 256,
+                                    .c = 800, .shift = 1 } };
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if ((r = ctl_cache_opt(c, optarg, &o->policy, &window_given, &o->separators)) < 0)
+            return EXIT_USAGE;
+        if (r == 0)
+            continue;
         switch (c) {
         case 'm': o->model = optarg; break;
-        case 'M': o->method = optarg; break;
         case 'i': o->ids_path = optarg; break;
         case 'o': o->nll_out = optarg; break;
+        case 'k': o->kv_out = optarg; break;
         case 'j': o->json = 1; break;
+        case 'p': o->chunk = 1; break;
         case 'n': if (ctl_int_opt("max-tokens", optarg, 1, INT64_MAX / 2, &o->max_tokens)) return EXIT_USAGE; break;
         case 't': if (ctl_int_opt("threads", optarg, 1, 1024, &o->threads)) return EXIT_USAGE; break;
         case 'c': if (ctl_int_opt("chunk", optarg, 1, 1 << 16, &o->chunk)) return EXIT_USAGE; break;
@@ -227,15 +280,25 @@ static int eval_parse(int argc, char **argv, eval_opts_t *o)
     }
     if (optind != argc)
         return usage_error("eval: unexpected argument '%s'", argv[optind]);
-    if (strcmp(o->method, "full") != 0)
-        return usage_error("eval: --method '%s': this build knows 'full'", o->method);
+    if (o->policy.method == SEP_METHOD_STREAMING && !window_given)
+        o->policy.w = o->policy.c - o->policy.a;
+    /* check the numbers now, before any loading; the separator set comes
+     * with the tokenizer */
+    sep_policy_t numbers = o->policy;
+    static const uint8_t one = 1;
+    numbers.is_sep = &one;
+    numbers.n_vocab = 1;
+    if (sep_policy_check(&numbers)) {
+        fprintf(stderr, "sepctl: %s\n", sep_errmsg());
+        return EXIT_USAGE;
+    }
     return 0;
 }
 
-static int eval_load_ids(const eval_opts_t *o, const char *model_dir, int32_t **ids, size_t *n)
+static int eval_load_ids(const eval_opts_t *o, const sep_tok_t *tok, int32_t **ids, size_t *n)
 {
     if (!o->ids_path)
-        return ctl_tokenize_stdin(model_dir, ids, n);
+        return ctl_tokenize_stdin(tok, ids, n);
     FILE *f = fopen(o->ids_path, "rb");
     if (!f)
         return sep_fail(SEP_EIO, "%s: %s", o->ids_path, strerror(errno));
@@ -249,6 +312,22 @@ static int eval_load_ids(const eval_opts_t *o, const char *model_dir, int32_t **
     return rc;
 }
 
+/* One value a line: nll[i] (nll given) or kv[i]. */
+static int eval_write(const char *path, const float *nll, const int32_t *kv, size_t n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
+    for (size_t i = 0; i < n; i++)
+        if (nll)
+            fprintf(f, "%.6f\n", nll[i]);
+        else
+            fprintf(f, "%d\n", kv[i]);
+    if (ferror(f) | (fclose(f) != 0))
+        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
+    return SEP_OK;
+}
+
 static int cmd_eval(int argc, char **argv)
 {
     eval_opts_t o;
@@ -259,12 +338,13 @@ static int cmd_eval(int argc, char **argv)
     sep_backend_t *be = NULL;
     sep_model_t *m = NULL;
     sep_stream_t *s = NULL;
-    int32_t *ids = NULL;
+    sep_tok_t *tok = NULL;
+    sep_sepset_t seps = { 0 };
+    int32_t *ids = NULL, *kv = NULL;
     float *nll = NULL;
-    FILE *nf = NULL;
     size_t n = 0, scored = 0;
     int rc;
-    if ((rc = eval_load_ids(&o, model_dir, &ids, &n)))
+    if ((rc = ctl_tok_load(model_dir, &tok)) || (rc = eval_load_ids(&o, tok, &ids, &n)))
         goto fail;
     if (o.max_tokens >= 0 && (size_t)o.max_tokens + 1 < n)
         n = (size_t)o.max_tokens + 1;
@@ -272,51 +352,84 @@ static int cmd_eval(int argc, char **argv)
         rc = sep_fail(SEP_EINVAL, "eval: the text has %zu token(s); at least 2 are needed", n);
         goto fail;
     }
+    if ((rc = sep_sepset_build(&seps, tok, o.separators)))
+        goto fail;
+    o.policy.is_sep = seps.is_sep;
+    o.policy.n_vocab = seps.n_vocab;
     if ((rc = sep_backend_cpu_new(&be, (int)o.threads)) ||
         (rc = sep_model_load(&m, model_dir, be, (int)o.chunk)) ||
-        (rc = sep_stream_new(&s, m)))
+        (rc = sep_stream_new(&s, m, &o.policy)))
         goto fail;
-    if (!(nll = malloc(n * sizeof *nll))) {
+    if ((o.nll_out && !(nll = malloc(n * sizeof *nll))) ||
+        (o.kv_out && !(kv = malloc(n * sizeof *kv)))) {
         rc = sep_fail(SEP_ENOMEM, "eval: out of memory for %zu NLLs", n);
         goto fail;
     }
     double t0 = ctl_now();
-    if ((rc = sep_stream_feed(m, s, ids, n, nll, &scored)))
+    if ((rc = sep_stream_feed(m, s, ids, n, nll, kv, &scored)))
         goto fail;
     double secs = ctl_now() - t0;
-    if (o.nll_out) {
-        if (!(nf = fopen(o.nll_out, "w"))) {
-            rc = sep_fail(SEP_EIO, "%s: %s", o.nll_out, strerror(errno));
-            goto fail;
-        }
-        for (size_t i = 0; i < scored; i++)
-            fprintf(nf, "%.6f\n", nll[i]);
-        if (fclose(nf) != 0) {
-            nf = NULL;
-            rc = sep_fail(SEP_EIO, "%s: %s", o.nll_out, strerror(errno));
-            goto fail;
-        }
-        nf = NULL;
-    }
+    if ((o.nll_out && (rc = eval_write(o.nll_out, nll, NULL, scored))) ||
+        (o.kv_out && (rc = eval_write(o.kv_out, NULL, kv, scored))))
+        goto fail;
     double ppl = exp(s->nll_sum / (double)s->tokens);
     double avg_kv = (double)s->kv_sum / (double)s->tokens;
+    struct rusage ru;
+    long rss_kib = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
     if (o.json)
         printf("{\"tokens\": %lld, \"ppl\": %.6f, \"avg_kv\": %.4f, \"max_kv\": %lld, "
-               "\"seconds\": %.4f, \"tokens_per_s\": %.1f}\n",
-               (long long)s->tokens, ppl, avg_kv, (long long)s->kv_max, secs, s->tokens / secs);
+               "\"seconds\": %.4f, \"tokens_per_s\": %.1f, \"peak_rss_kib\": %ld}\n",
+               (long long)s->tokens, ppl, avg_kv, (long long)s->kv_max, secs, s->tokens / secs,
+               rss_kib);
     else
         printf("tokens %lld  ppl %.4f  avg_kv %.2f  max_kv %lld  seconds %.3f  tokens/s %.1f\n",
                (long long)s->tokens, ppl, avg_kv, (long long)s->kv_max, secs, s->tokens / secs);
 fail:
-    if (nf)
-        fclose(nf);
     free(nll);
+    free(kv);
     free(ids);
     sep_stream_destroy(&s);
     sep_model_destroy(&m);
     sep_backend_destroy(&be);
+    sep_sepset_free(&seps);
+    sep_tok_destroy(&tok);
     if (rc)
         return runtime_error(rc);
+    return fflush(stdout) == 0 ? 0 : EXIT_RUNTIME;
+}
+
+static int cmd_separators(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "model", required_argument, 0, 'm' }, { "separators", required_argument, 0, 'X' },
+        { 0, 0, 0, 0 } };
+    const char *model = NULL, *spec = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'm')
+            model = optarg;
+        else if (c == 'X')
+            spec = optarg;
+        else
+            return usage_error("separators: bad option", "");
+    }
+    if (optind != argc)
+        return usage_error("separators: unexpected argument '%s'", argv[optind]);
+    sep_tok_t *tok = NULL;
+    sep_sepset_t seps = { 0 };
+    int rc = ctl_tok_load(ctl_model_dir(model), &tok);
+    if (!rc)
+        rc = sep_sepset_build(&seps, tok, spec);
+    sep_tok_destroy(&tok);
+    if (rc)
+        return runtime_error(rc);
+    for (int id = 0, first = 1; id < seps.n_vocab; id++)
+        if (seps.is_sep[id]) {
+            printf(first ? "%d" : " %d", id);
+            first = 0;
+        }
+    printf("\n");
+    sep_sepset_free(&seps);
     return fflush(stdout) == 0 ? 0 : EXIT_RUNTIME;
 }
 
@@ -332,6 +445,8 @@ int main(int argc, char **argv)
         return cmd_tokenize(argc, argv);
     if (strcmp(cmd, "eval") == 0)
         return cmd_eval(argc, argv);
+    if (strcmp(cmd, "separators") == 0)
+        return cmd_separators(argc, argv);
     if (strcmp(cmd, "version") == 0) {
         printf("sepctl %s\n", PACKAGE_VERSION);
         return 0;

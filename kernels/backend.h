@@ -7,8 +7,8 @@
  * which backend runs them. Every matrix is row-major.
  *
  * Shapes use: n rows (tokens), d features. Operations cannot fail once
- * their buffers are allocated, but for attention's scratch; alloc returns
- * NULL when memory runs out.
+ * their buffers are allocated: alloc returns NULL and attention_reserve
+ * SEP_ENOMEM when memory runs out, before anything is computed.
  */
 #ifndef SEP_BACKEND_H
 #define SEP_BACKEND_H
@@ -39,8 +39,9 @@ struct sep_backend {
     void (*upload)(sep_backend_t *be, void *dst, const void *src, size_t bytes);
     void (*download)(sep_backend_t *be, void *dst, const void *src, size_t bytes);
     /* Row i of dst := row src_idx[i] of src, rows of `width` floats (token
-     * embedding lookup, cache compaction). src_idx is in host memory; dst
-     * may be src when src_idx is ascending with src_idx[i] >= i. */
+     * embedding lookup, cache compaction). src_idx is in host memory. dst
+     * may lie inside src (in-place compaction) when src_idx ascends and
+     * each dst row i sits at or before src row src_idx[i]. */
     void (*gather_rows)(sep_backend_t *be, float *dst, const float *src,
                         const int32_t *src_idx, int n, int width);
     /* n rows of `width` floats from src (row stride src_stride) to dst
@@ -63,9 +64,12 @@ struct sep_backend {
      * at row i's position, in backend memory. */
     void (*rope)(sep_backend_t *be, float *x, int n, int stride, int n_heads,
                  int head_dim, int rot_dim, const float *cs);
-    /* Causal attention for a batch of problems sharing head geometry.
-     * May fail only for lack of scratch memory (SEP_ENOMEM). */
-    int (*attention)(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
+    /* Make attention ready for problems of up to max_keys keys (scratch
+     * memory); the one call of the set that can fail (SEP_ENOMEM). */
+    int (*attention_reserve)(sep_backend_t *be, int max_keys);
+    /* Causal attention for a batch of problems sharing head geometry,
+     * none longer than the last attention_reserve allowed. */
+    void (*attention)(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
                       int n_heads, int n_kv_heads, int head_dim);
     /* x += y, n*d elements */
     void (*add)(sep_backend_t *be, float *x, const float *y, size_t n);
@@ -82,7 +86,7 @@ struct sep_backend {
 };
 
 /* The CPU backend: OpenBLAS for matrix products, OpenMP threads for the
- * rest; n_threads <= 0 means one per core. */
+ * rest; n_threads <= 0 means $OMP_NUM_THREADS, else one per core. */
 int sep_backend_cpu_new(sep_backend_t **out, int n_threads);
 void sep_backend_destroy(sep_backend_t **self_p);
 

@@ -41,7 +41,8 @@ static void cpu_gather_rows(sep_backend_t *be, float *dst, const float *src,
                             const int32_t *src_idx, int n, int width)
 {
     (void)be;
-    /* ascending src_idx[i] >= i makes an in-place gather safe in order */
+    /* in place, rows are read at or after where they are written: in order
+     * no row is overwritten before it is read */
     for (int i = 0; i < n; i++)
         if (dst + (size_t)i * width != src + (size_t)src_idx[i] * width)
             memmove(dst + (size_t)i * width, src + (size_t)src_idx[i] * width,
@@ -170,11 +171,13 @@ typedef struct {
     size_t scratch_len;
 } cpu_backend_t;
 
-static int cpu_reserve_scratch(cpu_backend_t *cb, size_t len)
+static int cpu_attention_reserve(sep_backend_t *be, int max_keys)
 {
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    size_t len = (size_t)ATTN_QBLOCK * (size_t)(max_keys > 0 ? max_keys : 1);
     if (len <= cb->scratch_len)
         return SEP_OK;
-    for (int t = 0; t < cb->base.n_threads; t++) {
+    for (int t = 0; t < be->n_threads; t++) {
         float *p = realloc(cb->scratch[t], len * sizeof(float));
         if (!p)
             return sep_fail(SEP_ENOMEM, "cpu attention: no memory for %zu scores", len);
@@ -184,20 +187,14 @@ static int cpu_reserve_scratch(cpu_backend_t *cb, size_t len)
     return SEP_OK;
 }
 
-static int cpu_attention(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
-                         int n_heads, int n_kv_heads, int head_dim)
+static void cpu_attention(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
+                          int n_heads, int n_kv_heads, int head_dim)
 {
     cpu_backend_t *cb = (cpu_backend_t *)be;
     int group = n_heads / n_kv_heads, kv_dim = n_kv_heads * head_dim;
-    int n_tasks = 0, max_keys = 0;
-    for (int p = 0; p < n_probs; p++) {
+    int n_tasks = 0;
+    for (int p = 0; p < n_probs; p++)
         n_tasks += n_heads * ((probs[p].n_q + ATTN_QBLOCK - 1) / ATTN_QBLOCK);
-        if (probs[p].n_past + probs[p].n_q > max_keys)
-            max_keys = probs[p].n_past + probs[p].n_q;
-    }
-    int rc = cpu_reserve_scratch(cb, (size_t)ATTN_QBLOCK * max_keys);
-    if (rc)
-        return rc;
     #pragma omp parallel for num_threads(be->n_threads) schedule(dynamic)
     for (int t = 0; t < n_tasks; t++) {
         int p = 0, rest = t, nb;
@@ -210,7 +207,6 @@ static int cpu_attention(sep_backend_t *be, const sep_attn_t *probs, int n_probs
         cpu_attention_block(&probs[p], h, i0, i1, group, head_dim, kv_dim,
                             cb->scratch[omp_get_thread_num()]);
     }
-    return SEP_OK;
 }
 
 static void cpu_add(sep_backend_t *be, float *x, const float *y, size_t n)
@@ -270,7 +266,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
 {
     *out = NULL;
     if (n_threads <= 0)
-        n_threads = omp_get_num_procs();
+        n_threads = omp_get_max_threads(); /* OMP_NUM_THREADS, else one per core */
     cpu_backend_t *cb = calloc(1, sizeof *cb);
     float **scratch = calloc((size_t)n_threads, sizeof *scratch);
     if (!cb || !scratch) {
@@ -294,6 +290,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->rmsnorm = cpu_rmsnorm;
     be->layernorm = cpu_layernorm;
     be->rope = cpu_rope;
+    be->attention_reserve = cpu_attention_reserve;
     be->attention = cpu_attention;
     be->add = cpu_add;
     be->silu_mul = cpu_silu_mul;

@@ -1,22 +1,75 @@
-/* cache.c: storage of a stream's KV entries. */
+/* cache.c: the streaming cache's storage, compaction plan and gathers. */
 #include "cache.h"
 #include "err.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-int sep_cache_new(sep_cache_t **out, sep_backend_t *be, int n_layers, int kv_dim)
+int sep_method_parse(const char *name, sep_method_t *out)
+{
+    static const char *names[] = { "full", "streaming", "sepllm" };
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *out = (sep_method_t)i;
+            return SEP_OK;
+        }
+    return sep_fail(SEP_EINVAL, "method '%s': expected full, streaming or sepllm", name);
+}
+
+const char *sep_method_name(sep_method_t m)
+{
+    return m == SEP_METHOD_FULL ? "full" : m == SEP_METHOD_STREAMING ? "streaming" : "sepllm";
+}
+
+int sep_policy_check(const sep_policy_t *p)
+{
+    if (p->method == SEP_METHOD_FULL)
+        return SEP_OK;
+    /* the cache holds c + 1 entries at most: keep that an int with room */
+    if (p->a < 0 || p->s < 0 || p->w < 0 || p->c < 1 || p->c > (1 << 24))
+        return sep_fail(SEP_EINVAL, "cache: a=%d s=%d w=%d c=%d: a, s, w must be >= 0 "
+                        "and c in 1..%d", p->a, p->s, p->w, p->c, 1 << 24);
+    if (p->method == SEP_METHOD_STREAMING && p->w != p->c - p->a)
+        return sep_fail(SEP_EINVAL, "streaming: the window w=%d must be c - a = %d",
+                        p->w, p->c - p->a);
+    if (p->method == SEP_METHOD_STREAMING && p->a >= p->c)
+        return sep_fail(SEP_EINVAL, "streaming: a=%d must be below c=%d", p->a, p->c);
+    if (p->method == SEP_METHOD_SEPLLM) {
+        if ((long)p->a + p->s + p->w >= p->c)
+            return sep_fail(SEP_EINVAL, "sepllm: a + s + w = %ld must be below c = %d",
+                            (long)p->a + p->s + p->w, p->c);
+        if (!p->is_sep || p->n_vocab < 1)
+            return sep_fail(SEP_EINVAL, "sepllm: no separator set");
+    }
+    return SEP_OK;
+}
+
+/* Entries can move (compaction) and positions follow slots: keys must be
+ * kept unrotated to be re-rotated exactly. */
+static int cache_keeps_raw(const sep_policy_t *p)
+{
+    return p->shift && p->method != SEP_METHOD_FULL;
+}
+
+int sep_cache_new(sep_cache_t **out, sep_backend_t *be, int n_layers, int kv_dim,
+                  const sep_policy_t *policy)
 {
     *out = NULL;
+    int rc = sep_policy_check(policy);
+    if (rc)
+        return rc;
     sep_cache_t *c = calloc(1, sizeof *c);
     if (!c)
         goto fail;
     c->be = be;
+    c->policy = *policy;
     c->n_layers = n_layers;
     c->kv_dim = kv_dim;
     c->k = calloc((size_t)n_layers, sizeof *c->k);
     c->v = calloc((size_t)n_layers, sizeof *c->v);
     if (!c->k || !c->v)
+        goto fail;
+    if (cache_keeps_raw(policy) && !(c->k_raw = calloc((size_t)n_layers, sizeof *c->k_raw)))
         goto fail;
     *out = c;
     return SEP_OK;
@@ -33,10 +86,13 @@ void sep_cache_destroy(sep_cache_t **self_p)
     for (int l = 0; l < c->n_layers; l++) {
         if (c->k)
             c->be->free(c->be, c->k[l]);
+        if (c->k_raw)
+            c->be->free(c->be, c->k_raw[l]);
         if (c->v)
             c->be->free(c->be, c->v[l]);
     }
     free(c->k);
+    free(c->k_raw);
     free(c->v);
     free(c->ids);
     free(c->pos);
@@ -57,16 +113,18 @@ static int cache_regrow(sep_cache_t *c, float **buf, int cap)
     return SEP_OK;
 }
 
-int sep_cache_reserve(sep_cache_t *c, int k)
+int sep_cache_reserve(sep_cache_t *c, int entries)
 {
-    if (k < 0 || c->n > INT32_MAX / 2 - k)
-        return sep_fail(SEP_ERANGE, "kv cache: %d more entries exceed the cache's limit", k);
-    int need = c->n + k;
-    if (need <= c->cap)
+    if (entries <= c->cap)
         return SEP_OK;
+    if (entries > INT32_MAX / 2)
+        return sep_fail(SEP_ERANGE, "kv cache: %d entries exceed the cache's limit", entries);
+    /* an evicting cache never holds more than c + 1: size it exactly once */
     int cap = c->cap ? c->cap : 256;
-    while (cap < need)
+    while (cap < entries)
         cap *= 2;
+    if (c->policy.method != SEP_METHOD_FULL && entries <= c->policy.c + 1)
+        cap = c->policy.c + 1;
     int32_t *ids = realloc(c->ids, (size_t)cap * sizeof *ids);
     if (ids)
         c->ids = ids;
@@ -76,7 +134,8 @@ int sep_cache_reserve(sep_cache_t *c, int k)
     if (!ids || !pos)
         goto fail;
     for (int l = 0; l < c->n_layers; l++)
-        if (cache_regrow(c, &c->k[l], cap) || cache_regrow(c, &c->v[l], cap))
+        if (cache_regrow(c, &c->k[l], cap) || cache_regrow(c, &c->v[l], cap) ||
+            (c->k_raw && cache_regrow(c, &c->k_raw[l], cap)))
             goto fail;
     c->cap = cap;
     return SEP_OK;
@@ -86,11 +145,150 @@ fail:
                     cap, c->n_layers);
 }
 
-void sep_cache_commit(sep_cache_t *c, const int32_t *ids, int k)
+/* Grow *buf to hold n elements of size sz (capacity in *cap). */
+static int plan_grow(void **buf, int *cap, int n, size_t sz)
 {
-    memcpy(c->ids + c->n, ids, (size_t)k * sizeof *ids);
-    for (int i = 0; i < k; i++)
-        c->pos[c->n + i] = c->n_seen + i;
-    c->n += k;
-    c->n_seen += k;
+    if (n <= *cap)
+        return SEP_OK;
+    int nc = *cap ? *cap : 64;
+    while (nc < n)
+        nc = nc > INT32_MAX / 2 ? n : nc * 2;
+    void *nb = realloc(*buf, (size_t)nc * sz);
+    if (!nb)
+        return sep_fail(SEP_ENOMEM, "cache plan: no memory for %d entries", n);
+    *buf = nb;
+    *cap = nc;
+    return SEP_OK;
+}
+
+/* The compaction of m entries (ids), by the policy: the kept indices into
+ * keep, their count returned; *n_sep updated (sepllm). */
+static int plan_keep(const sep_policy_t *po, const int32_t *ids, int m, int *n_sep,
+                     int32_t *keep)
+{
+    int k = 0;
+    for (int i = 0; i < po->a; i++)
+        keep[k++] = i;
+    if (po->method == SEP_METHOD_STREAMING) {
+        for (int i = m - (po->c - po->a); i < m; i++)
+            keep[k++] = i;
+        return k;
+    }
+    /* sepllm: the separator region, then the separators of the past
+     * window, the newest s of them */
+    int win = m - po->w, total = *n_sep;
+    for (int i = po->a + *n_sep; i < win; i++)
+        total += ids[i] >= 0 && ids[i] < po->n_vocab && po->is_sep[ids[i]];
+    int skip = total > po->s ? total - po->s : 0, seen = 0;
+    for (int i = po->a; i < win; i++) {
+        int is = i < po->a + *n_sep ||
+                 (ids[i] >= 0 && ids[i] < po->n_vocab && po->is_sep[ids[i]]);
+        if (is && seen++ >= skip)
+            keep[k++] = i;
+    }
+    *n_sep = total - skip;
+    for (int i = win; i < m; i++)
+        keep[k++] = i;
+    return k;
+}
+
+int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *p)
+{
+    const sep_policy_t *po = &c->policy;
+    int evict = po->method != SEP_METHOD_FULL;
+    int meta = evict ? po->c + 1 : c->n + n;
+    int rc;
+    if (evict && c->n > po->c)
+        return sep_fail(SEP_EINVAL, "cache plan: cache holds %d entries, above c=%d", c->n, po->c);
+    if ((rc = plan_grow((void **)&p->rope_pos, &p->tok_cap, n, sizeof *p->rope_pos)) ||
+        (rc = plan_grow((void **)&p->seg, &p->seg_cap, evict ? n : 1, sizeof *p->seg)))
+        return rc;
+    /* ids and pos share meta_cap: grow both before recording it */
+    int cap = p->meta_cap;
+    if ((rc = plan_grow((void **)&p->ids, &cap, meta, sizeof *p->ids)))
+        return rc;
+    cap = p->meta_cap;
+    if ((rc = plan_grow((void **)&p->pos, &cap, meta, sizeof *p->pos)))
+        return rc;
+    p->meta_cap = cap;
+    memcpy(p->ids, c->ids, (size_t)c->n * sizeof *p->ids);
+    memcpy(p->pos, c->pos, (size_t)c->n * sizeof *p->pos);
+
+    int m = c->n, n_sep = c->n_sep, used_keep = 0;
+    p->n_tokens = n;
+    p->n_seg = 0;
+    p->max_entries = m;
+    for (int t = 0; t < n;) {
+        int k = n - t;
+        if (evict && k > po->c + 1 - m)
+            k = po->c + 1 - m;
+        sep_segment_t *sg = &p->seg[p->n_seg++];
+        *sg = (sep_segment_t){ .start = t, .len = k, .n_past = m };
+        for (int i = 0; i < k; i++) {
+            int64_t spos = c->n_seen + t + i;
+            p->rope_pos[t + i] = po->shift ? m + i : spos;
+            p->ids[m + i] = ids[t + i];
+            p->pos[m + i] = spos;
+        }
+        m += k;
+        t += k;
+        if (m > p->max_entries)
+            p->max_entries = m;
+        if (!evict || m <= po->c)
+            continue;
+        /* a compaction keeps at most c entries; keep lists are stored as
+         * offsets until the buffer stops moving */
+        if ((rc = plan_grow((void **)&p->keep_buf, &p->keep_cap, used_keep + po->c,
+                            sizeof *p->keep_buf)))
+            return rc;
+        int32_t *keep = p->keep_buf + used_keep;
+        int nk = plan_keep(po, p->ids, m, &n_sep, keep);
+        int moved = 0;
+        while (moved < nk && keep[moved] == moved)
+            moved++;
+        for (int i = moved; i < nk; i++) {
+            p->ids[i] = p->ids[keep[i]];
+            p->pos[i] = p->pos[keep[i]];
+        }
+        sg->n_keep = nk;
+        sg->first_moved = moved;
+        sg->keep_at = used_keep;
+        used_keep += nk;
+        m = nk;
+    }
+    for (int i = 0; i < p->n_seg; i++)
+        p->seg[i].keep = p->seg[i].n_keep ? p->keep_buf + p->seg[i].keep_at : NULL;
+    p->n = m;
+    p->n_sep = n_sep;
+    return SEP_OK;
+}
+
+void sep_plan_free(sep_plan_t *p)
+{
+    free(p->seg);
+    free(p->rope_pos);
+    free(p->ids);
+    free(p->pos);
+    free(p->keep_buf);
+    memset(p, 0, sizeof *p);
+}
+
+void sep_cache_compact_layer(sep_cache_t *c, int layer, const sep_segment_t *sg)
+{
+    int from = sg->first_moved, n = sg->n_keep - from;
+    if (n <= 0)
+        return;
+    float *rows[2] = { c->v[layer], c->k_raw ? c->k_raw[layer] : c->k[layer] };
+    for (int b = 0; b < 2; b++)
+        c->be->gather_rows(c->be, rows[b] + (size_t)from * c->kv_dim, rows[b],
+                           sg->keep + from, n, c->kv_dim);
+}
+
+void sep_cache_commit(sep_cache_t *c, const sep_plan_t *p)
+{
+    memcpy(c->ids, p->ids, (size_t)p->n * sizeof *c->ids);
+    memcpy(c->pos, p->pos, (size_t)p->n * sizeof *c->pos);
+    c->n = p->n;
+    c->n_sep = p->n_sep;
+    c->n_seen += p->n_tokens;
 }

@@ -1,9 +1,11 @@
 /* test_forward: the CPU forward pass against the golden NLLs.
  *
- * Every full-attention run of ../shared/golden/summary.json, every hf_full
- * file (transformers, fp32) including the architecture variants: each
- * token's NLL within 2e-3, perplexity within 0.1%, cache accounting exact.
- * Then the invariances chunked execution relies on, and bad checkpoints. */
+ * Every run of ../shared/golden/summary.json (full, streaming, sepllm,
+ * shift on and off), every hf_full file (transformers, fp32) including the
+ * architecture variants: each token's NLL within 2e-3, perplexity within
+ * 0.1%, average and largest cache size exact. Runs again one token per
+ * step (--per-token) must give the chunked NLLs within 1e-4. Then the
+ * invariances chunked execution relies on, and bad checkpoints. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +23,7 @@
 #include "err.h"
 #include "golden.h"
 #include "model.h"
+#include "separators.h"
 #include "stream.h"
 
 #define NLL_TOL 2e-3
@@ -34,9 +37,12 @@ typedef struct {
     int tokens;
     double ppl, avg_kv;
     long max_kv; /* < 0: not given */
+    sep_policy_t policy;
+    int per_token;   /* tokens to compare one token per step (0: none) */
 } run_t;
 
 static sep_backend_t *be;
+static const sep_policy_t full_policy = { .method = SEP_METHOD_FULL, .shift = 1 };
 
 static int setup_backend(void **state)
 {
@@ -52,31 +58,41 @@ static int teardown_backend(void **state)
 }
 
 /* Score the first tokens+1 ids of r through its model in chunks of chunk. */
-static void score(const run_t *r, int chunk, float **nll_out, sep_stream_t **s_out)
+static void score(const run_t *r, int tokens, int chunk, float **nll_out, sep_stream_t *counts)
 {
     sep_model_t *m = NULL;
+    sep_tok_t *tok = NULL;
+    sep_sepset_t seps = { 0 };
     int32_t *ids;
     size_t n_ids, scored;
+    char path[600];
     assert_int_equal(golden_read_ids(r->ids, &ids, &n_ids), 0);
-    assert_true(n_ids >= (size_t)r->tokens + 1);
+    assert_true(n_ids >= (size_t)tokens + 1);
+    snprintf(path, sizeof path, "%s/tokenizer.json", r->model_dir);
+    assert_int_equal(sep_tok_load(&tok, path), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
     int rc = sep_model_load(&m, r->model_dir, be, chunk);
     if (rc)
         fail_msg("%s: %s", r->model_dir, sep_errmsg());
+    sep_policy_t policy = r->policy;
+    policy.is_sep = seps.is_sep;
+    policy.n_vocab = seps.n_vocab;
     sep_stream_t *s;
-    assert_int_equal(sep_stream_new(&s, m), 0);
-    float *nll = malloc(sizeof *nll * (r->tokens + 1));
+    assert_int_equal(sep_stream_new(&s, m, &policy), 0);
+    float *nll = malloc(sizeof *nll * (tokens + 1));
     assert_non_null(nll);
-    rc = sep_stream_feed(m, s, ids, (size_t)r->tokens + 1, nll, &scored);
+    rc = sep_stream_feed(m, s, ids, (size_t)tokens + 1, nll, NULL, &scored);
     if (rc)
         fail_msg("feed: %s", sep_errmsg());
-    assert_int_equal(scored, r->tokens);
+    assert_int_equal(scored, tokens);
     free(ids);
     sep_model_destroy(&m);
+    sep_tok_destroy(&tok);
     *nll_out = nll;
-    if (s_out)
-        *s_out = s;
-    else
-        sep_stream_destroy(&s);
+    if (counts)
+        *counts = *s; /* the counters; its pointers die below */
+    sep_stream_destroy(&s);
+    sep_sepset_free(&seps);
 }
 
 static void test_golden_run(void **state)
@@ -84,10 +100,10 @@ static void test_golden_run(void **state)
     const run_t *r = *state;
     float *want, *got;
     size_t n_want;
-    sep_stream_t *s;
+    sep_stream_t counts, *s = &counts;
     assert_int_equal(golden_read_floats(r->nll, &want, &n_want), 0);
     assert_int_equal(n_want, r->tokens);
-    score(r, 512, &got, &s);
+    score(r, r->tokens, 512, &got, &counts);
     double worst = 0;
     size_t at = 0;
     for (size_t i = 0; i < n_want; i++) {
@@ -111,9 +127,17 @@ static void test_golden_run(void **state)
         assert_int_equal(s->kv_max, r->max_kv);
         assert_true(fabs((double)s->kv_sum / s->tokens - r->avg_kv) < 1e-9);
     }
+    if (r->per_token) {
+        /* the one-token-per-step loop gives the same NLLs */
+        float *one;
+        score(r, r->per_token, 1, &one, NULL);
+        for (int i = 0; i < r->per_token; i++)
+            if (fabs((double)one[i] - got[i]) > 1e-4)
+                fail_msg("%s: token %d: per-token %.7f, chunked %.7f", r->name, i, one[i], got[i]);
+        free(one);
+    }
     free(want);
     free(got);
-    sep_stream_destroy(&s);
 }
 
 /* ---- the run list from summary.json ----------------------------------- */
@@ -128,6 +152,7 @@ static run_t *add_run(void)
     runs = nr;
     memset(&runs[n_runs], 0, sizeof *runs);
     runs[n_runs].max_kv = -1;
+    runs[n_runs].policy = full_policy;
     return &runs[n_runs++];
 }
 
@@ -152,8 +177,6 @@ static void load_runs(void)
     size_t i;
     json_t *e;
     json_array_foreach(json_object_get(sum, "runs"), i, e) {
-        if (strcmp(json_string_value(json_object_get(e, "method")), "full") != 0)
-            continue;
         const char *model = json_string_value(json_object_get(e, "model"));
         run_t *r = add_run();
         text_stem(stem, sizeof stem, json_string_value(json_object_get(e, "text")));
@@ -165,6 +188,19 @@ static void load_runs(void)
         r->ppl = json_number_value(json_object_get(e, "ppl"));
         r->avg_kv = json_number_value(json_object_get(e, "avg_kv"));
         r->max_kv = (long)json_integer_value(json_object_get(e, "max_kv"));
+        assert_int_equal(sep_method_parse(json_string_value(json_object_get(e, "method")),
+                                          &r->policy.method), 0);
+        r->policy.a = (int)json_integer_value(json_object_get(e, "a"));
+        r->policy.s = (int)json_integer_value(json_object_get(e, "s"));
+        r->policy.c = (int)json_integer_value(json_object_get(e, "c"));
+        r->policy.w = r->policy.method == SEP_METHOD_STREAMING
+                          ? r->policy.c - r->policy.a
+                          : (int)json_integer_value(json_object_get(e, "w"));
+        r->policy.shift = !json_is_true(json_object_get(e, "noshift"));
+        /* one token per step is slow: compare a prefix spanning many
+         * compactions of every evicting run */
+        if (r->policy.method != SEP_METHOD_FULL)
+            r->per_token = r->policy.c <= 64 ? 400 : 1000;
     }
     /* hf_full.MODEL.TEXT.TOKENS.nll */
     json_array_foreach(json_object_get(sum, "hf_check"), i, e) {
@@ -202,7 +238,7 @@ static void load_runs(void)
 
 static run_t small_run(int tokens)
 {
-    run_t r = { .tokens = tokens, .max_kv = -1 };
+    run_t r = { .tokens = tokens, .max_kv = -1, .policy = full_policy };
     snprintf(r.model_dir, sizeof r.model_dir, "%s", golden_path("models/books-llama-16m"));
     snprintf(r.ids, sizeof r.ids, "%s", golden_path("golden/ids.books-llama-16m.persuasion.txt"));
     return r;
@@ -220,9 +256,9 @@ static void test_chunk_size_invariance(void **state)
     (void)state;
     run_t r = small_run(300);
     float *one, *seven, *big;
-    score(&r, 1, &one, NULL);
-    score(&r, 7, &seven, NULL);
-    score(&r, 512, &big, NULL);
+    score(&r, r.tokens, 1, &one, NULL);
+    score(&r, r.tokens, 7, &seven, NULL);
+    score(&r, r.tokens, 512, &big, NULL);
     assert_close(one, big, r.tokens, 1e-4, "chunk 1 vs 512");
     assert_close(seven, big, r.tokens, 1e-4, "chunk 7 vs 512");
     free(one);
@@ -236,18 +272,18 @@ static void test_feed_in_pieces(void **state)
     (void)state;
     run_t r = small_run(400);
     float *whole;
-    score(&r, 64, &whole, NULL);
+    score(&r, r.tokens, 64, &whole, NULL);
     sep_model_t *m;
     sep_stream_t *s;
     int32_t *ids;
     size_t n_ids, scored, total = 0;
     assert_int_equal(golden_read_ids(r.ids, &ids, &n_ids), 0);
     assert_int_equal(sep_model_load(&m, r.model_dir, be, 64), 0);
-    assert_int_equal(sep_stream_new(&s, m), 0);
+    assert_int_equal(sep_stream_new(&s, m, &full_policy), 0);
     float nll[401];
     const size_t pieces[] = { 1, 1, 5, 100, 63, 64, 65, 102 }; /* sums to 401 */
     for (size_t p = 0, at = 0; p < sizeof pieces / sizeof pieces[0]; at += pieces[p], p++) {
-        assert_int_equal(sep_stream_feed(m, s, ids + at, pieces[p], nll + total, &scored), 0);
+        assert_int_equal(sep_stream_feed(m, s, ids + at, pieces[p], nll + total, NULL, &scored), 0);
         total += scored;
     }
     assert_int_equal(total, r.tokens);
@@ -268,11 +304,11 @@ static void test_batch_of_streams(void **state)
     int32_t *ids;
     size_t n_ids;
     float *alone, both1[100], both2[150];
-    score(&r, 512, &alone, NULL);
+    score(&r, r.tokens, 512, &alone, NULL);
     assert_int_equal(golden_read_ids(r.ids, &ids, &n_ids), 0);
     assert_int_equal(sep_model_load(&m, r.model_dir, be, 512), 0);
-    assert_int_equal(sep_model_cache_new(m, &c1), 0);
-    assert_int_equal(sep_model_cache_new(m, &c2), 0);
+    assert_int_equal(sep_model_cache_new(m, &full_policy, &c1), 0);
+    assert_int_equal(sep_model_cache_new(m, &full_policy, &c2), 0);
     /* stream 1: tokens 0..99 then 100..199; stream 2: tokens 0..149 */
     sep_chunk_t b[2] = {
         { .cache = c1, .ids = ids, .n = 100, .targets = ids + 1, .nll = both1 },
@@ -289,6 +325,84 @@ static void test_batch_of_streams(void **state)
     sep_cache_destroy(&c1);
     sep_cache_destroy(&c2);
     sep_model_destroy(&m);
+}
+
+/* Streams of different policies in one batch, each crossing several
+ * compactions inside the chunk, give what each gives alone. */
+static void test_batch_of_policies(void **state)
+{
+    (void)state;
+    run_t a = small_run(300), b = small_run(250);
+    a.policy = (sep_policy_t){ .method = SEP_METHOD_SEPLLM, .a = 4, .s = 16, .w = 32, .c = 64,
+                               .shift = 1 };
+    b.policy = (sep_policy_t){ .method = SEP_METHOD_STREAMING, .a = 2, .w = 38, .c = 40,
+                               .shift = 0 };
+    float *alone_a, *alone_b, both_a[300], both_b[250];
+    score(&a, a.tokens, 512, &alone_a, NULL);
+    score(&b, b.tokens, 512, &alone_b, NULL);
+    sep_model_t *m;
+    sep_tok_t *tok;
+    sep_sepset_t seps;
+    sep_cache_t *ca, *cb;
+    int32_t *ids, kv_a[300];
+    size_t n_ids;
+    char path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", a.model_dir);
+    assert_int_equal(sep_tok_load(&tok, path), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    a.policy.is_sep = seps.is_sep;
+    a.policy.n_vocab = seps.n_vocab;
+    assert_int_equal(golden_read_ids(a.ids, &ids, &n_ids), 0);
+    assert_int_equal(sep_model_load(&m, a.model_dir, be, 600), 0);
+    assert_int_equal(sep_model_cache_new(m, &a.policy, &ca), 0);
+    assert_int_equal(sep_model_cache_new(m, &b.policy, &cb), 0);
+    sep_chunk_t batch[2] = {
+        { .cache = ca, .ids = ids, .n = 300, .targets = ids + 1, .nll = both_a, .kv = kv_a },
+        { .cache = cb, .ids = ids, .n = 250, .targets = ids + 1, .nll = both_b },
+    };
+    assert_int_equal(sep_model_forward(m, batch, 2), 0);
+    assert_close(both_a, alone_a, 300, 1e-4, "sepllm stream in a batch");
+    assert_close(both_b, alone_b, 250, 1e-4, "streaming stream in a batch");
+    assert_int_equal(kv_a[59], 60);
+    assert_int_equal(kv_a[60], 61);
+    assert_int_equal(kv_a[64], 65); /* the first compaction: 65 entries, then fewer */
+    assert_true(kv_a[65] < 65);
+    free(ids);
+    free(alone_a);
+    free(alone_b);
+    sep_cache_destroy(&ca);
+    sep_cache_destroy(&cb);
+    sep_model_destroy(&m);
+    sep_sepset_free(&seps);
+    sep_tok_destroy(&tok);
+}
+
+/* "auto" separators of each golden model equal summary.json's auto_seps. */
+static void test_auto_separators(void **state)
+{
+    (void)state;
+    json_t *sum = json_load_file(golden_path("golden/summary.json"), 0, NULL);
+    assert_non_null(sum);
+    const char *model;
+    json_t *want;
+    json_object_foreach(json_object_get(sum, "auto_seps"), model, want) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/models/%s/tokenizer.json", golden_shared(), model);
+        sep_tok_t *tok;
+        sep_sepset_t seps;
+        assert_int_equal(sep_tok_load(&tok, path), 0);
+        assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+        assert_string_equal(seps.name, "rule");
+        assert_int_equal(seps.count, json_array_size(want));
+        size_t i;
+        json_t *id;
+        json_array_foreach(want, i, id)
+            if (!seps.is_sep[json_integer_value(id)])
+                fail_msg("%s: id %lld is not a separator", model, json_integer_value(id));
+        sep_sepset_free(&seps);
+        sep_tok_destroy(&tok);
+    }
+    json_decref(sum);
 }
 
 /* ---- bad checkpoints ----------------------------------------------------- */
@@ -367,7 +481,7 @@ static void test_bad_token_id(void **state)
     sep_model_t *m;
     sep_cache_t *c;
     assert_int_equal(sep_model_load(&m, golden_path("models/arch/tiny-llama31"), be, 16), 0);
-    assert_int_equal(sep_model_cache_new(m, &c), 0);
+    assert_int_equal(sep_model_cache_new(m, &full_policy, &c), 0);
     int32_t ids[2] = { 5, 8192 };
     float nll[2];
     sep_chunk_t ch = { .cache = c, .ids = ids, .n = 2, .nll = nll };
@@ -385,6 +499,8 @@ int main(void)
         cmocka_unit_test(test_chunk_size_invariance),
         cmocka_unit_test(test_feed_in_pieces),
         cmocka_unit_test(test_batch_of_streams),
+        cmocka_unit_test(test_batch_of_policies),
+        cmocka_unit_test(test_auto_separators),
         cmocka_unit_test(test_missing_tensor),
         cmocka_unit_test(test_missing_lm_head),
         cmocka_unit_test(test_shape_mismatch),

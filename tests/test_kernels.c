@@ -202,7 +202,8 @@ static void test_attention(void **state)
                                  .n_q = n_q[p], .n_past = n_past[p],
                                  .out_stride = heads * hd, .q_stride = q_stride };
     }
-    assert_int_equal(be->attention(be, probs, 2, heads, kv_heads, hd), 0);
+    assert_int_equal(be->attention_reserve(be, n_past[0] + n_q[0]), 0);
+    be->attention(be, probs, 2, heads, kv_heads, hd);
     for (int p = 0; p < 2; p++) {
         expect_near(dout[p], want[p], (size_t)n_q[p] * heads * hd, 1e-5);
         for (int t = 0; t < 3; t++)

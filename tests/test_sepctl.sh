@@ -9,7 +9,7 @@ tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 n=0
 failed=0
-echo "1..14"
+echo "1..22"
 
 # ok NAME CONDITION: one TAP line for a shell condition evaluated here;
 # on failure show stderr of the last run
@@ -59,7 +59,7 @@ printf 'abc\377def' >"$tmp/bad.txt"
 run "$SEPCTL" tokenize <"$tmp/bad.txt"
 ok "invalid UTF-8: runtime error naming the byte" 'test $rc -eq 1 && grep -qi "utf-8" "$tmp/err" && grep -q 3 "$tmp/err"'
 
-run "$SEPCTL" eval --json --max-tokens 1024 --ids "$G/ids.books-llama-16m.persuasion.txt" \
+run "$SEPCTL" eval --method full --json --max-tokens 1024 --ids "$G/ids.books-llama-16m.persuasion.txt" \
     --nll-out "$tmp/nll"
 ok "eval --json: all keys" 'test $rc -eq 0 && (for k in tokens ppl avg_kv max_kv seconds tokens_per_s; do grep -q "\"$k\":" "$tmp/out" || exit 1; done)'
 ok "eval --json: golden counts and perplexity" \
@@ -82,5 +82,35 @@ ok "eval of an id outside the vocabulary: error naming it" 'test $rc -eq 1 && gr
 printf 'a' | "$SEPCTL" eval >"$tmp/out" 2>"$tmp/err"
 rc=$?
 ok "eval of a one-token text: error saying so" 'test $rc -eq 1 && grep -q "at least 2" "$tmp/err"'
+
+L=$SEP_SHARED/models/books-llama-16m
+run "$SEPCTL" separators --model "$L"
+ok "separators: the rule's ids for a byte-level BPE vocabulary" \
+    'test $rc -eq 0 && test "$(cat "$tmp/out")" = "1 12 14 26 27 31 198 199 221 360 1679"'
+
+run "$SEPCTL" separators --model "$L" --separators '.,\,,\n,3000'
+ok "separators: a list of strings and ids" 'test $rc -eq 0 && test "$(cat "$tmp/out")" = "12 14 199 3000"'
+
+run "$SEPCTL" separators --model "$L" --separators gpt_neox
+ok "separators: a preset that does not fit the vocabulary" 'test $rc -eq 1 && grep -q 50276 "$tmp/err"'
+
+run "$SEPCTL" separators --model "$L" --separators 'zzqqxj'
+ok "separators: a string no token matches" 'test $rc -eq 1 && grep -q zzqqxj "$tmp/err"'
+
+run "$SEPCTL" eval --method streaming --window 10 --capacity 64 --ids "$G/ids.books-llama-16m.persuasion.txt"
+ok "eval: a streaming window other than c - a is refused" 'test $rc -eq 2 && grep -q "c - a = 60" "$tmp/err"'
+
+run "$SEPCTL" eval --seps 64 --window 256 --capacity 300 --ids "$G/ids.books-llama-16m.persuasion.txt"
+ok "eval: sepllm with a + s + w >= c is refused" 'test $rc -eq 2 && grep -q "must be below c = 300" "$tmp/err"'
+
+run "$SEPCTL" eval --json --init 4 --seps 16 --window 32 --capacity 64 --max-tokens 2000 \
+    --ids "$G/ids.books-llama-16m.persuasion.txt" --nll-out "$tmp/chunked"
+ok "eval sepllm: golden perplexity and cache sizes" \
+    'test $rc -eq 0 && test "$(json_num max_kv)" = 65 && near "$(json_num ppl)" 163.71552532827863 1e-3 && near "$(json_num avg_kv)" 58.1385 1e-9'
+
+run "$SEPCTL" eval --per-token --init 4 --seps 16 --window 32 --capacity 64 --max-tokens 300 \
+    --ids "$G/ids.books-llama-16m.persuasion.txt" --nll-out "$tmp/one"
+ok "eval --per-token: the chunked NLLs within 1e-4" \
+    'test $rc -eq 0 && head -n 300 "$tmp/chunked" | paste "$tmp/one" - | awk "{ d = \$1 - \$2; if (d < 0) d = -d; if (d > 1e-4) bad = 1; n++ } END { exit bad || n != 300 }"'
 
 exit 0

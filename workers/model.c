@@ -156,11 +156,12 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     r->act = be->alloc(be, t * c->ffn_dim * sizeof(float));
     r->logits = be->alloc(be, (size_t)SEP_LOGIT_ROWS * c->vocab * sizeof(float));
     r->cs = be->alloc(be, t * c->rot_dim * sizeof(float));
+    r->k_raw = be->alloc(be, t * m->kv_dim * sizeof(float));
     r->cs_host = malloc(t * c->rot_dim * sizeof(float));
     r->rows = malloc(t * sizeof(int32_t));
     r->nll = malloc(SEP_LOGIT_ROWS * sizeof(float));
     if (!r->x || !r->h || !r->o || !r->qkv || !r->att || !r->ff || !r->act ||
-        !r->logits || !r->cs || !r->cs_host || !r->rows || !r->nll)
+        !r->logits || !r->cs || !r->k_raw || !r->cs_host || !r->rows || !r->nll)
         return sep_fail(SEP_ENOMEM, "model: no memory for a forward of %d tokens", max_tokens);
     return SEP_OK;
 }
@@ -256,9 +257,14 @@ void sep_model_destroy(sep_model_t **self_p)
     be->free(be, m->norm_w);
     be->free(be, m->norm_b);
     sep_run_t *r = &m->run;
-    float *bufs[] = { r->x, r->h, r->o, r->qkv, r->att, r->ff, r->act, r->logits, r->cs };
+    float *bufs[] = { r->x, r->h, r->o, r->qkv, r->att, r->ff, r->act, r->logits, r->cs,
+                      r->k_raw, r->slot_cs };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         be->free(be, bufs[i]);
+    for (int i = 0; i < r->n_plans; i++)
+        sep_plan_free(&r->plans[i]);
+    free(r->plans);
+    free(r->probs);
     free(r->cs_host);
     free(r->rows);
     free(r->nll);
@@ -268,9 +274,12 @@ void sep_model_destroy(sep_model_t **self_p)
     *self_p = NULL;
 }
 
-int sep_model_cache_new(const sep_model_t *m, sep_cache_t **out)
+int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_cache_t **out)
 {
-    return sep_cache_new(out, m->be, m->cfg.n_layers, m->kv_dim);
+    if (policy->method == SEP_METHOD_SEPLLM && policy->n_vocab < m->cfg.vocab)
+        return sep_fail(SEP_EINVAL, "sepllm: separator set covers %d ids, the model has %d",
+                        policy->n_vocab, m->cfg.vocab);
+    return sep_cache_new(out, m->be, m->cfg.n_layers, m->kv_dim, policy);
 }
 
 /* ---- forward ------------------------------------------------------------ */
@@ -365,24 +374,138 @@ static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
     }
 }
 
+/* Plans for nc chunks and the rotary table of cache slots they need. */
+static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
+{
+    sep_run_t *r = &m->run;
+    int rc, slots = 0;
+    if (nc > r->n_plans) {
+        sep_plan_t *np = realloc(r->plans, (size_t)nc * sizeof *np);
+        if (np)
+            r->plans = np;
+        sep_attn_t *pp = realloc(r->probs, (size_t)nc * sizeof *pp);
+        if (pp)
+            r->probs = pp;
+        if (!np || !pp)
+            return sep_fail(SEP_ENOMEM, "forward: no memory to plan %d chunks", nc);
+        memset(r->plans + r->n_plans, 0, (size_t)(nc - r->n_plans) * sizeof *np);
+        r->n_plans = nc;
+    }
+    for (int j = 0; j < nc; j++) {
+        if ((rc = sep_cache_plan(ch[j].cache, ch[j].ids, ch[j].n, &r->plans[j])) ||
+            (rc = sep_cache_reserve(ch[j].cache, r->plans[j].max_entries)))
+            return rc;
+        if ((rc = m->be->attention_reserve(m->be, r->plans[j].max_entries)))
+            return rc;
+        if (ch[j].cache->k_raw && r->plans[j].max_entries > slots)
+            slots = r->plans[j].max_entries;
+    }
+    if (slots <= r->n_slot_cs)
+        return SEP_OK;
+    /* keys re-rotated after a compaction sit at slots below max_entries */
+    sep_backend_t *be = m->be;
+    size_t row = (size_t)m->cfg.rot_dim;
+    float *host = malloc((size_t)slots * row * sizeof *host);
+    float *dev = be->alloc(be, (size_t)slots * row * sizeof *dev);
+    if (!host || !dev) {
+        free(host);
+        be->free(be, dev);
+        return sep_fail(SEP_ENOMEM, "forward: no memory for %d rotary positions", slots);
+    }
+    for (int i = 0; i < slots; i++)
+        model_rope_row(m, host + (size_t)i * row, i);
+    be->upload(be, dev, host, (size_t)slots * row * sizeof *host);
+    free(host);
+    be->free(be, r->slot_cs);
+    r->slot_cs = dev;
+    r->n_slot_cs = slots;
+    return SEP_OK;
+}
+
+/* After segment seg of a chunk ran at layer l: its compaction, and the
+ * re-rotation of moved keys at their new slots (shift on). */
+static void model_compact(sep_model_t *m, sep_cache_t *kc, int l, const sep_segment_t *seg)
+{
+    sep_backend_t *be = m->be;
+    const sep_config_t *c = &m->cfg;
+    sep_cache_compact_layer(kc, l, seg);
+    int from = seg->first_moved, n = seg->n_keep - from;
+    if (!kc->k_raw || n <= 0)
+        return;
+    float *k = kc->k[l] + (size_t)from * m->kv_dim;
+    be->copy_rows(be, k, m->kv_dim, kc->k_raw[l] + (size_t)from * m->kv_dim, m->kv_dim,
+                  n, m->kv_dim);
+    be->rope(be, k, n, m->kv_dim, c->n_kv_heads, c->head_dim, c->rot_dim,
+             m->run.slot_cs + (size_t)from * c->rot_dim);
+}
+
+/* Attention of layer l over every chunk, a segment round at a time:
+ * round r runs the r-th segment of each chunk (its K/V appended to the
+ * cache first), then the compactions that end those segments. */
+static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
+{
+    sep_backend_t *be = m->be;
+    sep_run_t *r = &m->run;
+    const sep_config_t *c = &m->cfg;
+    int kv = m->kv_dim;
+    for (int round = 0;; round++) {
+        int np = 0;
+        for (int j = 0, row = 0; j < nc; row += ch[j].n, j++) {
+            if (round >= r->plans[j].n_seg)
+                continue;
+            const sep_segment_t *sg = &r->plans[j].seg[round];
+            sep_cache_t *kc = ch[j].cache;
+            int r0 = row + sg->start;
+            const float *qkv = r->qkv + (size_t)r0 * m->qkv_dim;
+            size_t at = (size_t)sg->n_past * kv;
+            be->copy_rows(be, kc->k[l] + at, kv, qkv + m->q_dim, m->qkv_dim, sg->len, kv);
+            be->copy_rows(be, kc->v[l] + at, kv, qkv + m->q_dim + kv, m->qkv_dim, sg->len, kv);
+            if (kc->k_raw)
+                be->copy_rows(be, kc->k_raw[l] + at, kv, r->k_raw + (size_t)r0 * kv, kv,
+                              sg->len, kv);
+            r->probs[np++] = (sep_attn_t){
+                .out = r->att + (size_t)r0 * m->q_dim, .q = qkv,
+                .k = kc->k[l], .v = kc->v[l], .n_q = sg->len, .n_past = sg->n_past,
+                .out_stride = m->q_dim, .q_stride = m->qkv_dim,
+            };
+        }
+        if (np == 0)
+            return;
+        be->attention(be, r->probs, np, c->n_heads, c->n_kv_heads, c->head_dim);
+        for (int j = 0; j < nc; j++)
+            if (round < r->plans[j].n_seg && r->plans[j].seg[round].n_keep)
+                model_compact(m, ch[j].cache, l, &r->plans[j].seg[round]);
+    }
+}
+
+/* Cache entries after each token's append, from the plans. */
+static void model_kv_counts(const sep_model_t *m, sep_chunk_t *ch, int nc)
+{
+    for (int j = 0; j < nc; j++) {
+        if (!ch[j].kv)
+            continue;
+        const sep_plan_t *p = &m->run.plans[j];
+        for (int s = 0; s < p->n_seg; s++)
+            for (int i = 0; i < p->seg[s].len; i++)
+                ch[j].kv[p->seg[s].start + i] = p->seg[s].n_past + i + 1;
+    }
+}
+
 int sep_model_forward(sep_model_t *m, sep_chunk_t *ch, int nc)
 {
     sep_backend_t *be = m->be;
     sep_run_t *r = &m->run;
     const sep_config_t *c = &m->cfg;
     int n = 0, rc;
-    if ((rc = model_check_batch(m, ch, nc, &n)))
+    if ((rc = model_check_batch(m, ch, nc, &n)) || (rc = model_plan(m, ch, nc)))
         return rc;
-    for (int j = 0; j < nc; j++)
-        if ((rc = sep_cache_reserve(ch[j].cache, ch[j].n)))
-            return rc;
-    sep_attn_t probs[nc];
 
-    /* embeddings and the rotary table at each token's cache slot */
+    /* embeddings and the rotary table at each token's planned position */
     for (int j = 0, row = 0; j < nc; row += ch[j].n, j++)
         for (int i = 0; i < ch[j].n; i++) {
             r->rows[row + i] = ch[j].ids[i];
-            model_rope_row(m, r->cs_host + (size_t)(row + i) * c->rot_dim, ch[j].cache->n + i);
+            model_rope_row(m, r->cs_host + (size_t)(row + i) * c->rot_dim,
+                           r->plans[j].rope_pos[i]);
         }
     be->gather_rows(be, r->x, m->embed, r->rows, n, c->dim);
     be->upload(be, r->cs, r->cs_host, (size_t)n * c->rot_dim * sizeof(float));
@@ -391,25 +514,12 @@ int sep_model_forward(sep_model_t *m, sep_chunk_t *ch, int nc)
         const sep_layer_t *L = &m->layers[l];
         model_norm(m, r->h, r->x, L->norm1_w, L->norm1_b, n);
         be->matmul(be, r->qkv, r->h, L->wqkv, L->bqkv, n, c->dim, m->qkv_dim);
+        /* unrotated keys for caches that re-rotate after compaction */
+        be->copy_rows(be, r->k_raw, m->kv_dim, r->qkv + m->q_dim, m->qkv_dim, n, m->kv_dim);
         be->rope(be, r->qkv, n, m->qkv_dim, c->n_heads, c->head_dim, c->rot_dim, r->cs);
         be->rope(be, r->qkv + m->q_dim, n, m->qkv_dim, c->n_kv_heads, c->head_dim,
                  c->rot_dim, r->cs);
-        for (int j = 0, row = 0; j < nc; row += ch[j].n, j++) {
-            sep_cache_t *kc = ch[j].cache;
-            const float *qkv = r->qkv + (size_t)row * m->qkv_dim;
-            size_t at = (size_t)kc->n * m->kv_dim;
-            be->copy_rows(be, kc->k[l] + at, m->kv_dim, qkv + m->q_dim, m->qkv_dim,
-                          ch[j].n, m->kv_dim);
-            be->copy_rows(be, kc->v[l] + at, m->kv_dim, qkv + m->q_dim + m->kv_dim,
-                          m->qkv_dim, ch[j].n, m->kv_dim);
-            probs[j] = (sep_attn_t){
-                .out = r->att + (size_t)row * m->q_dim, .q = qkv,
-                .k = kc->k[l], .v = kc->v[l], .n_q = ch[j].n, .n_past = kc->n,
-                .out_stride = m->q_dim, .q_stride = m->qkv_dim,
-            };
-        }
-        if ((rc = be->attention(be, probs, nc, c->n_heads, c->n_kv_heads, c->head_dim)))
-            return rc;
+        model_attention(m, ch, nc, l);
         be->matmul(be, r->o, r->att, L->wo, L->bo, n, m->q_dim, c->dim);
         if (c->arch == SEP_ARCH_NEOX && c->parallel_residual) {
             /* x + attn(ln1(x)) + mlp(ln2(x)): both norms see the same x */
@@ -424,7 +534,8 @@ int sep_model_forward(sep_model_t *m, sep_chunk_t *ch, int nc)
     }
     model_norm(m, r->h, r->x, m->norm_w, m->norm_b, n);
     model_score(m, ch, nc, n);
+    model_kv_counts(m, ch, nc);
     for (int j = 0; j < nc; j++)
-        sep_cache_commit(ch[j].cache, ch[j].ids, ch[j].n);
+        sep_cache_commit(ch[j].cache, &r->plans[j]);
     return SEP_OK;
 }

@@ -42,10 +42,16 @@ typedef struct {
     float *ff;       /* (max_tokens, 2*ffn) */
     float *act;      /* (max_tokens, ffn) */
     float *logits;   /* (SEP_LOGIT_ROWS, vocab) */
+    float *k_raw;    /* (max_tokens, kv_dim) unrotated keys of the batch */
     float *cs;       /* (max_tokens, rot_dim) rope cos|sin, backend memory */
     float *cs_host;  /* (max_tokens, rot_dim) the same, host */
     int32_t *rows;   /* (max_tokens) host scratch for indices and targets */
     float *nll;      /* (SEP_LOGIT_ROWS) host */
+    float *slot_cs;  /* (n_slot_cs, rot_dim) rope cos|sin at positions 0.., backend */
+    int n_slot_cs;   /* positions slot_cs covers (re-rotation after compaction) */
+    sep_plan_t *plans; /* (n_plans) compaction plan of each chunk of a batch */
+    int n_plans;
+    sep_attn_t *probs; /* (n_plans) attention problems of one round */
 } sep_run_t;
 
 typedef struct {
@@ -67,16 +73,22 @@ typedef struct {
     int n;
     const int32_t *targets; /* (n) token to score after each, < 0: none; NULL: none */
     float *nll;             /* (n) out: -log p(targets[i]) (left alone where none) */
+    int32_t *kv;            /* (n) out, or NULL: cache entries after each token's
+                               K/V is appended, before any compaction */
 } sep_chunk_t;
 
 /* Load dir; max_tokens bounds the rows of one forward. */
 int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens);
 void sep_model_destroy(sep_model_t **self_p);
 
-/* A cache for this model's layers. */
-int sep_model_cache_new(const sep_model_t *m, sep_cache_t **out);
+/* A cache for this model's layers under policy (its separator set must
+ * outlive the cache). */
+int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_cache_t **out);
 
-/* Run a batch (chunks of distinct caches, at most max_tokens tokens). */
+/* Run a batch (chunks of distinct caches, at most max_tokens tokens).
+ * Each chunk is planned against its cache's policy: compactions inside a
+ * chunk happen at the same tokens, with the same results, as in the
+ * one-token-per-step loop. */
 int sep_model_forward(sep_model_t *m, sep_chunk_t *chunks, int n_chunks);
 
 #endif

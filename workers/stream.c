@@ -4,15 +4,18 @@
 
 #include <stdlib.h>
 
-int sep_stream_new(sep_stream_t **out, const sep_model_t *m)
+int sep_stream_new(sep_stream_t **out, const sep_model_t *m, const sep_policy_t *policy)
 {
     *out = NULL;
     sep_stream_t *s = calloc(1, sizeof *s);
     if (!s)
         return sep_fail(SEP_ENOMEM, "stream: out of memory");
-    int rc = sep_model_cache_new(m, &s->cache);
+    s->kv = malloc((size_t)m->run.max_tokens * sizeof *s->kv);
+    s->nll = malloc((size_t)m->run.max_tokens * sizeof *s->nll);
+    int rc = s->kv && s->nll ? sep_model_cache_new(m, policy, &s->cache)
+                             : sep_fail(SEP_ENOMEM, "stream: out of memory");
     if (rc) {
-        free(s);
+        sep_stream_destroy(&s);
         return rc;
     }
     *out = s;
@@ -25,31 +28,33 @@ void sep_stream_destroy(sep_stream_t **self_p)
     if (!s)
         return;
     sep_cache_destroy(&s->cache);
+    free(s->kv);
+    free(s->nll);
     free(s);
     *self_p = NULL;
 }
 
 /* Run tokens seq[0..k) with targets seq[1..k] as one chunk. */
-static int stream_run(sep_model_t *m, sep_stream_t *s, const int32_t *seq, int k, float *nll)
+static int stream_run(sep_model_t *m, sep_stream_t *s, const int32_t *seq, int k, float *nll,
+                      int32_t *kv)
 {
-    sep_chunk_t ch = { .cache = s->cache, .ids = seq, .n = k, .targets = seq + 1, .nll = nll };
-    int64_t n0 = s->cache->n;
+    sep_chunk_t ch = { .cache = s->cache, .ids = seq, .n = k, .targets = seq + 1,
+                       .nll = nll, .kv = kv };
     int rc = sep_model_forward(m, &ch, 1);
     if (rc)
         return rc;
     for (int i = 0; i < k; i++) {
-        int64_t kv = n0 + i + 1;
         s->nll_sum += nll[i];
-        s->kv_sum += kv;
-        if (kv > s->kv_max)
-            s->kv_max = kv;
+        s->kv_sum += kv[i];
+        if (kv[i] > s->kv_max)
+            s->kv_max = kv[i];
     }
     s->tokens += k;
     return SEP_OK;
 }
 
 int sep_stream_feed(sep_model_t *m, sep_stream_t *s, const int32_t *ids, size_t n,
-                    float *nll, size_t *n_scored)
+                    float *nll, int32_t *kv, size_t *n_scored)
 {
     *n_scored = 0;
     if (n == 0)
@@ -57,12 +62,8 @@ int sep_stream_feed(sep_model_t *m, sep_stream_t *s, const int32_t *ids, size_t 
     /* the sequence to run is pending + ids; every token but the last */
     size_t total = n + (s->has_pending ? 1 : 0);
     int32_t *seq = malloc(total * sizeof *seq);
-    float *tmp = nll ? NULL : malloc((size_t)m->run.max_tokens * sizeof *tmp);
-    if (!seq || (!nll && !tmp)) {
-        free(seq);
-        free(tmp);
+    if (!seq)
         return sep_fail(SEP_ENOMEM, "stream: out of memory for %zu ids", n);
-    }
     size_t off = 0;
     if (s->has_pending)
         seq[off++] = s->pending;
@@ -74,7 +75,8 @@ int sep_stream_feed(sep_model_t *m, sep_stream_t *s, const int32_t *ids, size_t 
         size_t k = total - 1 - done;
         if (k > (size_t)m->run.max_tokens)
             k = (size_t)m->run.max_tokens;
-        if ((rc = stream_run(m, s, seq + done, (int)k, nll ? nll + done : tmp)))
+        if ((rc = stream_run(m, s, seq + done, (int)k, nll ? nll + done : s->nll,
+                             kv ? kv + done : s->kv)))
             break;
         done += k;
     }
@@ -85,6 +87,5 @@ int sep_stream_feed(sep_model_t *m, sep_stream_t *s, const int32_t *ids, size_t 
     }
     *n_scored = done;
     free(seq);
-    free(tmp);
     return rc;
 }

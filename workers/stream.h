@@ -2,7 +2,9 @@
  * meaning, chunk by chunk in execution.
  *
  * Token i of a stream is run with token i+1 as its target, so the last id
- * fed waits (pending) until the next id arrives. Feeding the ids of a text
+ * fed waits (pending) until the next id arrives. Ids run in chunks of up
+ * to the model's max_tokens (a model loaded with max_tokens 1 runs the
+ * one-token-per-step loop). Feeding the ids of a text
  * in one piece or in many gives the same NLLs. The counters give the
  * stream's perplexity and cache accounting: kv_sum and kv_max count the
  * cache entries after each scored token's K/V is appended.
@@ -18,6 +20,8 @@
 
 typedef struct {
     sep_cache_t *cache;
+    int32_t *kv;         /* (max_tokens) scratch: cache size after each token */
+    float *nll;          /* (max_tokens) scratch for callers that want no NLLs */
     int32_t pending;     /* last id fed, not yet run (valid if has_pending) */
     int has_pending;
     int64_t tokens;      /* tokens scored */
@@ -26,12 +30,14 @@ typedef struct {
     int64_t kv_max;      /* largest cache size seen */
 } sep_stream_t;
 
-int sep_stream_new(sep_stream_t **out, const sep_model_t *m);
+/* A stream under policy (whose separator set must outlive the stream). */
+int sep_stream_new(sep_stream_t **out, const sep_model_t *m, const sep_policy_t *policy);
 void sep_stream_destroy(sep_stream_t **self_p);
 
 /* Feed n ids; nll receives one NLL per token scored by this call (at most
- * n of them), *n_scored their count. nll may be NULL. */
+ * n of them) and kv its cache size after its K/V was appended; *n_scored
+ * counts them. nll and kv may be NULL. */
 int sep_stream_feed(sep_model_t *m, sep_stream_t *s, const int32_t *ids, size_t n,
-                    float *nll, size_t *n_scored);
+                    float *nll, int32_t *kv, size_t *n_scored);
 
 #endif

@@ -1,0 +1,35 @@
+/* separators.h: which token ids are separators, for a tokenizer.
+ *
+ * A spec names the set:
+ *   NULL, "" or "auto"  the preset of the checkpoint's tokenizer when it is
+ *                       one of the presets (recognised by its vocabulary
+ *                       size and the ids of . , ? ! ; :), else "rule";
+ *   "llama3", "gpt_neox", "falcon"
+ *                       the lists hard-coded by the SepLLM authors;
+ *   "rule"              every id whose text, decoded on its own, is one of
+ *                       . , ? ! ; : "\n" "\t" " " " ." " ," " ?" " !" " ;"
+ *                       " :" " \n" "  " "   " "\n " " \n ";
+ *   a comma-separated list of items: digits are an id; anything else is a
+ *                       string (escapes \n \t \s for space, \, \\) and
+ *                       names every id whose text is that string.
+ * The result is a bitmap over the vocabulary.
+ */
+#ifndef SEP_SEPARATORS_H
+#define SEP_SEPARATORS_H
+
+#include <stdint.h>
+
+#include "tokenizer.h"
+
+typedef struct {
+    uint8_t *is_sep;   /* (n_vocab) 1 for a separator id */
+    int n_vocab;
+    int count;         /* separator ids */
+    char name[32];     /* the preset used ("llama3", "rule", "list") */
+} sep_sepset_t;
+
+/* Build the set of spec for tok. The set's memory: sep_sepset_free(). */
+int sep_sepset_build(sep_sepset_t *set, const sep_tok_t *tok, const char *spec);
+void sep_sepset_free(sep_sepset_t *set);
+
+#endif
