@@ -35,3 +35,12 @@ const char *sep_errmsg(void)
 {
     return last_msg;
 }
+
+const char *sep_clip(const char *s, char buf[static 64])
+{
+    size_t i;
+    for (i = 0; s[i] && i < 63; i++)
+        buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    buf[i] = '\0';
+    return buf;
+}

@@ -34,4 +34,8 @@ int sep_fail(int code, const char *fmt, ...)
 /* The detail of the last sep_fail() on this thread ("" if none). */
 const char *sep_errmsg(void);
 
+/* A string from a file, fit for a one-line message: its first 63 bytes
+ * in buf, control characters masked as '?'. Returns buf. */
+const char *sep_clip(const char *s, char buf[static 64]);
+
 #endif

@@ -5,13 +5,20 @@
 
 #define SEP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
-SEP_CLONES
-void sep_softmax_inplace(float *row, int n)
+/* max(row[0..n)), inlined into each clone */
+static inline float fastmath_row_max(const float *row, int n)
 {
     float mx = row[0];
     #pragma omp simd reduction(max:mx)
     for (int j = 1; j < n; j++)
         mx = row[j] > mx ? row[j] : mx;
+    return mx;
+}
+
+SEP_CLONES
+void sep_softmax_inplace(float *row, int n)
+{
+    float mx = fastmath_row_max(row, n);
     float sum = 0.0f;
     #pragma omp simd reduction(+:sum)
     for (int j = 0; j < n; j++) {
@@ -27,10 +34,7 @@ void sep_softmax_inplace(float *row, int n)
 SEP_CLONES
 float sep_logsumexp(const float *row, int n)
 {
-    float mx = row[0];
-    #pragma omp simd reduction(max:mx)
-    for (int j = 1; j < n; j++)
-        mx = row[j] > mx ? row[j] : mx;
+    float mx = fastmath_row_max(row, n);
     float sum = 0.0f;
     #pragma omp simd reduction(+:sum)
     for (int j = 0; j < n; j++)

@@ -197,10 +197,9 @@ static void load_runs(void)
                           ? r->policy.c - r->policy.a
                           : (int)json_integer_value(json_object_get(e, "w"));
         r->policy.shift = !json_is_true(json_object_get(e, "noshift"));
-        /* one token per step is slow: compare a prefix spanning many
-         * compactions of every evicting run */
+        /* every evicting run again, one token per step */
         if (r->policy.method != SEP_METHOD_FULL)
-            r->per_token = r->policy.c <= 64 ? 400 : 1000;
+            r->per_token = r->tokens;
     }
     /* hf_full.MODEL.TEXT.TOKENS.nll */
     json_array_foreach(json_object_get(sum, "hf_check"), i, e) {
@@ -405,6 +404,56 @@ static void test_auto_separators(void **state)
     json_decref(sum);
 }
 
+/* A Llama-3-sized byte-level vocabulary whose . , ? ! ; : sit at Llama-3's
+ * ids gets the llama3 preset from "auto"; named presets and lists too. */
+static void test_preset_detection(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sep-test-XXXXXX", path[600];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    json_t *vocab = json_object();
+    static const struct { int id; const char *text; } marks[] = {
+        { 0, "!" }, { 11, "," }, { 13, "." }, { 25, ":" }, { 26, ";" }, { 30, "?" } };
+    for (int id = 0; id < 128256; id++) {
+        char t[32];
+        snprintf(t, sizeof t, "t%d", id);
+        for (size_t k = 0; k < sizeof marks / sizeof marks[0]; k++)
+            if (marks[k].id == id)
+                snprintf(t, sizeof t, "%s", marks[k].text);
+        json_object_set_new(vocab, t, json_integer(id));
+    }
+    json_t *tj = json_pack("{s:s, s:[], s:n, s:{s:s, s:b, s:b, s:b}, s:{s:s}, s:{s:s, s:o, s:[]}}",
+                           "version", "1.0", "added_tokens", "normalizer",
+                           "pre_tokenizer", "type", "ByteLevel", "add_prefix_space", 0,
+                           "trim_offsets", 1, "use_regex", 1,
+                           "decoder", "type", "ByteLevel",
+                           "model", "type", "BPE", "vocab", vocab, "merges");
+    assert_non_null(tj);
+    assert_int_equal(json_dump_file(tj, path, 0), 0);
+    json_decref(tj);
+    sep_tok_t *tok;
+    sep_sepset_t seps;
+    assert_int_equal(sep_tok_load(&tok, path), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    assert_string_equal(seps.name, "llama3");
+    assert_int_equal(seps.count, 17);
+    assert_true(seps.is_sep[262] && seps.is_sep[0] && !seps.is_sep[1]);
+    sep_sepset_free(&seps);
+    assert_int_equal(sep_sepset_build(&seps, tok, "falcon"), 0);
+    assert_int_equal(seps.count, 13);
+    assert_true(seps.is_sep[23787]);
+    sep_sepset_free(&seps);
+    assert_int_equal(sep_sepset_build(&seps, tok, "rule"), 0);
+    assert_int_equal(seps.count, 6); /* only the six marks have such texts here */
+    sep_sepset_free(&seps);
+    assert_int_equal(sep_sepset_build(&seps, tok, "7,t99,\\q"), SEP_EINVAL);
+    assert_non_null(strstr(sep_errmsg(), "unknown escape"));
+    sep_tok_destroy(&tok);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 /* ---- bad checkpoints ----------------------------------------------------- */
 
 /* A copy of tiny-llama31 with config.json's field set to value (raw JSON);
@@ -501,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_batch_of_streams),
         cmocka_unit_test(test_batch_of_policies),
         cmocka_unit_test(test_auto_separators),
+        cmocka_unit_test(test_preset_detection),
         cmocka_unit_test(test_missing_tensor),
         cmocka_unit_test(test_missing_lm_head),
         cmocka_unit_test(test_shape_mismatch),

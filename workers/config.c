@@ -20,17 +20,6 @@
 #define CFG_VOCAB_MAX ((1 << 24) - 1)
 #define CFG_POS_MAX (1 << 24)         /* context lengths */
 
-/* Strings from the file go into one-line messages: clip them and mask
- * control characters. */
-static const char *cfg_clip(const char *s, char buf[static 64])
-{
-    size_t i;
-    for (i = 0; s[i] && i < 63; i++)
-        buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-    buf[i] = '\0';
-    return buf;
-}
-
 static int cfg_absent(const json_t *v)
 {
     return !v || json_is_null(v);
@@ -147,7 +136,7 @@ static int cfg_rope_scaling(const char *path, json_t *root, sep_config_t *c)
     if (strcmp(type, "llama3"))
         return sep_fail(SEP_EUNSUPPORTED,
                         "%s: %s: \"%s\" is not supported (only default and llama3)",
-                        path, field, cfg_clip(type, b));
+                        path, field, sep_clip(type, b));
 
     c->rope_llama3 = 1;
     static const char *const keys[] = {"factor", "low_freq_factor", "high_freq_factor"};
@@ -198,7 +187,7 @@ static int cfg_llama(const char *path, json_t *root, json_t *rp, int qwen2,
         return rc;
     if (strcmp(act, "silu"))
         return sep_fail(SEP_EUNSUPPORTED, "%s: hidden_act: \"%s\" is not supported for %s (only silu)",
-                        path, cfg_clip(act, b), c->arch_name);
+                        path, sep_clip(act, b), c->arch_name);
     c->act = SEP_ACT_SILU;
     if (qwen2) {
         /* Qwen2 always has q/k/v biases and never an o_proj or MLP one. */
@@ -249,7 +238,7 @@ static int cfg_neox(const char *path, json_t *root, json_t *rp, sep_config_t *c)
     else
         return sep_fail(SEP_EUNSUPPORTED,
                         "%s: hidden_act: \"%s\" is not supported for %s (gelu, gelu_new, gelu_fast, gelu_pytorch_tanh)",
-                        path, cfg_clip(act, b), c->arch_name);
+                        path, sep_clip(act, b), c->arch_name);
     /* attention_bias covers query_key_value and dense; the MLP always has biases. */
     if ((rc = cfg_bool(path, "attention_bias", json_object_get(root, "attention_bias"),
                        1, &bias)) ||
@@ -331,7 +320,7 @@ int sep_config_load(sep_config_t *cfg, const char *dir)
     if (!c.arch) {
         rc = sep_fail(SEP_EUNSUPPORTED,
                       "%s: architectures: \"%s\" is not supported (Llama, Mistral, Qwen2, GPTNeoX ForCausalLM)",
-                      path, cfg_clip(arch, b));
+                      path, sep_clip(arch, b));
         goto fail;
     }
     snprintf(c.arch_name, sizeof c.arch_name, "%s", arch);

@@ -67,17 +67,6 @@ static const struct {
     {"F4", SEP_DT_OTHER, 4},      {"C64", SEP_DT_OTHER, 64},
 };
 
-/* Strings from a file go into one-line messages: clip them and mask
- * control characters. */
-static const char *st_clip(const char *s, char buf[static 64])
-{
-    size_t i;
-    for (i = 0; s[i] && i < 63; i++)
-        buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-    buf[i] = '\0';
-    return buf;
-}
-
 static int st_has_control(const char *s)
 {
     for (; *s; s++)
@@ -177,7 +166,7 @@ static int st_entry(const st_file_t *f, const char *name, json_t *e,
         }
     if (!bits)
         return sep_fail(SEP_EFORMAT, "%s: tensor %s: unknown dtype \"%s\"",
-                        f->path, name, st_clip(json_string_value(dt), b1));
+                        f->path, name, sep_clip(json_string_value(dt), b1));
 
     json_t *shape = json_object_get(e, "shape");
     if (!json_is_array(shape))
@@ -325,7 +314,7 @@ static int st_load_file(sep_st_t *st, st_file_t *f, const char *index)
         }
         if (!*key || st_has_control(key)) {
             rc = sep_fail(SEP_EFORMAT, "%s: tensor name \"%s\" is empty or holds control characters",
-                          f->path, st_clip(key, b));
+                          f->path, sep_clip(key, b));
             goto fail;
         }
         sep_tensor_t *t = &st->tensors[st->n_tensors];
@@ -377,7 +366,7 @@ static int st_index_files(const char *index, json_t *wm, const char ***names,
         if (!s) {
             free(v);
             return sep_fail(SEP_EFORMAT, "%s: weight_map: tensor %s: file is not a string",
-                            index, st_clip(key, b1));
+                            index, sep_clip(key, b1));
         }
         /* A shard is a file of this folder: no path may lead out of it. */
         if (!*s || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, "..") ||
@@ -385,7 +374,7 @@ static int st_index_files(const char *index, json_t *wm, const char ***names,
             free(v);
             return sep_fail(SEP_EFORMAT,
                             "%s: weight_map: tensor %s: \"%s\" is not a file name in the folder",
-                            index, st_clip(key, b1), st_clip(s, b2));
+                            index, sep_clip(key, b1), sep_clip(s, b2));
         }
         v[m++] = s;
     }
@@ -412,7 +401,7 @@ static int st_check_index(const sep_st_t *st, const char *dir,
         const char *file = json_string_value(val);
         if (!t)
             return sep_fail(SEP_EFORMAT, "%s/%s: tensor %s: absent, though %s lists it there",
-                            dir, file, st_clip(key, b), index);
+                            dir, file, sep_clip(key, b), index);
         const char *slash = strrchr(t->file, '/');
         if (strcmp(slash ? slash + 1 : t->file, file))
             return sep_fail(SEP_EFORMAT, "%s: tensor %s: found here, but %s places it in %s",
