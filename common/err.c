@@ -36,7 +36,7 @@ const char *sep_errmsg(void)
     return last_msg;
 }
 
-const char *sep_clip(const char *s, char buf[static 64])
+const char *sep_clip(const char *s, char *buf)
 {
     size_t i;
     for (i = 0; s[i] && i < 63; i++)

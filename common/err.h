@@ -35,7 +35,7 @@ int sep_fail(int code, const char *fmt, ...)
 const char *sep_errmsg(void);
 
 /* A string from a file, fit for a one-line message: its first 63 bytes
- * in buf, control characters masked as '?'. Returns buf. */
-const char *sep_clip(const char *s, char buf[static 64]);
+ * in buf (64 bytes), control characters masked as '?'. Returns buf. */
+const char *sep_clip(const char *s, char *buf);
 
 #endif

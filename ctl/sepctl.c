@@ -33,7 +33,7 @@ static const char *usage_text =
     "  tokenize [--model DIR]        encode stdin, print the ids on one line\n"
     "  eval [--model DIR] [cache options] [--max-tokens N] [--ids FILE]\n"
     "       [--nll-out FILE] [--kv-out FILE] [--json] [--threads T] [--chunk K]\n"
-    "       [--per-token]\n"
+    "       [--per-token] [--device cpu|cuda|auto] [--precision fp32|bf16]\n"
     "                                score a text (stdin, or ids from FILE)\n"
     "  separators [--model DIR] [--separators X]\n"
     "                                print the separator ids, ascending\n"
@@ -212,7 +212,7 @@ static double ctl_now(void)
 }
 
 typedef struct {
-    const char *model, *ids_path, *nll_out, *kv_out, *separators;
+    const char *model, *ids_path, *nll_out, *kv_out, *separators, *device, *precision;
     long max_tokens, threads, chunk;
     int json;
     sep_policy_t policy;
@@ -255,6 +255,7 @@ static int eval_parse(int argc, char **argv, eval_opts_t *o)
         { "nll-out", required_argument, 0, 'o' }, { "json", no_argument, 0, 'j' },
         { "threads", required_argument, 0, 't' }, { "chunk", required_argument, 0, 'c' },
         { "per-token", no_argument, 0, 'p' }, { "kv-out", required_argument, 0, 'k' },
+        { "device", required_argument, 0, 'd' }, { "precision", required_argument, 0, 'P' },
         { 0, 0, 0, 0 } };
     int c, window_given = 0, r;
     *o = (eval_opts_t){ .max_tokens = -1, .threads = 0, .chunk = 512,
@@ -270,6 +271,8 @@ static int eval_parse(int argc, char **argv, eval_opts_t *o)
         case 'i': o->ids_path = optarg; break;
         case 'o': o->nll_out = optarg; break;
         case 'k': o->kv_out = optarg; break;
+        case 'd': o->device = optarg; break;
+        case 'P': o->precision = optarg; break;
         case 'j': o->json = 1; break;
         case 'p': o->chunk = 1; break;
         case 'n': if (ctl_int_opt("max-tokens", optarg, 1, INT64_MAX / 2, &o->max_tokens)) return EXIT_USAGE; break;
@@ -356,7 +359,7 @@ static int cmd_eval(int argc, char **argv)
         goto fail;
     o.policy.is_sep = seps.is_sep;
     o.policy.n_vocab = seps.n_vocab;
-    if ((rc = sep_backend_cpu_new(&be, (int)o.threads)) ||
+    if ((rc = sep_backend_new(&be, o.device, o.precision, (int)o.threads)) ||
         (rc = sep_model_load(&m, model_dir, be, (int)o.chunk)) ||
         (rc = sep_stream_new(&s, m, &o.policy)))
         goto fail;

@@ -7,8 +7,9 @@
  * which backend runs them. Every matrix is row-major.
  *
  * Shapes use: n rows (tokens), d features. Operations cannot fail once
- * their buffers are allocated: alloc returns NULL and attention_reserve
- * SEP_ENOMEM when memory runs out, before anything is computed.
+ * their buffers are allocated and reserve succeeded: alloc returns NULL
+ * and reserve SEP_ENOMEM when memory runs out, before anything is
+ * computed. A backend may queue work: sync waits for it.
  */
 #ifndef SEP_BACKEND_H
 #define SEP_BACKEND_H
@@ -17,6 +18,10 @@
 #include <stdint.h>
 
 typedef struct sep_backend sep_backend_t;
+
+/* A weight matrix (rows, cols) in the backend's own format (fp32 on the
+ * CPU; bf16 or fp32 on CUDA, as its precision says). Opaque. */
+typedef struct sep_weight sep_weight_t;
 
 /* One attention problem: the queries of a chunk against a stream's cache.
  * Query i (0 <= i < n_q) sees key rows 0 .. n_past + i (causal over the
@@ -33,6 +38,8 @@ typedef struct {
 struct sep_backend {
     const char *name;
     int n_threads;
+    int max_head_dim;   /* the largest head_dim its attention handles */
+    int max_group;      /* the most query heads it lets share a KV head */
 
     void *(*alloc)(sep_backend_t *be, size_t bytes);
     void (*free)(sep_backend_t *be, void *p);
@@ -49,9 +56,16 @@ struct sep_backend {
     void (*copy_rows)(sep_backend_t *be, float *dst, int dst_stride,
                       const float *src, int src_stride, int n, int width);
 
-    /* y(n, d_out) = x(n, d_in) * w(d_out, d_in)^T [+ bias(d_out)] */
-    void (*matmul)(sep_backend_t *be, float *y, const float *x, const float *w,
-                   const float *bias, int n, int d_in, int d_out);
+    /* A weight from a (rows, cols) fp32 host matrix; NULL without memory. */
+    sep_weight_t *(*weight_new)(sep_backend_t *be, const float *host, int rows, int cols);
+    void (*weight_free)(sep_backend_t *be, sep_weight_t *w);
+    /* Row i of y := row ids[i] of w, in fp32 (embedding lookup; ids host). */
+    void (*weight_rows)(sep_backend_t *be, float *y, const sep_weight_t *w,
+                        const int32_t *ids, int n);
+    /* y(n, rows) = x(n, cols) * w(rows, cols)^T [+ bias(rows)], fp32
+     * accumulation whatever w's format */
+    void (*matmul)(sep_backend_t *be, float *y, const float *x, const sep_weight_t *w,
+                   const float *bias, int n);
     /* y = x / rms(x) * w, per row */
     void (*rmsnorm)(sep_backend_t *be, float *y, const float *x, const float *w,
                     int n, int d, float eps);
@@ -64,11 +78,16 @@ struct sep_backend {
      * at row i's position, in backend memory. */
     void (*rope)(sep_backend_t *be, float *x, int n, int stride, int n_heads,
                  int head_dim, int rot_dim, const float *cs);
-    /* Make attention ready for problems of up to max_keys keys (scratch
-     * memory); the one call of the set that can fail (SEP_ENOMEM). */
-    int (*attention_reserve)(sep_backend_t *be, int max_keys);
+    /* Make the operations ready for attention over up to max_keys keys,
+     * gathers of up to max_rows rows of up to max_width floats, and NLLs
+     * of up to max_rows rows (scratch memory): the one call besides alloc
+     * that can fail for memory (SEP_ENOMEM). */
+    int (*reserve)(sep_backend_t *be, int max_keys, int max_rows, int max_width);
+    /* Wait for queued work; a device fault since the last sync is
+     * reported here (SEP_EIO, naming it). */
+    int (*sync)(sep_backend_t *be);
     /* Causal attention for a batch of problems sharing head geometry,
-     * none longer than the last attention_reserve allowed. */
+     * none longer than the last reserve allowed. */
     void (*attention)(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
                       int n_heads, int n_kv_heads, int head_dim);
     /* x += y, n*d elements */
@@ -88,6 +107,18 @@ struct sep_backend {
 /* The CPU backend: OpenBLAS for matrix products, OpenMP threads for the
  * rest; n_threads <= 0 means $OMP_NUM_THREADS, else one per core. */
 int sep_backend_cpu_new(sep_backend_t **out, int n_threads);
+
+/* The CUDA backend on GPU `device` (cuBLAS and sepd's kernels), when the
+ * build has CUDA; SEP_ENOTFOUND without a GPU, SEP_EUNSUPPORTED in a
+ * build without CUDA. bf16: weights in bf16 and matrix products on bf16
+ * inputs with fp32 accumulation; else all fp32 (exactness checks). */
+int sep_backend_cuda_new(sep_backend_t **out, int device, int bf16);
+
+/* By name: "cpu", "cuda" (GPU 0) or "auto" / NULL (cuda when a GPU is
+ * there, else cpu); precision "fp32" or "bf16" (NULL: bf16 on CUDA; the
+ * CPU runs fp32 only). n_threads as for the CPU backend. */
+int sep_backend_new(sep_backend_t **out, const char *device, const char *precision,
+                    int n_threads);
 void sep_backend_destroy(sep_backend_t **self_p);
 
 #endif

@@ -58,9 +58,44 @@ static void cpu_copy_rows(sep_backend_t *be, float *dst, int dst_stride,
                (size_t)width * sizeof(float));
 }
 
-static void cpu_matmul(sep_backend_t *be, float *y, const float *x, const float *w,
-                       const float *bias, int n, int d_in, int d_out)
+struct sep_weight {
+    float *data; /* (rows, cols) */
+    int rows, cols;
+};
+
+static sep_weight_t *cpu_weight_new(sep_backend_t *be, const float *host, int rows, int cols)
 {
+    sep_weight_t *w = malloc(sizeof *w);
+    float *data = cpu_alloc(be, (size_t)rows * cols * sizeof(float));
+    if (!w || !data) {
+        free(w);
+        free(data);
+        return NULL;
+    }
+    memcpy(data, host, (size_t)rows * cols * sizeof(float));
+    *w = (sep_weight_t){ .data = data, .rows = rows, .cols = cols };
+    return w;
+}
+
+static void cpu_weight_free(sep_backend_t *be, sep_weight_t *w)
+{
+    (void)be;
+    if (w)
+        free(w->data);
+    free(w);
+}
+
+static void cpu_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
+                            const int32_t *ids, int n)
+{
+    cpu_gather_rows(be, y, w->data, ids, n, w->cols);
+}
+
+static void cpu_matmul(sep_backend_t *be, float *y, const float *x, const sep_weight_t *wt,
+                       const float *bias, int n)
+{
+    const float *w = wt->data;
+    int d_in = wt->cols, d_out = wt->rows;
     int nt = be->n_threads;
     int by_rows = n >= 2 * nt;
     #pragma omp parallel num_threads(nt)
@@ -171,8 +206,10 @@ typedef struct {
     size_t scratch_len;
 } cpu_backend_t;
 
-static int cpu_attention_reserve(sep_backend_t *be, int max_keys)
+static int cpu_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_width)
 {
+    (void)max_rows; /* gathers and NLLs need no scratch here */
+    (void)max_width;
     cpu_backend_t *cb = (cpu_backend_t *)be;
     size_t len = (size_t)ATTN_QBLOCK * (size_t)(max_keys > 0 ? max_keys : 1);
     if (len <= cb->scratch_len)
@@ -252,6 +289,12 @@ static void cpu_nll(sep_backend_t *be, float *nll, const float *logits,
     }
 }
 
+static int cpu_sync(sep_backend_t *be)
+{
+    (void)be; /* every call ran to completion */
+    return SEP_OK;
+}
+
 static void cpu_destroy(sep_backend_t *be)
 {
     cpu_backend_t *cb = (cpu_backend_t *)be;
@@ -280,17 +323,23 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     cb->scratch = scratch;
     be->name = "cpu";
     be->n_threads = n_threads;
+    be->max_head_dim = 1 << 20;
+    be->max_group = 1 << 20;
     be->alloc = cpu_alloc;
     be->free = cpu_free;
     be->upload = cpu_copy;
     be->download = cpu_copy;
     be->gather_rows = cpu_gather_rows;
     be->copy_rows = cpu_copy_rows;
+    be->weight_new = cpu_weight_new;
+    be->weight_free = cpu_weight_free;
+    be->weight_rows = cpu_weight_rows;
     be->matmul = cpu_matmul;
     be->rmsnorm = cpu_rmsnorm;
     be->layernorm = cpu_layernorm;
     be->rope = cpu_rope;
-    be->attention_reserve = cpu_attention_reserve;
+    be->reserve = cpu_reserve;
+    be->sync = cpu_sync;
     be->attention = cpu_attention;
     be->add = cpu_add;
     be->silu_mul = cpu_silu_mul;

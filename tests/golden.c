@@ -10,6 +10,18 @@ const char *golden_shared(void)
     return env && *env ? env : SEP_SHARED_DIR;
 }
 
+const char *golden_device(void)
+{
+    const char *env = getenv("SEP_TEST_DEVICE");
+    return env && *env ? env : "cpu";
+}
+
+const char *golden_precision(void)
+{
+    const char *env = getenv("SEP_TEST_PRECISION");
+    return env && *env ? env : "fp32";
+}
+
 const char *golden_path(const char *rel)
 {
     static char buf[4096];

@@ -8,6 +8,13 @@
 /* The shared folder: $SEP_SHARED, else the build's SEP_SHARED_DIR. */
 const char *golden_shared(void);
 
+/* The backend the tests run on: $SEP_TEST_DEVICE ("cuda" on the GPU
+ * machine), else "cpu". */
+const char *golden_device(void);
+
+/* Their precision: $SEP_TEST_PRECISION, else "fp32". */
+const char *golden_precision(void);
+
 /* shared/rel as a path in a static buffer (valid until the next call). */
 const char *golden_path(const char *rel);
 

@@ -13,13 +13,14 @@
 
 #include "backend.h"
 #include "fastmath.h"
+#include "golden.h"
 
 static sep_backend_t *be;
 
 static int setup(void **state)
 {
     (void)state;
-    return sep_backend_cpu_new(&be, 2);
+    return sep_backend_new(&be, golden_device(), golden_precision(), 2);
 }
 
 static int teardown(void **state)
@@ -61,9 +62,18 @@ static void expect_near(const float *dev_got, const double *want, size_t n, doub
     free(got);
 }
 
+/* Relative tolerance of a matrix product: bf16 weights and inputs round
+ * to 8 bits of mantissa. */
+static double matmul_tol(void)
+{
+    const char *p = getenv("SEP_TEST_PRECISION");
+    return p && strcmp(p, "bf16") == 0 ? 2e-2 : 1e-5;
+}
+
 static void test_matmul(void **state)
 {
     (void)state;
+    double tol = matmul_tol();
     /* n >= 2 threads splits rows, n = 1 splits columns: both paths */
     for (int n = 1; n <= 37; n += 36) {
         int din = 70, dout = 33;
@@ -77,12 +87,23 @@ static void test_matmul(void **state)
                     s += (double)x[i * din + k] * w[o * din + k];
                 want[i * dout + o] = s;
             }
-        float *dx = dev(x, (size_t)n * din), *dw = dev(w, (size_t)dout * din), *db = dev(b, dout);
-        float *dy = be->alloc(be, sizeof(float) * n * dout);
-        be->matmul(be, dy, dx, dw, db, n, din, dout);
-        expect_near(dy, want, (size_t)n * dout, 1e-5);
+        float *dx = dev(x, (size_t)n * din), *db = dev(b, dout);
+        sep_weight_t *dw = be->weight_new(be, w, dout, din);
+        assert_non_null(dw);
+        float *dy = be->alloc(be, sizeof(float) * (n * dout > 3 * din ? n * dout : 3 * din));
+        assert_int_equal(be->reserve(be, 1, n > 3 ? n : 3, din), 0);
+        be->matmul(be, dy, dx, dw, db, n);
+        expect_near(dy, want, (size_t)n * dout, tol);
+        /* embedding lookup from the same weight */
+        int32_t ids[3] = { 5, 0, 32 };
+        double rows[3 * 70];
+        for (int i = 0; i < 3; i++)
+            for (int k = 0; k < din; k++)
+                rows[i * din + k] = w[ids[i] * din + k];
+        be->weight_rows(be, dy, dw, ids, 3);
+        expect_near(dy, rows, 3 * (size_t)din, tol);
         free(x); free(w); free(b); free(want);
-        be->free(be, dx); be->free(be, dw); be->free(be, db); be->free(be, dy);
+        be->free(be, dx); be->weight_free(be, dw); be->free(be, db); be->free(be, dy);
     }
 }
 
@@ -202,7 +223,7 @@ static void test_attention(void **state)
                                  .n_q = n_q[p], .n_past = n_past[p],
                                  .out_stride = heads * hd, .q_stride = q_stride };
     }
-    assert_int_equal(be->attention_reserve(be, n_past[0] + n_q[0]), 0);
+    assert_int_equal(be->reserve(be, n_past[0] + n_q[0], 8, 8), 0);
     be->attention(be, probs, 2, heads, kv_heads, hd);
     for (int p = 0; p < 2; p++) {
         expect_near(dout[p], want[p], (size_t)n_q[p] * heads * hd, 1e-5);

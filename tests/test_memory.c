@@ -62,7 +62,7 @@ static void test_flat_memory(void **state)
     sep_tok_t *tok;
     sep_sepset_t seps;
     sep_stream_t *s;
-    assert_int_equal(sep_backend_cpu_new(&be, 0), 0);
+    assert_int_equal(sep_backend_new(&be, golden_device(), golden_precision(), 0), 0);
     assert_int_equal(sep_tok_load(&tok, path), 0);
     assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
     assert_int_equal(sep_model_load(&m, dir, be, 512), 0);

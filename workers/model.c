@@ -27,7 +27,21 @@ typedef struct {
 static int loader_read(loader_t *ld, size_t off, const char *name, int64_t rows, int64_t cols)
 {
     int64_t shape[2] = { rows, cols };
-    return sep_st_read_f32(ld->st, name, cols ? 2 : 1, shape, ld->stage + off);
+    if (ld->st)
+        return sep_st_read_f32(ld->st, name, cols ? 2 : 1, shape, ld->stage + off);
+    /* synthetic: vectors (norms, biases) of ones, matrices small and
+     * uniform, so activations stay finite at any depth */
+    float *dst = ld->stage + off;
+    size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t h = (uint32_t)(i + off) * 2654435761u ^ (uint32_t)(rows * 40503u + cols);
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        dst[i] = cols ? ((float)(h & 0xffff) / 32768.0f - 1.0f) * 0.02f : 1.0f;
+    }
+    return SEP_OK;
 }
 
 /* Place the first n staged floats in a new backend buffer *dst. */
@@ -42,12 +56,31 @@ static int loader_place(loader_t *ld, float **dst, size_t n)
     return SEP_OK;
 }
 
-/* One tensor straight to the backend: a 1-D (cols 0) or 2-D weight. */
-static int loader_tensor(loader_t *ld, float **dst, const char *name, int64_t rows, int64_t cols)
+/* The first rows x cols staged floats as a weight matrix *dst. */
+static int loader_weight(loader_t *ld, sep_weight_t **dst, int rows, int cols)
+{
+    sep_backend_t *be = ld->m->be;
+    *dst = be->weight_new(be, ld->stage, rows, cols);
+    if (!*dst)
+        return sep_fail(SEP_ENOMEM, "%s: no %s memory for a %dx%d weight",
+                        ld->name, be->name, rows, cols);
+    return SEP_OK;
+}
+
+/* A 1-D tensor (norm weight, bias) straight to the backend. */
+static int loader_vector(loader_t *ld, float **dst, const char *name, int64_t n)
+{
+    snprintf(ld->name, sizeof ld->name, "%s", name);
+    int rc = loader_read(ld, 0, name, n, 0);
+    return rc ? rc : loader_place(ld, dst, (size_t)n);
+}
+
+/* A 2-D tensor straight to a weight. */
+static int loader_matrix(loader_t *ld, sep_weight_t **dst, const char *name, int rows, int cols)
 {
     snprintf(ld->name, sizeof ld->name, "%s", name);
     int rc = loader_read(ld, 0, name, rows, cols);
-    return rc ? rc : loader_place(ld, dst, (size_t)rows * (size_t)(cols ? cols : 1));
+    return rc ? rc : loader_weight(ld, dst, rows, cols);
 }
 
 static int load_llama_layer(loader_t *ld, int l, sep_layer_t *L)
@@ -57,18 +90,21 @@ static int load_llama_layer(loader_t *ld, int l, sep_layer_t *L)
     int q = ld->m->q_dim, kv = ld->m->kv_dim, d = c->dim, f = c->ffn_dim;
     int rc;
     char nm[256];
-#define T(dst, suffix, rows, cols) \
+#define V(dst, suffix, n) \
     do { snprintf(nm, sizeof nm, "%s%d.%s", prefix, l, suffix); \
-         if ((rc = loader_tensor(ld, dst, nm, rows, cols))) return rc; } while (0)
+         if ((rc = loader_vector(ld, dst, nm, n))) return rc; } while (0)
+#define M(dst, suffix, rows, cols) \
+    do { snprintf(nm, sizeof nm, "%s%d.%s", prefix, l, suffix); \
+         if ((rc = loader_matrix(ld, dst, nm, rows, cols))) return rc; } while (0)
 #define R(off, suffix, rows, cols) \
     do { snprintf(nm, sizeof nm, "%s%d.%s", prefix, l, suffix); \
          if ((rc = loader_read(ld, off, nm, rows, cols))) return rc; } while (0)
-    T(&L->norm1_w, "input_layernorm.weight", d, 0);
-    T(&L->norm2_w, "post_attention_layernorm.weight", d, 0);
+    V(&L->norm1_w, "input_layernorm.weight", d);
+    V(&L->norm2_w, "post_attention_layernorm.weight", d);
     R(0, "self_attn.q_proj.weight", q, d);
     R((size_t)q * d, "self_attn.k_proj.weight", kv, d);
     R((size_t)(q + kv) * d, "self_attn.v_proj.weight", kv, d);
-    if ((rc = loader_place(ld, &L->wqkv, (size_t)(q + 2 * kv) * d)))
+    if ((rc = loader_weight(ld, &L->wqkv, q + 2 * kv, d)))
         return rc;
     if (c->qkv_bias) {
         R(0, "self_attn.q_proj.bias", q, 0);
@@ -77,20 +113,20 @@ static int load_llama_layer(loader_t *ld, int l, sep_layer_t *L)
         if ((rc = loader_place(ld, &L->bqkv, (size_t)q + 2 * kv)))
             return rc;
     }
-    T(&L->wo, "self_attn.o_proj.weight", d, q);
+    M(&L->wo, "self_attn.o_proj.weight", d, q);
     if (c->o_bias)
-        T(&L->bo, "self_attn.o_proj.bias", d, 0);
+        V(&L->bo, "self_attn.o_proj.bias", d);
     R(0, "mlp.gate_proj.weight", f, d);
     R((size_t)f * d, "mlp.up_proj.weight", f, d);
-    if ((rc = loader_place(ld, &L->w_up, (size_t)2 * f * d)))
+    if ((rc = loader_weight(ld, &L->w_up, 2 * f, d)))
         return rc;
-    T(&L->w_down, "mlp.down_proj.weight", d, f);
+    M(&L->w_down, "mlp.down_proj.weight", d, f);
     if (c->mlp_bias) {
         R(0, "mlp.gate_proj.bias", f, 0);
         R(f, "mlp.up_proj.bias", f, 0);
         if ((rc = loader_place(ld, &L->b_up, (size_t)2 * f)))
             return rc;
-        T(&L->b_down, "mlp.down_proj.bias", d, 0);
+        V(&L->b_down, "mlp.down_proj.bias", d);
     }
     return SEP_OK;
 }
@@ -116,27 +152,28 @@ static int load_neox_layer(loader_t *ld, int l, sep_layer_t *L)
     size_t half = ld->stage_len / 2;
     int rc;
     char nm[256];
-    T(&L->norm1_w, "input_layernorm.weight", d, 0);
-    T(&L->norm1_b, "input_layernorm.bias", d, 0);
-    T(&L->norm2_w, "post_attention_layernorm.weight", d, 0);
-    T(&L->norm2_b, "post_attention_layernorm.bias", d, 0);
+    V(&L->norm1_w, "input_layernorm.weight", d);
+    V(&L->norm1_b, "input_layernorm.bias", d);
+    V(&L->norm2_w, "post_attention_layernorm.weight", d);
+    V(&L->norm2_b, "post_attention_layernorm.bias", d);
     /* read into the upper half of the stage, unfuse into the lower */
     R(half, "attention.query_key_value.weight", qkv, d);
     neox_unfuse_qkv(ld->stage, ld->stage + half, c->n_heads, c->head_dim, d);
-    if ((rc = loader_place(ld, &L->wqkv, (size_t)qkv * d)))
+    if ((rc = loader_weight(ld, &L->wqkv, qkv, d)))
         return rc;
     R(half, "attention.query_key_value.bias", qkv, 0);
     neox_unfuse_qkv(ld->stage, ld->stage + half, c->n_heads, c->head_dim, 1);
     if ((rc = loader_place(ld, &L->bqkv, (size_t)qkv)))
         return rc;
-    T(&L->wo, "attention.dense.weight", d, d);
-    T(&L->bo, "attention.dense.bias", d, 0);
-    T(&L->w_up, "mlp.dense_h_to_4h.weight", f, d);
-    T(&L->b_up, "mlp.dense_h_to_4h.bias", f, 0);
-    T(&L->w_down, "mlp.dense_4h_to_h.weight", d, f);
-    T(&L->b_down, "mlp.dense_4h_to_h.bias", d, 0);
+    M(&L->wo, "attention.dense.weight", d, d);
+    V(&L->bo, "attention.dense.bias", d);
+    M(&L->w_up, "mlp.dense_h_to_4h.weight", f, d);
+    V(&L->b_up, "mlp.dense_h_to_4h.bias", f);
+    M(&L->w_down, "mlp.dense_4h_to_h.weight", d, f);
+    V(&L->b_down, "mlp.dense_4h_to_h.bias", d);
     return SEP_OK;
-#undef T
+#undef V
+#undef M
 #undef R
 }
 
@@ -166,21 +203,21 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     return SEP_OK;
 }
 
-int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens)
+/* Build m (its config set) from st, or from random weights when st is
+ * NULL (synthetic shapes); what names the model in messages. */
+static int model_build(sep_model_t *m, const sep_st_t *st, const char *what, int max_tokens)
 {
-    *out = NULL;
-    sep_st_t *st = NULL;
+    const sep_config_t *c = &m->cfg;
+    sep_backend_t *be = m->be;
     loader_t ld = { 0 };
     int rc;
-    if (max_tokens < 1 || max_tokens > (1 << 20))
-        return sep_fail(SEP_EINVAL, "model: max_tokens %d outside 1..%d", max_tokens, 1 << 20);
-    sep_model_t *m = calloc(1, sizeof *m);
-    if (!m)
-        return sep_fail(SEP_ENOMEM, "model: out of memory");
-    m->be = be;
-    if ((rc = sep_config_load(&m->cfg, dir)) || (rc = sep_st_open(&st, dir)))
-        goto fail;
-    const sep_config_t *c = &m->cfg;
+    if (c->head_dim > be->max_head_dim)
+        return sep_fail(SEP_EUNSUPPORTED, "%s: head_dim %d: the %s backend handles up to %d",
+                        what, c->head_dim, be->name, be->max_head_dim);
+    if (c->n_heads / c->n_kv_heads > be->max_group)
+        return sep_fail(SEP_EUNSUPPORTED, "%s: %d query heads per KV head: the %s backend "
+                        "handles up to %d", what, c->n_heads / c->n_kv_heads, be->name,
+                        be->max_group);
     m->q_dim = c->n_heads * c->head_dim;
     m->kv_dim = c->n_kv_heads * c->head_dim;
     m->qkv_dim = m->q_dim + 2 * m->kv_dim;
@@ -199,41 +236,103 @@ int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int ma
     ld.st = st;
     ld.m = m;
     if (!m->layers || !m->inv_freq || !ld.stage) {
-        rc = sep_fail(SEP_ENOMEM, "%s: out of memory loading the model", dir);
-        goto fail;
+        rc = sep_fail(SEP_ENOMEM, "%s: out of memory loading the model", what);
+        goto done;
     }
     sep_config_rope_freqs(c, m->inv_freq);
     int neox = c->arch == SEP_ARCH_NEOX;
-    if ((rc = loader_tensor(&ld, &m->embed, neox ? "gpt_neox.embed_in.weight"
+    if ((rc = loader_matrix(&ld, &m->embed, neox ? "gpt_neox.embed_in.weight"
                                                  : "model.embed_tokens.weight",
                             c->vocab, c->dim)))
-        goto fail;
+        goto done;
     for (int l = 0; l < c->n_layers; l++)
         if ((rc = neox ? load_neox_layer(&ld, l, &m->layers[l])
                        : load_llama_layer(&ld, l, &m->layers[l])))
-            goto fail;
-    if ((rc = loader_tensor(&ld, &m->norm_w, neox ? "gpt_neox.final_layer_norm.weight"
-                                                  : "model.norm.weight", c->dim, 0)))
-        goto fail;
-    if (neox && (rc = loader_tensor(&ld, &m->norm_b, "gpt_neox.final_layer_norm.bias",
-                                    c->dim, 0)))
-        goto fail;
+            goto done;
+    if ((rc = loader_vector(&ld, &m->norm_w, neox ? "gpt_neox.final_layer_norm.weight"
+                                                  : "model.norm.weight", c->dim)))
+        goto done;
+    if (neox && (rc = loader_vector(&ld, &m->norm_b, "gpt_neox.final_layer_norm.bias", c->dim)))
+        goto done;
     if (c->tied_embeddings)
         m->lm_head = m->embed;
-    else if ((rc = loader_tensor(&ld, &m->lm_head, neox ? "embed_out.weight" : "lm_head.weight",
+    else if ((rc = loader_matrix(&ld, &m->lm_head, neox ? "embed_out.weight" : "lm_head.weight",
                                  c->vocab, c->dim)))
-        goto fail;
-    if ((rc = model_alloc_run(m, max_tokens)))
-        goto fail;
+        goto done;
+    rc = model_alloc_run(m, max_tokens);
+done:
     free(ld.stage);
+    return rc;
+}
+
+static int model_new(sep_model_t **m, sep_backend_t *be, int max_tokens)
+{
+    if (max_tokens < 1 || max_tokens > (1 << 20))
+        return sep_fail(SEP_EINVAL, "model: max_tokens %d outside 1..%d", max_tokens, 1 << 20);
+    if (!(*m = calloc(1, sizeof **m)))
+        return sep_fail(SEP_ENOMEM, "model: out of memory");
+    (*m)->be = be;
+    return SEP_OK;
+}
+
+int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens)
+{
+    *out = NULL;
+    sep_st_t *st = NULL;
+    sep_model_t *m = NULL;
+    char what[600];
+    snprintf(what, sizeof what, "%s/config.json", dir);
+    int rc = model_new(&m, be, max_tokens);
+    if (rc || (rc = sep_config_load(&m->cfg, dir)) || (rc = sep_st_open(&st, dir)) ||
+        (rc = model_build(m, st, what, max_tokens)))
+        sep_model_destroy(&m);
     sep_st_destroy(&st);
     *out = m;
-    return SEP_OK;
-fail:
-    free(ld.stage);
-    sep_st_destroy(&st);
-    sep_model_destroy(&m);
     return rc;
+}
+
+/* Shapes of public checkpoints, for benchmarks at full size. */
+static const struct {
+    const char *name;
+    sep_config_t cfg;
+} synthetic[] = {
+    { "llama3-8b", { .arch = SEP_ARCH_LLAMA, .arch_name = "LlamaForCausalLM", .n_layers = 32,
+                     .dim = 4096, .n_heads = 32, .n_kv_heads = 8, .head_dim = 128,
+                     .ffn_dim = 14336, .vocab = 128256, .max_pos = 8192, .norm_eps = 1e-5f,
+                     .act = SEP_ACT_SILU, .rot_dim = 128, .rope_theta = 500000.0 } },
+    { "pythia-6.9b", { .arch = SEP_ARCH_NEOX, .arch_name = "GPTNeoXForCausalLM", .n_layers = 32,
+                       .dim = 4096, .n_heads = 32, .n_kv_heads = 32, .head_dim = 128,
+                       .ffn_dim = 16384, .vocab = 50432, .max_pos = 2048, .norm_eps = 1e-5f,
+                       .act = SEP_ACT_GELU, .qkv_bias = 1, .o_bias = 1, .mlp_bias = 1,
+                       .parallel_residual = 1, .rot_dim = 32, .rope_theta = 10000.0 } },
+    { "llama-70b-layer", { .arch = SEP_ARCH_LLAMA, .arch_name = "LlamaForCausalLM",
+                           .n_layers = 80, .dim = 8192, .n_heads = 64, .n_kv_heads = 8,
+                           .head_dim = 128, .ffn_dim = 28672, .vocab = 128256, .max_pos = 8192,
+                           .norm_eps = 1e-5f, .act = SEP_ACT_SILU, .rot_dim = 128,
+                           .rope_theta = 500000.0 } },
+};
+
+int sep_model_synthetic(sep_model_t **out, const char *shape, sep_backend_t *be, int max_tokens)
+{
+    *out = NULL;
+    for (size_t i = 0; i < sizeof synthetic / sizeof synthetic[0]; i++) {
+        if (strcmp(shape, synthetic[i].name) != 0)
+            continue;
+        sep_model_t *m = NULL;
+        char what[64];
+        snprintf(what, sizeof what, "synthetic %s", shape);
+        int rc = model_new(&m, be, max_tokens);
+        if (!rc) {
+            m->cfg = synthetic[i].cfg;
+            rc = model_build(m, NULL, what, max_tokens);
+        }
+        if (rc)
+            sep_model_destroy(&m);
+        *out = m;
+        return rc;
+    }
+    return sep_fail(SEP_EINVAL, "synthetic '%s': expected llama3-8b, pythia-6.9b or "
+                    "llama-70b-layer", shape);
 }
 
 void sep_model_destroy(sep_model_t **self_p)
@@ -245,15 +344,18 @@ void sep_model_destroy(sep_model_t **self_p)
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             sep_layer_t *L = &m->layers[l];
-            float *w[] = { L->norm1_w, L->norm1_b, L->wqkv, L->bqkv, L->wo, L->bo,
-                           L->norm2_w, L->norm2_b, L->w_up, L->b_up, L->w_down, L->b_down };
+            float *v[] = { L->norm1_w, L->norm1_b, L->bqkv, L->bo,
+                           L->norm2_w, L->norm2_b, L->b_up, L->b_down };
+            for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+                be->free(be, v[i]);
+            sep_weight_t *w[] = { L->wqkv, L->wo, L->w_up, L->w_down };
             for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
-                be->free(be, w[i]);
+                be->weight_free(be, w[i]);
         }
     }
     if (m->lm_head != m->embed)
-        be->free(be, m->lm_head);
-    be->free(be, m->embed);
+        be->weight_free(be, m->lm_head);
+    be->weight_free(be, m->embed);
     be->free(be, m->norm_w);
     be->free(be, m->norm_b);
     sep_run_t *r = &m->run;
@@ -310,15 +412,15 @@ static void model_mlp(sep_model_t *m, const sep_layer_t *L, int n)
 {
     sep_backend_t *be = m->be;
     sep_run_t *r = &m->run;
-    int d = m->cfg.dim, f = m->cfg.ffn_dim;
+    int f = m->cfg.ffn_dim;
     if (m->cfg.arch == SEP_ARCH_NEOX) {
-        be->matmul(be, r->ff, r->h, L->w_up, L->b_up, n, d, f);
+        be->matmul(be, r->ff, r->h, L->w_up, L->b_up, n);
         be->gelu(be, r->ff, (size_t)n * f, m->cfg.act == SEP_ACT_GELU_TANH);
-        be->matmul(be, r->o, r->ff, L->w_down, L->b_down, n, f, d);
+        be->matmul(be, r->o, r->ff, L->w_down, L->b_down, n);
     } else {
-        be->matmul(be, r->ff, r->h, L->w_up, L->b_up, n, d, 2 * f);
+        be->matmul(be, r->ff, r->h, L->w_up, L->b_up, n);
         be->silu_mul(be, r->act, r->ff, n, f);
-        be->matmul(be, r->o, r->act, L->w_down, L->b_down, n, f, d);
+        be->matmul(be, r->o, r->act, L->w_down, L->b_down, n);
     }
 }
 
@@ -360,8 +462,7 @@ static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
     int j = 0, i = 0; /* chunk and token of the next row to hand back */
     for (int b = 0; b < n; b += SEP_LOGIT_ROWS) {
         int rows = n - b < SEP_LOGIT_ROWS ? n - b : SEP_LOGIT_ROWS;
-        be->matmul(be, r->logits, r->h + (size_t)b * m->cfg.dim, m->lm_head, NULL,
-                   rows, m->cfg.dim, m->cfg.vocab);
+        be->matmul(be, r->logits, r->h + (size_t)b * m->cfg.dim, m->lm_head, NULL, rows);
         be->nll(be, r->nll, r->logits, r->rows + b, rows, m->cfg.vocab);
         for (int k = 0; k < rows; k++) {
             if (r->rows[b + k] >= 0)
@@ -378,7 +479,7 @@ static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
 static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
 {
     sep_run_t *r = &m->run;
-    int rc, slots = 0;
+    int rc, slots = 0, max_keys = 0;
     if (nc > r->n_plans) {
         sep_plan_t *np = realloc(r->plans, (size_t)nc * sizeof *np);
         if (np)
@@ -395,11 +496,19 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
         if ((rc = sep_cache_plan(ch[j].cache, ch[j].ids, ch[j].n, &r->plans[j])) ||
             (rc = sep_cache_reserve(ch[j].cache, r->plans[j].max_entries)))
             return rc;
-        if ((rc = m->be->attention_reserve(m->be, r->plans[j].max_entries)))
-            return rc;
         if (ch[j].cache->k_raw && r->plans[j].max_entries > slots)
             slots = r->plans[j].max_entries;
+        if (r->plans[j].max_entries > max_keys)
+            max_keys = r->plans[j].max_entries;
     }
+    /* rows: tokens (products, embeddings), entries (compactions), a
+     * block of logit rows (NLLs); width: the widest product input */
+    int rows = r->max_tokens > max_keys ? r->max_tokens : max_keys;
+    int width = m->cfg.dim > m->q_dim ? m->cfg.dim : m->q_dim;
+    width = width > m->cfg.ffn_dim ? width : m->cfg.ffn_dim;
+    if ((rc = m->be->reserve(m->be, max_keys, rows > SEP_LOGIT_ROWS ? rows : SEP_LOGIT_ROWS,
+                             width)))
+        return rc;
     if (slots <= r->n_slot_cs)
         return SEP_OK;
     /* keys re-rotated after a compaction sit at slots below max_entries */
@@ -507,20 +616,20 @@ int sep_model_forward(sep_model_t *m, sep_chunk_t *ch, int nc)
             model_rope_row(m, r->cs_host + (size_t)(row + i) * c->rot_dim,
                            r->plans[j].rope_pos[i]);
         }
-    be->gather_rows(be, r->x, m->embed, r->rows, n, c->dim);
+    be->weight_rows(be, r->x, m->embed, r->rows, n);
     be->upload(be, r->cs, r->cs_host, (size_t)n * c->rot_dim * sizeof(float));
 
     for (int l = 0; l < c->n_layers; l++) {
         const sep_layer_t *L = &m->layers[l];
         model_norm(m, r->h, r->x, L->norm1_w, L->norm1_b, n);
-        be->matmul(be, r->qkv, r->h, L->wqkv, L->bqkv, n, c->dim, m->qkv_dim);
+        be->matmul(be, r->qkv, r->h, L->wqkv, L->bqkv, n);
         /* unrotated keys for caches that re-rotate after compaction */
         be->copy_rows(be, r->k_raw, m->kv_dim, r->qkv + m->q_dim, m->qkv_dim, n, m->kv_dim);
         be->rope(be, r->qkv, n, m->qkv_dim, c->n_heads, c->head_dim, c->rot_dim, r->cs);
         be->rope(be, r->qkv + m->q_dim, n, m->qkv_dim, c->n_kv_heads, c->head_dim,
                  c->rot_dim, r->cs);
         model_attention(m, ch, nc, l);
-        be->matmul(be, r->o, r->att, L->wo, L->bo, n, m->q_dim, c->dim);
+        be->matmul(be, r->o, r->att, L->wo, L->bo, n);
         if (c->arch == SEP_ARCH_NEOX && c->parallel_residual) {
             /* x + attn(ln1(x)) + mlp(ln2(x)): both norms see the same x */
             model_norm(m, r->h, r->x, L->norm2_w, L->norm2_b, n);
@@ -534,6 +643,8 @@ int sep_model_forward(sep_model_t *m, sep_chunk_t *ch, int nc)
     }
     model_norm(m, r->h, r->x, m->norm_w, m->norm_b, n);
     model_score(m, ch, nc, n);
+    if ((rc = be->sync(be)))
+        return rc;
     model_kv_counts(m, ch, nc);
     for (int j = 0; j < nc; j++)
         sep_cache_commit(ch[j].cache, &r->plans[j]);

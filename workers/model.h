@@ -20,14 +20,14 @@
 
 typedef struct {
     float *norm1_w, *norm1_b; /* (dim) input norm; bias NULL for RMSNorm */
-    float *wqkv;              /* (q_dim + 2*kv_dim, dim): q rows, then k, then v */
+    sep_weight_t *wqkv;       /* (q_dim + 2*kv_dim, dim): q rows, then k, then v */
     float *bqkv;              /* (q_dim + 2*kv_dim) or NULL */
-    float *wo;                /* (dim, q_dim) */
+    sep_weight_t *wo;         /* (dim, q_dim) */
     float *bo;                /* (dim) or NULL */
     float *norm2_w, *norm2_b; /* (dim) post-attention norm */
-    float *w_up;              /* llama: (2*ffn, dim) gate rows then up rows; neox: (ffn, dim) */
+    sep_weight_t *w_up;       /* llama: (2*ffn, dim) gate rows then up rows; neox: (ffn, dim) */
     float *b_up;              /* (2*ffn) or (ffn) or NULL */
-    float *w_down;            /* (dim, ffn) */
+    sep_weight_t *w_down;     /* (dim, ffn) */
     float *b_down;            /* (dim) or NULL */
 } sep_layer_t;
 
@@ -58,8 +58,8 @@ typedef struct {
     sep_config_t cfg;
     sep_backend_t *be;
     int q_dim, kv_dim, qkv_dim;
-    float *embed;                 /* (vocab, dim) */
-    float *lm_head;               /* (vocab, dim); == embed when tied */
+    sep_weight_t *embed;          /* (vocab, dim) */
+    sep_weight_t *lm_head;        /* (vocab, dim); == embed when tied */
     float *norm_w, *norm_b;       /* (dim) final norm; bias NULL for RMSNorm */
     sep_layer_t *layers;          /* (n_layers) */
     double *inv_freq;             /* (rot_dim / 2) rotary frequencies, host */
@@ -79,6 +79,11 @@ typedef struct {
 
 /* Load dir; max_tokens bounds the rows of one forward. */
 int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens);
+
+/* A model of a public checkpoint's shape with random weights, no files:
+ * "llama3-8b", "pythia-6.9b" or "llama-70b-layer" (for speed at size). */
+int sep_model_synthetic(sep_model_t **out, const char *shape, sep_backend_t *be,
+                        int max_tokens);
 void sep_model_destroy(sep_model_t **self_p);
 
 /* A cache for this model's layers under policy (its separator set must

@@ -209,6 +209,23 @@ int sep_sepset_build(sep_sepset_t *set, const sep_tok_t *tok, const char *spec)
     return rc;
 }
 
+int sep_sepset_preset(sep_sepset_t *set, const char *name, int n_vocab)
+{
+    memset(set, 0, sizeof *set);
+    for (size_t p = 0; p < N_PRESETS; p++) {
+        if (strcmp(name, presets[p].name) != 0)
+            continue;
+        set->n_vocab = n_vocab;
+        if (!(set->is_sep = calloc((size_t)n_vocab, 1)))
+            return sep_fail(SEP_ENOMEM, "separators: out of memory");
+        int rc = sepset_preset(set, &presets[p]);
+        if (rc)
+            sep_sepset_free(set);
+        return rc;
+    }
+    return sep_fail(SEP_EINVAL, "separators '%s': expected llama3, gpt_neox or falcon", name);
+}
+
 void sep_sepset_free(sep_sepset_t *set)
 {
     free(set->is_sep);

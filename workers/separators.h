@@ -28,6 +28,10 @@ typedef struct {
     char name[32];     /* the preset used ("llama3", "rule", "list") */
 } sep_sepset_t;
 
+/* The preset called name ("llama3", "gpt_neox", "falcon") over a
+ * vocabulary of n_vocab ids, no tokenizer needed (synthetic models). */
+int sep_sepset_preset(sep_sepset_t *set, const char *name, int n_vocab);
+
 /* Build the set of spec for tok. The set's memory: sep_sepset_free(). */
 int sep_sepset_build(sep_sepset_t *set, const sep_tok_t *tok, const char *spec);
 void sep_sepset_free(sep_sepset_t *set);

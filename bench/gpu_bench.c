@@ -1,0 +1,130 @@
+/* gpu_bench: ingestion and one-token-per-step speed of the engine at full
+ * model size, on any backend. A benchmark, not a test.
+ *
+ *   gpu_bench --synthetic llama3-8b [--device cuda] [--precision bf16]
+ *             [--streams S] [--tokens T] [--chunk K] [--steps N]
+ *
+ * S streams (sepllm a=4 s=64 w=256 c=800, the llama3 separators) each
+ * ingest T tokens (every token scored) in chunks of K, all streams' chunks
+ * in one forward; then one stream runs N steps of one token each. Token
+ * ids are pseudo-random with a separator every 12 tokens. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "err.h"
+#include "model.h"
+#include "separators.h"
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int fail(int rc)
+{
+    fprintf(stderr, "gpu_bench: %s (%s)\n", sep_errmsg(), sep_strerror(rc));
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "synthetic", required_argument, 0, 's' }, { "model", required_argument, 0, 'm' },
+        { "device", required_argument, 0, 'd' }, { "precision", required_argument, 0, 'p' },
+        { "streams", required_argument, 0, 'S' }, { "tokens", required_argument, 0, 'T' },
+        { "chunk", required_argument, 0, 'K' }, { "steps", required_argument, 0, 'N' },
+        { 0, 0, 0, 0 } };
+    const char *shape = "llama3-8b", *dir = NULL, *device = "cuda", *precision = NULL;
+    int streams = 1, tokens = 4096, chunk = 512, steps = 64, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 's': shape = optarg; break;
+        case 'm': dir = optarg; break;
+        case 'd': device = optarg; break;
+        case 'p': precision = optarg; break;
+        case 'S': streams = atoi(optarg); break;
+        case 'T': tokens = atoi(optarg); break;
+        case 'K': chunk = atoi(optarg); break;
+        case 'N': steps = atoi(optarg); break;
+        default: return 2;
+        }
+    }
+    if (streams < 1 || tokens < 2 || chunk < 1 || steps < 0 || (long)streams * chunk > (1 << 20)) {
+        fprintf(stderr, "gpu_bench: bad sizes\n");
+        return 2;
+    }
+    sep_backend_t *be;
+    sep_model_t *m;
+    sep_sepset_t seps;
+    int rc;
+    double t0 = now();
+    if ((rc = sep_backend_new(&be, device, precision, 0)) ||
+        (rc = dir ? sep_model_load(&m, dir, be, streams * chunk)
+                  : sep_model_synthetic(&m, shape, be, streams * chunk)) ||
+        (rc = sep_sepset_preset(&seps, "llama3", m->cfg.vocab)))
+        return fail(rc);
+    printf("model %s on %s: %d layers, dim %d, vocab %d; built in %.1f s\n", dir ? dir : shape,
+           be->name, m->cfg.n_layers, m->cfg.dim, m->cfg.vocab, now() - t0);
+    sep_policy_t p = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64, .w = 256, .c = 800,
+                       .shift = 1, .is_sep = seps.is_sep, .n_vocab = seps.n_vocab };
+    int32_t *ids = malloc(sizeof *ids * (tokens + steps + 1));
+    float *nll = malloc(sizeof *nll * (size_t)streams * chunk);
+    sep_cache_t **caches = calloc((size_t)streams, sizeof *caches);
+    sep_chunk_t *batch = calloc((size_t)streams, sizeof *batch);
+    if (!ids || !nll || !caches || !batch)
+        return fail(sep_fail(SEP_ENOMEM, "out of memory"));
+    uint32_t x = 12345;
+    for (int i = 0; i < tokens + steps + 1; i++) {
+        x = x * 1664525u + 1013904223u;
+        ids[i] = i % 12 == 11 ? 13 : (int32_t)(x >> 8) % m->cfg.vocab; /* 13: "." */
+    }
+    for (int s = 0; s < streams; s++)
+        if ((rc = sep_model_cache_new(m, &p, &caches[s])))
+            return fail(rc);
+    /* ingestion: every stream's next chunk in one forward; the first
+     * forward warms up (cuBLAS heuristics, allocations) and is not timed */
+    double t_ing = 0;
+    long timed = 0;
+    for (int at = 0; at < tokens; at += chunk) {
+        int k = tokens - at < chunk ? tokens - at : chunk;
+        for (int s = 0; s < streams; s++)
+            batch[s] = (sep_chunk_t){ .cache = caches[s], .ids = ids + at, .n = k,
+                                      .targets = ids + at + 1, .nll = nll + (size_t)s * chunk };
+        double t = now();
+        if ((rc = sep_model_forward(m, batch, streams)))
+            return fail(rc);
+        if (at > 0) {
+            t_ing += now() - t;
+            timed += (long)k * streams;
+        }
+    }
+    printf("ingestion: %d streams x %d tokens, chunks of %d: %.0f tokens/s (%ld timed tokens, "
+           "%.2f s), cache %d entries\n", streams, tokens, chunk, timed / t_ing, timed, t_ing,
+           caches[0]->n);
+    /* one token per step on stream 0 */
+    double t_dec = now();
+    for (int i = 0; i < steps; i++) {
+        sep_chunk_t one = { .cache = caches[0], .ids = ids + tokens + i, .n = 1,
+                            .targets = ids + tokens + i + 1, .nll = nll };
+        if ((rc = sep_model_forward(m, &one, 1)))
+            return fail(rc);
+    }
+    if (steps)
+        printf("one token per step: %.1f tokens/s (%d steps)\n", steps / (now() - t_dec), steps);
+    for (int s = 0; s < streams; s++)
+        sep_cache_destroy(&caches[s]);
+    free(caches);
+    free(batch);
+    free(ids);
+    free(nll);
+    sep_sepset_free(&seps);
+    sep_model_destroy(&m);
+    sep_backend_destroy(&be);
+    return 0;
+}
