@@ -1,11 +1,13 @@
 /* tokenizer_bench.c: encode and decode throughput of a tokenizer.json.
  *
- *   tokenizer_bench MODEL_DIR TEXT_FILE [ROUNDS]
+ *   tokenizer_bench MODEL_DIR TEXT_FILE [ROUNDS [PIECE]]
  *
  * Loads MODEL_DIR/tokenizer.json, encodes the whole file ROUNDS times (5
- * by default) on one thread, decodes the ids as many times, and prints the
- * best and mean MB/s of each and the token count. A benchmark, not a test:
- * it checks only that the decode gives the text back.
+ * by default) on one thread, decodes the ids as many times, streams the
+ * file through sep_tok_encode_prefix in PIECE-byte pieces (4096 by
+ * default) as many times, and prints the best and mean MB/s of each and
+ * the token count. A benchmark, not a test: it checks only that the decode
+ * gives the text back and the stream the whole text's ids.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,16 +41,45 @@ static char *slurp(const char *path, size_t *len)
     return b;
 }
 
+/* Stream text through sep_tok_encode_prefix in pieces of piece bytes, as
+ * a reader would: the kept tail moved to the front of buf (len bytes) and
+ * the next piece appended. 1 if the ids joined are want, 0 if not, or an
+ * error code. */
+static int stream(const sep_tok_t *tok, const char *text, size_t len,
+                  size_t piece, char *buf, const int32_t *want, size_t nwant)
+{
+    size_t have = 0, off = 0, got = 0, n, used;
+    int at = SEP_TOK_START, same = 1, rc;
+    int32_t *ids;
+    do {
+        size_t k = piece < len - off ? piece : len - off;
+        memcpy(buf + have, text + off, k);
+        have += k;
+        off += k;
+        if ((rc = sep_tok_encode_prefix(tok, buf, have, off == len, &at, &ids,
+                                        &n, &used)))
+            return rc;
+        same &= got + n <= nwant && !memcmp(ids, want + got, n * sizeof *ids);
+        got += n;
+        free(ids);
+        memmove(buf, buf + used, have - used);
+        have -= used;
+    } while (off < len);
+    return same && got == nwant;
+}
+
 int main(int argc, char **argv)
 {
-    char path[4096], *text = NULL, *back = NULL;
+    char path[4096], *text = NULL, *back = NULL, *buf = NULL;
     size_t len = 0, n = 0, blen;
     int32_t *ids = NULL;
     sep_tok_t *tok = NULL;
-    int rounds = argc > 3 ? atoi(argv[3]) : 5, rc = 1;
-    double enc_best = 1e30, enc_sum = 0, dec_best = 1e30, dec_sum = 0, t0, t;
-    if (argc < 3 || rounds < 1) {
-        fprintf(stderr, "usage: %s MODEL_DIR TEXT_FILE [ROUNDS]\n", argv[0]);
+    int rounds = argc > 3 ? atoi(argv[3]) : 5, rc = 1, same = 0;
+    long piece = argc > 4 ? atol(argv[4]) : 4096;
+    double enc_best = 1e30, enc_sum = 0, dec_best = 1e30, dec_sum = 0;
+    double str_best = 1e30, str_sum = 0, t0, t;
+    if (argc < 3 || rounds < 1 || piece < 1) {
+        fprintf(stderr, "usage: %s MODEL_DIR TEXT_FILE [ROUNDS [PIECE]]\n", argv[0]);
         return 2;
     }
     snprintf(path, sizeof path, "%s/tokenizer.json", argv[1]);
@@ -58,7 +89,7 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("load %s: %.1f ms\n", path, (now() - t0) * 1e3);
-    if (!(text = slurp(argv[2], &len))) {
+    if (!(text = slurp(argv[2], &len)) || !(buf = malloc(len + 1))) {
         fprintf(stderr, "%s: cannot read\n", argv[2]);
         goto done;
     }
@@ -82,6 +113,15 @@ int main(int argc, char **argv)
         t = now() - t0;
         dec_sum += t;
         dec_best = t < dec_best ? t : dec_best;
+
+        t0 = now();
+        if ((same = stream(tok, text, len, (size_t)piece, buf, ids, n)) < 0) {
+            fprintf(stderr, "stream: %s\n", sep_errmsg());
+            goto done;
+        }
+        t = now() - t0;
+        str_sum += t;
+        str_best = t < str_best ? t : str_best;
     }
     printf("%s: %zu bytes, %zu tokens (%.2f bytes/token)\n", argv[2], len, n,
            (double)len / (double)n);
@@ -91,8 +131,12 @@ int main(int argc, char **argv)
            len * rounds / dec_sum / 1e6,
            blen == len && !memcmp(back, text, len) ? "round trip exact"
                                                    : "ROUND TRIP DIFFERS");
+    printf("stream (%ld-byte pieces): best %.1f MB/s, mean %.1f MB/s, %s\n",
+           piece, len / str_best / 1e6, len * rounds / str_sum / 1e6,
+           same ? "ids as whole" : "IDS DIFFER FROM WHOLE");
     rc = 0;
 done:
+    free(buf);
     free(back);
     free(ids);
     free(text);

@@ -11,6 +11,7 @@ extern "C" {
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,9 @@ typedef struct {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
-    int32_t *d_idx;       /* (max_rows) indices of a gather, targets of an NLL */
-    size_t idx_cap;
+    int32_t *d_ring;      /* (ring_len) indices of gathers and NLL targets, staged */
+    int32_t *h_ring;      /* (ring_len) the same, pinned host memory */
+    size_t ring_len, ring_at;
     float *d_tmp;         /* (max_rows, max_width) rows of an in-place gather */
     size_t tmp_cap;
     float *d_nll;         /* (max_rows) NLLs */
@@ -55,6 +57,22 @@ static int cuda_grow(cuda_backend_t *cb, void **buf, size_t *cap, size_t bytes)
     *buf = nb;
     *cap = bytes;
     return 0;
+}
+
+/* Indices for the device without waiting: copied into the pinned ring and
+ * sent asynchronously; a slot is reused only after a full wrap, which
+ * first waits for the stream (every earlier copy has then landed). */
+static const int32_t *cuda_stage_ids(cuda_backend_t *cb, const int32_t *ids, int n)
+{
+    if (cb->ring_at + n > cb->ring_len) {
+        cudaStreamSynchronize(cb->stream);
+        cb->ring_at = 0;
+    }
+    int32_t *h = cb->h_ring + cb->ring_at, *d = cb->d_ring + cb->ring_at;
+    memcpy(h, ids, (size_t)n * sizeof *ids);
+    cudaMemcpyAsync(d, h, (size_t)n * sizeof *ids, cudaMemcpyHostToDevice, cb->stream);
+    cb->ring_at += n;
+    return d;
 }
 
 static void *cuda_alloc(sep_backend_t *be, size_t bytes)
@@ -102,13 +120,11 @@ static void cuda_gather_rows(sep_backend_t *be, float *dst, const float *src,
     size_t bytes = (size_t)n * width * sizeof(float);
     /* in place, blocks run in any order: gather into scratch, copy back */
     int overlap = dst < src + (size_t)(src_idx[n - 1] + 1) * width && src < dst + (size_t)n * width;
-    cudaMemcpyAsync(cb->d_idx, src_idx, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice,
-                    cb->stream);
+    const int32_t *idx = cuda_stage_ids(cb, src_idx, n);
     float *out = overlap ? cb->d_tmp : dst;
-    k_gather<<<n, 128, 0, cb->stream>>>(out, src, cb->d_idx, n, width);
+    k_gather<<<n, 128, 0, cb->stream>>>(out, src, idx, n, width);
     if (overlap)
         cudaMemcpyAsync(dst, out, bytes, cudaMemcpyDeviceToDevice, cb->stream);
-    cudaStreamSynchronize(cb->stream); /* src_idx belongs to the caller */
 }
 
 static void cuda_copy_rows(sep_backend_t *be, float *dst, int dst_stride, const float *src,
@@ -218,11 +234,8 @@ static void cuda_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
         cuda_gather_rows(be, y, (const float *)w->data, ids, n, w->cols);
         return;
     }
-    cudaMemcpyAsync(cb->d_idx, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice,
-                    cb->stream);
-    k_rows_bf16<<<n, 256, 0, cb->stream>>>(y, (const __nv_bfloat16 *)w->data, cb->d_idx,
-                                           w->cols);
-    cudaStreamSynchronize(cb->stream); /* ids belongs to the caller */
+    k_rows_bf16<<<n, 256, 0, cb->stream>>>(y, (const __nv_bfloat16 *)w->data,
+                                           cuda_stage_ids(cb, ids, n), w->cols);
 }
 
 /* ---- norms, rope, elementwise -------------------------------------------- */
@@ -466,8 +479,24 @@ static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_w
     cuda_backend_t *cb = CB(be);
     (void)max_keys; /* scores never leave registers: nothing grows with keys */
     size_t rows = (size_t)(max_rows > 0 ? max_rows : 1);
-    if (cuda_grow(cb, (void **)&cb->d_idx, &cb->idx_cap, rows * sizeof(int32_t)) ||
-        cuda_grow(cb, (void **)&cb->d_tmp, &cb->tmp_cap, rows * max_width * sizeof(float)) ||
+    if (4 * rows > cb->ring_len) {
+        /* the ring holds several calls' indices before it wraps */
+        size_t len = 4 * rows > ((size_t)1 << 20) ? 4 * rows : ((size_t)1 << 20);
+        int32_t *d = NULL, *h = NULL;
+        if (cudaMalloc(&d, len * sizeof *d) != cudaSuccess ||
+            cudaMallocHost(&h, len * sizeof *h) != cudaSuccess) {
+            cudaFree(d);
+            return sep_fail(SEP_ENOMEM, "cuda: no memory for %zu staged indices", len);
+        }
+        cudaStreamSynchronize(cb->stream);
+        cudaFree(cb->d_ring);
+        cudaFreeHost(cb->h_ring);
+        cb->d_ring = d;
+        cb->h_ring = h;
+        cb->ring_len = len;
+        cb->ring_at = 0;
+    }
+    if (cuda_grow(cb, (void **)&cb->d_tmp, &cb->tmp_cap, rows * max_width * sizeof(float)) ||
         cuda_grow(cb, (void **)&cb->d_nll, &cb->nll_cap, rows * sizeof(float)) ||
         (cb->bf16 && cuda_grow(cb, (void **)&cb->d_xb, &cb->xb_cap,
                                rows * max_width * sizeof(__nv_bfloat16))))
@@ -490,6 +519,138 @@ static int cuda_sync(sep_backend_t *be)
     return e == cudaSuccess ? SEP_OK : sep_fail(SEP_EIO, "cuda: %s", cudaGetErrorString(e));
 }
 
+/* Attention on the tensor cores (bf16 mode): a block per (problem, KV
+ * head, tile of TC_ROWS rows), a row being a (query, query head of the
+ * group) pair, so a GQA group shares every K/V tile. Per tile of TC_KT
+ * keys: S = Q K^T and P V on bf16 fragments with fp32 accumulation, an
+ * online softmax in between, the output kept in fp32 in shared memory. */
+#define TC_ROWS 16
+#define TC_KT 64
+#define TC_WARPS 4
+
+static size_t tc_shared_bytes(int head_dim)
+{
+    int ld = head_dim + 8;
+    return (size_t)(TC_ROWS + 2 * TC_KT) * ld * 2 + (size_t)TC_ROWS * (TC_KT + 4) * 4 +
+           (size_t)TC_ROWS * (TC_KT + 8) * 2 + (size_t)2 * TC_ROWS * (head_dim + 4) * 4 +
+           (size_t)3 * TC_ROWS * 4;
+}
+
+/* c(16x16, row-major, ldc) := a(16 x k_len, row-major) b(k_len x 16): one
+ * warp on bf16 fragments; b advances b_step elements per unit of k (1
+ * for a column-major b, ldb for a row-major one). */
+template <typename BLayout>
+__device__ void tc_tile(float *c, int ldc, const __nv_bfloat16 *a, int lda,
+                        const __nv_bfloat16 *b, int ldb, int b_step, int k_len)
+{
+    using namespace nvcuda;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int k = 0; k < k_len; k += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, BLayout> fb;
+        wmma::load_matrix_sync(fa, a + k, lda);
+        wmma::load_matrix_sync(fb, b + (size_t)k * b_step, ldb);
+        wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(c, acc, ldc, wmma::mem_row_major);
+}
+
+__global__ void k_attention_tc(const attn_batch_t batch, int n_heads, int group, int head_dim,
+                               float scale)
+{
+    using namespace nvcuda;
+    extern __shared__ __align__(32) unsigned char smem[];
+    const sep_attn_t *p = &batch.p[blockIdx.z];
+    int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row0 = blockIdx.x * TC_ROWS;
+    if (row0 >= p->n_q * group)
+        return;
+    int ld = head_dim + 8, lds = TC_KT + 4, ldp = TC_KT + 8, ldo = head_dim + 4;
+    __nv_bfloat16 *qs = (__nv_bfloat16 *)smem, *ks = qs + TC_ROWS * ld, *vs = ks + TC_KT * ld;
+    float *ss = (float *)(vs + TC_KT * ld);
+    __nv_bfloat16 *ps = (__nv_bfloat16 *)(ss + TC_ROWS * lds);
+    float *os = (float *)(ps + TC_ROWS * ldp), *pv = os + TC_ROWS * ldo;
+    float *rm = pv + TC_ROWS * ldo, *rl = rm + TC_ROWS, *rc = rl + TC_ROWS;
+    int kv_dim = n_heads / group * head_dim;
+
+    for (int e = threadIdx.x; e < TC_ROWS * head_dim; e += blockDim.x) {
+        int r = e / head_dim, d = e % head_dim, R = row0 + r, i = R / group;
+        int h = kvh * group + R % group;
+        float v = i < p->n_q ? p->q[(size_t)i * p->q_stride + (size_t)h * head_dim + d] * scale
+                             : 0.0f;
+        qs[r * ld + d] = __float2bfloat16(v);
+        os[r * ldo + d] = 0.0f;
+    }
+    if (threadIdx.x < TC_ROWS) {
+        rm[threadIdx.x] = -INFINITY;
+        rl[threadIdx.x] = 0.0f;
+    }
+    int last_row = row0 + TC_ROWS - 1 < p->n_q * group - 1 ? row0 + TC_ROWS - 1
+                                                          : p->n_q * group - 1;
+    int n_keys = p->n_past + last_row / group + 1;
+    for (int t0 = 0; t0 < n_keys; t0 += TC_KT) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < TC_KT * head_dim; e += blockDim.x) {
+            int j = e / head_dim, d = e % head_dim, t = t0 + j;
+            size_t at = (size_t)t * kv_dim + (size_t)kvh * head_dim + d;
+            ks[j * ld + d] = __float2bfloat16(t < n_keys ? p->k[at] : 0.0f);
+            vs[j * ld + d] = __float2bfloat16(t < n_keys ? p->v[at] : 0.0f);
+        }
+        __syncthreads();
+        /* S = Q K^T: warp w the keys [16w, 16w + 16) */
+        for (int nt = warp; nt < TC_KT / 16; nt += TC_WARPS)
+            tc_tile<wmma::col_major>(ss + nt * 16, lds, qs, ld, ks + nt * 16 * ld, ld, 1,
+                                     head_dim);
+        __syncthreads();
+        /* online softmax: warp w the rows w, w + 4, ...; lane the keys
+         * lane and lane + 32 */
+        for (int r = warp; r < TC_ROWS; r += TC_WARPS) {
+            int R = row0 + r, i = R / group;
+            int keys = i < p->n_q ? p->n_past + i + 1 : 0; /* causal */
+            float s0 = t0 + lane < keys ? ss[r * lds + lane] : -INFINITY;
+            float s1 = t0 + lane + 32 < keys ? ss[r * lds + lane + 32] : -INFINITY;
+            float mx = fmaxf(s0, s1);
+            for (int o = 16; o > 0; o >>= 1)
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+            float m_old = rm[r], m_new = fmaxf(m_old, mx);
+            float e0 = 0.0f, e1 = 0.0f, corr = 1.0f;
+            if (m_new != -INFINITY) {
+                e0 = s0 == -INFINITY ? 0.0f : expf(s0 - m_new);
+                e1 = s1 == -INFINITY ? 0.0f : expf(s1 - m_new);
+                corr = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+            }
+            ps[r * ldp + lane] = __float2bfloat16(e0);
+            ps[r * ldp + lane + 32] = __float2bfloat16(e1);
+            float sum = e0 + e1;
+            for (int o = 16; o > 0; o >>= 1)
+                sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            __syncwarp();
+            if (lane == 0) {
+                rl[r] = rl[r] * corr + sum;
+                rm[r] = m_new;
+                rc[r] = corr;
+            }
+        }
+        __syncthreads();
+        /* P V: warp w the dims [16n, 16n + 16) for n = w, w + 4, ... */
+        for (int nt = warp; nt < head_dim / 16; nt += TC_WARPS)
+            tc_tile<wmma::row_major>(pv + nt * 16, ldo, ps, ldp, vs + nt * 16, ld, ld, TC_KT);
+        __syncthreads();
+        for (int e = threadIdx.x; e < TC_ROWS * head_dim; e += blockDim.x) {
+            int r = e / head_dim, d = e % head_dim;
+            os[r * ldo + d] = os[r * ldo + d] * rc[r] + pv[r * ldo + d];
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < TC_ROWS * head_dim; e += blockDim.x) {
+        int r = e / head_dim, d = e % head_dim, R = row0 + r, i = R / group;
+        if (i < p->n_q)
+            p->out[(size_t)i * p->out_stride + (size_t)(kvh * group + R % group) * head_dim + d] =
+                os[r * ldo + d] / rl[r];
+    }
+}
+
 static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
                            int n_heads, int n_kv_heads, int head_dim)
 {
@@ -507,6 +668,14 @@ static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_pro
         for (int i = 0; i < batch.n; i++) {
             batch.p[i] = probs[at + i];
             max_q = probs[at + i].n_q > max_q ? probs[at + i].n_q : max_q;
+        }
+        /* the tensor cores pay once a problem fills several row tiles;
+         * one-token steps stay on the tiled kernel */
+        if (cb->bf16 && head_dim % 16 == 0 && max_q * group >= 4 * TC_ROWS) {
+            dim3 grid((max_q * group + TC_ROWS - 1) / TC_ROWS, n_kv_heads, batch.n);
+            k_attention_tc<<<grid, 32 * TC_WARPS, tc_shared_bytes(head_dim), cb->stream>>>(
+                batch, n_heads, group, head_dim, 1.0f / sqrtf((float)head_dim));
+            continue;
         }
         dim3 grid((max_q + qt - 1) / qt, n_kv_heads, batch.n);
         k_attention<<<grid, 32 * qt * group, shared, cb->stream>>>(
@@ -540,9 +709,7 @@ static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
     cuda_backend_t *cb = CB(be);
     if (n <= 0)
         return;
-    cudaMemcpyAsync(cb->d_idx, target, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice,
-                    cb->stream);
-    k_nll<<<n, 512, 0, cb->stream>>>(cb->d_nll, logits, cb->d_idx, vocab);
+    k_nll<<<n, 512, 0, cb->stream>>>(cb->d_nll, logits, cuda_stage_ids(cb, target, n), vocab);
     /* rows without a target keep the caller's value */
     cudaMemcpyAsync(cb->h_nll, cb->d_nll, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost,
                     cb->stream);
@@ -557,7 +724,8 @@ static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
 static void cuda_destroy(sep_backend_t *be)
 {
     cuda_backend_t *cb = CB(be);
-    cudaFree(cb->d_idx);
+    cudaFree(cb->d_ring);
+    cudaFreeHost(cb->h_ring);
     cudaFree(cb->d_tmp);
     cudaFree(cb->d_nll);
     cudaFree(cb->d_xb);
@@ -598,6 +766,8 @@ extern "C" int sep_backend_cuda_new(sep_backend_t **out, int device, int bf16)
     }
     /* attention's shared memory at head_dim 256: above the 48 KB default */
     cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
+    cudaFuncSetAttribute(k_attention_tc, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         (int)tc_shared_bytes(256));
     be->name = bf16 ? "cuda (bf16)" : "cuda (fp32)";
     be->n_threads = 1;
     be->max_head_dim = 256;        /* 8 registers a lane in k_attention */

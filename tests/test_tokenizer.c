@@ -4,7 +4,8 @@
  * (set at build time). Golden ids are HF tokenizers' encode(text,
  * add_special_tokens=False) of whole texts. Small tokenizer.json files
  * written to a temporary folder cover what the fixtures lack (Metaspace,
- * Split, NFC, unk fusing) and malformed input.
+ * Split, NFC, unk fusing) and malformed input. Streaming encodes, fed in
+ * pieces, must give the whole text's ids.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -656,6 +657,287 @@ static void test_long_word(void **state)
     sep_tok_destroy(&t);
 }
 
+/* ---- streaming ---- */
+
+/* Piece sizes: size each, or (size 0) pseudo-random from seed. */
+struct feed {
+    size_t size;
+    uint32_t seed;
+};
+
+static size_t next_piece(struct feed *f)
+{
+    if (f->size)
+        return f->size;
+    f->seed = f->seed * 1664525u + 1013904223u;
+    return 1 + (f->seed >> 8) % 1500;
+}
+
+/* Encode text through sep_tok_encode_prefix in the pieces f gives, the
+ * kept tail carried over, checking each call's bound: the ids joined, and
+ * the most any call kept in *held. */
+static int32_t *stream_encode(const sep_tok_t *t, const char *text, size_t len,
+                              struct feed f, size_t *n, size_t *held)
+{
+    char *buf = malloc(len + 1);
+    size_t have = 0, off = 0, cap = len / 2 + 16;
+    int32_t *all = malloc(cap * sizeof *all);
+    int at = SEP_TOK_START;
+    assert_non_null(buf);
+    assert_non_null(all);
+    *n = *held = 0;
+    for (;;) {
+        size_t k = next_piece(&f), m, used;
+        int32_t *ids;
+        k = k < len - off ? k : len - off;
+        memcpy(buf + have, text + off, k);
+        have += k;
+        off += k;
+        int final = off == len;
+        int rc = sep_tok_encode_prefix(t, buf, have, final, &at, &ids, &m, &used);
+        if (rc)
+            print_error("at byte %zu: %s: %s\n", off, sep_strerror(rc), sep_errmsg());
+        assert_int_equal(rc, SEP_OK);
+        assert_true(used <= have);
+        assert_true(final ? used == have : have - used <= SEP_TOK_HOLD_MAX);
+        if (*n + m > cap) {
+            all = realloc(all, (cap = 2 * (*n + m)) * sizeof *all);
+            assert_non_null(all);
+        }
+        memcpy(all + *n, ids, m * sizeof *ids);
+        *n += m;
+        free(ids);
+        memmove(buf, buf + used, have - used);
+        have -= used;
+        *held = have > *held ? have : *held;
+        if (final)
+            break;
+    }
+    free(buf);
+    return all;
+}
+
+/* The whole golden texts fed in 4096-, 7-byte and random pieces, and the
+ * first 50 KB byte by byte, give the ids of the whole. On real text a
+ * call keeps the last word or two. */
+static void test_stream_golden(void **state)
+{
+    const struct golden *g = *state;
+    static const struct feed feeds[] = {{4096, 0}, {7, 0}, {0, 1}};
+    sep_tok_t *t = load_model(g->model);
+    size_t len, nwant, n, held, plen = 50000;
+    char *text = text_of(g->text, &len);
+    int32_t *want = golden_ids(g->model, g->text, &nwant), *ids;
+    for (size_t i = 0; i < sizeof feeds / sizeof *feeds; i++) {
+        ids = stream_encode(t, text, len, feeds[i], &n, &held);
+        assert_ids(ids, n, want, nwant);
+        assert_true(held < 64);
+        free(ids);
+    }
+    free(want);
+    while ((text[plen] & 0xC0) == 0x80)
+        plen++;
+    encode_ok(t, text, plen, &want, &nwant);
+    ids = stream_encode(t, text, plen, (struct feed){1, 0}, &n, &held);
+    assert_ids(ids, n, want, nwant);
+    assert_true(held < 64);
+    free(ids);
+    free(want);
+    free(text);
+    sep_tok_destroy(&t);
+}
+
+/* s cut into two pieces at every byte gives the whole's ids; a call that
+ * ends inside an added token keeps it whole. */
+static void stream_splits(const sep_tok_t *t, const char *s)
+{
+    size_t len = strlen(s), nwant, n1, n2, used, u2;
+    int32_t *want, *a, *b;
+    encode_ok(t, s, len, &want, &nwant);
+    for (size_t k = 0; k <= len; k++) {
+        int at = SEP_TOK_START;
+        assert_int_equal(sep_tok_encode_prefix(t, s, k, 0, &at, &a, &n1, &used),
+                         SEP_OK);
+        assert_int_equal(sep_tok_encode_prefix(t, s + used, len - used, 1, &at,
+                                               &b, &n2, &u2), SEP_OK);
+        assert_int_equal(u2, len - used);
+        a = realloc(a, (n1 + n2 + 1) * sizeof *a);
+        assert_non_null(a);
+        memcpy(a + n1, b, n2 * sizeof *b);
+        assert_ids(a, n1 + n2, want, nwant);
+        free(a);
+        free(b);
+    }
+    free(want);
+}
+
+static void test_stream_added(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("books-llama-16m");
+    static const char s[] = "Hello there<|endoftext|> world.";
+    int32_t *ids;
+    size_t n, used;
+    stream_splits(t, s);
+    /* The token cut after "<|endo": nothing of it is used yet. */
+    for (size_t k = 12; k < 24; k++) {
+        int at = SEP_TOK_START;
+        assert_int_equal(sep_tok_encode_prefix(t, s, k, 0, &at, &ids, &n, &used),
+                         SEP_OK);
+        assert_true(used <= 11);
+        for (size_t i = 0; i < n; i++)
+            assert_int_not_equal(ids[i], 0);
+        free(ids);
+    }
+    /* Complete, it is id 0 at once. */
+    int at = SEP_TOK_START;
+    assert_int_equal(sep_tok_encode_prefix(t, s, 24, 0, &at, &ids, &n, &used),
+                     SEP_OK);
+    assert_int_equal(used, 24);
+    assert_int_equal(ids[n - 1], 0);
+    assert_int_equal(at, SEP_TOK_SEGMENT);
+    free(ids);
+    sep_tok_destroy(&t);
+}
+
+/* SentencePiece's "▁" comes once per segment: not again where a call cut
+ * inside text (*at SEP_TOK_MIDDLE), again after an added token
+ * (SEP_TOK_SEGMENT). */
+static void test_stream_prepend(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("stories15m");
+    int32_t *ids, *want;
+    size_t n, nwant, used;
+    int at = SEP_TOK_START;
+    stream_splits(t, "Once upon</s>a time,  there was</s></s>");
+    assert_int_equal(sep_tok_encode_prefix(t, "Once upon a", 11, 0, &at, &ids,
+                                           &n, &used), SEP_OK);
+    assert_true(used > 0 && used < 11);
+    assert_int_equal(at, SEP_TOK_MIDDLE);
+    free(ids);
+    at = SEP_TOK_START;
+    assert_int_equal(sep_tok_encode_prefix(t, "Once</s>", 8, 0, &at, &ids, &n,
+                                           &used), SEP_OK);
+    assert_int_equal(used, 8);
+    assert_int_equal(at, SEP_TOK_SEGMENT);
+    free(ids);
+    /* "Once" after </s> has its "▁" as the text's first word does. */
+    assert_int_equal(sep_tok_encode_prefix(t, "Once", 4, 1, &at, &ids, &n,
+                                           &used), SEP_OK);
+    encode_ok(t, "Once", 4, &want, &nwant);
+    assert_ids(ids, n, want, nwant);
+    free(ids);
+    free(want);
+    sep_tok_destroy(&t);
+}
+
+/* A piece may end inside a character: it waits for the rest. Only a final
+ * call with half a character, or a byte that no text makes valid, fails. */
+static void test_stream_utf8(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("stories15m"), *b = load_model("books-llama-16m");
+    static const char s[] = "caf\xC3\xA9 \xE2\x82\xAC 5 \xF0\x9F\x98\x80!";
+    int32_t *ids;
+    size_t n, used;
+    int at = SEP_TOK_START;
+    stream_splits(t, s);
+    stream_splits(b, s);
+    assert_int_equal(sep_tok_encode_prefix(b, "caf\xC3", 4, 0, &at, &ids, &n,
+                                           &used), SEP_OK);
+    assert_true(used <= 3);
+    free(ids);
+    at = SEP_TOK_START;
+    ids = (int32_t *)1;
+    assert_int_equal(sep_tok_encode_prefix(b, "caf \xF0\x9F\x98", 7, 1, &at,
+                                           &ids, &n, &used), SEP_EUTF8);
+    assert_null(ids);
+    assert_int_equal(used, 0);
+    assert_int_equal(at, SEP_TOK_START);
+    assert_non_null(strstr(sep_errmsg(), "offset 4"));
+    assert_int_equal(sep_tok_encode_prefix(b, "ab\xFF" "cd", 5, 0, &at, &ids,
+                                           &n, &used), SEP_EUTF8);
+    assert_int_equal(sep_tok_encode_prefix(b, "ab\xE2\x28", 4, 0, &at, &ids,
+                                           &n, &used), SEP_EUTF8);
+    at = 7;
+    assert_int_equal(sep_tok_encode_prefix(b, "ab", 2, 0, &at, &ids, &n, &used),
+                     SEP_EINVAL);
+    sep_tok_destroy(&t);
+    sep_tok_destroy(&b);
+}
+
+/* The small tokenizers' Metaspace (prepend_scheme first), byte fallback
+ * and unk fusing; NFC with a Removed split and ignore_merges; lstrip,
+ * rstrip and single_word added tokens: any two pieces give the whole's
+ * ids. */
+static void test_stream_configs(void **state)
+{
+    (void)state;
+    static const char *const meta[] = {"abc abc \xC3\xA9", "ab<x>ab", "axyb",
+        " abc<x> abc  ab", "<x>abc<x", "b c  xy\xC3\xA9 abc"};
+    static const char *const split[] = {"abab  \xC3\xA9 ab ab",
+        "abab e\xCC\x81 ab ab", "e\xCC\x81\xCC\x81 abab  a\xCC\x81"};
+    static const char *const strip[] = {"a  <m> b", "cat cats cat",
+        "\xC3\xA9" "cat cat 1cat", "b<m>  cat  ", "scat cat\tcat <m", "cat"};
+    sep_tok_t *t = load_tmp("metaspace.json", METASPACE_JSON);
+    for (size_t i = 0; i < sizeof meta / sizeof *meta; i++)
+        stream_splits(t, meta[i]);
+    sep_tok_destroy(&t);
+    t = load_tmp("split.json", SPLIT_JSON);
+    for (size_t i = 0; i < sizeof split / sizeof *split; i++)
+        stream_splits(t, split[i]);
+    sep_tok_destroy(&t);
+    t = load_tmp("strip.json", STRIP_JSON);
+    for (size_t i = 0; i < sizeof strip / sizeof *strip; i++)
+        stream_splits(t, strip[i]);
+    sep_tok_destroy(&t);
+}
+
+/* Text without spaces still streams exactly where it has places to cut:
+ * byte-level pre-tokens ending at punctuation, SentencePiece places no
+ * merge spans. Without any (one 64 KB pre-token), calls still keep at most
+ * SEP_TOK_HOLD_MAX bytes, cutting as if the text ended: the ids may differ
+ * from the whole's but decode to the text. */
+static void test_stream_bound(void **state)
+{
+    (void)state;
+    sep_tok_t *b = load_model("books-llama-16m"), *s = load_model("stories15m");
+    size_t len = 65536, n, nwant, held, dlen;
+    char *text = malloc(len), *back;
+    int32_t *ids, *want;
+    uint32_t x = 7;
+    assert_non_null(text);
+    for (size_t i = 0; i < len; i++)
+        text[i] = "one,two.three;"[i % 14];
+    encode_ok(b, text, len, &want, &nwant);
+    ids = stream_encode(b, text, len, (struct feed){4096, 0}, &n, &held);
+    assert_ids(ids, n, want, nwant);
+    assert_true(held < 64);
+    free(ids);
+    free(want);
+    for (size_t i = 0; i < len; i++) {
+        x = x * 1664525u + 1013904223u;
+        text[i] = (char)('a' + (x >> 8) % 26);
+    }
+    encode_ok(s, text, len, &want, &nwant);
+    ids = stream_encode(s, text, len, (struct feed){4096, 0}, &n, &held);
+    assert_ids(ids, n, want, nwant);
+    assert_true(held < 256);
+    free(ids);
+    free(want);
+    ids = stream_encode(b, text, len, (struct feed){4096, 0}, &n, &held);
+    assert_true(held > SEP_TOK_HOLD_MAX / 4);
+    assert_int_equal(sep_tok_decode(b, ids, n, &back, &dlen), SEP_OK);
+    assert_int_equal(dlen, len);
+    assert_memory_equal(back, text, len);
+    free(back);
+    free(ids);
+    free(text);
+    sep_tok_destroy(&b);
+    sep_tok_destroy(&s);
+}
+
 /* ---- concurrency ---- */
 
 struct job {
@@ -731,6 +1013,15 @@ int main(void)
         CASE("sp_decode_stories15m_persuasion", test_sp_decode, 0),
         CASE("sp_decode_stories15m_jack_sheppard", test_sp_decode, 1),
         CASE("sp_decode_stories15m_wikitext2_test", test_sp_decode, 2),
+        CASE("stream_stories15m_persuasion", test_stream_golden, 0),
+        CASE("stream_stories15m_jack_sheppard", test_stream_golden, 1),
+        CASE("stream_stories15m_wikitext2_test", test_stream_golden, 2),
+        CASE("stream_books-llama-16m_persuasion", test_stream_golden, 3),
+        CASE("stream_books-llama-16m_jack_sheppard", test_stream_golden, 4),
+        CASE("stream_books-llama-16m_wikitext2_test", test_stream_golden, 5),
+        CASE("stream_books-neox-9m_persuasion", test_stream_golden, 6),
+        CASE("stream_books-neox-9m_jack_sheppard", test_stream_golden, 7),
+        CASE("stream_books-neox-9m_wikitext2_test", test_stream_golden, 8),
         cmocka_unit_test(test_vocab_size),
         cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_decode_range),
@@ -752,6 +1043,11 @@ int main(void)
         cmocka_unit_test(test_metaspace),
         cmocka_unit_test(test_split_nfc),
         cmocka_unit_test(test_long_word),
+        cmocka_unit_test(test_stream_added),
+        cmocka_unit_test(test_stream_prepend),
+        cmocka_unit_test(test_stream_utf8),
+        cmocka_unit_test(test_stream_configs),
+        cmocka_unit_test(test_stream_bound),
         cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -86,9 +86,10 @@ static int buf_add(struct buf *b, const void *s, size_t n)
 
 /* A list of strings: the pieces of a segment between pre-tokenizers, or
  * the tokens between decoders. first: the piece starts at byte 0 of the
- * input text (Metaspace's prepend_scheme "first" asks that). */
+ * input text (Metaspace's prepend_scheme "first" asks that). end: where the
+ * piece ends in the string it was split from. */
 struct span {
-    size_t off, len;
+    size_t off, len, end;
     bool first;
 };
 
@@ -109,7 +110,7 @@ static int pieces_add(struct pieces *p, const char *s, size_t len, bool first)
     int rc = GROW(p->v, p->cap, p->n + 1);
     if (rc)
         return rc;
-    p->v[p->n] = (struct span){p->s.len, len, first};
+    p->v[p->n] = (struct span){p->s.len, len, 0, first};
     if ((rc = buf_add(&p->s, s, len)))
         return rc;
     p->n++;
@@ -258,17 +259,21 @@ struct mx {
 
 static int mx_init(struct mx *m)
 {
-    if (m->md)
-        return SEP_OK;
-    m->md = pcre2_match_data_create(1, NULL);
-    m->mc = pcre2_match_context_create(NULL);
-    if (!m->md || !m->mc)
+    if (!m->md && !(m->md = pcre2_match_data_create(1, NULL)))
         return nomem(sizeof *m);
-    /* The default 32 KiB JIT stack can run out on long whitespace runs.
-     * NULL where PCRE2 has no JIT: then it interprets, needing none. */
-    m->js = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, NULL);
-    if (m->js)
-        pcre2_jit_stack_assign(m->mc, NULL, m->js);
+    return SEP_OK;
+}
+
+/* The default 32 KiB JIT stack can run out on long whitespace runs: a
+ * larger one then, made only then, as making one maps memory, which costs
+ * more than a short encode (a streaming call) does. */
+static int mx_grow(struct mx *m)
+{
+    if (!m->mc && !(m->mc = pcre2_match_context_create(NULL)))
+        return nomem(sizeof *m);
+    if (!(m->js = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, NULL)))
+        return nomem(4 * 1024 * 1024);
+    pcre2_jit_stack_assign(m->mc, NULL, m->js);
     return SEP_OK;
 }
 
@@ -283,9 +288,13 @@ static void mx_free(struct mx *m)
  * Empty matches are passed over: tokenizers drops the empty pieces they
  * would make. utf_ok: s is known valid UTF-8, so PCRE2 need not check it
  * (which would make a scan over a long subject quadratic); otherwise a
- * subject that is not valid UTF-8 matches nothing. */
+ * subject that is not valid UTF-8 matches nothing. partial: s may go on
+ * past n; 2 with *ms where the first match that more text could make or
+ * change would start (PCRE2_PARTIAL_HARD: its matches before that never
+ * looked at the end of s, so no text after it changes them). */
 static int pat_find(const struct pattern *p, struct mx *m, const char *s,
-                    size_t n, size_t from, bool utf_ok, size_t *ms, size_t *me)
+                    size_t n, size_t from, bool utf_ok, bool partial,
+                    size_t *ms, size_t *me)
 {
     if (!p->re) {
         if (!p->len)
@@ -293,7 +302,7 @@ static int pat_find(const struct pattern *p, struct mx *m, const char *s,
         while (from + p->len <= n) {
             const char *q = memchr(s + from, p->lit[0], n - from - p->len + 1);
             if (!q)
-                return 0;
+                break;
             if (memcmp(q, p->lit, p->len) == 0) {
                 *ms = (size_t)(q - s);
                 *me = *ms + p->len;
@@ -301,6 +310,12 @@ static int pat_find(const struct pattern *p, struct mx *m, const char *s,
             }
             from = (size_t)(q - s) + 1;
         }
+        if (partial)
+            for (size_t j = n >= from + p->len ? n - p->len + 1 : from; j < n; j++)
+                if (!memcmp(s + j, p->lit, n - j)) {
+                    *ms = j;
+                    return 2;
+                }
         return 0;
     }
     int rc = mx_init(m);
@@ -308,7 +323,17 @@ static int pat_find(const struct pattern *p, struct mx *m, const char *s,
         return rc;
     while (from < n) {
         int r = pcre2_match(p->re, (PCRE2_SPTR)s, n, from,
-                            utf_ok ? PCRE2_NO_UTF_CHECK : 0, m->md, m->mc);
+                            (utf_ok ? PCRE2_NO_UTF_CHECK : 0) |
+                            (partial ? PCRE2_PARTIAL_HARD : 0), m->md, m->mc);
+        if (r == PCRE2_ERROR_PARTIAL) {
+            *ms = pcre2_get_ovector_pointer(m->md)[0];
+            return 2;
+        }
+        if (r == PCRE2_ERROR_JIT_STACKLIMIT && !m->js) {
+            if ((rc = mx_grow(m)))
+                return rc;
+            continue;
+        }
         if (r == PCRE2_ERROR_NOMATCH ||
             (r <= PCRE2_ERROR_UTF8_ERR1 && r >= PCRE2_ERROR_UTF8_ERR21))
             return 0;
@@ -387,6 +412,8 @@ struct addset {
     struct added *v;
     size_t n, cap;
     uint32_t first[257];
+    size_t maxlen;               /* of the longest */
+    bool any_lstrip, any_sw;     /* some token has lstrip, single_word */
 };
 
 struct vslot {           /* model vocab: string -> id */
@@ -432,7 +459,19 @@ struct sep_tok {
     struct decoder *dec;
     size_t ndec, deccap;
     bool has_decoder;            /* without one, tokens join with ' ' */
+    /* Streaming: where a segment may be cut so that normalizing the two
+     * sides apart gives what normalizing it whole gives (ncut, cut_ok),
+     * and whether the pre-tokenizers may be cut between their pieces
+     * (no regex looks behind, which would see across the cut). */
+    int ncut;
+    bool cut_ok[128];            /* NC_ASCII: before these bytes */
+    bool cut_parts;
 };
+
+/* Normalizer cuts: before any character (Prepend and one-character
+ * Replace are char maps), before some ASCII characters (NFC and kin
+ * never join an ASCII character to what precedes it), or nowhere. */
+enum { NC_ALL, NC_ASCII, NC_NONE };
 
 /* Per-call scratch of an encode. */
 struct sym {
@@ -446,11 +485,33 @@ struct mseg {
     size_t s, e;
     bool m;
 };
+/* A place where a stream may be cut: pos in some string, and how many ids
+ * the text before it has. */
+struct cand {
+    size_t pos, nids;
+};
+/* A walk back from the end of a rewritten string: ip its place in the
+ * input, op in the output. */
+struct walk {
+    size_t ip, op;
+};
+/* A pre-tokenizer's rewrite of the piece being cut (a prefix, Metaspace's
+ * spaces), walked to map places in what it split to places in its input. */
+struct lvmap {
+    const char *in;
+    size_t rep_len;              /* a space became this many bytes; 0: kept */
+    struct walk w;
+};
 struct enc {
     struct mx mx;
     struct buf nb[2];            /* normalizer output, ping-pong */
+    struct buf wb[2];            /* the same, for mapping a cut back */
     struct buf tmp;
-    struct pieces pc[2];
+    struct pieces *lv;           /* each pre-tokenizer's output pieces */
+    struct lvmap *map;           /* each one's rewrite of the piece cut */
+    size_t nlv, nmap;            /* levels; levels a cut maps back through */
+    struct cand *ck;
+    size_t nck, ckcap;
     struct seg *seg[2];
     size_t nseg[2], segcap[2];
     struct mseg *ms;
@@ -468,9 +529,14 @@ static void enc_free(struct enc *e)
     mx_free(&e->mx);
     free(e->nb[0].p);
     free(e->nb[1].p);
+    free(e->wb[0].p);
+    free(e->wb[1].p);
     free(e->tmp.p);
-    pieces_free(&e->pc[0]);
-    pieces_free(&e->pc[1]);
+    for (size_t i = 0; i < e->nlv; i++)
+        pieces_free(&e->lv[i]);
+    free(e->lv);
+    free(e->map);
+    free(e->ck);
     free(e->seg[0]);
     free(e->seg[1]);
     free(e->ms);
@@ -589,8 +655,9 @@ static int jchar(json_t *obj, const char *key, char *d, size_t *n,
     return SEP_OK;
 }
 
+/* partial: the pattern also splits text that may go on (streaming). */
 static int compile_re(struct pattern *p, const char *re, size_t n,
-                      const char *path, const char *field)
+                      bool partial, const char *path, const char *field)
 {
     int ec;
     PCRE2_SIZE eo;
@@ -603,13 +670,14 @@ static int compile_re(struct pattern *p, const char *re, size_t n,
                         path, field, re, (size_t)eo, (const char *)msg);
     }
     /* Without JIT (no memory, no JIT support) pcre2_match interprets. */
-    pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE);
+    pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE |
+                                 (partial ? PCRE2_JIT_PARTIAL_HARD : 0));
     return SEP_OK;
 }
 
 /* obj.pattern: {"String": s} or {"Regex": r}. */
-static int parse_pattern(json_t *obj, struct pattern *p, const char *path,
-                         const char *field)
+static int parse_pattern(json_t *obj, struct pattern *p, bool partial,
+                         const char *path, const char *field)
 {
     json_t *pat = json_object_get(obj, "pattern"), *v;
     char f[160];
@@ -626,7 +694,8 @@ static int parse_pattern(json_t *obj, struct pattern *p, const char *path,
         if (!json_is_string(v))
             return sep_fail(SEP_EFORMAT, "%s: %s.Regex: not a string", path, f);
         snprintf(f, sizeof f, "%s.pattern.Regex", field);
-        return compile_re(p, json_string_value(v), json_string_length(v), path, f);
+        return compile_re(p, json_string_value(v), json_string_length(v),
+                          partial, path, f);
     }
     return sep_fail(SEP_EFORMAT, "%s: %s: neither String nor Regex", path, f);
 }
@@ -712,7 +781,7 @@ static int parse_norm(sep_tok_t *t, json_t *j, const char *path,
     }
     if (!strcmp(type, "Replace")) {
         nm->type = N_REPLACE;
-        if ((rc = parse_pattern(j, &nm->pat, path, field)) ||
+        if ((rc = parse_pattern(j, &nm->pat, false, path, field)) ||
             (rc = jstr(j, "content", &s, &n, path, field)))
             return rc;
         nm->len = n;
@@ -772,12 +841,12 @@ static int parse_pretok(sep_tok_t *t, json_t *j, const char *path,
             (rc = jbool(j, "use_regex", true, &p->split, path, field)))
             return rc;
         return p->split ? compile_re(&p->pat, GPT2_RE, sizeof GPT2_RE - 1,
-                                     path, field)
+                                     true, path, field)
                         : SEP_OK;
     }
     if (!strcmp(type, "Split")) {
         p->type = P_SPLIT;
-        if ((rc = parse_pattern(j, &p->pat, path, field)) ||
+        if ((rc = parse_pattern(j, &p->pat, true, path, field)) ||
             (rc = jstr(j, "behavior", &s, &n, path, field)) ||
             (rc = jbool(j, "invert", false, &p->invert, path, field)))
             return rc;
@@ -834,7 +903,7 @@ static int parse_decoder(sep_tok_t *t, json_t *j, const char *path,
         d->type = D_FUSE;
     } else if (!strcmp(type, "Replace")) {
         d->type = D_REPLACE;
-        if ((rc = parse_pattern(j, &d->pat, path, field)) ||
+        if ((rc = parse_pattern(j, &d->pat, false, path, field)) ||
             (rc = jstr(j, "content", &s, &n, path, field)))
             return rc;
         d->len = n;
@@ -1098,10 +1167,18 @@ static void addset_index(struct addset *a)
             k++;
     }
     a->first[256] = (uint32_t)k;
+    for (k = 0; k < a->n; k++) {
+        a->maxlen = a->v[k].len > a->maxlen ? a->v[k].len : a->maxlen;
+        a->any_lstrip |= a->v[k].lstrip;
+        a->any_sw |= a->v[k].single_word;
+    }
 }
 
-static int normalize(const sep_tok_t *t, struct enc *e, const char *s,
-                     size_t n, const char **out, size_t *olen);
+static int norm_stage(const struct norm *nm, struct mx *mx, const char *s,
+                      size_t n, struct buf *b);
+static int normalize(const sep_tok_t *t, struct buf nb[2], struct mx *mx,
+                     const char *s, size_t n, bool prepend, const char **out,
+                     size_t *olen);
 
 static int load_added(sep_tok_t *t, json_t *list, const char *path)
 {
@@ -1159,7 +1236,8 @@ static int load_added(sep_tok_t *t, json_t *list, const char *path)
         /* A normalized token matches the normalized text, so is matched in
          * its normalized form. */
         struct addset *set = normalized ? &t->norm_added : &t->raw_added;
-        if (normalized && (rc = normalize(t, &e, s, len, &s, &len)))
+        if (normalized &&
+            (rc = normalize(t, e.nb, &e.mx, s, len, true, &s, &len)))
             break;
         if (!len)
             continue;
@@ -1174,7 +1252,7 @@ static int load_added(sep_tok_t *t, json_t *list, const char *path)
         /* Rust's char::is_alphanumeric, for single_word's boundaries. */
         static const char alnum[] = "[\\p{Alphabetic}\\p{N}]";
         if (ad.single_word && !t->alnum.re)
-            rc = compile_re(&t->alnum, alnum, sizeof alnum - 1, path, f);
+            rc = compile_re(&t->alnum, alnum, sizeof alnum - 1, false, path, f);
     }
     addset_index(&t->raw_added);
     addset_index(&t->norm_added);
@@ -1198,6 +1276,65 @@ static void bytelevel_tables(sep_tok_t *t)
         char c[4];
         t->byte_id[b] = vocab_get(t, c, utf8_put(c, t->bl_cp[b]));
     }
+}
+
+/* Where a stream may be cut (see struct sep_tok). A one-character Replace
+ * maps each character on its own, as Prepend does but for the segment
+ * start; a longer or regex pattern may match across any place, and one
+ * deleting characters before a Prepend may leave the text before a cut
+ * empty (so without Prepend) where the whole is not. NFC and kin cut
+ * before a character that is ASCII when they see it: it is a starter
+ * and no composition has it second. */
+static int stream_cuts(sep_tok_t *t)
+{
+    bool nf = false, del = false;
+    int rc = SEP_OK;
+    t->cut_parts = true;
+    for (size_t i = 0; i < t->npt; i++) {
+        uint32_t lb = 0;
+        if (t->pt[i].pat.re)
+            pcre2_pattern_info(t->pt[i].pat.re, PCRE2_INFO_MAXLOOKBEHIND, &lb);
+        t->cut_parts &= lb == 0;
+    }
+    t->ncut = NC_ALL;
+    for (size_t i = 0; i < t->nnorm; i++) {
+        const struct norm *nm = &t->norm[i];
+        if (nm->type == N_UNINORM)
+            nf = true;
+        else if (nm->type == N_PREPEND ? del
+                 : nm->pat.re || (nm->pat.len &&
+                                  utf8_clen((unsigned char)nm->pat.lit[0]) != nm->pat.len))
+            t->ncut = NC_NONE;
+        else
+            del |= nm->type == N_REPLACE && !nm->len;
+    }
+    if (!nf || t->ncut == NC_NONE)
+        return SEP_OK;
+    t->ncut = NC_ASCII;
+    struct buf b[2] = {{0}};
+    struct mx mx = {0};
+    for (int c = 0; c < 0x80 && !rc; c++) {
+        char ch = (char)c;
+        const char *s = &ch;
+        size_t n = 1;
+        bool ok = true;
+        int w = 0;
+        for (size_t i = 0; i < t->nnorm && ok && !rc; i++) {
+            if (t->norm[i].type == N_PREPEND)
+                continue;
+            if (t->norm[i].type == N_UNINORM)
+                ok = n && (unsigned char)s[0] < 0x80;
+            rc = norm_stage(&t->norm[i], &mx, s, n, &b[w]);
+            s = b[w].p;
+            n = b[w].len;
+            w ^= 1;
+        }
+        t->cut_ok[c] = ok;
+    }
+    free(b[0].p);
+    free(b[1].p);
+    mx_free(&mx);
+    return rc;
 }
 
 static int read_json(const char *path, json_t **out)
@@ -1252,7 +1389,8 @@ int sep_tok_load(sep_tok_t **out, const char *path)
         goto fail;
     v = json_object_get(root, "decoder");
     t->has_decoder = v && !json_is_null(v);
-    if (t->has_decoder && (rc = parse_decoder(t, v, path, "decoder")))
+    if ((t->has_decoder && (rc = parse_decoder(t, v, path, "decoder"))) ||
+        (rc = stream_cuts(t)))
         goto fail;
 
     t->kind = t->bytelevel ? SEP_TOK_BYTELEVEL : SEP_TOK_SENTENCEPIECE;
@@ -1332,7 +1470,7 @@ static int replace_all(const struct pattern *p, struct mx *m, const char *s,
 {
     size_t pos = 0, ms, me;
     int r, rc;
-    while ((r = pat_find(p, m, s, n, pos, utf_ok, &ms, &me)) > 0) {
+    while ((r = pat_find(p, m, s, n, pos, utf_ok, false, &ms, &me)) > 0) {
         if ((rc = buf_add(out, s + pos, ms - pos)) ||
             (rc = buf_add(out, with, wlen)))
             return rc;
@@ -1341,33 +1479,46 @@ static int replace_all(const struct pattern *p, struct mx *m, const char *s,
     return r < 0 ? r : buf_add(out, s + pos, n - pos);
 }
 
-/* Run the normalizers over s: *out is s itself or in one of e's buffers. */
-static int normalize(const sep_tok_t *t, struct enc *e, const char *s,
-                     size_t n, const char **out, size_t *olen)
+/* One normalizer over s, into b. */
+static int norm_stage(const struct norm *nm, struct mx *mx, const char *s,
+                      size_t n, struct buf *b)
 {
     int rc = SEP_OK;
+    b->len = 0;
+    switch (nm->type) {
+    case N_PREPEND:
+        if (n && !(rc = buf_add(b, nm->s, nm->len)))
+            rc = buf_add(b, s, n);
+        return rc;
+    case N_REPLACE:
+        return replace_all(&nm->pat, mx, s, n, nm->s, nm->len, true, b);
+    default: {
+        size_t rl = 0;
+        uint8_t *r = n ? u8_normalize(nm->nf, (const uint8_t *)s, n, NULL, &rl)
+                       : NULL;
+        if (n && !r)
+            return nomem(n);
+        rc = buf_add(b, r, rl);
+        free(r);
+        return rc;
+    }
+    }
+}
+
+/* Run the normalizers over s: *out is s itself or in one of nb's two
+ * buffers. prepend: s starts a segment, so Prepend applies (a stream cut
+ * inside a segment continues it). */
+static int normalize(const sep_tok_t *t, struct buf nb[2], struct mx *mx,
+                     const char *s, size_t n, bool prepend, const char **out,
+                     size_t *olen)
+{
+    int rc = SEP_OK, w = 0;
     for (size_t i = 0; i < t->nnorm && !rc; i++) {
-        const struct norm *nm = &t->norm[i];
-        struct buf *b = &e->nb[i & 1];
-        b->len = 0;
-        switch (nm->type) {
-        case N_PREPEND:
-            if (n && !(rc = buf_add(b, nm->s, nm->len)))
-                rc = buf_add(b, s, n);
-            break;
-        case N_REPLACE:
-            rc = replace_all(&nm->pat, &e->mx, s, n, nm->s, nm->len, true, b);
-            break;
-        default: {
-            size_t rl = 0;
-            uint8_t *r = n ? u8_normalize(nm->nf, (const uint8_t *)s, n, NULL, &rl)
-                           : NULL;
-            if (n && !r)
-                return nomem(n);
-            rc = buf_add(b, r, rl);
-            free(r);
-        }
-        }
+        if (t->norm[i].type == N_PREPEND && !prepend)
+            continue;
+        struct buf *b = &nb[w];
+        w ^= 1;
+        rc = norm_stage(&t->norm[i], mx, s, n, b);
         s = b->p;
         n = b->len;
     }
@@ -1383,7 +1534,7 @@ static bool is_alnum(const sep_tok_t *t, struct mx *m, const char *s,
     unsigned char c = (unsigned char)s[0];
     if (c < 0x80)
         return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
-    return pat_find(&t->alnum, m, s, n, 0, true, &ms, &me) > 0 && ms == 0;
+    return pat_find(&t->alnum, m, s, n, 0, true, false, &ms, &me) > 0 && ms == 0;
 }
 
 static int seg_add(struct enc *e, int w, size_t s, size_t end, int32_t id)
@@ -1395,9 +1546,14 @@ static int seg_add(struct enc *e, int w, size_t s, size_t end, int32_t id)
 }
 
 /* Split s into text and added tokens of set a, into e->seg[w]: tokenizers'
- * AddedVocabulary::find_matches with a leftmost-longest matcher. */
+ * AddedVocabulary::find_matches with a leftmost-longest matcher.
+ * pend: s may go on past n (streaming); the split stops at *pend, the
+ * first place where more text could change it (a longer token may still
+ * match there, or the match's single_word or rstrip needs what follows),
+ * its last segment being the text up to there. */
 static int split_added(const sep_tok_t *t, const struct addset *a,
-                       struct enc *e, int w, const char *s, size_t n)
+                       struct enc *e, int w, const char *s, size_t n,
+                       size_t *pend)
 {
     size_t done = 0, i = 0;
     int rc;
@@ -1405,23 +1561,36 @@ static int split_added(const sep_tok_t *t, const struct addset *a,
     while (i < n) {
         unsigned char c = (unsigned char)s[i];
         const struct added *hit = NULL;
-        for (uint32_t k = a->first[c]; k < a->first[c + 1] && !hit; k++)
-            if (a->v[k].len <= n - i && !memcmp(s + i, a->v[k].s, a->v[k].len))
-                hit = &a->v[k];
+        bool more = false;
+        for (uint32_t k = a->first[c]; k < a->first[c + 1] && !hit && !more; k++) {
+            const struct added *ad = &a->v[k];
+            if (ad->len <= n - i)
+                hit = memcmp(s + i, ad->s, ad->len) ? NULL : ad;
+            else
+                more = pend && !memcmp(s + i, ad->s, n - i);
+        }
+        if (more)
+            break;
         if (!hit) {
             i++;
             continue;
         }
         size_t ms = i, me = i + hit->len;
-        i = me;
         if (hit->single_word) {
             size_t p = ms ? ms - 1 : 0;
             while (p > 0 && ((unsigned char)s[p] & 0xC0) == 0x80)
                 p--;
-            if ((ms > 0 && is_alnum(t, &e->mx, s + p, ms - p)) ||
-                (me < n && is_alnum(t, &e->mx, s + me,
-                                    utf8_clen((unsigned char)s[me]))))
+            if (ms > 0 && is_alnum(t, &e->mx, s + p, ms - p)) {
+                i = me;
                 continue;
+            }
+            if (me == n && pend)
+                break;
+            if (me < n && is_alnum(t, &e->mx, s + me,
+                                   utf8_clen((unsigned char)s[me]))) {
+                i = me;
+                continue;
+            }
         }
         if (hit->lstrip) {
             while (ms > done) {
@@ -1440,13 +1609,16 @@ static int split_added(const sep_tok_t *t, const struct addset *a,
                     break;
                 me += l;
             }
-            i = me;
+            if (me == n && pend)
+                break;
         }
         if ((ms > done && (rc = seg_add(e, w, done, ms, -1))) ||
             (rc = seg_add(e, w, ms, me, hit->id)))
             return rc;
-        done = me;
+        done = i = me;
     }
+    if (pend)
+        *pend = n = i < n ? i : n;
     return done < n ? seg_add(e, w, done, n, -1) : SEP_OK;
 }
 
@@ -1554,11 +1726,23 @@ static int merge_emit(const sep_tok_t *t, struct enc *e, int32_t n)
     return SEP_OK;
 }
 
+static int cand_add(struct enc *e, size_t pos)
+{
+    int rc = GROW(e->ck, e->ckcap, e->nck + 1);
+    if (!rc)
+        e->ck[e->nck++] = (struct cand){pos, e->nids};
+    return rc;
+}
+
 /* BPE of one piece, its ids appended to e->ids: tokenizers' BPE::merge_word
  * and Word::merge_all. A long word is cut where two characters are no
  * merge's junction: no symbol can ever span that place, so the chunks
- * merge independently to the same result, and the heap stays small. */
-static int bpe_word(const sep_tok_t *t, struct enc *e, const char *s, size_t len)
+ * merge independently to the same result, and the heap stays small.
+ * rec: the word may go on (streaming); each such place is a candidate cut
+ * (e->ck), whatever follows. Not with ignore_merges: there the rest of a
+ * word cut so would be looked up whole, which the word never was. */
+static int bpe_word(const sep_tok_t *t, struct enc *e, const char *s,
+                    size_t len, bool rec)
 {
     const unsigned char *u = (const unsigned char *)s;
     int rc;
@@ -1589,13 +1773,14 @@ static int bpe_word(const sep_tok_t *t, struct enc *e, const char *s, size_t len
     struct sym *y = e->sym;
     int32_t n = 0;
     bool unk = false;       /* an unk symbol is pending, still fusing */
-    bool cuts = len > 32;   /* short words gain nothing from cutting */
     bool plain = false;     /* the last symbol is the previous character */
     uint32_t pcp = 0, cp;
+    rec = rec && !t->ignore_merges;
+    bool cuts = len > 32 || rec; /* short words gain nothing from cutting */
     for (size_t i = 0; i < len;) {
         char cb[4];
         const char *c = s + i;
-        size_t cl;
+        size_t cl, at = i;
         int32_t id;
         if (t->bytelevel) {
             cp = t->bl_cp[u[i]];
@@ -1635,6 +1820,9 @@ static int bpe_word(const sep_tok_t *t, struct enc *e, const char *s, size_t len
             if ((rc = merge_emit(t, e, n)))
                 return rc;
             n = 0;
+            /* Byte-level: not inside a UTF-8 character. */
+            if (rec && (u[at] & 0xC0) != 0x80 && (rc = cand_add(e, at)))
+                return rc;
         }
         y[n++].id = id;
         plain = true;
@@ -1654,22 +1842,31 @@ static int ms_add(struct enc *e, size_t s, size_t end, bool m)
 }
 
 /* tokenizers' NormalizedString::split: s cut at the matches of pat, the
- * matches kept, removed or glued to a neighbour as behavior says. */
+ * matches kept, removed or glued to a neighbour as behavior says. nfin: s
+ * may go on (streaming); *nfin of the pieces made are settled. */
 static int split_piece(const struct pattern *pat, int behavior, bool invert,
                        struct enc *e, const char *s, size_t n, bool first,
-                       struct pieces *out)
+                       struct pieces *out, size_t *nfin)
 {
-    size_t pos = 0, ms, me, lo = 0, hi;
+    size_t pos = 0, ms, me, lo = 0, hi, z = n, n0 = out->n;
     int r, rc;
     e->msn = 0;
-    while ((r = pat_find(pat, &e->mx, s, n, pos, true, &ms, &me)) > 0) {
+    while ((r = pat_find(pat, &e->mx, s, n, pos, true, nfin != NULL, &ms,
+                         &me)) == 1) {
         if ((ms > pos && (rc = ms_add(e, pos, ms, invert))) ||
             (rc = ms_add(e, ms, me, !invert)))
             return rc;
         pos = me;
     }
-    if (r < 0 || (pos < n && (r = ms_add(e, pos, n, invert))))
+    if (r < 0)
         return r;
+    /* Past a partial match nothing is known. Before it no match can
+     * start, so unmatched text is there, however far it will reach: the
+     * last segment, which only the last piece holds. */
+    if (r == 2)
+        z = ms;
+    if (pos < z && (rc = ms_add(e, pos, n, invert)))
+        return rc;
     struct mseg *v = e->ms;
     bool prev = false;
     hi = e->msn;
@@ -1709,144 +1906,208 @@ static int split_piece(const struct pattern *pat, int behavior, bool invert,
         }
         break;
     }
-    for (size_t j = lo; j < hi; j++)
-        if (v[j].e > v[j].s &&
-            (rc = pieces_add(out, s + v[j].s, v[j].e - v[j].s, first && !v[j].s)))
+    for (size_t j = lo; j < hi; j++) {
+        if (v[j].e <= v[j].s)
+            continue;
+        if ((rc = pieces_add(out, s + v[j].s, v[j].e - v[j].s, first && !v[j].s)))
             return rc;
+        out->v[out->n - 1].end = v[j].e;
+    }
+    if (nfin) {
+        /* Isolated and removed matches join nothing: the pieces up to the
+         * end of the last whole match are settled. The other behaviours
+         * glue a piece to its neighbour, so the last one may still grow. */
+        size_t k = out->n - n0;
+        if (behavior == B_ISOLATED || behavior == B_REMOVED)
+            for (k = 0; n0 + k < out->n && out->v[n0 + k].end <= pos; k++)
+                ;
+        else if (k)
+            k--;
+        *nfin = k;
+    }
     return SEP_OK;
 }
 
-static int pretok_apply(const struct pretok *p, struct enc *e,
-                        const struct pieces *in, struct pieces *out)
+/* Pre-tokenizer p over one piece s, its pieces appended to out; *tlen is
+ * the length of what it split: s with a prefix, Metaspace's spaces
+ * replaced. pre: p may prepend (not to the rest of a piece a stream cut).
+ * nfin: s may go on (streaming); *nfin of the pieces are settled. */
+static int pretok_apply(const struct pretok *p, struct enc *e, const char *s,
+                        size_t n, bool first, bool pre, struct pieces *out,
+                        size_t *nfin, size_t *tlen)
 {
     int rc;
-    pieces_clear(out);
-    for (size_t i = 0; i < in->n; i++) {
-        const char *s = in->s.p + in->v[i].off;
-        size_t n = in->v[i].len;
-        bool first = in->v[i].first;
-        switch (p->type) {
-        case P_BYTELEVEL:
-            if (p->prefix_space && s[0] != ' ') {
-                e->tmp.len = 0;
-                if ((rc = buf_add(&e->tmp, " ", 1)) ||
-                    (rc = buf_add(&e->tmp, s, n)))
-                    return rc;
-                s = e->tmp.p;
-                n = e->tmp.len;
-            }
-            break;
-        case P_METASPACE: {
-            /* Spaces become the replacement, which is prepended unless the
-             * piece now starts with it. */
-            bool pre = p->scheme == S_ALWAYS || (p->scheme == S_FIRST && first);
-            if (s[0] == ' ' ||
-                (n >= p->rep_len && !memcmp(s, p->rep, p->rep_len)))
-                pre = false;
+    switch (p->type) {
+    case P_BYTELEVEL:
+        if (pre && p->prefix_space && s[0] != ' ') {
             e->tmp.len = 0;
-            if (pre && (rc = buf_add(&e->tmp, p->rep, p->rep_len)))
+            if ((rc = buf_add(&e->tmp, " ", 1)) ||
+                (rc = buf_add(&e->tmp, s, n)))
                 return rc;
-            for (size_t k = 0; k < n;) {
-                const char *q = memchr(s + k, ' ', n - k);
-                size_t run = q ? (size_t)(q - s) - k : n - k;
-                if ((rc = buf_add(&e->tmp, s + k, run)) ||
-                    (q && (rc = buf_add(&e->tmp, p->rep, p->rep_len))))
-                    return rc;
-                k += run + (q != NULL);
-            }
             s = e->tmp.p;
             n = e->tmp.len;
-            break;
         }
-        }
-        if (p->type == P_SPLIT)
-            rc = split_piece(&p->pat, p->behavior, p->invert, e, s, n, first, out);
-        else if (p->split)
-            rc = split_piece(&p->pat, p->type == P_BYTELEVEL ? B_ISOLATED : B_NEXT,
-                             false, e, s, n, first, out);
-        else
-            rc = pieces_add(out, s, n, first);
-        if (rc)
+        break;
+    case P_METASPACE: {
+        /* Spaces become the replacement, which is prepended unless the
+         * piece now starts with it. */
+        bool add = pre && (p->scheme == S_ALWAYS || (p->scheme == S_FIRST && first));
+        if (s[0] == ' ' || (n >= p->rep_len && !memcmp(s, p->rep, p->rep_len)))
+            add = false;
+        e->tmp.len = 0;
+        if (add && (rc = buf_add(&e->tmp, p->rep, p->rep_len)))
             return rc;
+        for (size_t k = 0; k < n;) {
+            const char *q = memchr(s + k, ' ', n - k);
+            size_t run = q ? (size_t)(q - s) - k : n - k;
+            if ((rc = buf_add(&e->tmp, s + k, run)) ||
+                (q && (rc = buf_add(&e->tmp, p->rep, p->rep_len))))
+                return rc;
+            k += run + (q != NULL);
+        }
+        s = e->tmp.p;
+        n = e->tmp.len;
+        break;
     }
-    return SEP_OK;
+    }
+    *tlen = n;
+    if (p->type == P_SPLIT)
+        return split_piece(&p->pat, p->behavior, p->invert, e, s, n, first,
+                           out, nfin);
+    if (p->split)
+        return split_piece(&p->pat, p->type == P_BYTELEVEL ? B_ISOLATED : B_NEXT,
+                           false, e, s, n, first, out, nfin);
+    return pieces_add(out, s, n, first);
 }
 
-/* Pre-tokenize one part of a normalized segment and BPE its pieces. */
-static int encode_part(const sep_tok_t *t, struct enc *e, const char *s,
-                       size_t n, bool first)
+/* Pre-tokenizers lv.. over the piece s, then BPE of each piece they make,
+ * depth first so that the ids come in text order. cont: s is the rest of
+ * a piece a stream cut, so nothing is prepended to it, down to the first
+ * level that splits (whose pieces start where they would in the whole
+ * text). rec: s may go on (streaming): its candidate cuts go to e->ck, in
+ * the coordinates of that first splitting level (or of the word if none
+ * splits), and the rewrites of the levels above to e->map. */
+static int pretok_run(const sep_tok_t *t, struct enc *e, size_t lv,
+                      const char *s, size_t n, bool first, bool cont, bool rec)
 {
-    int rc;
     if (!n)
         return SEP_OK;
-    if (!t->npt)
-        return bpe_word(t, e, s, n);
-    struct pieces *in = &e->pc[0], *out = &e->pc[1];
-    pieces_clear(in);
-    if ((rc = pieces_add(in, s, n, first)))
+    if (lv == t->npt)
+        return bpe_word(t, e, s, n, rec);
+    const struct pretok *p = &t->pt[lv];
+    struct pieces *out = &e->lv[lv];
+    bool split = p->type == P_SPLIT || p->split;
+    size_t nfin = 0, tlen;
+    pieces_clear(out);
+    int rc = pretok_apply(p, e, s, n, first, !cont, out,
+                          rec && split ? &nfin : NULL, &tlen);
+    if (rc)
         return rc;
-    for (size_t i = 0; i < t->npt; i++) {
-        if ((rc = pretok_apply(&t->pt[i], e, in, out)))
-            return rc;
-        struct pieces *x = in;
-        in = out;
-        out = x;
+    if (rec) {
+        e->map[lv] = (struct lvmap){s, p->type == P_METASPACE ? p->rep_len : 0,
+                                    {n, tlen}};
+        e->nmap = lv + 1;
     }
-    for (size_t i = 0; i < in->n; i++)
-        if ((rc = bpe_word(t, e, in->s.p + in->v[i].off, in->v[i].len)))
-            return rc;
-    return SEP_OK;
+    /* Streaming stops at the first piece that is not settled. */
+    size_t np = rec && split ? nfin : out->n;
+    for (size_t i = 0; i < np && !rc; i++) {
+        const struct span *v = &out->v[i];
+        rc = pretok_run(t, e, lv + 1, out->s.p + v->off, v->len, v->first,
+                        cont && !split, rec && !split);
+        if (!rc && rec && split)
+            rc = cand_add(e, v->end);
+    }
+    return rc;
+}
+
+/* Normalize the segment s between raw added tokens and encode it; at: where
+ * it starts in the stream (SEP_TOK_*): Prepend and the pre-tokenizers'
+ * prefixes belong to a segment's start, Metaspace's "first" to the text's. */
+static int encode_seg(const sep_tok_t *t, struct enc *e, const char *s,
+                      size_t n, int at)
+{
+    bool first = at == SEP_TOK_START, cont = at == SEP_TOK_MIDDLE;
+    const char *ns;
+    size_t nn;
+    int rc = normalize(t, e->nb, &e->mx, s, n, !cont, &ns, &nn);
+    if (rc)
+        return rc;
+    if (!t->norm_added.n)
+        return pretok_run(t, e, 0, ns, nn, first, cont, false);
+    if ((rc = split_added(t, &t->norm_added, e, 1, ns, nn, NULL)))
+        return rc;
+    for (size_t k = 0; k < e->nseg[1] && !rc; k++) {
+        const struct seg h = e->seg[1][k];
+        rc = h.id >= 0 ? push_id(e, h.id)
+                       : pretok_run(t, e, 0, ns + h.s, h.e - h.s, first && !h.s,
+                                    cont && !h.s, false);
+    }
+    return rc;
 }
 
 static int encode_text(const sep_tok_t *t, struct enc *e, const char *text,
-                       size_t len)
+                       size_t len, int at)
 {
-    int rc = split_added(t, &t->raw_added, e, 0, text, len);
+    int rc = split_added(t, &t->raw_added, e, 0, text, len, NULL);
     for (size_t i = 0; i < e->nseg[0] && !rc; i++) {
         const struct seg g = e->seg[0][i];
-        const char *s;
-        size_t n;
-        if (g.id >= 0) {
-            rc = push_id(e, g.id);
-            continue;
-        }
-        if ((rc = normalize(t, e, text + g.s, g.e - g.s, &s, &n)))
-            break;
-        if (!t->norm_added.n) {
-            rc = encode_part(t, e, s, n, g.s == 0);
-            continue;
-        }
-        if ((rc = split_added(t, &t->norm_added, e, 1, s, n)))
-            break;
-        for (size_t k = 0; k < e->nseg[1] && !rc; k++) {
-            const struct seg h = e->seg[1][k];
-            rc = h.id >= 0 ? push_id(e, h.id)
-                           : encode_part(t, e, s + h.s, h.e - h.s,
-                                         g.s == 0 && h.s == 0);
-        }
+        rc = g.id >= 0 ? push_id(e, g.id)
+                       : encode_seg(t, e, text + g.s, g.e - g.s,
+                                    g.s ? SEP_TOK_SEGMENT : at);
     }
     return rc;
+}
+
+/* Scratch for encoding len bytes with t (enc_free it even on failure). */
+static int enc_init(const sep_tok_t *t, struct enc *e, size_t len)
+{
+    *e = (struct enc){0};
+    if (t->npt) {
+        e->nlv = t->npt;
+        e->lv = calloc(t->npt, sizeof *e->lv);
+        e->map = calloc(t->npt, sizeof *e->map);
+        if (!e->lv || !e->map)
+            return nomem(t->npt * sizeof *e->lv);
+    }
+    /* Roughly one id per four bytes of text. */
+    return GROW(e->ids, e->idcap, len / 4 + 1);
+}
+
+/* Check that text is UTF-8. open: it may stop inside a character, which
+ * *end then leaves out. */
+static int check_utf8(const char *text, size_t len, bool open, size_t *end)
+{
+    uint32_t cp;
+    size_t bad, l;
+    if (len > INT32_MAX)
+        return sep_fail(SEP_ERANGE, "text: %zu bytes, more than 2 GiB", len);
+    for (size_t i = 0; i < len; i += l)
+        if (!(l = utf8_decode((const unsigned char *)text + i, len - i, &cp, &bad))) {
+            unsigned char c = (unsigned char)text[i];
+            if (open && c >= 0xC2 && c <= 0xF4 && bad == len - i) {
+                *end = i;
+                return SEP_OK;
+            }
+            return sep_fail(SEP_EUTF8,
+                            "text: invalid UTF-8 at byte offset %zu (byte 0x%02X)",
+                            i, c);
+        }
+    *end = len;
+    return SEP_OK;
 }
 
 int sep_tok_encode(const sep_tok_t *tok, const char *text, size_t len,
                    int32_t **ids, size_t *n)
 {
-    struct enc e = {0};
-    uint32_t cp;
-    size_t bad, l;
+    struct enc e;
+    size_t end;
     int rc;
     *ids = NULL;
     *n = 0;
-    if (len > INT32_MAX)
-        return sep_fail(SEP_ERANGE, "text: %zu bytes, more than 2 GiB", len);
-    for (size_t i = 0; i < len; i += l)
-        if (!(l = utf8_decode((const unsigned char *)text + i, len - i, &cp, &bad)))
-            return sep_fail(SEP_EUTF8,
-                            "text: invalid UTF-8 at byte offset %zu (byte 0x%02X)",
-                            i, (unsigned char)text[i]);
-    /* Roughly one id per four bytes of text. */
-    if ((rc = GROW(e.ids, e.idcap, len / 4 + 1)) ||
-        (rc = encode_text(tok, &e, text, len))) {
+    if ((rc = check_utf8(text, len, false, &end)))
+        return rc;
+    if ((rc = enc_init(tok, &e, len)) ||
+        (rc = encode_text(tok, &e, text, len, SEP_TOK_START))) {
         enc_free(&e);
         return rc;
     }
@@ -1855,6 +2116,303 @@ int sep_tok_encode(const sep_tok_t *tok, const char *text, size_t len,
     e.ids = NULL;
     enc_free(&e);
     return SEP_OK;
+}
+
+/* ---- streaming ----
+ *
+ * A non-final sep_tok_encode_prefix encodes the text it has as far as a
+ * place no later text can change (a cut), so the rest, encoded later as
+ * the middle of its segment, gives what the whole text would. Each stage
+ * says how far it is settled:
+ *   1. raw added tokens: up to where a longer token may still match, or a
+ *      match's single_word or rstrip needs what follows (split_added with
+ *      pend), less the spaces there that an lstrip token would take;
+ *   2. the normalizers: up to a place where they cut (ncut), so what
+ *      follows cannot change what the text before it becomes;
+ *   3. normalized added tokens: as 1, in the normalized text;
+ *   4. the first pre-tokenizer that splits: its pieces before the first
+ *      place a match could still change (PCRE2_PARTIAL_HARD), less the
+ *      last where pieces glue (split_piece with nfin); where none splits,
+ *      the word's places that no merge spans (bpe_word with rec).
+ * A cut found in the normalized, pre-tokenized text is mapped back through
+ * the rewrites to the raw text, and is taken only if no added token lies
+ * across it and no single_word token starts at it (their scans would
+ * differ from the whole text's there). */
+
+#define NONE SIZE_MAX
+
+/* text[0..at) encodes to the first nids ids; the rest starts at where. */
+struct cut {
+    size_t at, nids;
+    int where;
+};
+
+/* Whether a token of a lies across c in s (n bytes known): the whole
+ * text's scan may have skipped the text it covers (a single_word match
+ * turned down), which a scan starting at c would not. */
+static bool added_across(const struct addset *a, const char *s, size_t n,
+                         size_t c)
+{
+    if (!a->n)
+        return false;
+    for (size_t j = c >= a->maxlen ? c - a->maxlen + 1 : 0; j < c; j++) {
+        unsigned char ch = (unsigned char)s[j];
+        for (uint32_t k = a->first[ch]; k < a->first[ch + 1]; k++) {
+            const struct added *ad = &a->v[k];
+            if (j + ad->len > c &&
+                !memcmp(s + j, ad->s, ad->len < n - j ? ad->len : n - j))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Whether a single_word token of a may match at c in s (n bytes known):
+ * its test looks at the character before c, which the rest has not. */
+static bool sw_at(const struct addset *a, const char *s, size_t n, size_t c)
+{
+    if (!a->any_sw)
+        return false;
+    if (c == n)
+        return true;
+    unsigned char ch = (unsigned char)s[c];
+    for (uint32_t k = a->first[ch]; k < a->first[ch + 1]; k++) {
+        const struct added *ad = &a->v[k];
+        if (ad->single_word &&
+            !memcmp(s + c, ad->s, ad->len < n - c ? ad->len : n - c))
+            return true;
+    }
+    return false;
+}
+
+/* The end of what split_added(a, s, pend) into e->seg[w] has settled:
+ * pend, less the spaces before it that an lstrip token there would take. */
+static size_t added_settled(const struct addset *a, const struct enc *e,
+                            int w, const char *s, size_t pend)
+{
+    size_t lim = pend, done = 0;
+    if (!a->any_lstrip)
+        return pend;
+    for (size_t i = e->nseg[w]; i-- > 0;)
+        if (e->seg[w][i].id >= 0) {
+            done = e->seg[w][i].e;
+            break;
+        }
+    while (lim > done) {
+        size_t p = lim - 1;
+        while (p > done && ((unsigned char)s[p] & 0xC0) == 0x80)
+            p--;
+        if (!is_ws(utf8_cp((const unsigned char *)s + p, lim - p)))
+            break;
+        lim = p;
+    }
+    return lim;
+}
+
+static bool norm_cut(const sep_tok_t *t, char c)
+{
+    return (unsigned char)c < 0x80 && t->cut_ok[(unsigned char)c];
+}
+
+/* How much of the open segment text[gs..lim) (n bytes known) normalizes
+ * the same whatever follows: up to the last place the normalizers cut. */
+static size_t norm_end(const sep_tok_t *t, const char *text, size_t n,
+                       size_t gs, size_t lim)
+{
+    if (t->ncut == NC_ALL || lim <= gs)
+        return lim;
+    if (t->ncut == NC_NONE)
+        return gs;
+    size_t x = lim < n ? lim : n - 1;
+    while (x > gs && !norm_cut(t, text[x]))
+        x--;
+    return x;
+}
+
+/* Map b, a place in the normalized open segment, back to text: the walk w
+ * goes left, one character (or one run up to a byte where normalizers
+ * cut) at a time, normalizing each as the middle of a segment, so calls
+ * come with b decreasing. *c is NONE where b falls inside what one such
+ * run became, or inside the segment's first (it holds the Prepend). */
+static int norm_back(const sep_tok_t *t, struct enc *e, const char *text,
+                     size_t gs, struct walk *w, size_t b, size_t *c)
+{
+    if (!t->nnorm) {
+        *c = gs + b;
+        return SEP_OK;
+    }
+    while (w->op > b && w->ip > gs) {
+        size_t p = w->ip - 1, ol;
+        const char *o;
+        if (t->ncut == NC_ALL)
+            while (p > gs && ((unsigned char)text[p] & 0xC0) == 0x80)
+                p--;
+        else
+            while (p > gs && !norm_cut(t, text[p]))
+                p--;
+        if (p == gs) {
+            w->ip = gs;
+            break;
+        }
+        int rc = normalize(t, e->wb, &e->mx, text + p, w->ip - p, false, &o, &ol);
+        if (rc)
+            return rc;
+        w->ip = p;
+        w->op -= ol;
+    }
+    *c = w->ip > gs && w->op == b ? w->ip : NONE;
+    return SEP_OK;
+}
+
+/* Map x, a place in what pre-tokenizer level m split, back to its input;
+ * the walk goes left, so calls come with x decreasing. NONE inside a
+ * replacement, inside the prefix or at the start. */
+static size_t lv_back(struct lvmap *m, size_t x)
+{
+    struct walk *w = &m->w;
+    while (w->op > x && w->ip > 0) {
+        size_t q = w->ip - 1;
+        while (q > 0 && ((unsigned char)m->in[q] & 0xC0) == 0x80)
+            q--;
+        w->op -= m->rep_len && m->in[q] == ' ' ? m->rep_len : w->ip - q;
+        w->ip = q;
+    }
+    return w->ip > 0 && w->op == x ? w->ip : NONE;
+}
+
+/* Encode the open segment text[gs..lim) (n bytes of text known) as far as
+ * no later text can change it, *best becoming its last cut if it has one.
+ * at: where the segment starts (SEP_TOK_*). */
+static int encode_open(const sep_tok_t *t, struct enc *e, const char *text,
+                       size_t n, size_t gs, size_t lim, int at, struct cut *best)
+{
+    const struct addset *na = &t->norm_added;
+    bool first = at == SEP_TOK_START, cont = at == SEP_TOK_MIDDLE;
+    size_t un = norm_end(t, text, n, gs, lim), nn, npend, nlim, hs = 0, k0, c;
+    const char *ns;
+    int rc;
+    if (un == gs)
+        return SEP_OK;
+    if ((rc = normalize(t, e->nb, &e->mx, text + gs, un - gs, !cont, &ns, &nn)))
+        return rc;
+    e->nseg[1] = 0;
+    if ((rc = na->n ? split_added(t, na, e, 1, ns, nn, &npend)
+                    : seg_add(e, 1, 0, npend = nn, -1)))
+        return rc;
+    nlim = added_settled(na, e, 1, ns, npend);
+    e->nck = e->nmap = 0;
+    k0 = NONE;
+    /* Parts a settled token ends are cut at their end; the open part at
+     * its pre-tokenizer's settled pieces or its word's free places. */
+    for (size_t k = 0; k < e->nseg[1] && !rc; k++) {
+        const struct seg h = e->seg[1][k];
+        if (h.id >= 0) {
+            rc = push_id(e, h.id);
+        } else if (h.e < npend) {
+            if (!(rc = pretok_run(t, e, 0, ns + h.s, h.e - h.s, first && !h.s,
+                                  cont && !h.s, false)))
+                rc = cand_add(e, h.e);
+        } else if (nlim > h.s && t->cut_parts) {
+            hs = h.s;
+            k0 = e->nck;
+            rc = pretok_run(t, e, 0, ns + hs, nlim - hs, first && !hs,
+                            cont && !hs, true);
+        }
+    }
+    struct walk nw = {un, nn};
+    for (size_t i = e->nck; i-- > 0 && !rc;) {
+        size_t b = e->ck[i].pos;
+        if (i >= k0) {
+            for (size_t l = e->nmap; l-- > 0 && b != NONE;)
+                b = lv_back(&e->map[l], b);
+            if (b == NONE)
+                continue;
+            b += hs;
+        }
+        if (added_across(na, ns, nn, b) || sw_at(na, ns, nn, b) ||
+            (rc = norm_back(t, e, text, gs, &nw, b, &c)) || c == NONE ||
+            added_across(&t->raw_added, text, n, c) ||
+            sw_at(&t->raw_added, text, n, c))
+            continue;
+        *best = (struct cut){c, e->ck[i].nids, SEP_TOK_MIDDLE};
+        break;
+    }
+    return rc;
+}
+
+/* Encode text[0..n) as far as no later text can change it, *best becoming
+ * the last cut; at: where text starts (SEP_TOK_*). */
+static int encode_stream(const sep_tok_t *t, struct enc *e, const char *text,
+                         size_t n, int at, struct cut *best)
+{
+    const struct addset *a = &t->raw_added;
+    size_t pend, lim;
+    int rc = split_added(t, a, e, 0, text, n, &pend);
+    *best = (struct cut){0, 0, at};
+    if (rc)
+        return rc;
+    lim = added_settled(a, e, 0, text, pend);
+    for (size_t i = 0; i < e->nseg[0] && !rc; i++) {
+        const struct seg g = e->seg[0][i];
+        int gat = g.s ? SEP_TOK_SEGMENT : at;
+        if (g.id >= 0) {
+            /* Before the token (the rest starts with it, so where does
+             * not matter), or after it, where a segment starts. */
+            if (g.s && !added_across(a, text, n, g.s) && !sw_at(a, text, n, g.s))
+                *best = (struct cut){g.s, e->nids, SEP_TOK_MIDDLE};
+            if (!(rc = push_id(e, g.id)) && !sw_at(a, text, n, g.e))
+                *best = (struct cut){g.e, e->nids, SEP_TOK_SEGMENT};
+        } else if (g.e < pend) {
+            rc = encode_seg(t, e, text + g.s, g.e - g.s, gat);
+        } else {
+            rc = encode_open(t, e, text, n, g.s, lim, gat, best);
+        }
+    }
+    return rc;
+}
+
+int sep_tok_encode_prefix(const sep_tok_t *tok, const char *text, size_t len,
+                          int final, int *at, int32_t **ids, size_t *n,
+                          size_t *used)
+{
+    struct enc e;
+    struct cut cut;
+    size_t end;
+    int rc;
+    *ids = NULL;
+    *n = *used = 0;
+    if (*at < SEP_TOK_START || *at > SEP_TOK_MIDDLE)
+        return sep_fail(SEP_EINVAL, "text: stream place %d is no SEP_TOK_* value",
+                        *at);
+    if ((rc = check_utf8(text, len, !final, &end)))
+        return rc;
+    if ((rc = enc_init(tok, &e, len)))
+        goto done;
+    if (final) {
+        rc = encode_text(tok, &e, text, len, *at);
+        cut = (struct cut){len, e.nids, *at};
+    } else if (!(rc = encode_stream(tok, &e, text, end, *at, &cut)) &&
+               len - cut.at > SEP_TOK_HOLD_MAX) {
+        /* Nothing in the last SEP_TOK_HOLD_MAX bytes can be cut exactly:
+         * cut as if the text ended half that before its end. */
+        size_t c = len - SEP_TOK_HOLD_MAX / 2;
+        while (((unsigned char)text[c] & 0xC0) == 0x80)
+            c--;
+        e.nids = 0;
+        rc = encode_text(tok, &e, text, c, *at);
+        cut = (struct cut){c, e.nids, SEP_TOK_MIDDLE};
+    }
+    if (!rc) {
+        *ids = e.ids;
+        *n = cut.nids;
+        *used = cut.at;
+        if (cut.at)
+            *at = cut.where;
+        e.ids = NULL;
+    }
+done:
+    enc_free(&e);
+    return rc;
 }
 
 /* ---- decoding ---- */

@@ -8,6 +8,9 @@
  * no special tokens (no BOS): ids are exactly those of
  * tokenizers' encode(text, add_special_tokens=False).
  *
+ * Text that arrives in pieces is encoded as it comes with
+ * sep_tok_encode_prefix, to the same ids as the whole text.
+ *
  * A loaded tokenizer is read-only: encode and decode may run on several
  * threads at once.
  */
@@ -39,6 +42,51 @@ int sep_tok_vocab_size(const sep_tok_t *tok);
  * its length. Invalid UTF-8: SEP_EUTF8 naming the byte offset. */
 int sep_tok_encode(const sep_tok_t *tok, const char *text, size_t len,
                    int32_t **ids, size_t *n);
+
+/* Where a text given to sep_tok_encode_prefix starts in its stream. */
+enum {
+    SEP_TOK_START,     /* the stream's first byte */
+    SEP_TOK_SEGMENT,   /* right after an added token */
+    SEP_TOK_MIDDLE,    /* inside text, where the last call stopped */
+};
+
+/* A non-final sep_tok_encode_prefix leaves at most this many bytes. */
+#define SEP_TOK_HOLD_MAX 1024
+
+/* Encode a stream that arrives in pieces (a piece may end inside a UTF-8
+ * character).
+ *
+ * Encodes the longest prefix of text[0..len) whose ids no text after it
+ * can change: *ids and *n as sep_tok_encode gives them (malloc'ed, maybe
+ * empty), *used the bytes they cover. The caller keeps text[*used..len),
+ * appends the next piece and calls again. *at is where text starts in the
+ * stream (it decides Prepend and the pre-tokenizers' prefixes): the caller
+ * sets SEP_TOK_START before the first call and passes the same int on;
+ * each call that uses bytes sets it for the next.
+ *
+ * final != 0: the stream ends with text. All of it is encoded (*used ==
+ * len) and an incomplete character at its end is SEP_EUTF8; without final
+ * that character is held back. Invalid UTF-8 is SEP_EUTF8 naming its byte
+ * offset in text. On error nothing is used and *ids is NULL.
+ *
+ * The ids of all the calls joined are sep_tok_encode's of the whole
+ * stream, however it was cut into pieces, save for one case. What a call
+ * holds back is what more text could change: an added token that may be
+ * completing (with lstrip tokens, the spaces before it too), the last
+ * pre-tokens (one or two: the regex may still extend or re-split them),
+ * the end of a word after the last place no merge spans (no splitting
+ * pre-tokenizer), an incomplete character. len - *used never exceeds
+ * SEP_TOK_HOLD_MAX: when the last SEP_TOK_HOLD_MAX bytes have no exact
+ * cut, the call cuts SEP_TOK_HOLD_MAX / 2 bytes before the end as if the
+ * stream ended there, and ids next to that place may differ from a whole
+ * encode. That needs that much text without a safe place: one pre-token
+ * (a run of letters, digits, spaces or punctuation), a word whose every
+ * two neighbouring characters some merge joins, text with no ASCII for an
+ * NFC-like normalizer, or any text of a segment when a Replace normalizer
+ * has a regex or a longer string or a pre-tokenizer regex looks behind. */
+int sep_tok_encode_prefix(const sep_tok_t *tok, const char *text, size_t len,
+                          int final, int *at, int32_t **ids, size_t *n,
+                          size_t *used);
 
 /* Decode ids as the tokenizer's decoder does for the whole sequence
  * (added and special tokens decode to their content; none is skipped).
