@@ -240,39 +240,40 @@ static void cuda_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
 
 /* ---- norms, rope, elementwise -------------------------------------------- */
 
-/* Sum over the block (blockDim.x a multiple of 32, at most 1024). */
-__device__ float block_sum(float v)
+struct op_sum {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct op_max {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+/* Reduce v over the block with op, whose identity is id (blockDim.x a
+ * multiple of 32, at most 1024); every thread gets the result. */
+template <typename Op>
+__device__ float block_reduce(float v, Op op, float id)
 {
     __shared__ float part[32];
     for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     __syncthreads();
     if (lane == 0)
         part[warp] = v;
     __syncthreads();
-    int nw = blockDim.x >> 5;
-    v = lane < nw ? part[lane] : 0.0f;
+    v = lane < (int)(blockDim.x >> 5) ? part[lane] : id;
     for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+__device__ float block_sum(float v)
+{
+    return block_reduce(v, op_sum(), 0.0f);
 }
 
 __device__ float block_max(float v)
 {
-    __shared__ float part[32];
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0)
-        part[warp] = v;
-    __syncthreads();
-    int nw = blockDim.x >> 5;
-    v = lane < nw ? part[lane] : -INFINITY;
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
+    return block_reduce(v, op_max(), -INFINITY);
 }
 
 __global__ void k_rmsnorm(float *y, const float *x, const float *w, int d, float eps)
