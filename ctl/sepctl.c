@@ -298,10 +298,31 @@ static int eval_parse(int argc, char **argv, eval_opts_t *o)
     return 0;
 }
 
-static int eval_load_ids(const eval_opts_t *o, const sep_tok_t *tok, int32_t **ids, size_t *n)
+/* Where eval's ids come from: an ids file, read whole, or text on stdin,
+ * tokenized as it arrives (sep_tok_encode_prefix) so that memory stays
+ * flat over a text of any length. */
+typedef struct {
+    const sep_tok_t *tok;
+    int from_text;
+    char *buf;              /* text held back, then the next read */
+    size_t len, cap;
+    int at, eof;
+    int32_t *ids;           /* ids file: all of them; text: the last batch */
+    size_t n, off;
+} eval_src_t;
+
+#define EVAL_READ (1 << 16) /* bytes of text read at a time */
+
+static int eval_src_open(eval_src_t *src, const eval_opts_t *o, const sep_tok_t *tok)
 {
-    if (!o->ids_path)
-        return ctl_tokenize_stdin(tok, ids, n);
+    *src = (eval_src_t){ .tok = tok, .at = SEP_TOK_START };
+    if (!o->ids_path) {
+        src->from_text = 1;
+        src->cap = EVAL_READ + SEP_TOK_HOLD_MAX;
+        if (!(src->buf = malloc(src->cap)))
+            return sep_fail(SEP_ENOMEM, "eval: out of memory");
+        return SEP_OK;
+    }
     FILE *f = fopen(o->ids_path, "rb");
     if (!f)
         return sep_fail(SEP_EIO, "%s: %s", o->ids_path, strerror(errno));
@@ -310,25 +331,110 @@ static int eval_load_ids(const eval_opts_t *o, const sep_tok_t *tok, int32_t **i
     int rc = ctl_slurp(f, o->ids_path, &text, &len);
     fclose(f);
     if (!rc)
-        rc = ctl_parse_ids(o->ids_path, text, len, ids, n);
+        rc = ctl_parse_ids(o->ids_path, text, len, &src->ids, &src->n);
     free(text);
     return rc;
 }
 
-/* One value a line: nll[i] (nll given) or kv[i]. */
-static int eval_write(const char *path, const float *nll, const int32_t *kv, size_t n)
+/* The next ids (*n == 0 at the end); they stay valid until the next call. */
+static int eval_src_next(eval_src_t *src, const int32_t **ids, size_t *n)
 {
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
-    for (size_t i = 0; i < n; i++)
-        if (nll)
-            fprintf(f, "%.6f\n", nll[i]);
-        else
-            fprintf(f, "%d\n", kv[i]);
-    if (ferror(f) | (fclose(f) != 0))
+    if (!src->from_text) {
+        *ids = src->ids + src->off;
+        *n = src->n - src->off;
+        src->off = src->n;
+        return SEP_OK;
+    }
+    *ids = NULL;
+    *n = 0;
+    while (*n == 0 && !(src->eof && src->len == 0)) {
+        if (!src->eof) {
+            size_t got = fread(src->buf + src->len, 1, src->cap - src->len, stdin);
+            if (got == 0 && ferror(stdin))
+                return sep_fail(SEP_EIO, "stdin: read error: %s", strerror(errno));
+            src->len += got;
+            src->eof = got == 0;
+        }
+        /* a non-final call leaves at most SEP_TOK_HOLD_MAX bytes, so the
+         * buffer always has room for the next read */
+        size_t used;
+        free(src->ids);
+        src->ids = NULL;
+        int rc = sep_tok_encode_prefix(src->tok, src->buf, src->len, src->eof, &src->at,
+                                       &src->ids, n, &used);
+        if (rc)
+            return rc;
+        memmove(src->buf, src->buf + used, src->len - used);
+        src->len -= used;
+        *ids = src->ids;
+    }
+    return SEP_OK;
+}
+
+static void eval_src_close(eval_src_t *src)
+{
+    free(src->buf);
+    free(src->ids);
+}
+
+static int eval_open_out(const char *path, FILE **f)
+{
+    *f = NULL;
+    if (path && !(*f = fopen(path, "w")))
         return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
     return SEP_OK;
+}
+
+static int eval_close_out(const char *path, FILE **f)
+{
+    int bad = *f && (ferror(*f) | (fclose(*f) != 0));
+    *f = NULL;
+    return bad ? sep_fail(SEP_EIO, "%s: %s", path, strerror(errno)) : SEP_OK;
+}
+
+/* Score ids in pieces as the source yields them, writing each piece's
+ * NLLs and cache sizes as it goes. */
+static int eval_run(const eval_opts_t *o, eval_src_t *src, sep_model_t *m, sep_stream_t *s,
+                    FILE *nf, FILE *kf)
+{
+    size_t limit = o->max_tokens >= 0 ? (size_t)o->max_tokens + 1 : SIZE_MAX, total = 0;
+    size_t cap = 0;
+    float *nll = NULL;
+    int32_t *kv = NULL;
+    int rc = SEP_OK;
+    while (total < limit) {
+        const int32_t *ids;
+        size_t n, scored;
+        if ((rc = eval_src_next(src, &ids, &n)) || n == 0)
+            break;
+        if (n > limit - total)
+            n = limit - total;
+        if (n > cap) {
+            float *nn = realloc(nll, n * sizeof *nll);
+            if (nn)
+                nll = nn;
+            int32_t *nk = realloc(kv, n * sizeof *kv);
+            if (nk)
+                kv = nk;
+            if (!nn || !nk) {
+                rc = sep_fail(SEP_ENOMEM, "eval: out of memory for %zu NLLs", n);
+                break;
+            }
+            cap = n;
+        }
+        if ((rc = sep_stream_feed(m, s, ids, n, nll, kv, &scored)))
+            break;
+        for (size_t i = 0; nf && i < scored; i++)
+            fprintf(nf, "%.6f\n", nll[i]);
+        for (size_t i = 0; kf && i < scored; i++)
+            fprintf(kf, "%d\n", kv[i]);
+        total += n;
+    }
+    free(nll);
+    free(kv);
+    if (!rc && s->tokens == 0)
+        rc = sep_fail(SEP_EINVAL, "eval: the text has %zu token(s); at least 2 are needed", total);
+    return rc;
 }
 
 static int cmd_eval(int argc, char **argv)
@@ -343,38 +449,24 @@ static int cmd_eval(int argc, char **argv)
     sep_stream_t *s = NULL;
     sep_tok_t *tok = NULL;
     sep_sepset_t seps = { 0 };
-    int32_t *ids = NULL, *kv = NULL;
-    float *nll = NULL;
-    size_t n = 0, scored = 0;
+    eval_src_t src = { 0 };
+    FILE *nf = NULL, *kf = NULL;
     int rc;
-    if ((rc = ctl_tok_load(model_dir, &tok)) || (rc = eval_load_ids(&o, tok, &ids, &n)))
-        goto fail;
-    if (o.max_tokens >= 0 && (size_t)o.max_tokens + 1 < n)
-        n = (size_t)o.max_tokens + 1;
-    if (n < 2) {
-        rc = sep_fail(SEP_EINVAL, "eval: the text has %zu token(s); at least 2 are needed", n);
-        goto fail;
-    }
-    if ((rc = sep_sepset_build(&seps, tok, o.separators)))
+    if ((rc = ctl_tok_load(model_dir, &tok)) || (rc = eval_src_open(&src, &o, tok)) ||
+        (rc = sep_sepset_build(&seps, tok, o.separators)))
         goto fail;
     o.policy.is_sep = seps.is_sep;
     o.policy.n_vocab = seps.n_vocab;
     if ((rc = sep_backend_new(&be, o.device, o.precision, (int)o.threads)) ||
         (rc = sep_model_load(&m, model_dir, be, (int)o.chunk)) ||
-        (rc = sep_stream_new(&s, m, &o.policy)))
+        (rc = sep_stream_new(&s, m, &o.policy)) ||
+        (rc = eval_open_out(o.nll_out, &nf)) || (rc = eval_open_out(o.kv_out, &kf)))
         goto fail;
-    if ((o.nll_out && !(nll = malloc(n * sizeof *nll))) ||
-        (o.kv_out && !(kv = malloc(n * sizeof *kv)))) {
-        rc = sep_fail(SEP_ENOMEM, "eval: out of memory for %zu NLLs", n);
-        goto fail;
-    }
     double t0 = ctl_now();
-    if ((rc = sep_stream_feed(m, s, ids, n, nll, kv, &scored)))
+    if ((rc = eval_run(&o, &src, m, s, nf, kf)) || (rc = eval_close_out(o.nll_out, &nf)) ||
+        (rc = eval_close_out(o.kv_out, &kf)))
         goto fail;
     double secs = ctl_now() - t0;
-    if ((o.nll_out && (rc = eval_write(o.nll_out, nll, NULL, scored))) ||
-        (o.kv_out && (rc = eval_write(o.kv_out, NULL, kv, scored))))
-        goto fail;
     double ppl = exp(s->nll_sum / (double)s->tokens);
     double avg_kv = (double)s->kv_sum / (double)s->tokens;
     struct rusage ru;
@@ -388,9 +480,11 @@ static int cmd_eval(int argc, char **argv)
         printf("tokens %lld  ppl %.4f  avg_kv %.2f  max_kv %lld  seconds %.3f  tokens/s %.1f\n",
                (long long)s->tokens, ppl, avg_kv, (long long)s->kv_max, secs, s->tokens / secs);
 fail:
-    free(nll);
-    free(kv);
-    free(ids);
+    if (nf)
+        fclose(nf);
+    if (kf)
+        fclose(kf);
+    eval_src_close(&src);
     sep_stream_destroy(&s);
     sep_model_destroy(&m);
     sep_backend_destroy(&be);

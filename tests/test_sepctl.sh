@@ -9,7 +9,7 @@ tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 n=0
 failed=0
-echo "1..22"
+echo "1..23"
 
 # ok NAME CONDITION: one TAP line for a shell condition evaluated here;
 # on failure show stderr of the last run
@@ -112,5 +112,12 @@ run "$SEPCTL" eval --per-token --init 4 --seps 16 --window 32 --capacity 64 --ma
     --ids "$G/ids.books-llama-16m.persuasion.txt" --nll-out "$tmp/one"
 ok "eval --per-token: the chunked NLLs within 1e-4" \
     'test $rc -eq 0 && head -n 300 "$tmp/chunked" | paste "$tmp/one" - | awk "{ d = \$1 - \$2; if (d < 0) d = -d; if (d > 1e-4) bad = 1; n++ } END { exit bad || n != 300 }"'
+
+# more than one 64 KiB read of text: ids cut at piece boundaries must
+# equal the whole text's (the golden ids)
+run "$SEPCTL" eval --json --max-tokens 20000 --nll-out "$tmp/stream" <"$T/persuasion.txt"
+run2() { "$SEPCTL" eval --json --max-tokens 20000 --ids "$G/ids.books-llama-16m.persuasion.txt" --nll-out "$tmp/byids" >/dev/null 2>&1; }
+ok "eval of streamed text: the NLLs of the golden ids" \
+    'test $rc -eq 0 && run2 && paste "$tmp/stream" "$tmp/byids" | awk "{ d = \$1 - \$2; if (d < 0) d = -d; if (d > 1e-4) bad = 1; n++ } END { exit bad || n != 20000 }"'
 
 exit 0
