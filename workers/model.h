@@ -93,7 +93,10 @@ int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_ca
 /* Run a batch (chunks of distinct caches, at most max_tokens tokens).
  * Each chunk is planned against its cache's policy: compactions inside a
  * chunk happen at the same tokens, with the same results, as in the
- * one-token-per-step loop. */
+ * one-token-per-step loop. Bad ids, too many tokens or no memory fail
+ * before any cache changes; a device fault (SEP_EIO from the backend's
+ * sync) leaves the batch's caches undefined, to be restored from a
+ * snapshot or dropped. */
 int sep_model_forward(sep_model_t *m, sep_chunk_t *chunks, int n_chunks);
 
 #endif
