@@ -14,6 +14,23 @@
 /* Queries per attention task: small enough to balance threads, large
  * enough that the score and value products are real matrix products. */
 #define ATTN_QBLOCK 64
+/* Keys per value-product call. OpenBLAS splits a product's inner
+ * dimension into blocks whose edges depend on its length; tiles this short
+ * are never split, and tiles start at fixed key indices, so a query's
+ * output does not depend on how many keys its block holds. With that,
+ * every row of a forward is bitwise independent of the chunking and of
+ * the other streams of its batch. */
+#define ATTN_KTILE 128
+#define ATTN_ROW_STRIDE(n) (((n) + 15) & ~15)
+
+/* The CPU backend with its per-thread attention scratch. */
+typedef struct {
+    sep_backend_t base;
+    float **scratch;   /* (n_threads) score blocks of scratch_len floats */
+    size_t scratch_len;
+    float *pad;        /* (min rows, cols + rows) of the largest weight: short products */
+    size_t pad_len;
+} cpu_backend_t;
 
 static void *cpu_alloc(sep_backend_t *be, size_t bytes)
 {
@@ -63,8 +80,27 @@ struct sep_weight {
     int rows, cols;
 };
 
+/* Fewest rows a product runs with. OpenBLAS takes other kernels for one
+ * row and for small products (rows * d_out * d_in up to 100^3), and those
+ * round differently; from this many rows up a row's result is the same
+ * bits whatever the rows around it. */
+static int cpu_matmul_min_rows(int d_out, int d_in)
+{
+    double small = 1e6 / ((double)d_out * d_in);
+    return small >= 2 ? (int)small + 1 : 2;
+}
+
 static sep_weight_t *cpu_weight_new(sep_backend_t *be, const float *host, int rows, int cols)
 {
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    size_t pad_len = (size_t)cpu_matmul_min_rows(rows, cols) * ((size_t)rows + cols);
+    if (pad_len > cb->pad_len) {
+        float *pad = realloc(cb->pad, pad_len * sizeof *pad);
+        if (!pad)
+            return NULL;
+        cb->pad = pad;
+        cb->pad_len = pad_len;
+    }
     sep_weight_t *w = malloc(sizeof *w);
     float *data = cpu_alloc(be, (size_t)rows * cols * sizeof(float));
     if (!w || !data) {
@@ -91,32 +127,44 @@ static void cpu_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
     cpu_gather_rows(be, y, w->data, ids, n, w->cols);
 }
 
+/* y (rows, d_out) = x (rows, d_in) W^T + bias, one OpenBLAS call */
+static void cpu_matmul_rows(float *y, const float *x, const sep_weight_t *wt,
+                            const float *bias, int rows)
+{
+    int d_in = wt->cols, d_out = wt->rows;
+    float beta = 0.0f;
+    if (bias) {
+        for (int r = 0; r < rows; r++)
+            memcpy(y + (size_t)r * d_out, bias, (size_t)d_out * sizeof(float));
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, d_out, d_in, 1.0f, x, d_in,
+                wt->data, d_in, beta, y, d_out);
+}
+
+/* Threads take whole rows, at least cpu_matmul_min_rows each, over the
+ * full output width (a slice of the columns rounds differently too); a
+ * shorter product runs padded with zero rows. So every row's result is
+ * the same bits whatever the batch around it. */
 static void cpu_matmul(sep_backend_t *be, float *y, const float *x, const sep_weight_t *wt,
                        const float *bias, int n)
 {
-    const float *w = wt->data;
-    int d_in = wt->cols, d_out = wt->rows;
-    int nt = be->n_threads;
-    int by_rows = n >= 2 * nt;
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    int d_in = wt->cols, d_out = wt->rows, min_rows = cpu_matmul_min_rows(d_out, d_in);
+    if (n < min_rows) {
+        float *xp = cb->pad, *yp = cb->pad + (size_t)min_rows * d_in;
+        memcpy(xp, x, (size_t)n * d_in * sizeof(float));
+        memset(xp + (size_t)n * d_in, 0, (size_t)(min_rows - n) * d_in * sizeof(float));
+        cpu_matmul_rows(yp, xp, wt, bias, min_rows);
+        memcpy(y, yp, (size_t)n * d_out * sizeof(float));
+        return;
+    }
+    int nt = be->n_threads < n / min_rows ? be->n_threads : n / min_rows;
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        int len = by_rows ? n : d_out;
-        int lo = (int)((long)len * t / nth), hi = (int)((long)len * (t + 1) / nth);
-        if (hi > lo) {
-            int r0 = by_rows ? lo : 0, rows = by_rows ? hi - lo : n;
-            int c0 = by_rows ? 0 : lo, cols = by_rows ? d_out : hi - lo;
-            float *yb = y + (size_t)r0 * d_out + c0;
-            float beta = 0.0f;
-            if (bias) {
-                for (int r = 0; r < rows; r++)
-                    memcpy(yb + (size_t)r * d_out, bias + c0, (size_t)cols * sizeof(float));
-                beta = 1.0f;
-            }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, d_in,
-                        1.0f, x + (size_t)r0 * d_in, d_in, w + (size_t)c0 * d_in, d_in,
-                        beta, yb, d_out);
-        }
+        int lo = (int)((long)n * t / nth), hi = (int)((long)n * (t + 1) / nth);
+        cpu_matmul_rows(y + (size_t)lo * d_out, x + (size_t)lo * d_in, wt, bias, hi - lo);
     }
 }
 
@@ -183,35 +231,21 @@ static void cpu_rope(sep_backend_t *be, float *x, int n, int stride, int n_heads
 static void cpu_attention_block(const sep_attn_t *p, int h, int i0, int i1,
                                 int group, int head_dim, int kv_dim, float *sc)
 {
-    int kvh = h / group, m = i1 - i0, n_keys = p->n_past + i1;
-    float scale = 1.0f / sqrtf((float)head_dim);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n_keys, head_dim, scale,
-                p->q + (size_t)i0 * p->q_stride + (size_t)h * head_dim, p->q_stride,
-                p->k + (size_t)kvh * head_dim, kv_dim, 0.0f, sc, n_keys);
-    for (int r = 0; r < m; r++) {
-        float *row = sc + (size_t)r * n_keys;
-        int valid = p->n_past + i0 + r + 1; /* causal: keys 0 .. n_past + i */
-        sep_softmax_inplace(row, valid);
-        memset(row + valid, 0, (size_t)(n_keys - valid) * sizeof(float));
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, head_dim, n_keys, 1.0f,
-                sc, n_keys, p->v + (size_t)kvh * head_dim, kv_dim, 0.0f,
-                p->out + (size_t)i0 * p->out_stride + (size_t)h * head_dim, p->out_stride);
+    int kvh = h / group;
+    sep_attn_head(p->out + (size_t)i0 * p->out_stride + (size_t)h * head_dim, p->out_stride,
+                  p->q + (size_t)i0 * p->q_stride + (size_t)h * head_dim, p->q_stride,
+                  p->k + (size_t)kvh * head_dim, p->v + (size_t)kvh * head_dim, kv_dim,
+                  i1 - i0, p->n_past + i0, head_dim, 1.0f / sqrtf((float)head_dim), sc,
+                  ATTN_ROW_STRIDE(p->n_past + i1));
 }
 
-/* The CPU backend with its per-thread attention scratch. */
-typedef struct {
-    sep_backend_t base;
-    float **scratch;   /* (n_threads) score blocks of scratch_len floats */
-    size_t scratch_len;
-} cpu_backend_t;
 
 static int cpu_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_width)
 {
     (void)max_rows; /* gathers and NLLs need no scratch here */
     (void)max_width;
     cpu_backend_t *cb = (cpu_backend_t *)be;
-    size_t len = (size_t)ATTN_QBLOCK * (size_t)(max_keys > 0 ? max_keys : 1);
+    size_t len = (size_t)ATTN_QBLOCK * (size_t)ATTN_ROW_STRIDE(max_keys > 0 ? max_keys : 1);
     if (len <= cb->scratch_len)
         return SEP_OK;
     for (int t = 0; t < be->n_threads; t++) {
@@ -302,6 +336,7 @@ static void cpu_destroy(sep_backend_t *be)
         for (int t = 0; t < be->n_threads; t++)
             free(cb->scratch[t]);
     free(cb->scratch);
+    free(cb->pad);
     free(cb);
 }
 
@@ -323,7 +358,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     cb->scratch = scratch;
     be->name = "cpu";
     be->n_threads = n_threads;
-    be->max_head_dim = 1 << 20;
+    be->max_head_dim = SEP_ATTN_MAX_HEAD_DIM;
     be->max_group = 1 << 20;
     be->alloc = cpu_alloc;
     be->free = cpu_free;

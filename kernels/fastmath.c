@@ -2,6 +2,7 @@
 #include "fastmath.h"
 
 #include <math.h>
+#include <stddef.h>
 
 #define SEP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
@@ -48,4 +49,110 @@ void sep_silu_mul_row(float *y, const float *g, const float *u, int n)
     #pragma omp simd
     for (int j = 0; j < n; j++)
         y[j] = g[j] / (1.0f + sep_expf(-g[j])) * u[j];
+}
+
+/* Keys per score tile and queries per register block. Every score is
+ * a sum over the head dimension in order and every output a sum over the
+ * keys in order, vectorised across keys and across the head dimension
+ * respectively, so a query's result never depends on its neighbours. */
+#define ATTN_LANES 16
+#define ATTN_ROWS 4
+
+/* sc[r][j0 + jj] for jj < ATTN_LANES: rows [r0, r0 + nr) against a
+ * transposed key tile kt (d, ATTN_LANES). Missing rows of a short block
+ * repeat the last one and are not stored. */
+static inline __attribute__((always_inline))
+void attn_score_tile(float *sc, int ld, const float *q, int q_stride, const float *kt,
+                     int r0, int nr, int j0, int d, float scale)
+{
+    const float *q0 = q + (size_t)r0 * q_stride;
+    const float *q1 = q0 + (size_t)(nr > 1) * q_stride;
+    const float *q2 = q0 + (size_t)(nr > 2 ? 2 : nr - 1) * q_stride;
+    const float *q3 = q0 + (size_t)(nr - 1 < 3 ? nr - 1 : 3) * q_stride;
+    float a0[ATTN_LANES] = { 0 }, a1[ATTN_LANES] = { 0 }, a2[ATTN_LANES] = { 0 },
+          a3[ATTN_LANES] = { 0 };
+    for (int t = 0; t < d; t++) {
+        const float *kr = kt + t * ATTN_LANES;
+        float x0 = q0[t], x1 = q1[t], x2 = q2[t], x3 = q3[t];
+        #pragma omp simd
+        for (int jj = 0; jj < ATTN_LANES; jj++) {
+            a0[jj] += x0 * kr[jj];
+            a1[jj] += x1 * kr[jj];
+            a2[jj] += x2 * kr[jj];
+            a3[jj] += x3 * kr[jj];
+        }
+    }
+    float *acc[ATTN_ROWS] = { a0, a1, a2, a3 };
+    for (int i = 0; i < nr; i++)
+        for (int jj = 0; jj < ATTN_LANES; jj++)
+            sc[(size_t)(r0 + i) * ld + j0 + jj] = acc[i][jj] * scale;
+}
+
+/* out[r][t0 + tt] for tt < ATTN_LANES, rows [r0, r0 + nr): the sum over
+ * keys j < n of p[r][j] * v[j] (p is zero past a row's last key) */
+static inline __attribute__((always_inline))
+void attn_value_tile(float *out, int out_stride, const float *p, int ld, const float *v,
+                     int kv_stride, int r0, int nr, int n, int t0)
+{
+    const float *p0 = p + (size_t)r0 * ld;
+    const float *p1 = p0 + (size_t)(nr > 1) * ld;
+    const float *p2 = p0 + (size_t)(nr > 2 ? 2 : nr - 1) * ld;
+    const float *p3 = p0 + (size_t)(nr - 1 < 3 ? nr - 1 : 3) * ld;
+    float a0[ATTN_LANES] = { 0 }, a1[ATTN_LANES] = { 0 }, a2[ATTN_LANES] = { 0 },
+          a3[ATTN_LANES] = { 0 };
+    for (int j = 0; j < n; j++) {
+        const float *vj = v + (size_t)j * kv_stride + t0;
+        float x0 = p0[j], x1 = p1[j], x2 = p2[j], x3 = p3[j];
+        #pragma omp simd
+        for (int tt = 0; tt < ATTN_LANES; tt++) {
+            a0[tt] += x0 * vj[tt];
+            a1[tt] += x1 * vj[tt];
+            a2[tt] += x2 * vj[tt];
+            a3[tt] += x3 * vj[tt];
+        }
+    }
+    float *acc[ATTN_ROWS] = { a0, a1, a2, a3 };
+    for (int i = 0; i < nr; i++)
+        for (int tt = 0; tt < ATTN_LANES; tt++)
+            out[(size_t)(r0 + i) * out_stride + t0 + tt] = acc[i][tt];
+}
+
+SEP_CLONES
+void sep_attn_head(float *out, int out_stride, const float *q, int q_stride,
+                   const float *k, const float *v, int kv_stride, int m, int n0, int d,
+                   float scale, float *sc, int ld)
+{
+    float kt[ATTN_LANES * d]; /* d <= SEP_ATTN_MAX_HEAD_DIM: at most 32 KiB */
+    int n = n0 + m; /* keys of the last query */
+    for (int j0 = 0; j0 < n; j0 += ATTN_LANES) {
+        int nk = n - j0 < ATTN_LANES ? n - j0 : ATTN_LANES;
+        for (int t = 0; t < d; t++)
+            for (int jj = 0; jj < ATTN_LANES; jj++)
+                kt[t * ATTN_LANES + jj] = jj < nk ? k[(size_t)(j0 + jj) * kv_stride + t] : 0.0f;
+        /* queries that see key j0 or later */
+        for (int r0 = j0 - n0 > 0 ? j0 - n0 : 0; r0 < m; r0 += ATTN_ROWS)
+            attn_score_tile(sc, ld, q, q_stride, kt, r0, m - r0 < ATTN_ROWS ? m - r0 : ATTN_ROWS,
+                            j0, d, scale);
+    }
+    /* rows are softmaxed over their keys and zeroed past them */
+    for (int r = 0; r < m; r++) {
+        float *row = sc + (size_t)r * ld;
+        sep_softmax_inplace(row, n0 + r + 1);
+        for (int j = n0 + r + 1; j < n; j++)
+            row[j] = 0.0f;
+    }
+    int full = d - d % ATTN_LANES;
+    for (int r0 = 0; r0 < m; r0 += ATTN_ROWS) {
+        int nr = m - r0 < ATTN_ROWS ? m - r0 : ATTN_ROWS;
+        for (int t0 = 0; t0 < full; t0 += ATTN_LANES)
+            attn_value_tile(out, out_stride, sc, ld, v, kv_stride, r0, nr, n0 + r0 + nr, t0);
+    }
+    /* a head size that is not a multiple of the tile: the rest, plainly */
+    for (int r = 0; r < m && full < d; r++)
+        for (int t = full; t < d; t++) {
+            float acc = 0.0f;
+            for (int j = 0; j <= n0 + r; j++)
+                acc += sc[(size_t)r * ld + j] * v[(size_t)j * kv_stride + t];
+            out[(size_t)r * out_stride + t] = acc;
+        }
 }

@@ -35,6 +35,15 @@ void sep_softmax_inplace(float *row, int n);
 /* log(sum(exp(row[0..n)))) */
 float sep_logsumexp(const float *row, int n);
 
+/* Causal attention of one head for m queries whose first sees n0 + 1
+ * keys: sc (m rows of stride ld) gets the softmaxed scores, out the
+ * weighted values; d is at most SEP_ATTN_MAX_HEAD_DIM. Each output is summed key by key in a fixed order, so
+ * a query's result does not depend on the other queries of the call. */
+#define SEP_ATTN_MAX_HEAD_DIM 512
+void sep_attn_head(float *out, int out_stride, const float *q, int q_stride,
+                   const float *k, const float *v, int kv_stride, int m, int n0, int d,
+                   float scale, float *sc, int ld);
+
 /* y[j] := silu(g[j]) * u[j] for j < n */
 void sep_silu_mul_row(float *y, const float *g, const float *u, int n);
 

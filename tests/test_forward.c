@@ -250,6 +250,15 @@ static void assert_close(const float *a, const float *b, int n, double tol, cons
             fail_msg("%s: token %d: %.7f vs %.7f", what, i, a[i], b[i]);
 }
 
+/* How far results may move with the chunking or the batch: the CPU
+ * backend is bitwise batch-invariant for chunks of two tokens or more
+ * (the one-token path takes other matrix kernels); the GPU's kernels pick
+ * tiles by problem size. */
+static double invariance_tol(void)
+{
+    return strcmp(golden_device(), "cpu") == 0 ? 0.0 : 1e-4;
+}
+
 static void test_chunk_size_invariance(void **state)
 {
     (void)state;
@@ -259,7 +268,7 @@ static void test_chunk_size_invariance(void **state)
     score(&r, r.tokens, 7, &seven, NULL);
     score(&r, r.tokens, 512, &big, NULL);
     assert_close(one, big, r.tokens, 1e-4, "chunk 1 vs 512");
-    assert_close(seven, big, r.tokens, 1e-4, "chunk 7 vs 512");
+    assert_close(seven, big, r.tokens, invariance_tol(), "chunk 7 vs 512");
     free(one);
     free(seven);
     free(big);
@@ -286,7 +295,7 @@ static void test_feed_in_pieces(void **state)
         total += scored;
     }
     assert_int_equal(total, r.tokens);
-    assert_close(nll, whole, r.tokens, 1e-4, "pieces vs whole");
+    assert_close(nll, whole, r.tokens, invariance_tol(), "pieces vs whole");
     free(ids);
     free(whole);
     sep_stream_destroy(&s);
@@ -314,11 +323,11 @@ static void test_batch_of_streams(void **state)
         { .cache = c2, .ids = ids, .n = 150, .targets = ids + 1, .nll = both2 },
     };
     assert_int_equal(sep_model_forward(m, b, 2), 0);
-    assert_close(both1, alone, 100, 1e-4, "batched stream 1");
-    assert_close(both2, alone, 150, 1e-4, "batched stream 2");
+    assert_close(both1, alone, 100, invariance_tol(), "batched stream 1");
+    assert_close(both2, alone, 150, invariance_tol(), "batched stream 2");
     sep_chunk_t c = { .cache = c1, .ids = ids + 100, .n = 100, .targets = ids + 101, .nll = both1 };
     assert_int_equal(sep_model_forward(m, &c, 1), 0);
-    assert_close(both1, alone + 100, 100, 1e-4, "stream 1 continued");
+    assert_close(both1, alone + 100, 100, invariance_tol(), "stream 1 continued");
     free(ids);
     free(alone);
     sep_cache_destroy(&c1);
@@ -360,8 +369,8 @@ static void test_batch_of_policies(void **state)
         { .cache = cb, .ids = ids, .n = 250, .targets = ids + 1, .nll = both_b },
     };
     assert_int_equal(sep_model_forward(m, batch, 2), 0);
-    assert_close(both_a, alone_a, 300, 1e-4, "sepllm stream in a batch");
-    assert_close(both_b, alone_b, 250, 1e-4, "streaming stream in a batch");
+    assert_close(both_a, alone_a, 300, invariance_tol(), "sepllm stream in a batch");
+    assert_close(both_b, alone_b, 250, invariance_tol(), "streaming stream in a batch");
     assert_int_equal(kv_a[59], 60);
     assert_int_equal(kv_a[60], 61);
     assert_int_equal(kv_a[64], 65); /* the first compaction: 65 entries, then fewer */

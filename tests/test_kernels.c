@@ -198,11 +198,10 @@ static void attn_ref(double *out, const float *q, const float *k, const float *v
 }
 
 /* Two problems in one call: GQA 3:1, cache prefixes, chunks longer than
- * one attention block and of one token. */
-static void test_attention(void **state)
+ * one attention block and of one token; head size hd. */
+static void attention_case(int hd)
 {
-    (void)state;
-    const int heads = 6, kv_heads = 2, hd = 16, q_stride = heads * hd + 5;
+    const int heads = 6, kv_heads = 2, q_stride = heads * hd + 5;
     const int n_q[2] = { 70, 1 }, n_past[2] = { 33, 90 };
     sep_attn_t probs[2];
     double *want[2];
@@ -232,6 +231,14 @@ static void test_attention(void **state)
         free(want[p]);
         be->free(be, dq[p]); be->free(be, dk[p]); be->free(be, dv[p]); be->free(be, dout[p]);
     }
+}
+
+/* A head size of whole vector tiles, and one with a remainder. */
+static void test_attention(void **state)
+{
+    (void)state;
+    attention_case(16);
+    attention_case(20);
 }
 
 static void test_activations(void **state)
