@@ -2,11 +2,13 @@
  *
  *   sepctl tokenize [--model DIR]          text on stdin, ids on stdout
  *   sepctl eval [--model DIR] [options]    perplexity of a text (stdin or --ids)
+ *   sepctl open|feed|generate|... NAME     sessions of a running sepd (remote.c)
  *
- * Exit codes: 0 success, 1 a runtime error (bad model, bad input, no
- * memory), 2 a usage error.
+ * Exit codes: see ctl.h.
  */
+#include "ctl.h"
 #include "err.h"
+#include "paths.h"
 #include "backend.h"
 #include "model.h"
 #include "separators.h"
@@ -23,8 +25,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define EXIT_RUNTIME 1
-#define EXIT_USAGE 2
 
 static const char *usage_text =
     "usage: sepctl COMMAND [options]\n"
@@ -38,6 +38,17 @@ static const char *usage_text =
     "  separators [--model DIR] [--separators X]\n"
     "                                print the separator ids, ascending\n"
     "  version                       print the version\n"
+    "\n"
+    "session commands (a running sepd; --socket ENDPOINT, else $SEPD_SOCKET, else\n"
+    "the default ipc socket; --json on each for scripts):\n"
+    "  open NAME [cache options]     open a session\n"
+    "  feed NAME [--nll-out FILE]    stream stdin into it (progress on a terminal)\n"
+    "  generate NAME -n N [--temperature T] [--top-p P] [--seed S] [--nll-out FILE]\n"
+    "                                continue its text, streaming it out\n"
+    "  ls | info NAME | stats        sessions, one session, the daemon\n"
+    "  suspend NAME | resume NAME    move its caches out of the workers and back\n"
+    "  flush NAME | close NAME [--nll-out FILE]\n"
+    "                                score the held-back tail now / and end it\n"
     "\n"
     "cache options: --method full|streaming|sepllm (sepllm) --init A (4)\n"
     "  --seps S (64) --window W (256; streaming: C - A) --capacity C (800)\n"
@@ -57,20 +68,6 @@ static int runtime_error(int rc)
 {
     fprintf(stderr, "sepctl: %s (%s)\n", sep_errmsg(), sep_strerror(rc));
     return EXIT_RUNTIME;
-}
-
-/* The model folder: --model, else $SEPD_MODEL, else the installed bundled
- * model, else the one in the source tree (running from a build). */
-static const char *ctl_model_dir(const char *opt)
-{
-    if (opt)
-        return opt;
-    const char *env = getenv("SEPD_MODEL");
-    if (env && *env)
-        return env;
-    if (access(SEP_BUNDLED_MODEL "/config.json", R_OK) == 0)
-        return SEP_BUNDLED_MODEL;
-    return SEP_SOURCE_MODEL;
 }
 
 /* Read all of f into a malloc'ed buffer. */
@@ -177,7 +174,7 @@ static int cmd_tokenize(int argc, char **argv)
     int32_t *ids = NULL;
     size_t n = 0;
     sep_tok_t *tok = NULL;
-    int rc = ctl_tok_load(ctl_model_dir(model), &tok);
+    int rc = ctl_tok_load(model ? model : sep_default_model(), &tok);
     if (!rc)
         rc = ctl_tokenize_stdin(tok, &ids, &n);
     sep_tok_destroy(&tok);
@@ -191,7 +188,7 @@ static int cmd_tokenize(int argc, char **argv)
 }
 
 /* Parse a positive int option value in [lo, hi]. */
-static int ctl_int_opt(const char *name, const char *arg, long lo, long hi, long *out)
+int ctl_int_opt(const char *name, const char *arg, long lo, long hi, long *out)
 {
     char *end;
     errno = 0;
@@ -218,8 +215,7 @@ typedef struct {
     sep_policy_t policy;
 } eval_opts_t;
 
-/* Cache options shared by eval (and, later, the daemon's open). */
-static int ctl_cache_opt(int c, const char *arg, sep_policy_t *p, int *window_given,
+int ctl_cache_opt(int c, const char *arg, sep_policy_t *p, int *window_given,
                          const char **separators)
 {
     long v;
@@ -240,12 +236,6 @@ static int ctl_cache_opt(int c, const char *arg, sep_policy_t *p, int *window_gi
     default: return 1;
     }
 }
-
-#define CTL_CACHE_OPTIONS \
-    { "method", required_argument, 0, 'M' }, { "init", required_argument, 0, 'A' }, \
-    { "seps", required_argument, 0, 'S' }, { "window", required_argument, 0, 'W' }, \
-    { "capacity", required_argument, 0, 'C' }, { "no-shift", no_argument, 0, 'N' }, \
-    { "separators", required_argument, 0, 'X' }
 
 static int eval_parse(int argc, char **argv, eval_opts_t *o)
 {
@@ -443,7 +433,7 @@ static int cmd_eval(int argc, char **argv)
     int urc = eval_parse(argc, argv, &o);
     if (urc)
         return urc;
-    const char *model_dir = ctl_model_dir(o.model);
+    const char *model_dir = o.model ? o.model : sep_default_model();
     sep_backend_t *be = NULL;
     sep_model_t *m = NULL;
     sep_stream_t *s = NULL;
@@ -514,7 +504,7 @@ static int cmd_separators(int argc, char **argv)
         return usage_error("separators: unexpected argument '%s'", argv[optind]);
     sep_tok_t *tok = NULL;
     sep_sepset_t seps = { 0 };
-    int rc = ctl_tok_load(ctl_model_dir(model), &tok);
+    int rc = ctl_tok_load(model ? model : sep_default_model(), &tok);
     if (!rc)
         rc = sep_sepset_build(&seps, tok, spec);
     sep_tok_destroy(&tok);
@@ -544,6 +534,11 @@ int main(int argc, char **argv)
         return cmd_eval(argc, argv);
     if (strcmp(cmd, "separators") == 0)
         return cmd_separators(argc, argv);
+    static const char *remote[] = { "open", "feed", "generate", "ls", "info", "stats",
+                                    "suspend", "resume", "flush", "close" };
+    for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
+        if (strcmp(cmd, remote[i]) == 0)
+            return ctl_remote(cmd, argc, argv);
     if (strcmp(cmd, "version") == 0) {
         printf("sepctl %s\n", PACKAGE_VERSION);
         return 0;

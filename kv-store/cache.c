@@ -5,6 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A saved state holds counters and rows in host order, which its format
+ * fixes as little-endian. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "sepd saves cache states on little-endian hosts only"
+#endif
+
 int sep_method_parse(const char *name, sep_method_t *out)
 {
     static const char *names[] = { "full", "streaming", "sepllm" };
@@ -291,4 +297,148 @@ void sep_cache_commit(sep_cache_t *c, const sep_plan_t *p)
     c->n = p->n;
     c->n_sep = p->n_sep;
     c->n_seen += p->n_tokens;
+}
+
+/* ---- state ------------------------------------------------------------ */
+
+#define STATE_MAGIC "SEPC"
+#define STATE_VERSION 1
+
+/* The int32 fields after the magic, in order (cache.h has the layout). */
+enum { H_VERSION, H_METHOD, H_A, H_S, H_W, H_C, H_SHIFT, H_LAYERS, H_KV_DIM,
+       H_N, H_N_SEP, H_RAW, H_COUNT };
+#define STATE_HEADER (4 + H_COUNT * 4 + 8)
+
+/* Bytes a state spends per entry: id, position and its row of every
+ * plane of every layer. */
+static size_t state_entry_bytes(const sep_cache_t *c)
+{
+    size_t planes = c->k_raw ? 3 : 2;
+    return sizeof(int32_t) + sizeof(int64_t) +
+           (size_t)c->n_layers * planes * c->kv_dim * sizeof(float);
+}
+
+int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len)
+{
+    *buf = NULL;
+    *len = 0;
+    size_t n = (size_t)c->n, total = STATE_HEADER + n * state_entry_bytes(c);
+    uint8_t *b = malloc(total);
+    if (!b)
+        return sep_fail(SEP_ENOMEM, "cache state: no memory for %zu bytes", total);
+    const sep_policy_t *po = &c->policy;
+    const int32_t head[H_COUNT] = {
+        [H_VERSION] = STATE_VERSION, [H_METHOD] = (int32_t)po->method, [H_A] = po->a,
+        [H_S] = po->s, [H_W] = po->w, [H_C] = po->c, [H_SHIFT] = po->shift,
+        [H_LAYERS] = c->n_layers, [H_KV_DIM] = c->kv_dim, [H_N] = c->n,
+        [H_N_SEP] = c->n_sep, [H_RAW] = c->k_raw != NULL,
+    };
+    memcpy(b, STATE_MAGIC, 4);
+    memcpy(b + 4, head, sizeof head);
+    memcpy(b + 4 + sizeof head, &c->n_seen, sizeof c->n_seen);
+    /* an empty cache may have no arrays at all */
+    if (n) {
+        uint8_t *p = b + STATE_HEADER;
+        size_t rows = n * c->kv_dim * sizeof(float);
+        memcpy(p, c->ids, n * sizeof *c->ids);
+        p += n * sizeof *c->ids;
+        memcpy(p, c->pos, n * sizeof *c->pos);
+        p += n * sizeof *c->pos;
+        for (int l = 0; l < c->n_layers; l++) {
+            const float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
+            for (int i = 0; i < 3; i++)
+                if (planes[i]) {
+                    c->be->download(c->be, p, planes[i], rows);
+                    p += rows;
+                }
+        }
+    }
+    *buf = b;
+    *len = total;
+    return SEP_OK;
+}
+
+int sep_cache_restore(sep_cache_t *c, const uint8_t *buf, size_t len)
+{
+    /* everything is checked before c is touched, so a failure leaves it as it was */
+    if (len < STATE_HEADER)
+        return sep_fail(SEP_EFORMAT, "cache state: %zu bytes, shorter than the %d-byte header",
+                        len, STATE_HEADER);
+    if (memcmp(buf, STATE_MAGIC, 4) != 0)
+        return sep_fail(SEP_EFORMAT, "cache state: bad magic");
+    int32_t h[H_COUNT];
+    int64_t n_seen;
+    memcpy(h, buf + 4, sizeof h);
+    memcpy(&n_seen, buf + 4 + sizeof h, sizeof n_seen);
+    if (h[H_VERSION] != STATE_VERSION)
+        return sep_fail(SEP_EFORMAT, "cache state: version %d, expected %d",
+                        h[H_VERSION], STATE_VERSION);
+
+    const sep_policy_t *po = &c->policy;
+    static const char *names[H_COUNT] = {
+        [H_METHOD] = "method", [H_A] = "a", [H_S] = "s", [H_W] = "w", [H_C] = "c",
+        [H_SHIFT] = "shift", [H_LAYERS] = "n_layers", [H_KV_DIM] = "kv_dim",
+        [H_RAW] = "has_raw",
+    };
+    const int32_t mine[H_COUNT] = {
+        [H_METHOD] = (int32_t)po->method, [H_A] = po->a, [H_S] = po->s, [H_W] = po->w,
+        [H_C] = po->c, [H_SHIFT] = po->shift, [H_LAYERS] = c->n_layers,
+        [H_KV_DIM] = c->kv_dim, [H_RAW] = c->k_raw != NULL,
+    };
+    for (int i = 0; i < H_COUNT; i++)
+        if (names[i] && h[i] != mine[i])
+            return sep_fail(SEP_EFORMAT, "cache state: %s=%d, this cache has %s=%d",
+                            names[i], h[i], names[i], mine[i]);
+
+    /* counts the policy allows: an evicting cache holds at most c entries
+     * between chunks, a full one every token seen; separators sit in
+     * [a, a + n_sep) */
+    int n = h[H_N], n_sep = h[H_N_SEP];
+    int evict = po->method != SEP_METHOD_FULL;
+    if (n < 0 || n_seen < n || (evict ? n > po->c : n_seen != n))
+        return sep_fail(SEP_EFORMAT, "cache state: n=%d entries after %lld tokens under %s",
+                        n, (long long)n_seen, sep_method_name(po->method));
+    if (n_sep < 0 || n_sep > (po->method == SEP_METHOD_SEPLLM ? po->s : 0) ||
+        (n_sep && (long)po->a + n_sep > n))
+        return sep_fail(SEP_EFORMAT, "cache state: n_sep=%d with n=%d under %s s=%d",
+                        n_sep, n, sep_method_name(po->method), po->s);
+    size_t entry = state_entry_bytes(c), body = len - STATE_HEADER;
+    if (body % entry || body / entry != (size_t)n)
+        return sep_fail(SEP_EFORMAT, "cache state: %zu bytes do not hold the header and "
+                        "%d entries of %zu bytes", len, n, entry);
+    const uint8_t *ids = buf + STATE_HEADER, *pos = ids + (size_t)n * sizeof(int32_t);
+    /* stream positions ascend and lie before n_seen: rotary positions and
+     * the next chunk's come from them */
+    int64_t prev = -1;
+    for (int i = 0; i < n; i++) {
+        int64_t p;
+        memcpy(&p, pos + (size_t)i * sizeof p, sizeof p);
+        if (p <= prev || p >= n_seen)
+            return sep_fail(SEP_EFORMAT, "cache state: entry %d at position %lld: positions "
+                            "must ascend below n_seen=%lld", i, (long long)p,
+                            (long long)n_seen);
+        prev = p;
+    }
+    int rc = sep_cache_reserve(c, n);
+    if (rc)
+        return rc;
+
+    if (n) {
+        const uint8_t *p = pos + (size_t)n * sizeof(int64_t);
+        size_t rows = (size_t)n * c->kv_dim * sizeof(float);
+        memcpy(c->ids, ids, (size_t)n * sizeof *c->ids);
+        memcpy(c->pos, pos, (size_t)n * sizeof *c->pos);
+        for (int l = 0; l < c->n_layers; l++) {
+            float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
+            for (int i = 0; i < 3; i++)
+                if (planes[i]) {
+                    c->be->upload(c->be, planes[i], p, rows);
+                    p += rows;
+                }
+        }
+    }
+    c->n = n;
+    c->n_sep = n_sep;
+    c->n_seen = n_seen;
+    return SEP_OK;
 }

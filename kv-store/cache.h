@@ -23,6 +23,7 @@
 #ifndef SEP_CACHE_H
 #define SEP_CACHE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "backend.h"
@@ -112,5 +113,25 @@ void sep_cache_compact_layer(sep_cache_t *c, int layer, const sep_segment_t *seg
 
 /* After every layer ran the plan: adopt its metadata. */
 void sep_cache_commit(sep_cache_t *c, const sep_plan_t *plan);
+
+/* A cache's state as bytes, to suspend a stream and resume it exactly.
+ * Little-endian, no padding:
+ *     0  "SEPC"
+ *     4  int32 version (1), method, a, s, w, c, shift, n_layers, kv_dim,
+ *        n, n_sep, has_raw (1 when k_raw is written)
+ *    52  int64 n_seen
+ *    60  int32 ids[n], int64 pos[n], then for each layer the n rows in
+ *        use of k, k_raw (when has_raw) and v, kv_dim floats each.
+ * The separator table is not written: the restoring cache keeps its own. */
+
+/* Write c's whole state, rows downloaded from the backend, into a
+ * malloc'ed buffer *buf of *len bytes (the caller frees it). */
+int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len);
+
+/* Restore a state written by sep_cache_save into c, which must have been
+ * made with the same policy numbers (method, a, s, w, c, shift), n_layers
+ * and kv_dim. A state that does not fit c, or is truncated, oversized or
+ * inconsistent, fails with SEP_EFORMAT; on any failure c is unchanged. */
+int sep_cache_restore(sep_cache_t *c, const uint8_t *buf, size_t len);
 
 #endif

@@ -1,6 +1,7 @@
 /* test_cache: the compaction plan against a literal per-token simulation
  * of the reference's eviction (one token per step, evict after the step
- * once the cache holds more than c), and the policy checks. */
+ * once the cache holds more than c), the policy checks, and saving and
+ * restoring a cache's state. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -185,6 +186,329 @@ static void test_policy_checks(void **state)
     assert_non_null(strstr(sep_errmsg(), "h2o"));
 }
 
+/* ---- state ------------------------------------------------------------ */
+
+/* Offsets of the state's fields (the layout in cache.h). */
+enum { ST_VERSION = 4, ST_N = 40, ST_N_SEP = 44, ST_RAW = 48, ST_N_SEEN = 52, ST_IDS = 60 };
+
+/* A row value of entry `pos` of a plane (0 k, 1 k_raw, 2 v) of a layer:
+ * every bit pattern differs, so a misplaced row shows. */
+static float row_value(int layer, int plane, int64_t pos, int d, unsigned salt)
+{
+    uint32_t x = (uint32_t)pos * 2654435761u ^ (uint32_t)(layer * 977 + plane * 131 + d) * 40503u ^ salt;
+    x ^= x >> 15;
+    x *= 2246822519u;
+    x ^= x >> 13;
+    return (float)(int32_t)x / 1024.0f;
+}
+
+/* Run n random ids through c in chunks as the model does: each segment's
+ * K/V rows written at its slots, then its compaction on every layer; with
+ * shift on, moved keys are rebuilt from their raw keys (the model would
+ * re-rotate them: a copy stands in). */
+static void fill_cache(sep_cache_t *c, int n, int chunk, unsigned seed)
+{
+    sep_backend_t *be = c->be;
+    sep_plan_t plan = { 0 };
+    int32_t ids[256];
+    float row[64];
+    int kv = c->kv_dim;
+    assert_true(chunk <= 256 && kv <= 64);
+    for (int done = 0; done < n; done += chunk) {
+        int k = n - done < chunk ? n - done : chunk;
+        for (int i = 0; i < k; i++) {
+            seed = seed * 1103515245u + 12345u;
+            ids[i] = (int32_t)((seed >> 16) % VOCAB);
+        }
+        assert_int_equal(sep_cache_plan(c, ids, k, &plan), 0);
+        assert_int_equal(sep_cache_reserve(c, plan.max_entries), 0);
+        for (int s = 0; s < plan.n_seg; s++) {
+            const sep_segment_t *sg = &plan.seg[s];
+            for (int i = 0; i < sg->len; i++) {
+                size_t at = (size_t)(sg->n_past + i) * kv;
+                int64_t spos = c->n_seen + sg->start + i;
+                for (int l = 0; l < c->n_layers; l++) {
+                    float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
+                    for (int b = 0; b < 3; b++) {
+                        if (!planes[b])
+                            continue;
+                        for (int d = 0; d < kv; d++)
+                            row[d] = row_value(l, b, spos, d, seed);
+                        be->upload(be, planes[b] + at, row, sizeof(float) * kv);
+                    }
+                }
+            }
+            if (!sg->n_keep)
+                continue;
+            for (int l = 0; l < c->n_layers; l++) {
+                sep_cache_compact_layer(c, l, sg);
+                int from = sg->first_moved;
+                if (c->k_raw && from < sg->n_keep)
+                    be->copy_rows(be, c->k[l] + (size_t)from * kv, kv,
+                                  c->k_raw[l] + (size_t)from * kv, kv, sg->n_keep - from, kv);
+            }
+        }
+        sep_cache_commit(c, &plan);
+    }
+    sep_plan_free(&plan);
+}
+
+/* n rows of a backend buffer in host memory (freed by the caller). */
+static float *rows_of(sep_backend_t *be, const float *buf, int n, int kv)
+{
+    size_t bytes = sizeof(float) * ((size_t)n * kv + 1);
+    float *h = malloc(bytes);
+    assert_non_null(h);
+    if (n)
+        be->download(be, h, buf, bytes - sizeof(float));
+    return h;
+}
+
+static void assert_rows_equal(sep_backend_t *be, const float *a, const float *b, int n, int kv)
+{
+    float *ha = rows_of(be, a, n, kv), *hb = rows_of(be, b, n, kv);
+    assert_memory_equal(ha, hb, sizeof(float) * (size_t)n * kv);
+    free(ha);
+    free(hb);
+}
+
+/* Equal field by field and row by row, bitwise. */
+static void assert_caches_equal(const sep_cache_t *a, const sep_cache_t *b)
+{
+    assert_int_equal(a->policy.method, b->policy.method);
+    assert_int_equal(a->n_layers, b->n_layers);
+    assert_int_equal(a->kv_dim, b->kv_dim);
+    assert_int_equal(a->n, b->n);
+    assert_int_equal(a->n_sep, b->n_sep);
+    assert_int_equal(a->n_seen, b->n_seen);
+    assert_true(b->cap >= b->n);
+    assert_int_equal(a->k_raw != NULL, b->k_raw != NULL);
+    if (!a->n)
+        return;
+    assert_memory_equal(a->ids, b->ids, sizeof(int32_t) * a->n);
+    assert_memory_equal(a->pos, b->pos, sizeof(int64_t) * a->n);
+    for (int l = 0; l < a->n_layers; l++) {
+        assert_rows_equal(a->be, a->k[l], b->k[l], a->n, a->kv_dim);
+        assert_rows_equal(a->be, a->v[l], b->v[l], a->n, a->kv_dim);
+        if (a->k_raw)
+            assert_rows_equal(a->be, a->k_raw[l], b->k_raw[l], a->n, a->kv_dim);
+    }
+}
+
+/* Save a cache fed n tokens; restore it into a fresh cache and into one
+ * holding another stream; both equal the original, and save the same. */
+static void check_round_trip(sep_policy_t p, int n, int chunk, unsigned seed)
+{
+    sep_backend_t *be;
+    sep_cache_t *c, *fresh, *used;
+    assert_int_equal(sep_backend_cpu_new(&be, 1), 0);
+    assert_int_equal(sep_cache_new(&c, be, 3, 8, &p), 0);
+    assert_int_equal(sep_cache_new(&fresh, be, 3, 8, &p), 0);
+    assert_int_equal(sep_cache_new(&used, be, 3, 8, &p), 0);
+    fill_cache(c, n, chunk, seed);
+    fill_cache(used, n / 3 + 5, 7, seed + 100);
+    uint8_t *buf, *again;
+    size_t len, len2;
+    assert_int_equal(sep_cache_save(c, &buf, &len), 0);
+    sep_cache_t *targets[2] = { fresh, used };
+    for (int t = 0; t < 2; t++) {
+        assert_int_equal(sep_cache_restore(targets[t], buf, len), 0);
+        assert_caches_equal(c, targets[t]);
+        assert_int_equal(sep_cache_save(targets[t], &again, &len2), 0);
+        assert_int_equal(len2, len);
+        assert_memory_equal(again, buf, len);
+        free(again);
+    }
+    /* the restored stream goes on as the original does */
+    fill_cache(c, 50, 9, seed + 7);
+    fill_cache(used, 50, 9, seed + 7);
+    assert_caches_equal(c, used);
+    free(buf);
+    sep_cache_destroy(&c);
+    sep_cache_destroy(&fresh);
+    sep_cache_destroy(&used);
+    sep_backend_destroy(&be);
+}
+
+static void test_state_round_trip(void **state)
+{
+    (void)state;
+    sep_policy_t full = { .method = SEP_METHOD_FULL, .shift = 1 };
+    sep_policy_t st = { .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 };
+    check_round_trip(full, 300, 37, 1);
+    check_round_trip(full, 0, 1, 2); /* an empty cache */
+    check_round_trip(st, 300, 37, 3);
+    st.shift = 0;
+    check_round_trip(st, 301, 64, 4);
+    check_round_trip(sepllm(4, 16, 32, 64, 1), 400, 37, 5);
+    check_round_trip(sepllm(4, 16, 32, 64, 0), 400, 100, 6);
+    check_round_trip(sepllm(2, 3, 5, 11, 1), 300, 1, 7);
+    check_round_trip(sepllm(2, 3, 5, 11, 1), 5, 5, 8); /* before any compaction */
+}
+
+/* A small sepllm state (2 layers, kv_dim 3, 40 tokens), and a target
+ * cache holding another stream with its state as saved before. */
+typedef struct {
+    sep_backend_t *be;
+    sep_cache_t *src, *dst;
+    uint8_t *buf, *dst_state;
+    size_t len, dst_len;
+} state_fx_t;
+
+static void fx_open(state_fx_t *f)
+{
+    sep_policy_t p = sepllm(2, 3, 5, 11, 1);
+    assert_int_equal(sep_backend_cpu_new(&f->be, 1), 0);
+    assert_int_equal(sep_cache_new(&f->src, f->be, 2, 3, &p), 0);
+    assert_int_equal(sep_cache_new(&f->dst, f->be, 2, 3, &p), 0);
+    fill_cache(f->src, 40, 6, 11);
+    fill_cache(f->dst, 23, 4, 12);
+    assert_true(f->src->n_sep > 0);
+    assert_int_equal(sep_cache_save(f->src, &f->buf, &f->len), 0);
+    assert_int_equal(sep_cache_save(f->dst, &f->dst_state, &f->dst_len), 0);
+}
+
+static void fx_close(state_fx_t *f)
+{
+    free(f->buf);
+    free(f->dst_state);
+    sep_cache_destroy(&f->src);
+    sep_cache_destroy(&f->dst);
+    sep_backend_destroy(&f->be);
+}
+
+/* c's state is still the one saved in `state`. */
+static void assert_state_is(const sep_cache_t *c, const uint8_t *state, size_t len)
+{
+    uint8_t *now;
+    size_t now_len;
+    assert_int_equal(sep_cache_save(c, &now, &now_len), 0);
+    assert_int_equal(now_len, len);
+    assert_memory_equal(now, state, len);
+    free(now);
+}
+
+/* Restoring buf fails with SEP_EFORMAT, a message saying `needle`, and
+ * leaves the target as it was. */
+static void expect_bad_state(sep_cache_t *target, const uint8_t *buf, size_t len,
+                             const char *needle)
+{
+    uint8_t *before;
+    size_t before_len;
+    assert_int_equal(sep_cache_save(target, &before, &before_len), 0);
+    assert_int_equal(sep_cache_restore(target, buf, len), SEP_EFORMAT);
+    if (!strstr(sep_errmsg(), needle))
+        fail_msg("'%s' does not say '%s'", sep_errmsg(), needle);
+    assert_state_is(target, before, before_len);
+    free(before);
+}
+
+static void test_state_truncated(void **state)
+{
+    (void)state;
+    state_fx_t f;
+    fx_open(&f);
+    for (size_t len = 0; len < f.len; len++) {
+        assert_int_equal(sep_cache_restore(f.dst, f.buf, len), SEP_EFORMAT);
+        assert_state_is(f.dst, f.dst_state, f.dst_len);
+    }
+    /* oversized: one byte more, and a whole entry more */
+    size_t entry = 12 + 2 * 3 * 3 * sizeof(float);
+    uint8_t *big = calloc(1, f.len + entry);
+    assert_non_null(big);
+    memcpy(big, f.buf, f.len);
+    expect_bad_state(f.dst, big, f.len + 1, "bytes do not hold");
+    expect_bad_state(f.dst, big, f.len + entry, "bytes do not hold");
+    free(big);
+    assert_int_equal(sep_cache_restore(f.dst, f.buf, f.len), 0);
+    assert_caches_equal(f.src, f.dst);
+    fx_close(&f);
+}
+
+/* A copy of the fixture's state with the int32 at `at` set to x. */
+static uint8_t *patched(const state_fx_t *f, size_t at, int32_t x)
+{
+    uint8_t *b = malloc(f->len);
+    assert_non_null(b);
+    memcpy(b, f->buf, f->len);
+    memcpy(b + at, &x, sizeof x);
+    return b;
+}
+
+static void test_state_lies(void **state)
+{
+    (void)state;
+    state_fx_t f;
+    fx_open(&f);
+    int n = f.src->n;
+    static const struct {
+        size_t at;
+        int32_t value;
+        const char *needle;
+    } lies[] = {
+        { 0, 0x43504553 ^ 0x20, "bad magic" }, /* "SEPC" with one bit flipped */
+        { ST_VERSION, 2, "version 2, expected 1" },
+        { ST_VERSION, 1 << 24, "version" },
+        { ST_N, 12, "n=12" },                   /* above c = 11 */
+        { ST_N, -1, "n=-1" },
+        { ST_N, 10, "bytes do not hold" },      /* one entry fewer than the bytes */
+        { ST_N_SEP, 4, "n_sep=4" },             /* above s = 3 */
+        { ST_N_SEP, -2, "n_sep=-2" },
+        { ST_RAW, 0, "has_raw=0" },
+        { ST_N_SEEN, 9, "after 9 tokens" },     /* fewer tokens than entries */
+        { ST_N_SEEN + 4, -1, "tokens" },        /* n_seen negative */
+        { ST_N_SEEN, 39, "position 39" },       /* the newest entry is at 39 */
+    };
+    assert_int_equal(n, 11); /* the values above assume it */
+    for (size_t i = 0; i < sizeof lies / sizeof lies[0]; i++) {
+        uint8_t *b = patched(&f, lies[i].at, lies[i].value);
+        expect_bad_state(f.dst, b, f.len, lies[i].needle);
+        free(b);
+    }
+    /* positions out of order: the first two entries swapped */
+    uint8_t *b = malloc(f.len);
+    assert_non_null(b);
+    memcpy(b, f.buf, f.len);
+    size_t pos = ST_IDS + 4 * (size_t)n;
+    memcpy(b + pos, f.buf + pos + 8, 8);
+    memcpy(b + pos + 8, f.buf + pos, 8);
+    expect_bad_state(f.dst, b, f.len, "entry 1 at position 0");
+    free(b);
+    fx_close(&f);
+}
+
+static void test_state_mismatch(void **state)
+{
+    (void)state;
+    state_fx_t f;
+    fx_open(&f);
+    static const struct {
+        sep_policy_t p;
+        int n_layers, kv_dim;
+        const char *needle;
+    } others[] = {
+        { { .method = SEP_METHOD_STREAMING, .a = 2, .w = 9, .c = 11, .shift = 1 }, 2, 3,
+          "method=2, this cache has method=1" },
+        { { .method = SEP_METHOD_FULL, .shift = 1 }, 2, 3, "method=2" },
+        { { .method = SEP_METHOD_SEPLLM, .a = 1, .s = 3, .w = 5, .c = 11, .shift = 1 }, 2, 3, "a=2, this cache has a=1" },
+        { { .method = SEP_METHOD_SEPLLM, .a = 2, .s = 4, .w = 5, .c = 12, .shift = 1 }, 2, 3, "s=3" },
+        { { .method = SEP_METHOD_SEPLLM, .a = 2, .s = 3, .w = 5, .c = 11, .shift = 0 }, 2, 3, "shift=1, this cache has shift=0" },
+        { { .method = SEP_METHOD_SEPLLM, .a = 2, .s = 3, .w = 5, .c = 11, .shift = 1 }, 3, 3, "n_layers=2, this cache has n_layers=3" },
+        { { .method = SEP_METHOD_SEPLLM, .a = 2, .s = 3, .w = 5, .c = 11, .shift = 1 }, 2, 4, "kv_dim=3" },
+    };
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+        sep_policy_t p = others[i].p;
+        p.is_sep = is_sep;
+        p.n_vocab = VOCAB;
+        sep_cache_t *c;
+        assert_int_equal(sep_cache_new(&c, f.be, others[i].n_layers, others[i].kv_dim, &p), 0);
+        fill_cache(c, 7, 3, 20 + i);
+        expect_bad_state(c, f.buf, f.len, others[i].needle);
+        sep_cache_destroy(&c);
+    }
+    fx_close(&f);
+}
+
 int main(void)
 {
     for (int id = 0; id < VOCAB; id++)
@@ -194,6 +518,10 @@ int main(void)
         cmocka_unit_test(test_streaming_plans),
         cmocka_unit_test(test_full_plans),
         cmocka_unit_test(test_policy_checks),
+        cmocka_unit_test(test_state_round_trip),
+        cmocka_unit_test(test_state_truncated),
+        cmocka_unit_test(test_state_lies),
+        cmocka_unit_test(test_state_mismatch),
     };
     return cmocka_run_group_tests_name("cache", tests, NULL, NULL);
 }

@@ -5,7 +5,8 @@
  * architecture variants: each token's NLL within 2e-3, perplexity within
  * 0.1%, average and largest cache size exact. Runs again one token per
  * step (--per-token) must give the chunked NLLs within 1e-4. Then the
- * invariances chunked execution relies on, and bad checkpoints. */
+ * invariances chunked execution relies on, a model split into pipeline
+ * stages against the whole one, and bad checkpoints. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -385,6 +386,303 @@ static void test_batch_of_policies(void **state)
     sep_tok_destroy(&tok);
 }
 
+/* ---- pipeline stages ----------------------------------------------------- */
+
+#define SPLIT_MAX_STAGES 4
+#define SPLIT_TOKENS 260 /* tokens of a stream over the two steps */
+
+/* Tokens of each step: stream 0 (sepllm, compacting) then stream 1 (full). */
+static const int split_len[2][2] = { { 150, 110 }, { 90, 60 } };
+
+/* What a two-step batch of both streams gives through a split model. */
+typedef struct {
+    float nll[2][SPLIT_TOKENS];    /* per token, -1 where not scored */
+    int32_t kv[2][SPLIT_TOKENS];
+    float *logits;                 /* (2 streams, 2 steps, vocab) of each chunk's last token */
+    int vocab;
+    int cache_n[2];                /* entries of each stream's cache at the end */
+} split_out_t;
+
+/* Load the stages [cuts[i], cuts[i+1]) of dir (one stage: sep_model_load)
+ * and run the batch through them by hand, the hidden states of one stage
+ * going into the next; scored: targets set. Every stage must give the
+ * same kv counts and end with the same cache sizes. */
+static void run_split(const char *dir, const int *cuts, int n_stages, int scored,
+                      split_out_t *o)
+{
+    sep_model_t *m[SPLIT_MAX_STAGES];
+    sep_cache_t *c[SPLIT_MAX_STAGES][2];
+    sep_tok_t *tok;
+    sep_sepset_t seps;
+    int32_t *ids, kv[SPLIT_MAX_STAGES][2][SPLIT_TOKENS];
+    size_t n_ids;
+    char path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    assert_int_equal(sep_tok_load(&tok, path), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    sep_policy_t pol[2] = {
+        { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 16, .w = 32, .c = 64, .shift = 1,
+          .is_sep = seps.is_sep, .n_vocab = seps.n_vocab },
+        full_policy,
+    };
+    snprintf(path, sizeof path, "%s/ids.%s.persuasion.txt", golden_path("golden"),
+             strrchr(dir, '/') + 1);
+    assert_int_equal(golden_read_ids(path, &ids, &n_ids), 0);
+    assert_true(n_ids > SPLIT_TOKENS);
+    for (int st = 0; st < n_stages; st++) {
+        int rc = n_stages == 1 ? sep_model_load(&m[st], dir, be, 256)
+                               : sep_model_load_stage(&m[st], dir, be, 256, cuts[st], cuts[st + 1]);
+        if (rc)
+            fail_msg("stage %d: %s", st, sep_errmsg());
+        int last = st == n_stages - 1;
+        assert_int_equal(m[st]->layer0, cuts[st]);
+        assert_int_equal(m[st]->layer1, cuts[st + 1]);
+        assert_int_equal(m[st]->cfg.n_layers, cuts[n_stages]);
+        assert_true((m[st]->embed != NULL) == (st == 0));
+        assert_true((m[st]->lm_head != NULL) == last);
+        for (int s = 0; s < 2; s++) {
+            assert_int_equal(sep_model_cache_new(m[st], &pol[s], &c[st][s]), 0);
+            assert_int_equal(c[st][s]->n_layers, cuts[st + 1] - cuts[st]);
+        }
+    }
+    int dim = m[0]->cfg.dim;
+    o->vocab = m[0]->cfg.vocab;
+    o->logits = malloc((size_t)4 * o->vocab * sizeof *o->logits);
+    float *x[2] = { malloc((size_t)256 * dim * sizeof(float)),
+                    malloc((size_t)256 * dim * sizeof(float)) };
+    assert_true(o->logits && x[0] && x[1]);
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < SPLIT_TOKENS; i++)
+            o->nll[s][i] = -1.0f;
+    memset(kv, 0, sizeof kv); /* stream 1 leaves its tail alone */
+    for (int step = 0; step < 2; step++)
+        for (int st = 0; st < n_stages; st++) {
+            sep_chunk_t b[2];
+            for (int s = 0; s < 2; s++) {
+                int off = step ? split_len[s][0] : 0;
+                b[s] = (sep_chunk_t){ .cache = c[st][s], .ids = ids + off, .n = split_len[s][step],
+                                      .targets = scored ? ids + off + 1 : NULL,
+                                      .nll = o->nll[s] + off, .kv = kv[st][s] + off,
+                                      .logits = o->logits + (size_t)(2 * s + step) * o->vocab };
+            }
+            /* stage st writes x[st % 2], the next reads it */
+            int last = st == n_stages - 1;
+            int rc = n_stages == 1 ? sep_model_forward(m[st], b, 2)
+                                   : sep_model_forward_stage(m[st], b, 2,
+                                                             st ? x[(st + 1) % 2] : NULL,
+                                                             last ? NULL : x[st % 2]);
+            if (rc)
+                fail_msg("step %d, stage %d: %s", step, st, sep_errmsg());
+        }
+    for (int st = 0; st < n_stages; st++)
+        for (int s = 0; s < 2; s++) {
+            assert_memory_equal(kv[st][s], kv[0][s], sizeof kv[0][s]);
+            assert_int_equal(c[st][s]->n, c[0][s]->n);
+            assert_int_equal(c[st][s]->n_seen, split_len[s][0] + split_len[s][1]);
+        }
+    memcpy(o->kv, kv[0], sizeof o->kv);
+    for (int s = 0; s < 2; s++)
+        o->cache_n[s] = c[0][s]->n;
+    for (int st = 0; st < n_stages; st++) {
+        sep_cache_destroy(&c[st][0]);
+        sep_cache_destroy(&c[st][1]);
+        sep_model_destroy(&m[st]);
+    }
+    free(x[0]);
+    free(x[1]);
+    free(ids);
+    sep_sepset_free(&seps);
+    sep_tok_destroy(&tok);
+}
+
+/* a and b (n floats) the same bits on the CPU, else within 1e-4 */
+static void assert_invariant(const float *a, const float *b, int n, const char *what)
+{
+    assert_close(a, b, n, invariance_tol(), what);
+    if (invariance_tol() == 0.0 && memcmp(a, b, (size_t)n * sizeof *a) != 0)
+        fail_msg("%s: equal values, other bits (a signed zero or a NaN)", what);
+}
+
+/* Both stream outputs of a split against the whole model's. */
+static void assert_split_equal(const split_out_t *split, const split_out_t *whole, const char *what)
+{
+    assert_invariant(split->nll[0], whole->nll[0], 2 * SPLIT_TOKENS, what);
+    assert_invariant(split->logits, whole->logits, 4 * whole->vocab, what);
+    assert_memory_equal(split->kv, whole->kv, sizeof whole->kv);
+    assert_memory_equal(split->cache_n, whole->cache_n, sizeof whole->cache_n);
+}
+
+/* books-llama-16m in 2 and 3 stages gives the whole model's NLLs, kv
+ * counts and logits, with a sepllm stream compacting within the chunks. */
+static void test_stage_split(void **state)
+{
+    (void)state;
+    char model[600]; /* run_split takes golden_path's buffer for itself */
+    snprintf(model, sizeof model, "%s", golden_path("models/books-llama-16m"));
+    split_out_t whole, two, three;
+    run_split(model, (int[]){ 0, 8 }, 1, 1, &whole);
+    run_split(model, (int[]){ 0, 3, 8 }, 2, 1, &two);
+    run_split(model, (int[]){ 0, 2, 5, 8 }, 3, 1, &three);
+    /* the sepllm stream compacted (more than once), the full one never */
+    int drops = 0;
+    for (int i = 1; i < SPLIT_TOKENS; i++)
+        drops += whole.kv[0][i] < whole.kv[0][i - 1];
+    assert_true(drops >= 2);
+    assert_int_equal(whole.kv[1][149], 150);
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < split_len[s][0] + split_len[s][1]; i++)
+            assert_true(whole.nll[s][i] > 0.0f);
+    assert_split_equal(&two, &whole, "2 stages");
+    assert_split_equal(&three, &whole, "3 stages");
+    free(whole.logits);
+    free(two.logits);
+    free(three.logits);
+}
+
+/* -log softmax(logits)[target], in double. */
+static double logits_nll(const float *logits, int vocab, int target)
+{
+    double max = logits[0], sum = 0;
+    for (int i = 1; i < vocab; i++)
+        max = logits[i] > max ? logits[i] : max;
+    for (int i = 0; i < vocab; i++)
+        sum += exp(logits[i] - max);
+    return max + log(sum) - logits[target];
+}
+
+/* The last token's logits agree with its NLL, do not depend on targets
+ * being set, and a split (an untied NeoX too) gives the whole model's. */
+static void test_stage_logits(void **state)
+{
+    (void)state;
+    char model[600];
+    snprintf(model, sizeof model, "%s", golden_path("models/books-llama-16m"));
+    split_out_t scored, gen, gen_split;
+    run_split(model, (int[]){ 0, 8 }, 1, 1, &scored);
+    run_split(model, (int[]){ 0, 8 }, 1, 0, &gen);
+    run_split(model, (int[]){ 0, 5, 8 }, 2, 0, &gen_split);
+    int32_t *ids;
+    size_t n_ids;
+    assert_int_equal(golden_read_ids(golden_path("golden/ids.books-llama-16m.persuasion.txt"),
+                                     &ids, &n_ids), 0);
+    for (int s = 0; s < 2; s++)
+        for (int step = 0; step < 2; step++) {
+            int last = split_len[s][0] + (step ? split_len[s][1] : 0) - 1;
+            const float *lg = scored.logits + (size_t)(2 * s + step) * scored.vocab;
+            double d = logits_nll(lg, scored.vocab, ids[last + 1]) - scored.nll[s][last];
+            if (fabs(d) > 1e-5)
+                fail_msg("stream %d step %d: logits give nll %+.3g off", s, step, d);
+        }
+    /* without targets: no NLLs, the same logits */
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < SPLIT_TOKENS; i++)
+            assert_true(gen.nll[s][i] == -1.0f);
+    assert_invariant(gen.logits, scored.logits, 4 * scored.vocab, "logits without targets");
+    assert_split_equal(&gen_split, &gen, "generation, 2 stages");
+    free(ids);
+    free(scored.logits);
+    free(gen.logits);
+    free(gen_split.logits);
+
+    snprintf(model, sizeof model, "%s", golden_path("models/books-neox-9m"));
+    split_out_t neox, neox_split;
+    run_split(model, (int[]){ 0, 6 }, 1, 1, &neox);
+    run_split(model, (int[]){ 0, 1, 4, 6 }, 3, 1, &neox_split);
+    assert_split_equal(&neox_split, &neox, "neox, 3 stages");
+    free(neox.logits);
+    free(neox_split.logits);
+}
+
+/* Loading a stage outside the checkpoint's layers, or running one with
+ * hidden states where there are none (or none where needed) or with
+ * another stage's caches, fails with SEP_EINVAL before a cache changes. */
+static void test_stage_bad_ranges(void **state)
+{
+    (void)state;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s", golden_path("models/books-llama-16m"));
+    static const int bad[][2] = { { 3, 3 }, { 5, 3 }, { 0, 9 }, { 6, 9 }, { -1, 3 } };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        sep_model_t *m = (sep_model_t *)1;
+        char range[32];
+        snprintf(range, sizeof range, "[%d, %d)", bad[i][0], bad[i][1]);
+        assert_int_equal(sep_model_load_stage(&m, dir, be, 16, bad[i][0], bad[i][1]), SEP_EINVAL);
+        assert_null(m);
+        if (!strstr(sep_errmsg(), range))
+            fail_msg("'%s' does not name %s", sep_errmsg(), range);
+    }
+    sep_model_t *m;
+    assert_int_equal(sep_model_synthetic_stage(&m, "llama3-8b", be, 16, 0, 33), SEP_EINVAL);
+    assert_null(m);
+
+    /* stages [0, 3), [3, 5), [5, 8) and the whole model, each cache one
+     * token in */
+    const int cuts[] = { 0, 3, 5, 8, 0 };
+    sep_model_t *st[4];
+    sep_cache_t *c[4];
+    int32_t ids[3] = { 5, 6, 7 };
+    float nll[4], x[2][2 * 384];
+    for (int i = 0; i < 4; i++) {
+        int rc = i < 3 ? sep_model_load_stage(&st[i], dir, be, 16, cuts[i], cuts[i + 1])
+                       : sep_model_load(&st[i], dir, be, 16);
+        assert_int_equal(rc, 0);
+        assert_int_equal(sep_model_cache_new(st[i], &full_policy, &c[i]), 0);
+    }
+    assert_int_equal(st[0]->cfg.dim, 384);
+    sep_chunk_t ch[4];
+    for (int i = 0; i < 4; i++)
+        ch[i] = (sep_chunk_t){ .cache = c[i], .ids = ids, .n = 1, .targets = ids + 1,
+                               .nll = nll + i };
+    assert_int_equal(sep_model_forward_stage(st[0], &ch[0], 1, NULL, x[0]), 0);
+    assert_int_equal(sep_model_forward_stage(st[1], &ch[1], 1, x[0], x[1]), 0);
+    assert_int_equal(sep_model_forward_stage(st[2], &ch[2], 1, x[1], NULL), 0);
+    assert_int_equal(sep_model_forward(st[3], &ch[3], 1), 0);
+    static const struct {
+        int model, cache, x_in, x_out; /* x: -1 NULL, else x[i] */
+        const char *needle;
+    } calls[] = {
+        { 0, 0, 1, 0, "x_in must be NULL" },
+        { 0, 0, -1, -1, "needs x_out" },
+        { 1, 1, -1, 1, "needs x_in" },
+        { 1, 1, 0, -1, "needs x_out" },
+        { 2, 2, -1, -1, "needs x_in" },
+        { 2, 2, 1, 0, "x_out must be NULL" },
+        { 3, 3, -1, 0, "x_out must be NULL" },
+        { 3, 3, 0, -1, "x_in must be NULL" },
+        { 1, 2, 0, 1, "holds 3 layers" }, /* another stage's caches */
+        { 2, 1, 1, -1, "holds 2 layers" },
+        { 3, 0, -1, -1, "holds 3 layers" },
+    };
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
+        sep_chunk_t b = ch[calls[i].cache];
+        b.ids = ids + 1;
+        int rc = sep_model_forward_stage(st[calls[i].model], &b, 1,
+                                         calls[i].x_in < 0 ? NULL : x[calls[i].x_in],
+                                         calls[i].x_out < 0 ? NULL : x[calls[i].x_out]);
+        if (rc != SEP_EINVAL || !strstr(sep_errmsg(), calls[i].needle))
+            fail_msg("call %zu: got %d '%s', want SEP_EINVAL naming '%s'", i, rc, sep_errmsg(),
+                     calls[i].needle);
+        for (int k = 0; k < 4; k++) {
+            assert_int_equal(c[k]->n, 1);
+            assert_int_equal(c[k]->n_seen, 1);
+        }
+    }
+    /* the caches were left as they were: the next token scores alike */
+    for (int i = 0; i < 4; i++) {
+        ch[i].ids = ids + 1;
+        ch[i].targets = ids + 2;
+    }
+    assert_int_equal(sep_model_forward_stage(st[0], &ch[0], 1, NULL, x[0]), 0);
+    assert_int_equal(sep_model_forward_stage(st[1], &ch[1], 1, x[0], x[1]), 0);
+    assert_int_equal(sep_model_forward_stage(st[2], &ch[2], 1, x[1], NULL), 0);
+    assert_int_equal(sep_model_forward(st[3], &ch[3], 1), 0);
+    assert_invariant(nll + 2, nll + 3, 1, "after the failed calls");
+    for (int i = 0; i < 4; i++) {
+        sep_cache_destroy(&c[i]);
+        sep_model_destroy(&st[i]);
+    }
+}
+
 /* "auto" separators of each golden model equal summary.json's auto_seps. */
 static void test_auto_separators(void **state)
 {
@@ -558,6 +856,9 @@ int main(void)
         cmocka_unit_test(test_feed_in_pieces),
         cmocka_unit_test(test_batch_of_streams),
         cmocka_unit_test(test_batch_of_policies),
+        cmocka_unit_test(test_stage_split),
+        cmocka_unit_test(test_stage_logits),
+        cmocka_unit_test(test_stage_bad_ranges),
         cmocka_unit_test(test_auto_separators),
         cmocka_unit_test(test_preset_detection),
         cmocka_unit_test(test_missing_tensor),

@@ -183,6 +183,7 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     sep_run_t *r = &m->run;
     const sep_config_t *c = &m->cfg;
     size_t t = (size_t)max_tokens;
+    int last = m->layer1 == c->n_layers;
     r->max_tokens = max_tokens;
     r->x = be->alloc(be, t * c->dim * sizeof(float));
     r->h = be->alloc(be, t * c->dim * sizeof(float));
@@ -191,26 +192,36 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     r->att = be->alloc(be, t * m->q_dim * sizeof(float));
     r->ff = be->alloc(be, t * 2 * c->ffn_dim * sizeof(float));
     r->act = be->alloc(be, t * c->ffn_dim * sizeof(float));
-    r->logits = be->alloc(be, (size_t)SEP_LOGIT_ROWS * c->vocab * sizeof(float));
+    /* only the last stage computes logits */
+    if (last)
+        r->logits = be->alloc(be, (size_t)SEP_LOGIT_ROWS * c->vocab * sizeof(float));
     r->cs = be->alloc(be, t * c->rot_dim * sizeof(float));
     r->k_raw = be->alloc(be, t * m->kv_dim * sizeof(float));
     r->cs_host = malloc(t * c->rot_dim * sizeof(float));
     r->rows = malloc(t * sizeof(int32_t));
     r->nll = malloc(SEP_LOGIT_ROWS * sizeof(float));
     if (!r->x || !r->h || !r->o || !r->qkv || !r->att || !r->ff || !r->act ||
-        !r->logits || !r->cs || !r->k_raw || !r->cs_host || !r->rows || !r->nll)
+        (last && !r->logits) || !r->cs || !r->k_raw || !r->cs_host || !r->rows || !r->nll)
         return sep_fail(SEP_ENOMEM, "model: no memory for a forward of %d tokens", max_tokens);
     return SEP_OK;
 }
 
-/* Build m (its config set) from st, or from random weights when st is
- * NULL (synthetic shapes); what names the model in messages. */
-static int model_build(sep_model_t *m, const sep_st_t *st, const char *what, int max_tokens)
+/* Build the stage [layer0, layer1) of m (its config set) from st, or
+ * from random weights when st is NULL (synthetic shapes); what names the
+ * model in messages. */
+static int model_build(sep_model_t *m, const sep_st_t *st, const char *what, int max_tokens,
+                       int layer0, int layer1)
 {
     const sep_config_t *c = &m->cfg;
     sep_backend_t *be = m->be;
     loader_t ld = { 0 };
     int rc;
+    if (layer0 < 0 || layer0 >= layer1 || layer1 > c->n_layers)
+        return sep_fail(SEP_EINVAL, "%s: stage layers [%d, %d): want 0 <= layer0 < layer1 <= %d",
+                        what, layer0, layer1, c->n_layers);
+    m->layer0 = layer0;
+    m->layer1 = layer1;
+    int first = layer0 == 0, last = layer1 == c->n_layers;
     if (c->head_dim > be->max_head_dim)
         return sep_fail(SEP_EUNSUPPORTED, "%s: head_dim %d: the %s backend handles up to %d",
                         what, c->head_dim, be->name, be->max_head_dim);
@@ -221,11 +232,11 @@ static int model_build(sep_model_t *m, const sep_st_t *st, const char *what, int
     m->q_dim = c->n_heads * c->head_dim;
     m->kv_dim = c->n_kv_heads * c->head_dim;
     m->qkv_dim = m->q_dim + 2 * m->kv_dim;
-    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    m->layers = calloc((size_t)(layer1 - layer0), sizeof *m->layers);
     m->inv_freq = malloc((size_t)c->rot_dim / 2 * sizeof(double));
-    /* the largest staged tensor: embeddings, fused qkv or mlp (twice for
-     * NeoX's unfusing), whichever is largest */
-    size_t big = (size_t)c->vocab * c->dim;
+    /* the largest staged tensor: embeddings (first and last stages), fused
+     * qkv or mlp (twice for NeoX's unfusing), whichever is largest */
+    size_t big = first || last ? (size_t)c->vocab * c->dim : 0;
     size_t qkv = (size_t)m->qkv_dim * c->dim * 2, mlp = (size_t)2 * c->ffn_dim * c->dim;
     size_t ow = (size_t)c->dim * m->q_dim;
     big = big > qkv ? big : qkv;
@@ -241,24 +252,30 @@ static int model_build(sep_model_t *m, const sep_st_t *st, const char *what, int
     }
     sep_config_rope_freqs(c, m->inv_freq);
     int neox = c->arch == SEP_ARCH_NEOX;
-    if ((rc = loader_matrix(&ld, &m->embed, neox ? "gpt_neox.embed_in.weight"
-                                                 : "model.embed_tokens.weight",
-                            c->vocab, c->dim)))
+    const char *embed = neox ? "gpt_neox.embed_in.weight" : "model.embed_tokens.weight";
+    if (first && (rc = loader_matrix(&ld, &m->embed, embed, c->vocab, c->dim)))
         goto done;
-    for (int l = 0; l < c->n_layers; l++)
-        if ((rc = neox ? load_neox_layer(&ld, l, &m->layers[l])
-                       : load_llama_layer(&ld, l, &m->layers[l])))
+    for (int l = layer0; l < layer1; l++)
+        if ((rc = neox ? load_neox_layer(&ld, l, &m->layers[l - layer0])
+                       : load_llama_layer(&ld, l, &m->layers[l - layer0])))
             goto done;
-    if ((rc = loader_vector(&ld, &m->norm_w, neox ? "gpt_neox.final_layer_norm.weight"
-                                                  : "model.norm.weight", c->dim)))
-        goto done;
-    if (neox && (rc = loader_vector(&ld, &m->norm_b, "gpt_neox.final_layer_norm.bias", c->dim)))
-        goto done;
-    if (c->tied_embeddings)
-        m->lm_head = m->embed;
-    else if ((rc = loader_matrix(&ld, &m->lm_head, neox ? "embed_out.weight" : "lm_head.weight",
-                                 c->vocab, c->dim)))
-        goto done;
+    if (last) {
+        if ((rc = loader_vector(&ld, &m->norm_w, neox ? "gpt_neox.final_layer_norm.weight"
+                                                      : "model.norm.weight", c->dim)))
+            goto done;
+        if (neox &&
+            (rc = loader_vector(&ld, &m->norm_b, "gpt_neox.final_layer_norm.bias", c->dim)))
+            goto done;
+        /* tied: a last stage without the embedding loads it as lm_head */
+        if (c->tied_embeddings && first)
+            m->lm_head = m->embed;
+        else if ((rc = loader_matrix(&ld, &m->lm_head,
+                                     c->tied_embeddings ? embed
+                                     : neox             ? "embed_out.weight"
+                                                        : "lm_head.weight",
+                                     c->vocab, c->dim)))
+            goto done;
+    }
     rc = model_alloc_run(m, max_tokens);
 done:
     free(ld.stage);
@@ -278,13 +295,22 @@ static int model_new(sep_model_t **m, sep_backend_t *be, int max_tokens)
 int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens)
 {
     *out = NULL;
+    sep_config_t cfg;
+    int rc = sep_config_load(&cfg, dir);
+    return rc ? rc : sep_model_load_stage(out, dir, be, max_tokens, 0, cfg.n_layers);
+}
+
+int sep_model_load_stage(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens,
+                         int layer0, int layer1)
+{
+    *out = NULL;
     sep_st_t *st = NULL;
     sep_model_t *m = NULL;
     char what[600];
     snprintf(what, sizeof what, "%s/config.json", dir);
     int rc = model_new(&m, be, max_tokens);
     if (rc || (rc = sep_config_load(&m->cfg, dir)) || (rc = sep_st_open(&st, dir)) ||
-        (rc = model_build(m, st, what, max_tokens)))
+        (rc = model_build(m, st, what, max_tokens, layer0, layer1)))
         sep_model_destroy(&m);
     sep_st_destroy(&st);
     *out = m;
@@ -312,27 +338,42 @@ static const struct {
                            .rope_theta = 500000.0 } },
 };
 
+/* The config of a synthetic shape, NULL for an unknown name. */
+static const sep_config_t *synthetic_config(const char *shape)
+{
+    for (size_t i = 0; i < sizeof synthetic / sizeof synthetic[0]; i++)
+        if (strcmp(shape, synthetic[i].name) == 0)
+            return &synthetic[i].cfg;
+    return NULL;
+}
+
 int sep_model_synthetic(sep_model_t **out, const char *shape, sep_backend_t *be, int max_tokens)
 {
+    const sep_config_t *c = synthetic_config(shape);
+    /* an unknown shape fails in the stage call, naming the known ones */
+    return sep_model_synthetic_stage(out, shape, be, max_tokens, 0, c ? c->n_layers : 1);
+}
+
+int sep_model_synthetic_stage(sep_model_t **out, const char *shape, sep_backend_t *be,
+                              int max_tokens, int layer0, int layer1)
+{
     *out = NULL;
-    for (size_t i = 0; i < sizeof synthetic / sizeof synthetic[0]; i++) {
-        if (strcmp(shape, synthetic[i].name) != 0)
-            continue;
-        sep_model_t *m = NULL;
-        char what[64];
-        snprintf(what, sizeof what, "synthetic %s", shape);
-        int rc = model_new(&m, be, max_tokens);
-        if (!rc) {
-            m->cfg = synthetic[i].cfg;
-            rc = model_build(m, NULL, what, max_tokens);
-        }
-        if (rc)
-            sep_model_destroy(&m);
-        *out = m;
-        return rc;
+    const sep_config_t *c = synthetic_config(shape);
+    if (!c)
+        return sep_fail(SEP_EINVAL, "synthetic '%s': expected llama3-8b, pythia-6.9b or "
+                        "llama-70b-layer", shape);
+    sep_model_t *m = NULL;
+    char what[64];
+    snprintf(what, sizeof what, "synthetic %s", shape);
+    int rc = model_new(&m, be, max_tokens);
+    if (!rc) {
+        m->cfg = *c;
+        rc = model_build(m, NULL, what, max_tokens, layer0, layer1);
     }
-    return sep_fail(SEP_EINVAL, "synthetic '%s': expected llama3-8b, pythia-6.9b or "
-                    "llama-70b-layer", shape);
+    if (rc)
+        sep_model_destroy(&m);
+    *out = m;
+    return rc;
 }
 
 void sep_model_destroy(sep_model_t **self_p)
@@ -342,7 +383,7 @@ void sep_model_destroy(sep_model_t **self_p)
         return;
     sep_backend_t *be = m->be;
     if (m->layers) {
-        for (int l = 0; l < m->cfg.n_layers; l++) {
+        for (int l = 0; l < m->layer1 - m->layer0; l++) {
             sep_layer_t *L = &m->layers[l];
             float *v[] = { L->norm1_w, L->norm1_b, L->bqkv, L->bo,
                            L->norm2_w, L->norm2_b, L->b_up, L->b_down };
@@ -381,7 +422,7 @@ int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_ca
     if (policy->method == SEP_METHOD_SEPLLM && policy->n_vocab < m->cfg.vocab)
         return sep_fail(SEP_EINVAL, "sepllm: separator set covers %d ids, the model has %d",
                         policy->n_vocab, m->cfg.vocab);
-    return sep_cache_new(out, m->be, m->cfg.n_layers, m->kv_dim, policy);
+    return sep_cache_new(out, m->be, m->layer1 - m->layer0, m->kv_dim, policy);
 }
 
 /* ---- forward ------------------------------------------------------------ */
@@ -432,6 +473,10 @@ static int model_check_batch(const sep_model_t *m, const sep_chunk_t *ch, int nc
     for (int j = 0; j < nc; j++) {
         if (ch[j].n < 1 || ch[j].n > m->run.max_tokens - n)
             return sep_fail(SEP_EINVAL, "forward: batch of more than %d tokens", m->run.max_tokens);
+        if (ch[j].cache->n_layers != m->layer1 - m->layer0 || ch[j].cache->kv_dim != m->kv_dim)
+            return sep_fail(SEP_EINVAL, "forward: chunk %d: its cache holds %d layers of width %d, "
+                            "the model layers [%d, %d) of width %d", j, ch[j].cache->n_layers,
+                            ch[j].cache->kv_dim, m->layer0, m->layer1, m->kv_dim);
         for (int i = 0; i < ch[j].n; i++) {
             if (ch[j].ids[i] < 0 || ch[j].ids[i] >= m->cfg.vocab)
                 return sep_fail(SEP_ERANGE, "forward: token id %d outside the vocabulary (%d)",
@@ -471,6 +516,31 @@ static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
                 i = 0;
                 j++;
             }
+        }
+    }
+}
+
+/* Logits of each chunk's last token where asked for, from the final
+ * hidden states h: the rows gathered into o, a block at a time. */
+static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
+{
+    sep_backend_t *be = m->be;
+    sep_run_t *r = &m->run;
+    int k = 0;
+    for (int j = 0, row = 0; j < nc; row += ch[j].n, j++)
+        if (ch[j].logits)
+            r->rows[k++] = row + ch[j].n - 1;
+    if (k == 0)
+        return;
+    size_t vocab = (size_t)m->cfg.vocab;
+    be->gather_rows(be, r->o, r->h, r->rows, k, m->cfg.dim);
+    for (int b = 0, j = 0; b < k; b += SEP_LOGIT_ROWS) {
+        int rows = k - b < SEP_LOGIT_ROWS ? k - b : SEP_LOGIT_ROWS;
+        be->matmul(be, r->logits, r->o + (size_t)b * m->cfg.dim, m->lm_head, NULL, rows);
+        for (int i = 0; i < rows; i++, j++) {
+            while (!ch[j].logits)
+                j++;
+            be->download(be, ch[j].logits, r->logits + i * vocab, vocab * sizeof(float));
         }
     }
 }
@@ -602,24 +672,44 @@ static void model_kv_counts(const sep_model_t *m, sep_chunk_t *ch, int nc)
 
 int sep_model_forward(sep_model_t *m, sep_chunk_t *ch, int nc)
 {
+    return sep_model_forward_stage(m, ch, nc, NULL, NULL);
+}
+
+int sep_model_forward_stage(sep_model_t *m, sep_chunk_t *ch, int nc, const float *x_in,
+                            float *x_out)
+{
     sep_backend_t *be = m->be;
     sep_run_t *r = &m->run;
     const sep_config_t *c = &m->cfg;
-    int n = 0, rc;
+    int n = 0, rc, first = m->layer0 == 0, last = m->layer1 == c->n_layers;
+    if ((x_in == NULL) != first)
+        return sep_fail(SEP_EINVAL, first ? "forward: stage [%d, %d) embeds its ids: x_in must "
+                                            "be NULL"
+                                          : "forward: stage [%d, %d) needs x_in",
+                        m->layer0, m->layer1);
+    if ((x_out == NULL) != last)
+        return sep_fail(SEP_EINVAL, last ? "forward: stage [%d, %d) is the last: x_out must "
+                                           "be NULL"
+                                         : "forward: stage [%d, %d) needs x_out",
+                        m->layer0, m->layer1);
     if ((rc = model_check_batch(m, ch, nc, &n)) || (rc = model_plan(m, ch, nc)))
         return rc;
 
-    /* embeddings and the rotary table at each token's planned position */
+    /* the rotary table at each token's planned position, and the
+     * embeddings (first stage) or the previous stage's hidden states */
     for (int j = 0, row = 0; j < nc; row += ch[j].n, j++)
         for (int i = 0; i < ch[j].n; i++) {
             r->rows[row + i] = ch[j].ids[i];
             model_rope_row(m, r->cs_host + (size_t)(row + i) * c->rot_dim,
                            r->plans[j].rope_pos[i]);
         }
-    be->weight_rows(be, r->x, m->embed, r->rows, n);
+    if (first)
+        be->weight_rows(be, r->x, m->embed, r->rows, n);
+    else
+        be->upload(be, r->x, x_in, (size_t)n * c->dim * sizeof(float));
     be->upload(be, r->cs, r->cs_host, (size_t)n * c->rot_dim * sizeof(float));
 
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < m->layer1 - m->layer0; l++) {
         const sep_layer_t *L = &m->layers[l];
         model_norm(m, r->h, r->x, L->norm1_w, L->norm1_b, n);
         be->matmul(be, r->qkv, r->h, L->wqkv, L->bqkv, n);
@@ -641,8 +731,13 @@ int sep_model_forward(sep_model_t *m, sep_chunk_t *ch, int nc)
         model_mlp(m, L, n);
         be->add(be, r->x, r->o, (size_t)n * c->dim);
     }
-    model_norm(m, r->h, r->x, m->norm_w, m->norm_b, n);
-    model_score(m, ch, nc, n);
+    if (last) {
+        model_norm(m, r->h, r->x, m->norm_w, m->norm_b, n);
+        model_score(m, ch, nc, n);
+        model_logits(m, ch, nc);
+    } else {
+        be->download(be, x_out, r->x, (size_t)n * c->dim * sizeof(float));
+    }
     if ((rc = be->sync(be)))
         return rc;
     model_kv_counts(m, ch, nc);

@@ -8,6 +8,13 @@
  * tokens, their K/V are appended to the cache, and each token's NLL of
  * its target (the next token) is returned. A batch shares every weight
  * read across its streams. One forward runs at a time per model.
+ *
+ * For pipeline parallelism a model can be one stage: a contiguous range
+ * of the checkpoint's layers, its caches holding those layers only. The
+ * first stage embeds the ids, the last scores; between stages the hidden
+ * states pass through host memory. Every stage plans the chunks against
+ * its own caches from the ids alone, so the stages agree, and a split
+ * model computes bit for bit what the whole one does on the same backend.
  */
 #ifndef SEP_MODEL_H
 #define SEP_MODEL_H
@@ -41,7 +48,7 @@ typedef struct {
     float *att;      /* (max_tokens, q_dim) */
     float *ff;       /* (max_tokens, 2*ffn) */
     float *act;      /* (max_tokens, ffn) */
-    float *logits;   /* (SEP_LOGIT_ROWS, vocab) */
+    float *logits;   /* (SEP_LOGIT_ROWS, vocab); NULL but on the last stage */
     float *k_raw;    /* (max_tokens, kv_dim) unrotated keys of the batch */
     float *cs;       /* (max_tokens, rot_dim) rope cos|sin, backend memory */
     float *cs_host;  /* (max_tokens, rot_dim) the same, host */
@@ -58,10 +65,12 @@ typedef struct {
     sep_config_t cfg;
     sep_backend_t *be;
     int q_dim, kv_dim, qkv_dim;
-    sep_weight_t *embed;          /* (vocab, dim) */
-    sep_weight_t *lm_head;        /* (vocab, dim); == embed when tied */
-    float *norm_w, *norm_b;       /* (dim) final norm; bias NULL for RMSNorm */
-    sep_layer_t *layers;          /* (n_layers) */
+    int layer0, layer1;           /* the checkpoint layers [layer0, layer1) held */
+    sep_weight_t *embed;          /* (vocab, dim); NULL unless layer0 == 0 */
+    sep_weight_t *lm_head;        /* (vocab, dim); == embed when tied; NULL unless
+                                     layer1 == cfg.n_layers (the last stage) */
+    float *norm_w, *norm_b;       /* (dim) final norm, last stage; bias NULL for RMSNorm */
+    sep_layer_t *layers;          /* (layer1 - layer0): layers[i] is layer layer0 + i */
     double *inv_freq;             /* (rot_dim / 2) rotary frequencies, host */
     sep_run_t run;
 } sep_model_t;
@@ -75,18 +84,30 @@ typedef struct {
     float *nll;             /* (n) out: -log p(targets[i]) (left alone where none) */
     int32_t *kv;            /* (n) out, or NULL: cache entries after each token's
                                K/V is appended, before any compaction */
+    float *logits;          /* (vocab) out or NULL: host logits of the chunk's last
+                               token (last stage only; other stages leave it alone) */
 } sep_chunk_t;
 
 /* Load dir; max_tokens bounds the rows of one forward. */
 int sep_model_load(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens);
 
+/* Load the stage of dir's layers [layer0, layer1) (0 <= layer0 < layer1 <=
+ * n_layers, else SEP_EINVAL): with the embedding when layer0 == 0, with
+ * the final norm and lm_head (the embedding, when tied) when layer1 ==
+ * n_layers. cfg.n_layers stays the checkpoint's count. */
+int sep_model_load_stage(sep_model_t **out, const char *dir, sep_backend_t *be, int max_tokens,
+                         int layer0, int layer1);
+
 /* A model of a public checkpoint's shape with random weights, no files:
  * "llama3-8b", "pythia-6.9b" or "llama-70b-layer" (for speed at size). */
 int sep_model_synthetic(sep_model_t **out, const char *shape, sep_backend_t *be,
                         int max_tokens);
+/* The stage [layer0, layer1) of a synthetic shape, as sep_model_load_stage. */
+int sep_model_synthetic_stage(sep_model_t **out, const char *shape, sep_backend_t *be,
+                              int max_tokens, int layer0, int layer1);
 void sep_model_destroy(sep_model_t **self_p);
 
-/* A cache for this model's layers under policy (its separator set must
+/* A cache for this model's (this stage's) layers under policy (its separator set must
  * outlive the cache). */
 int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_cache_t **out);
 
@@ -98,5 +119,15 @@ int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_ca
  * sync) leaves the batch's caches undefined, to be restored from a
  * snapshot or dropped. */
 int sep_model_forward(sep_model_t *m, sep_chunk_t *chunks, int n_chunks);
+
+/* The same batch through a stage. x_in: host (n_total, dim) hidden states
+ * entering layer0, NULL exactly when layer0 == 0 (the stage embeds the
+ * ids); x_out: host (n_total, dim) hidden states leaving layer1 - 1, NULL
+ * exactly when the stage is the last (which scores NLLs and logits);
+ * n_total is the sum of the chunks' n. Every stage fills the kv counts
+ * and commits its caches. A wrong x_in or x_out is SEP_EINVAL, before any
+ * cache changes. sep_model_forward() is this on a whole model. */
+int sep_model_forward_stage(sep_model_t *m, sep_chunk_t *chunks, int n_chunks,
+                            const float *x_in, float *x_out);
 
 #endif

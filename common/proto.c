@@ -1,0 +1,164 @@
+/* proto.c: framing of protocol messages over ZeroMQ. */
+#include "proto.h"
+#include "err.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+/* Drop the rest of a multipart message. */
+static void proto_drain(void *sock)
+{
+    int more = 1;
+    size_t sz = sizeof more;
+    while (zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
+        zmq_msg_t part;
+        zmq_msg_init(&part);
+        zmq_msg_recv(&part, sock, 0);
+        zmq_msg_close(&part);
+    }
+}
+
+static int proto_more(void *sock)
+{
+    int more = 0;
+    size_t sz = sizeof more;
+    return zmq_getsockopt(sock, ZMQ_RCVMORE, &more, &sz) == 0 && more;
+}
+
+int sep_msg_recv(void *sock, int routed, sep_msg_t *m, int flags)
+{
+    memset(m, 0, sizeof *m);
+    zmq_msg_t part;
+    if (routed) {
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, sock, flags) < 0) {
+            int e = errno;
+            zmq_msg_close(&part);
+            return e == EAGAIN ? SEP_ENOTFOUND : sep_fail(SEP_EIO, "receive: %s", zmq_strerror(e));
+        }
+        m->peer_len = zmq_msg_size(&part) < sizeof m->peer ? zmq_msg_size(&part) : sizeof m->peer;
+        memcpy(m->peer, zmq_msg_data(&part), m->peer_len);
+        zmq_msg_close(&part);
+        flags = 0; /* the rest of the message is there */
+        if (!proto_more(sock))
+            return sep_fail(SEP_EFORMAT, "message: no header frame");
+    }
+    zmq_msg_init(&part);
+    if (zmq_msg_recv(&part, sock, flags) < 0) {
+        int e = errno;
+        zmq_msg_close(&part);
+        return e == EAGAIN ? SEP_ENOTFOUND : sep_fail(SEP_EIO, "receive: %s", zmq_strerror(e));
+    }
+    size_t hlen = zmq_msg_size(&part);
+    json_error_t jerr;
+    if (hlen > SEP_MSG_MAX_HEADER) {
+        zmq_msg_close(&part);
+        proto_drain(sock);
+        return sep_fail(SEP_EFORMAT, "message: header of %zu bytes (at most %d)", hlen,
+                        SEP_MSG_MAX_HEADER);
+    }
+    m->hdr = json_loadb(zmq_msg_data(&part), hlen, JSON_REJECT_DUPLICATES, &jerr);
+    zmq_msg_close(&part);
+    if (!m->hdr || !json_is_object(m->hdr)) {
+        proto_drain(sock);
+        json_decref(m->hdr);
+        m->hdr = NULL;
+        return sep_fail(SEP_EFORMAT, "message: header is not a JSON object (%s)",
+                        jerr.text[0] ? jerr.text : "not an object");
+    }
+    json_t *v = json_object_get(m->hdr, "v"), *op = json_object_get(m->hdr, "op");
+    if (!json_is_integer(v) || json_integer_value(v) != SEP_PROTO_VERSION) {
+        proto_drain(sock);
+        return sep_fail(SEP_EFORMAT, "message: protocol version %s, this side speaks %d",
+                        json_is_integer(v) ? "other" : "missing", SEP_PROTO_VERSION);
+    }
+    if (!json_is_string(op)) {
+        proto_drain(sock);
+        return sep_fail(SEP_EFORMAT, "message: no \"op\" string");
+    }
+    m->op = json_string_value(op);
+    zmq_msg_t *zm = calloc(SEP_MSG_MAX_FRAMES, sizeof *zm);
+    if (!zm) {
+        proto_drain(sock);
+        return sep_fail(SEP_ENOMEM, "message: out of memory");
+    }
+    m->zmsgs = zm;
+    while (proto_more(sock)) {
+        if (m->n_frames == SEP_MSG_MAX_FRAMES) {
+            proto_drain(sock);
+            return sep_fail(SEP_EFORMAT, "message '%s': more than %d frames", m->op,
+                            SEP_MSG_MAX_FRAMES);
+        }
+        zmq_msg_t *f = &zm[m->n_frames];
+        zmq_msg_init(f);
+        if (zmq_msg_recv(f, sock, 0) < 0)
+            return sep_fail(SEP_EIO, "receive: %s", zmq_strerror(errno));
+        m->frames[m->n_frames++] = (sep_frame_t){ zmq_msg_data(f), zmq_msg_size(f) };
+    }
+    return SEP_OK;
+}
+
+void sep_msg_close(sep_msg_t *m)
+{
+    zmq_msg_t *zm = m->zmsgs;
+    for (int i = 0; zm && i < m->n_frames; i++)
+        zmq_msg_close(&zm[i]);
+    free(zm);
+    json_decref(m->hdr);
+    memset(m, 0, sizeof *m);
+}
+
+int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                 const sep_frame_t *frames, int n)
+{
+    if (json_object_set_new(hdr, "v", json_integer(SEP_PROTO_VERSION)))
+        return sep_fail(SEP_ENOMEM, "send: out of memory");
+    char *text = json_dumps(hdr, JSON_COMPACT);
+    if (!text)
+        return sep_fail(SEP_ENOMEM, "send: out of memory");
+    int rc = 0;
+    if (peer)
+        rc = zmq_send(sock, peer, peer_len, ZMQ_SNDMORE) < 0;
+    rc = rc || zmq_send(sock, text, strlen(text), n ? ZMQ_SNDMORE : 0) < 0;
+    for (int i = 0; !rc && i < n; i++)
+        rc = zmq_send(sock, frames[i].len ? frames[i].data : "", frames[i].len,
+                      i + 1 < n ? ZMQ_SNDMORE : 0) < 0;
+    free(text);
+    if (rc && errno == EHOSTUNREACH)
+        return SEP_OK;
+    return rc ? sep_fail(SEP_EIO, "send: %s", zmq_strerror(errno)) : SEP_OK;
+}
+
+const char *sep_msg_str(const sep_msg_t *m, const char *key, const char *dflt)
+{
+    json_t *v = json_object_get(m->hdr, key);
+    return json_is_string(v) ? json_string_value(v) : dflt;
+}
+
+int64_t sep_msg_int(const sep_msg_t *m, const char *key, int64_t dflt)
+{
+    json_t *v = json_object_get(m->hdr, key);
+    return json_is_integer(v) ? (int64_t)json_integer_value(v) : dflt;
+}
+
+double sep_msg_real(const sep_msg_t *m, const char *key, double dflt)
+{
+    json_t *v = json_object_get(m->hdr, key);
+    return json_is_number(v) ? json_number_value(v) : dflt;
+}
+
+int sep_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n < 1 || n > SEP_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}

@@ -1,0 +1,99 @@
+/* proto.h: the messages between sepctl, sepd and sepd-worker.
+ *
+ * A message is one ZeroMQ multipart message: a JSON object (the header,
+ * with "v": SEP_PROTO_VERSION and "op"), then the binary frames its op
+ * names (text, ids, NLLs, cache states), each a plain little-endian
+ * array. On a ROUTER socket the peer's routing id comes first. The ops
+ * and their frames are written down in docs/protocol.md; the names here
+ * are the only spelling of them in the code.
+ */
+#ifndef SEP_PROTO_H
+#define SEP_PROTO_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SEP_PROTO_VERSION 1
+#define SEP_NAME_MAX 64            /* bytes of a session name */
+#define SEP_FEED_PIECE (1 << 16)   /* most text bytes of one feed message */
+#define SEP_FEED_WINDOW 8          /* feed pieces a client may have unacknowledged */
+#define SEP_MSG_MAX_FRAMES 8       /* binary frames after the header */
+#define SEP_MSG_MAX_HEADER 65536   /* bytes of JSON a header may have */
+
+/* client -> sepd */
+#define SEP_OP_OPEN "open"
+#define SEP_OP_FEED "feed"           /* frame: text bytes */
+#define SEP_OP_FEED_END "feed_end"
+#define SEP_OP_PING "ping"           /* answered with "pong" */
+#define SEP_OP_PONG "pong"
+#define SEP_OP_GENERATE "generate"
+#define SEP_OP_LS "ls"
+#define SEP_OP_INFO "info"
+#define SEP_OP_STATS "stats"
+#define SEP_OP_SUSPEND "suspend"
+#define SEP_OP_RESUME "resume"
+#define SEP_OP_FLUSH "flush"
+#define SEP_OP_CLOSE "close"
+
+/* sepd -> worker (and the worker's replies) */
+#define SEP_OP_HELLO "hello"         /* worker -> sepd, once */
+#define SEP_OP_W_OPEN "w_open"       /* frame: separator ids (int32) */
+#define SEP_OP_W_BATCH "w_batch"     /* frames: ids, targets (int32) */
+#define SEP_OP_W_DONE "w_done"       /* frames: nll (f32), kv (int32), logits (f32) */
+#define SEP_OP_W_SAVE "w_save"       /* reply frame: the cache state */
+#define SEP_OP_W_LOAD "w_load"       /* frames: separator ids, cache state */
+#define SEP_OP_W_CLOSE "w_close"
+#define SEP_OP_W_STATS "w_stats"
+#define SEP_OP_W_EXIT "w_exit"
+#define SEP_OP_W_ERROR "w_error"     /* worker -> sepd: an op failed */
+
+/* error codes of replies ("code") */
+#define SEP_ERR_BAD_REQUEST "bad_request"
+#define SEP_ERR_NOT_FOUND "not_found"
+#define SEP_ERR_EXISTS "exists"
+#define SEP_ERR_BUSY "busy"
+#define SEP_ERR_STATE "bad_state"
+#define SEP_ERR_INPUT "bad_input"
+#define SEP_ERR_LIMIT "limit"
+#define SEP_ERR_INTERNAL "internal"
+
+typedef struct {
+    const void *data;
+    size_t len;
+} sep_frame_t;
+
+/* A received message. Frames point into ZeroMQ's buffers until
+ * sep_msg_close(). */
+typedef struct {
+    uint8_t peer[256];      /* routing id (ROUTER sockets) */
+    size_t peer_len;
+    json_t *hdr;            /* the header object (owned) */
+    const char *op;         /* hdr's "op" */
+    int n_frames;
+    sep_frame_t frames[SEP_MSG_MAX_FRAMES];
+    void *zmsgs;            /* the zmq_msg_t of the frames */
+} sep_msg_t;
+
+/* Receive one message; routed: the socket is a ROUTER (peer id first).
+ * flags: 0 or ZMQ_DONTWAIT. A malformed message (bad JSON, no "op", a
+ * version other than ours, too many frames) is consumed whole and fails
+ * with SEP_EFORMAT; m->peer is still set so the sender can be answered. */
+int sep_msg_recv(void *sock, int routed, sep_msg_t *m, int flags);
+void sep_msg_close(sep_msg_t *m);
+
+/* Send hdr (its "v" is set here; the reference is kept by the caller)
+ * and n frames; peer/peer_len route it on a ROUTER socket (NULL: none).
+ * A message to a peer that is gone is dropped by ZeroMQ, not an error. */
+int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                 const sep_frame_t *frames, int n);
+
+/* A session name: 1..SEP_NAME_MAX bytes of [A-Za-z0-9._-]. */
+int sep_name_ok(const char *name);
+
+/* Header field helpers: absent or mistyped fields give the default. */
+const char *sep_msg_str(const sep_msg_t *m, const char *key, const char *dflt);
+int64_t sep_msg_int(const sep_msg_t *m, const char *key, int64_t dflt);
+double sep_msg_real(const sep_msg_t *m, const char *key, double dflt);
+
+#endif

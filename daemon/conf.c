@@ -1,0 +1,108 @@
+/* conf.c: the config file and its keys. */
+#include "conf.h"
+#include "err.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int conf_str(char **dst, const char *value)
+{
+    char *v = strdup(value);
+    if (!v)
+        return sep_fail(SEP_ENOMEM, "config: out of memory");
+    free(*dst);
+    *dst = v;
+    return SEP_OK;
+}
+
+static int conf_int(int *dst, const char *key, const char *value, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || *end || end == value || v < lo || v > hi)
+        return sep_fail(SEP_EINVAL, "%s: '%s' is not a whole number in %ld..%ld", key, value,
+                        lo, hi);
+    *dst = (int)v;
+    return SEP_OK;
+}
+
+int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
+{
+    if (!strcmp(key, "socket")) return conf_str(&c->socket, v);
+    if (!strcmp(key, "store")) return conf_str(&c->store, v);
+    if (!strcmp(key, "model")) return conf_str(&c->model, v);
+    if (!strcmp(key, "device")) return conf_str(&c->device, v);
+    if (!strcmp(key, "precision")) return conf_str(&c->precision, v);
+    if (!strcmp(key, "worker")) return conf_str(&c->worker, v);
+    if (!strcmp(key, "mpirun")) return conf_str(&c->mpirun, v);
+    if (!strcmp(key, "mpirun_args")) return conf_str(&c->mpirun_args, v);
+    if (!strcmp(key, "log_level")) return conf_str(&c->log_level, v);
+    if (!strcmp(key, "stages")) return conf_int(&c->stages, key, v, 1, 1024);
+    if (!strcmp(key, "threads")) return conf_int(&c->threads, key, v, 0, 1024);
+    if (!strcmp(key, "max_batch")) return conf_int(&c->max_batch, key, v, 1, 1 << 20);
+    if (!strcmp(key, "chunk")) return conf_int(&c->chunk, key, v, 1, 1 << 20);
+    if (!strcmp(key, "max_sessions")) return conf_int(&c->max_sessions, key, v, 1, 1 << 20);
+    if (!strcmp(key, "start_timeout")) return conf_int(&c->start_timeout, key, v, 1, 3600);
+    return sep_fail(SEP_EINVAL, "unknown key '%.64s'", key);
+}
+
+static char *conf_trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+int sep_conf_read(sep_conf_t *c, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
+    char line[4096];
+    int no = 0, rc = SEP_OK;
+    while (!rc && fgets(line, sizeof line, f)) {
+        no++;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = conf_trim(line);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            rc = sep_fail(SEP_EFORMAT, "%s:%d: expected 'key = value'", path, no);
+            break;
+        }
+        *eq = '\0';
+        char *key = conf_trim(s), *value = conf_trim(eq + 1);
+        if ((rc = sep_conf_set(c, key, value))) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", sep_errmsg());
+            rc = sep_fail(rc, "%s:%d: %s", path, no, msg);
+        }
+    }
+    if (!rc && ferror(f))
+        rc = sep_fail(SEP_EIO, "%s: read error", path);
+    fclose(f);
+    return rc;
+}
+
+void sep_conf_free(sep_conf_t *c)
+{
+    free(c->socket);
+    free(c->store);
+    free(c->model);
+    free(c->device);
+    free(c->precision);
+    free(c->worker);
+    free(c->mpirun);
+    free(c->mpirun_args);
+    free(c->log_level);
+    memset(c, 0, sizeof *c);
+}

@@ -1,0 +1,31 @@
+/* conf.h: sepd's settings: built-in defaults, then the config file
+ * (sepd.conf(5): "key = value" lines, # comments), then the command line.
+ * Strings are owned by the struct (sep_conf_free). */
+#ifndef SEP_CONF_H
+#define SEP_CONF_H
+
+typedef struct {
+    char *socket;       /* client endpoint (ZeroMQ syntax) */
+    char *store;        /* the store directory */
+    char *model;        /* model folder */
+    char *device, *precision;
+    char *worker;       /* sepd-worker binary */
+    char *mpirun, *mpirun_args;
+    char *log_level;
+    int stages, threads;
+    int max_batch;      /* rows of one forward (tokens over all sessions) */
+    int chunk;          /* most tokens of one session in a batch */
+    int max_sessions;
+    int start_timeout;  /* seconds the workers have to start */
+    int foreground;
+} sep_conf_t;
+
+/* Read one "key = value" file into c (unknown keys and bad values are
+ * errors naming the line). */
+int sep_conf_read(sep_conf_t *c, const char *path);
+
+/* Set key to value (the config file's keys). */
+int sep_conf_set(sep_conf_t *c, const char *key, const char *value);
+void sep_conf_free(sep_conf_t *c);
+
+#endif

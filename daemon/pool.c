@@ -1,0 +1,259 @@
+/* pool.c: starting, addressing and stopping the workers. */
+#include "pool.h"
+#include "err.h"
+#include "log.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define POOL_MAX_ARGS 64
+
+static double pool_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* argv of the worker command; strings live in buf. */
+static int pool_argv(const sep_pool_opts_t *o, const char *endpoint, char *buf, size_t cap,
+                     char **argv)
+{
+    int n = 0;
+    size_t used = 0;
+    char nums[4][32];
+#define ARG(s) do { \
+        if (n >= POOL_MAX_ARGS - 1) return sep_fail(SEP_EINVAL, "worker command: too many arguments"); \
+        argv[n++] = (char *)(s); } while (0)
+    if (o->stages > 1) {
+        snprintf(nums[0], sizeof nums[0], "%d", o->stages);
+        ARG(o->mpirun);
+        ARG("-np");
+        ARG(nums[0]);
+        /* extra mpirun arguments, split at spaces into buf */
+        const char *a = o->mpirun_args ? o->mpirun_args : "";
+        while (*a) {
+            while (*a == ' ')
+                a++;
+            size_t len = strcspn(a, " ");
+            if (!len)
+                break;
+            if (used + len + 1 > cap)
+                return sep_fail(SEP_EINVAL, "mpirun_args: too long");
+            memcpy(buf + used, a, len);
+            buf[used + len] = '\0';
+            ARG(buf + used);
+            used += len + 1;
+            a += len;
+        }
+    }
+    snprintf(nums[1], sizeof nums[1], "%d", (int)getpid());
+    snprintf(nums[2], sizeof nums[2], "%d", o->max_tokens);
+    snprintf(nums[3], sizeof nums[3], "%d", o->threads);
+    ARG(o->worker);
+    ARG("--connect");
+    ARG(endpoint);
+    ARG("--model");
+    ARG(o->model);
+    ARG("--daemon-pid");
+    ARG(nums[1]);
+    ARG("--max-tokens");
+    ARG(nums[2]);
+    if (o->threads > 0) {
+        ARG("--threads");
+        ARG(nums[3]);
+    }
+    if (o->device) {
+        ARG("--device");
+        ARG(o->device);
+    }
+    if (o->precision) {
+        ARG("--precision");
+        ARG(o->precision);
+    }
+    if (o->log_level) {
+        ARG("--log-level");
+        ARG(o->log_level);
+    }
+#undef ARG
+    argv[n] = NULL;
+    return SEP_OK;
+}
+
+int sep_pool_dead(sep_pool_t *p, char *why, size_t why_len)
+{
+    if (p->child <= 0)
+        return 1;
+    int st;
+    pid_t r = waitpid(p->child, &st, WNOHANG);
+    if (r == 0)
+        return 0;
+    if (r == p->child) {
+        if (WIFSIGNALED(st))
+            snprintf(why, why_len, "killed by signal %d", WTERMSIG(st));
+        else
+            snprintf(why, why_len, "exited with status %d", WEXITSTATUS(st));
+        p->child = -1;
+        return 1;
+    }
+    snprintf(why, why_len, "lost (%s)", strerror(errno));
+    p->child = -1;
+    return 1;
+}
+
+int sep_pool_rank_of(const sep_pool_t *p, const sep_msg_t *m)
+{
+    for (int r = 0; r < p->stages; r++)
+        if (p->stage[r].peer_len == m->peer_len &&
+            memcmp(p->stage[r].peer, m->peer, m->peer_len) == 0)
+            return r;
+    return -1;
+}
+
+/* Wait until every rank said hello, or the child died, or time ran out. */
+static int pool_wait_hellos(sep_pool_t *p, const sep_pool_opts_t *o)
+{
+    double deadline = pool_now() + o->start_timeout_s;
+    int got = 0;
+    char why[128];
+    while (got < p->stages) {
+        zmq_pollitem_t it = { .socket = p->sock, .events = ZMQ_POLLIN };
+        if (zmq_poll(&it, 1, 200) < 0 && errno != EINTR)
+            return sep_fail(SEP_EIO, "workers: poll: %s", zmq_strerror(errno));
+        if (sep_pool_dead(p, why, sizeof why))
+            return sep_fail(SEP_EIO, "workers: %s %s before all %d stages started (see the "
+                            "log above)", o->stages > 1 ? "mpirun" : "sepd-worker", why,
+                            p->stages);
+        if (pool_now() > deadline)
+            return sep_fail(SEP_EIO, "workers: %d of %d stages said hello within %d s", got,
+                            p->stages, o->start_timeout_s);
+        if (!(it.revents & ZMQ_POLLIN))
+            continue;
+        sep_msg_t m;
+        if (sep_msg_recv(p->sock, 1, &m, 0) || strcmp(m.op, SEP_OP_HELLO) != 0) {
+            sep_log(SEP_LOG_WARN, "workers: unexpected message before hello: %s", sep_errmsg());
+            sep_msg_close(&m);
+            continue;
+        }
+        int rank = (int)sep_msg_int(&m, "rank", -1), stages = (int)sep_msg_int(&m, "stages", 0);
+        if (rank < 0 || rank >= p->stages || stages != p->stages || p->stage[rank].peer_len) {
+            sep_msg_close(&m);
+            return sep_fail(SEP_EFORMAT, "workers: hello from rank %d of %d (expected %d stages)",
+                            rank, stages, p->stages);
+        }
+        sep_stage_t *s = &p->stage[rank];
+        s->rank = rank;
+        memcpy(s->peer, m.peer, m.peer_len);
+        s->peer_len = m.peer_len;
+        s->layer0 = (int)sep_msg_int(&m, "layer0", 0);
+        s->layer1 = (int)sep_msg_int(&m, "layer1", 0);
+        s->pid = (pid_t)sep_msg_int(&m, "pid", 0);
+        snprintf(s->device, sizeof s->device, "%s", sep_msg_str(&m, "device", "?"));
+        p->vocab = (int)sep_msg_int(&m, "vocab", 0);
+        p->max_tokens = (int)sep_msg_int(&m, "max_tokens", 0);
+        p->dim = (int)sep_msg_int(&m, "dim", 0);
+        p->n_layers = (int)sep_msg_int(&m, "n_layers", 0);
+        sep_log(SEP_LOG_INFO, "stage %d: layers %d..%d on %s (pid %d)", rank, s->layer0,
+                s->layer1 - 1, s->device, (int)s->pid);
+        sep_msg_close(&m);
+        got++;
+    }
+    return SEP_OK;
+}
+
+int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_pool_opts_t *o)
+{
+    *out = NULL;
+    if (o->stages < 1)
+        return sep_fail(SEP_EINVAL, "stages: %d (at least 1)", o->stages);
+    sep_pool_t *p = calloc(1, sizeof *p);
+    if (!p || !(p->stage = calloc((size_t)o->stages, sizeof *p->stage))) {
+        free(p);
+        return sep_fail(SEP_ENOMEM, "workers: out of memory");
+    }
+    p->stages = o->stages;
+    p->child = -1;
+    int rc, linger = 0;
+    snprintf(p->endpoint, sizeof p->endpoint, "ipc://%s/workers-%d.sock", run_dir, (int)getpid());
+    p->sock = zmq_socket(zctx, ZMQ_ROUTER);
+    if (!p->sock || zmq_setsockopt(p->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_bind(p->sock, p->endpoint)) {
+        rc = sep_fail(SEP_EIO, "workers: bind %s: %s", p->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
+    char buf[1024], *argv[POOL_MAX_ARGS];
+    if ((rc = pool_argv(o, p->endpoint, buf, sizeof buf, argv)))
+        goto fail;
+    pid_t pid = fork();
+    if (pid < 0) {
+        rc = sep_fail(SEP_EIO, "workers: fork: %s", strerror(errno));
+        goto fail;
+    }
+    if (pid == 0) {
+        setpgid(0, 0); /* one group: stopping the pool reaches every rank */
+        execvp(argv[0], argv);
+        fprintf(stderr, "sepd: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(pid, pid);
+    p->child = pid;
+    sep_log(SEP_LOG_INFO, "started %d stage(s): %s (pid %d)", o->stages, argv[0], (int)pid);
+    if ((rc = pool_wait_hellos(p, o)))
+        goto fail;
+    *out = p;
+    return SEP_OK;
+fail:
+    sep_pool_stop(&p);
+    return rc;
+}
+
+int sep_pool_send_all(sep_pool_t *p, json_t *hdr, const sep_frame_t *frames, int n)
+{
+    for (int r = 0; r < p->stages; r++) {
+        int rc = sep_msg_send(p->sock, p->stage[r].peer, p->stage[r].peer_len, hdr, frames, n);
+        if (rc)
+            return rc;
+    }
+    return SEP_OK;
+}
+
+void sep_pool_stop(sep_pool_t **self_p)
+{
+    sep_pool_t *p = *self_p;
+    if (!p)
+        return;
+    if (p->sock) {
+        json_t *h = json_pack("{s:s}", "op", SEP_OP_W_EXIT);
+        for (int r = 0; h && r < p->stages; r++)
+            if (p->stage[r].peer_len)
+                sep_msg_send(p->sock, p->stage[r].peer, p->stage[r].peer_len, h, NULL, 0);
+        json_decref(h);
+    }
+    /* give the workers a moment to exit on their own, then end the group */
+    char why[128];
+    for (int i = 0; i < 50 && !sep_pool_dead(p, why, sizeof why); i++)
+        usleep(100 * 1000);
+    if (p->child > 0) {
+        kill(-p->child, SIGTERM);
+        for (int i = 0; i < 30 && !sep_pool_dead(p, why, sizeof why); i++)
+            usleep(100 * 1000);
+        if (p->child > 0) {
+            kill(-p->child, SIGKILL);
+            waitpid(p->child, NULL, 0);
+        }
+    }
+    if (p->sock) {
+        zmq_close(p->sock);
+        unlink(p->endpoint + strlen("ipc://"));
+    }
+    free(p->stage);
+    free(p);
+    *self_p = NULL;
+}

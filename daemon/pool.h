@@ -1,0 +1,60 @@
+/* pool.h: the daemon's pipeline workers.
+ *
+ * One stage: sepd starts sepd-worker itself. N stages: sepd starts
+ * `mpirun -np N [args] sepd-worker ...`, whose ranks are the stages. Each
+ * worker connects to the pool's private ipc endpoint and says hello; the
+ * pool is ready when every rank has. Ops go to every rank in order.
+ */
+#ifndef SEP_POOL_H
+#define SEP_POOL_H
+
+#include <jansson.h>
+#include <sys/types.h>
+
+#include "proto.h"
+
+typedef struct {
+    int stages;
+    const char *worker;      /* sepd-worker binary */
+    const char *mpirun;      /* mpirun binary (stages > 1) */
+    const char *mpirun_args; /* extra mpirun arguments, split at spaces */
+    const char *model, *device, *precision;
+    int threads, max_tokens;
+    const char *log_level;
+    int start_timeout_s;
+} sep_pool_opts_t;
+
+typedef struct {
+    int rank;
+    uint8_t peer[256];       /* routing id of its DEALER */
+    size_t peer_len;
+    int layer0, layer1;
+    pid_t pid;
+    char device[16];
+} sep_stage_t;
+
+typedef struct {
+    void *sock;              /* ROUTER bound to endpoint */
+    char endpoint[300];
+    pid_t child;             /* the worker or mpirun */
+    int stages;
+    sep_stage_t *stage;      /* (stages) by rank */
+    int vocab, max_tokens, dim, n_layers;
+} sep_pool_t;
+
+/* Bind, start the workers, wait for their hellos. */
+int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_pool_opts_t *o);
+
+/* Send hdr and frames to every rank (hdr keeps its reference). */
+int sep_pool_send_all(sep_pool_t *p, json_t *hdr, const sep_frame_t *frames, int n);
+
+/* The rank of a message's peer, -1 if none. */
+int sep_pool_rank_of(const sep_pool_t *p, const sep_msg_t *m);
+
+/* Nonzero once the worker process (or mpirun) has exited; *why says how. */
+int sep_pool_dead(sep_pool_t *p, char *why, size_t why_len);
+
+/* Ask the workers to exit, wait a little, then kill; close the socket. */
+void sep_pool_stop(sep_pool_t **self_p);
+
+#endif

@@ -1,0 +1,252 @@
+#!/bin/sh
+# test_daemon: sepd, its workers and the sepctl session verbs (TAP).
+# Needs SEPCTL, SEPD, ZSEND, MPIRUN and SEP_SHARED, set by make check.
+set -u
+: "${SEPCTL:?}" "${SEPD:?}" "${ZSEND:?}" "${MPIRUN:?}" "${SEP_SHARED:?}"
+T=$SEP_SHARED/texts
+tmp=$(mktemp -d) || exit 1
+sock="ipc://$tmp/sepd.sock"
+export SEPD_SOCKET="$sock"
+export OMP_NUM_THREADS=1
+daemon=
+cleanup() {
+    [ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+n=0
+failed=0
+echo "1..41"
+
+ok() {
+    n=$((n + 1))
+    if eval "$2"; then
+        echo "ok $n - $1"
+    else
+        echo "not ok $n - $1"
+        sed 's/^/# /' "$tmp/err" 2>/dev/null
+        tail -5 "$tmp/sepd.log" 2>/dev/null | sed 's/^/# log: /'
+        failed=$((failed + 1))
+    fi
+}
+
+run() {
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+}
+
+# json_num KEY: the number after "KEY": in $tmp/out
+json_num() { grep -o "\"$1\": *[0-9.e+-]*" "$tmp/out" | head -1 | sed 's/.*: *//'; }
+
+# start_daemon ARGS...: sepd in the foreground, in the background; wait
+# until it answers
+start_daemon() {
+    "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --threads 1 "$@" \
+        >>"$tmp/sepd.log" 2>&1 &
+    daemon=$!
+    i=0
+    while [ $i -lt 600 ]; do
+        "$SEPCTL" ls >/dev/null 2>&1 && return 0
+        kill -0 "$daemon" 2>/dev/null || return 1
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+stop_daemon() {
+    kill "$daemon" 2>/dev/null
+    wait "$daemon"
+    stop_rc=$?
+    daemon=
+}
+
+# slice NAME OFFSET BYTES: a piece of persuasion.txt
+slice() { tail -c +"$2" "$T/persuasion.txt" | head -c "$3" >"$tmp/$1.txt"; }
+
+# The eight sessions: text, then cache options.
+set_session() {
+    case $1 in
+    1) opts="" ;;
+    2) opts="--method sepllm --init 2 --seps 16 --window 32 --capacity 64" ;;
+    3) opts="--method streaming --capacity 100 --init 4" ;;
+    4) opts="--method full" ;;
+    5) opts="--no-shift --capacity 120 --window 40 --seps 20" ;;
+    6) opts="--separators rule --capacity 90 --window 30 --seps 20" ;;
+    7) opts="--method streaming --capacity 50 --init 0 --no-shift" ;;
+    8) opts="--init 1 --seps 8 --window 16 --capacity 40" ;;
+    esac
+}
+
+# ---- one worker ----------------------------------------------------------
+run "$SEPCTL" ls
+ok "no daemon: exit 3 naming the socket" 'test $rc = 3 && grep -q "not running" "$tmp/err"'
+
+ok "sepd starts with one worker" 'start_daemon'
+ok "the socket is private (0600)" 'test "$(stat -c %a "$tmp/sepd.sock")" = 600'
+
+run "$SEPD" --foreground --socket "$sock" --store "$tmp/store2"
+ok "a second sepd on the same socket is refused" 'test $rc = 1 && grep -q "another sepd" "$tmp/err"'
+
+for i in 1 2 3 4 5 6 7 8; do
+    slice s$i $((i * 3001)) $((4000 + i * 1500))
+    set_session $i
+    "$SEPCTL" eval --threads 1 $opts --nll-out "$tmp/s$i.eval" <"$tmp/s$i.txt" >/dev/null 2>&1
+    "$SEPCTL" open s$i $opts >/dev/null 2>"$tmp/err" || echo "open s$i failed" >>"$tmp/err"
+done
+ok "eight sessions open" 'test "$("$SEPCTL" ls --json | grep -o "\"name\"" | wc -l)" = 8'
+
+# feed all eight at once, each in two feeds, then close
+pids=
+for i in 1 2 3 4 5 6 7 8; do
+    ( head -c 3333 "$tmp/s$i.txt" | "$SEPCTL" feed s$i --nll-out "$tmp/s$i.a" >/dev/null &&
+      tail -c +3334 "$tmp/s$i.txt" | "$SEPCTL" feed s$i --nll-out "$tmp/s$i.b" >/dev/null &&
+      "$SEPCTL" close s$i --nll-out "$tmp/s$i.c" >/dev/null ) 2>>"$tmp/err" &
+    pids="$pids $!"
+done
+wait $pids
+same=0
+for i in 1 2 3 4 5 6 7 8; do
+    cat "$tmp/s$i.a" "$tmp/s$i.b" "$tmp/s$i.c" | cmp -s - "$tmp/s$i.eval" && same=$((same + 1))
+done
+ok "8 sessions fed at once: NLLs identical to sepctl eval of each" 'test $same = 8'
+ok "closed sessions are gone" 'test "$("$SEPCTL" ls --json)" = "[]"'
+
+# info, flush and the counters
+slice t 1 9000
+"$SEPCTL" open t >/dev/null
+printf 'It was a truth universally acknowledged' | "$SEPCTL" feed t >/dev/null
+run "$SEPCTL" info t --json
+ok "info --json reports tokens, ppl, avg_kv, max_kv, bytes_committed" \
+    'for k in tokens ppl avg_kv max_kv bytes_committed; do grep -q "\"$k\"" "$tmp/out" || exit 1; done'
+held=$(json_num held_bytes)
+ok "an unfinished tail is held back" 'test "$held" -gt 0'
+run "$SEPCTL" flush t --json
+ok "flush processes the held tail" 'test $rc = 0 && test "$(json_num held_bytes)" = 0 && test "$(json_num bytes_committed)" = 39'
+"$SEPCTL" feed t <"$tmp/t.txt" >/dev/null
+run "$SEPCTL" info t --json
+ok "bytes_committed counts the text whose tokens are scored" 'test "$(json_num bytes_committed)" -ge 8000'
+
+# suspend and resume keep the stream exact
+slice u 5000 12000
+"$SEPCTL" eval --threads 1 --capacity 200 --window 64 --seps 32 --nll-out "$tmp/u.eval" <"$tmp/u.txt" >/dev/null
+"$SEPCTL" open u --capacity 200 --window 64 --seps 32 >/dev/null
+head -c 5000 "$tmp/u.txt" | "$SEPCTL" feed u --nll-out "$tmp/u.a" >/dev/null
+run "$SEPCTL" suspend u --json
+ok "suspend" 'test $rc = 0 && grep -q "\"state\": *\"suspended\"" "$tmp/out"'
+run "$SEPCTL" feed u </dev/null
+ok "a suspended session refuses text" 'test $rc = 1 && grep -q "suspended" "$tmp/err"'
+run "$SEPCTL" stats --json
+ok "stats: sessions, suspended, workers" 'test "$(json_num sessions)" = 2 && test "$(json_num suspended)" = 1 && grep -q "rss_kib" "$tmp/out"'
+run "$SEPCTL" resume u
+ok "resume" 'test $rc = 0'
+tail -c +5001 "$tmp/u.txt" | "$SEPCTL" feed u --nll-out "$tmp/u.b" >/dev/null
+"$SEPCTL" close u --nll-out "$tmp/u.c" >/dev/null
+ok "suspend/resume keeps the stream exact" 'cat "$tmp/u.a" "$tmp/u.b" "$tmp/u.c" | cmp -s - "$tmp/u.eval"'
+
+# generation
+"$SEPCTL" open g1 >/dev/null
+"$SEPCTL" open g2 >/dev/null
+head -c 3000 "$tmp/t.txt" | "$SEPCTL" feed g1 >/dev/null
+head -c 3000 "$tmp/t.txt" | "$SEPCTL" feed g2 >/dev/null
+run "$SEPCTL" generate g1 -n 20 --temperature 0
+cp "$tmp/out" "$tmp/g1.out"
+run "$SEPCTL" generate g2 -n 20 --temperature 0
+ok "greedy generation is deterministic and gives text" 'test $rc = 0 && cmp -s "$tmp/out" "$tmp/g1.out" && test "$(wc -c <"$tmp/out")" -gt 20'
+run "$SEPCTL" info g1 --json
+g1tok=$(json_num tokens)
+run "$SEPCTL" generate g1 -n 5 --seed 7 --json
+ok "generate --json: one line per token, then the session" 'test $rc = 0 && test "$(grep -c "\"token\"" "$tmp/out")" = 5 && grep -q "\"tokens\": *$((g1tok + 5))" "$tmp/out"'
+run "$SEPCTL" generate g1
+ok "generate without -n is a usage error" 'test $rc = 2'
+"$SEPCTL" open empty >/dev/null
+run "$SEPCTL" generate empty -n 3
+ok "generate on an empty session is refused" 'test $rc = 1 && grep -q "no text" "$tmp/err"'
+
+# errors: the daemon answers them and keeps serving
+run "$SEPCTL" info nosuch
+ok "unknown session: exit 1 naming it" 'test $rc = 1 && grep -q "no session .nosuch." "$tmp/err"'
+run "$SEPCTL" open g1
+ok "a second open of the same name is refused" 'test $rc = 1 && grep -q "exists" "$tmp/err"'
+run "$SEPCTL" open bad --capacity 10 --window 20
+ok "a bad policy is refused" 'test $rc = 1 && grep -q "a + s + w" "$tmp/err"'
+run "$SEPCTL" open 'bad/name'
+ok "a bad session name is a usage error" 'test $rc = 2'
+printf 'abc\377def' | "$SEPCTL" feed g1 >"$tmp/out" 2>"$tmp/err"
+rc=$?
+ok "invalid UTF-8: exit 1 naming it" 'test $rc = 1 && grep -q "UTF-8" "$tmp/err"'
+run "$ZSEND" "$sock" 'this is not json'
+ok "malformed message: an error reply" 'grep -q "\"ok\":false" "$tmp/out"'
+run "$ZSEND" "$sock" '{"v":1}'
+ok "message without op: an error reply" 'grep -q "no \\\\\"op\\\\\"" "$tmp/out"'
+run "$ZSEND" "$sock" '{"v":99,"op":"ls"}'
+ok "other protocol version: an error reply" 'grep -q "protocol version" "$tmp/out"'
+run "$ZSEND" "$sock" '{"v":1,"op":"frobnicate"}'
+ok "unknown op: an error reply" 'grep -q "unknown op" "$tmp/out"'
+run "$ZSEND" "$sock" '{"v":1,"op":"feed","session":"g1"}'
+ok "feed without its text frame: an error reply" 'grep -q "text frame" "$tmp/out"'
+run "$ZSEND" "$sock" '{"v":1,"op":"open","session":"x","a":"four"}' 
+ok "mistyped fields fall back or fail cleanly" 'grep -q "\"ok\"" "$tmp/out"'
+run "$ZSEND" "$sock" '{"v":1,"op":"ls"}' a b c d e f g h i
+ok "too many frames: an error reply" 'grep -q "frames" "$tmp/out"'
+
+# a client that disappears mid-feed
+"$SEPCTL" open k >/dev/null
+head -c 40000 "$T/persuasion.txt" | "$SEPCTL" feed k >/dev/null 2>&1 &
+feeder=$!
+sleep 1
+kill -9 $feeder
+wait $feeder 2>/dev/null
+# what it sent is still scored: wait until all of it is committed
+i=0
+while [ $i -lt 120 ]; do
+    run "$SEPCTL" info k --json
+    [ "$(json_num queued_ids)" = 1 ] && break
+    sleep 0.5
+    i=$((i + 1))
+done
+committed=$(json_num bytes_committed)
+ok "a vanished feeder: the daemon serves and commits all it received" 'test $rc = 0 && test "$committed" -gt 0 && test "$committed" -ge $(($(json_num bytes_in) - 1024))'
+sleep 6
+printf 'More text.\n' | "$SEPCTL" feed k >"$tmp/out" 2>"$tmp/err"
+rc=$?
+ok "after the feeder's lease, another client feeds the session" 'test $rc = 0'
+ok "the daemon is alive after all of it" 'kill -0 $daemon && "$SEPCTL" ls >/dev/null'
+stop_daemon
+ok "SIGTERM stops sepd cleanly" 'test $stop_rc = 0 && ! test -e "$tmp/sepd.sock"'
+
+# ---- two workers under mpirun -------------------------------------------
+cat >"$tmp/two.conf" <<EOF
+# two pipeline stages
+stages = 2
+mpirun_args = --allow-run-as-root --oversubscribe
+EOF
+ok "sepd starts two stages under mpirun" 'start_daemon --config "$tmp/two.conf"'
+run "$SEPCTL" stats --json
+ok "stats shows two workers with half the layers each" 'grep -q "\"layer1\": *4" "$tmp/out" && grep -q "\"layer0\": *4" "$tmp/out"'
+pids=
+for i in 2 3 5; do
+    set_session $i
+    "$SEPCTL" open m$i $opts >/dev/null
+    ( "$SEPCTL" feed m$i --nll-out "$tmp/m$i.a" <"$tmp/s$i.txt" >/dev/null &&
+      "$SEPCTL" close m$i --nll-out "$tmp/m$i.b" >/dev/null ) &
+    pids="$pids $!"
+done
+wait $pids
+same=0
+for i in 2 3 5; do
+    cat "$tmp/m$i.a" "$tmp/m$i.b" | cmp -s - "$tmp/s$i.eval" && same=$((same + 1))
+done
+ok "two stages: NLLs identical to one process" 'test $same = 3'
+slice v 20000 8000
+"$SEPCTL" eval --threads 1 --nll-out "$tmp/v.eval" <"$tmp/v.txt" >/dev/null
+"$SEPCTL" open v >/dev/null
+head -c 3000 "$tmp/v.txt" | "$SEPCTL" feed v --nll-out "$tmp/v.a" >/dev/null
+"$SEPCTL" suspend v >/dev/null && "$SEPCTL" resume v >/dev/null
+tail -c +3001 "$tmp/v.txt" | "$SEPCTL" feed v --nll-out "$tmp/v.b" >/dev/null
+"$SEPCTL" close v --nll-out "$tmp/v.c" >/dev/null
+ok "two stages: suspend/resume keeps the stream exact" 'cat "$tmp/v.a" "$tmp/v.b" "$tmp/v.c" | cmp -s - "$tmp/v.eval"'
+stop_daemon
+ok "two stages stop cleanly" 'test $stop_rc = 0'
+
+exit $((failed > 0))

@@ -1,0 +1,508 @@
+/* sepd-worker: one pipeline stage of sepd.
+ *
+ * A worker holds layers [layer0, layer1) of the model and, for every open
+ * session, the cache of those layers. It connects to the daemon's worker
+ * endpoint (a ZeroMQ DEALER), says hello, then serves the daemon's ops in
+ * the order they arrive (docs/protocol.md). Started by sepd itself for one
+ * stage; for N stages the workers are the ranks of one Open MPI job, rank
+ * r running stage r, and each batch's hidden states go from rank r to
+ * r + 1 as MPI messages. Only the last stage answers a batch.
+ *
+ * Exit codes: 0 after w_exit or when the daemon is gone, 1 a runtime
+ * error at start (model, device, connection), 2 a usage error.
+ */
+#include "backend.h"
+#include "cache.h"
+#include "err.h"
+#include "log.h"
+#include "model.h"
+#include "proto.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define WK_POLL_MS 1000 /* how often a worker checks that the daemon lives */
+
+typedef struct {
+    uint32_t sid;
+    sep_cache_t *cache;
+    uint8_t *is_sep;      /* (vocab) separator table of the session's policy */
+} wk_session_t;
+
+typedef struct {
+    void *zctx, *sock;
+    int rank, stages, mpi;
+    pid_t daemon_pid;
+    sep_backend_t *be;
+    sep_model_t *m;
+    wk_session_t *sess;   /* (n_sess) open sessions */
+    int n_sess, cap_sess;
+    float *x;             /* (max_tokens, dim) host hidden states in or out */
+    sep_chunk_t *chunks;  /* (max_tokens) a batch's chunks */
+    float *nll;           /* (max_tokens) */
+    int32_t *kv;          /* (max_tokens) */
+    float *logits;        /* (max_tokens, vocab) grown on demand */
+    size_t logits_cap;
+} worker_t;
+
+static const char *usage_text =
+    "usage: sepd-worker --connect ENDPOINT [--model DIR] [--device cpu|cuda|auto]\n"
+    "       [--precision fp32|bf16] [--threads T] [--max-tokens N] [--layers A:B]\n"
+    "       [--daemon-pid PID] [--log-level L]\n"
+    "One pipeline stage of sepd; normally started by sepd (see sepd-worker(8)).\n";
+
+static wk_session_t *worker_find(worker_t *w, uint32_t sid)
+{
+    for (int i = 0; i < w->n_sess; i++)
+        if (w->sess[i].sid == sid)
+            return &w->sess[i];
+    return NULL;
+}
+
+static void worker_drop(worker_t *w, wk_session_t *s)
+{
+    sep_cache_destroy(&s->cache);
+    free(s->is_sep);
+    *s = w->sess[--w->n_sess];
+}
+
+static int worker_reply(worker_t *w, json_t *hdr, const sep_frame_t *frames, int n)
+{
+    json_object_set_new(hdr, "rank", json_integer(w->rank));
+    int rc = sep_msg_send(w->sock, NULL, 0, hdr, frames, n);
+    json_decref(hdr);
+    return rc;
+}
+
+static int worker_error(worker_t *w, const sep_msg_t *m, int rc)
+{
+    sep_log(SEP_LOG_WARN, "rank %d: %s: %s", w->rank, m->op, sep_errmsg());
+    json_t *h = json_pack("{s:s, s:s, s:s, s:I, s:I}", "op", SEP_OP_W_ERROR, "of", m->op,
+                          "error", sep_errmsg(), "seq", (json_int_t)sep_msg_int(m, "seq", -1),
+                          "sid", (json_int_t)sep_msg_int(m, "sid", -1));
+    (void)rc;
+    return h ? worker_reply(w, h, NULL, 0) : SEP_ENOMEM;
+}
+
+/* The policy of an open/load header with its separator ids (frame 0). */
+static int worker_policy(worker_t *w, const sep_msg_t *m, sep_policy_t *p, uint8_t **is_sep)
+{
+    int vocab = w->m->cfg.vocab;
+    *is_sep = NULL;
+    if (m->n_frames < 1 || m->frames[0].len % 4)
+        return sep_fail(SEP_EFORMAT, "%s: no separator id frame", m->op);
+    const char *method = sep_msg_str(m, "method", "");
+    *p = (sep_policy_t){ .a = (int)sep_msg_int(m, "a", -1), .s = (int)sep_msg_int(m, "s", -1),
+                         .w = (int)sep_msg_int(m, "w", -1), .c = (int)sep_msg_int(m, "c", -1),
+                         .shift = (int)sep_msg_int(m, "shift", 1), .n_vocab = vocab };
+    int rc = sep_method_parse(method, &p->method);
+    if (rc)
+        return rc;
+    if (!(*is_sep = calloc((size_t)vocab, 1)))
+        return sep_fail(SEP_ENOMEM, "%s: out of memory", m->op);
+    const int32_t *ids = m->frames[0].data;
+    for (size_t i = 0; i < m->frames[0].len / 4; i++) {
+        if (ids[i] < 0 || ids[i] >= vocab) {
+            free(*is_sep);
+            *is_sep = NULL;
+            return sep_fail(SEP_ERANGE, "%s: separator id %d outside the vocabulary", m->op, ids[i]);
+        }
+        (*is_sep)[ids[i]] = 1;
+    }
+    p->is_sep = *is_sep;
+    return SEP_OK;
+}
+
+/* w_open (no state) and w_load (frame 1: a cache state). */
+static int worker_open(worker_t *w, const sep_msg_t *m, int load)
+{
+    uint32_t sid = (uint32_t)sep_msg_int(m, "sid", 0);
+    if (worker_find(w, sid))
+        return sep_fail(SEP_EINVAL, "%s: session %u is open already", m->op, sid);
+    if (load && m->n_frames < 2)
+        return sep_fail(SEP_EFORMAT, "%s: no cache state frame", m->op);
+    if (w->n_sess == w->cap_sess) {
+        int cap = w->cap_sess ? 2 * w->cap_sess : 16;
+        wk_session_t *ns = realloc(w->sess, (size_t)cap * sizeof *ns);
+        if (!ns)
+            return sep_fail(SEP_ENOMEM, "%s: out of memory", m->op);
+        w->sess = ns;
+        w->cap_sess = cap;
+    }
+    wk_session_t s = { .sid = sid };
+    sep_policy_t p;
+    int rc = worker_policy(w, m, &p, &s.is_sep);
+    if (!rc)
+        rc = sep_model_cache_new(w->m, &p, &s.cache);
+    if (!rc && load)
+        rc = sep_cache_restore(s.cache, m->frames[1].data, m->frames[1].len);
+    if (rc) {
+        sep_cache_destroy(&s.cache);
+        free(s.is_sep);
+        return rc;
+    }
+    w->sess[w->n_sess++] = s;
+    return worker_reply(w, json_pack("{s:s, s:I}", "op", m->op, "sid", (json_int_t)sid), NULL, 0);
+}
+
+static int worker_save(worker_t *w, const sep_msg_t *m)
+{
+    wk_session_t *s = worker_find(w, (uint32_t)sep_msg_int(m, "sid", 0));
+    if (!s)
+        return sep_fail(SEP_ENOTFOUND, "w_save: no session %lld",
+                        (long long)sep_msg_int(m, "sid", 0));
+    uint8_t *buf;
+    size_t len;
+    int rc = sep_cache_save(s->cache, &buf, &len);
+    if (rc)
+        return rc;
+    sep_frame_t f = { buf, len };
+    rc = worker_reply(w, json_pack("{s:s, s:I}", "op", m->op, "sid", (json_int_t)s->sid), &f, 1);
+    free(buf);
+    if (!rc && json_is_true(json_object_get(m->hdr, "drop")))
+        worker_drop(w, s);
+    return rc;
+}
+
+static int worker_close(worker_t *w, const sep_msg_t *m)
+{
+    wk_session_t *s = worker_find(w, (uint32_t)sep_msg_int(m, "sid", 0));
+    if (s)
+        worker_drop(w, s); /* closing an unknown session is a no-op */
+    return worker_reply(w, json_pack("{s:s, s:I}", "op", m->op, "sid",
+                                     (json_int_t)sep_msg_int(m, "sid", 0)), NULL, 0);
+}
+
+static long worker_rss_kib(void)
+{
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return -1;
+    int ok = fscanf(f, "%ld %ld", &pages, &rss) == 2;
+    fclose(f);
+    return ok ? rss * (sysconf(_SC_PAGESIZE) / 1024) : -1;
+}
+
+static int worker_stats(worker_t *w, const sep_msg_t *m)
+{
+    long long cache_bytes = 0;
+    for (int i = 0; i < w->n_sess; i++) {
+        const sep_cache_t *c = w->sess[i].cache;
+        cache_bytes += (long long)c->cap * c->kv_dim * (long long)sizeof(float) * c->n_layers *
+                       (c->k_raw ? 3 : 2);
+    }
+    return worker_reply(w, json_pack("{s:s, s:I, s:i, s:I, s:i, s:i, s:s, s:I}", "op", m->op,
+                                     "rss_kib", (json_int_t)worker_rss_kib(), "sessions", w->n_sess,
+                                     "cache_bytes", (json_int_t)cache_bytes, "layer0",
+                                     w->m->layer0, "layer1", w->m->layer1, "device", w->be->name,
+                                     "pid", (json_int_t)getpid()),
+                        NULL, 0);
+}
+
+/* Hidden states between ranks: a header (seq, status, rows), then the
+ * rows when status is 0. A failed stage sends status 1 so the stages
+ * after it skip the batch (the failing stage reported it). */
+enum { WK_TAG_HEAD = 1, WK_TAG_ROWS = 2 };
+
+static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed, int *n_logit)
+{
+    json_t *arr = json_object_get(m->hdr, "chunks");
+    size_t nc = json_array_size(arr);
+    if (upstream_failed)
+        return SEP_EIO;
+    if (nc < 1 || nc > (size_t)w->m->run.max_tokens || m->n_frames < 2)
+        return sep_fail(SEP_EFORMAT, "w_batch: %zu chunks, %d frames", nc, m->n_frames);
+    const int32_t *ids = m->frames[0].data, *targets = m->frames[1].data;
+    size_t total = m->frames[0].len / 4;
+    if (m->frames[0].len % 4 || m->frames[1].len != m->frames[0].len ||
+        total > (size_t)w->m->run.max_tokens)
+        return sep_fail(SEP_EFORMAT, "w_batch: id frames of %zu and %zu bytes",
+                        m->frames[0].len, m->frames[1].len);
+    int last = w->m->layer1 == w->m->cfg.n_layers;
+    size_t vocab = (size_t)w->m->cfg.vocab;
+    *n_logit = 0;
+    for (size_t j = 0; j < nc; j++)
+        *n_logit += json_is_true(json_object_get(json_array_get(arr, j), "logits"));
+    if (last && (size_t)*n_logit * vocab > w->logits_cap) {
+        float *nl = realloc(w->logits, (size_t)*n_logit * vocab * sizeof *nl);
+        if (!nl)
+            return sep_fail(SEP_ENOMEM, "w_batch: no memory for %d logit rows", *n_logit);
+        w->logits = nl;
+        w->logits_cap = (size_t)*n_logit * vocab;
+    }
+    size_t at = 0;
+    int g = 0;
+    for (size_t j = 0; j < nc; j++) {
+        json_t *c = json_array_get(arr, j);
+        uint32_t sid = (uint32_t)json_integer_value(json_object_get(c, "sid"));
+        json_int_t n = json_integer_value(json_object_get(c, "n"));
+        wk_session_t *s = worker_find(w, sid);
+        if (!s)
+            return sep_fail(SEP_ENOTFOUND, "w_batch: no session %u", sid);
+        if (n < 1 || (size_t)n > total - at)
+            return sep_fail(SEP_EFORMAT, "w_batch: chunk of %lld ids past the frame", (long long)n);
+        for (size_t k = 0; k < j; k++)
+            if (w->chunks[k].cache == s->cache)
+                return sep_fail(SEP_EFORMAT, "w_batch: session %u twice in one batch", sid);
+        int want = json_is_true(json_object_get(c, "logits"));
+        w->chunks[j] = (sep_chunk_t){ .cache = s->cache, .ids = ids + at, .n = (int)n,
+                                      .targets = targets + at, .nll = w->nll + at,
+                                      .kv = w->kv + at,
+                                      .logits = want && last ? w->logits + (size_t)g * vocab
+                                                             : NULL };
+        g += want;
+        at += (size_t)n;
+    }
+    if (at != total)
+        return sep_fail(SEP_EFORMAT, "w_batch: chunks cover %zu of %zu ids", at, total);
+    for (size_t i = 0; i < total; i++)
+        w->nll[i] = NAN;
+    return sep_model_forward_stage(w->m, w->chunks, (int)nc, w->m->layer0 ? w->x : NULL,
+                                   last ? NULL : w->x);
+}
+
+static int worker_batch(worker_t *w, const sep_msg_t *m)
+{
+    int64_t seq = sep_msg_int(m, "seq", -1);
+    int failed = 0, n_logit = 0, dim = w->m->cfg.dim;
+    long head[3] = { 0 };
+    if (w->rank > 0) {
+        MPI_Recv(head, 3, MPI_LONG, w->rank - 1, WK_TAG_HEAD, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        failed = head[1] != 0 || head[0] != seq;
+        if (head[1] == 0 && head[2] <= w->m->run.max_tokens)
+            MPI_Recv(w->x, (int)head[2] * dim, MPI_FLOAT, w->rank - 1, WK_TAG_ROWS,
+                     MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    }
+    int rc = worker_batch_run(w, m, failed, &n_logit);
+    int last = w->rank == w->stages - 1;
+    size_t total = m->n_frames >= 1 ? m->frames[0].len / 4 : 0;
+    if (!last) {
+        long out[3] = { seq, rc != SEP_OK, (long)total };
+        MPI_Send(out, 3, MPI_LONG, w->rank + 1, WK_TAG_HEAD, MPI_COMM_WORLD);
+        if (rc == SEP_OK)
+            MPI_Send(w->x, (int)total * dim, MPI_FLOAT, w->rank + 1, WK_TAG_ROWS, MPI_COMM_WORLD);
+    }
+    if (rc)
+        return failed ? SEP_OK : worker_error(w, m, rc); /* the failing stage reports */
+    if (!last)
+        return SEP_OK;
+    sep_frame_t f[3] = { { w->nll, total * sizeof(float) }, { w->kv, total * sizeof(int32_t) },
+                         { w->logits, (size_t)n_logit * w->m->cfg.vocab * sizeof(float) } };
+    return worker_reply(w, json_pack("{s:s, s:I}", "op", SEP_OP_W_DONE, "seq", (json_int_t)seq),
+                        f, 3);
+}
+
+/* Serve ops until w_exit or the daemon's end. */
+static int worker_serve(worker_t *w)
+{
+    for (;;) {
+        zmq_pollitem_t it = { .socket = w->sock, .events = ZMQ_POLLIN };
+        int n = zmq_poll(&it, 1, WK_POLL_MS);
+        if (n < 0 && errno != EINTR)
+            return sep_fail(SEP_EIO, "poll: %s", zmq_strerror(errno));
+        if (n <= 0) {
+            if (w->daemon_pid > 0 && kill(w->daemon_pid, 0) != 0 && errno == ESRCH) {
+                sep_log(SEP_LOG_WARN, "rank %d: the daemon (pid %d) is gone; exiting", w->rank,
+                        (int)w->daemon_pid);
+                return SEP_OK;
+            }
+            continue;
+        }
+        sep_msg_t m;
+        int rc = sep_msg_recv(w->sock, 0, &m, 0);
+        if (rc) {
+            sep_log(SEP_LOG_WARN, "rank %d: dropped a message: %s", w->rank, sep_errmsg());
+            sep_msg_close(&m);
+            continue;
+        }
+        if (strcmp(m.op, SEP_OP_W_EXIT) == 0) {
+            sep_msg_close(&m);
+            return SEP_OK;
+        }
+        if (strcmp(m.op, SEP_OP_W_BATCH) == 0)
+            rc = worker_batch(w, &m);
+        else if (strcmp(m.op, SEP_OP_W_OPEN) == 0)
+            rc = worker_open(w, &m, 0);
+        else if (strcmp(m.op, SEP_OP_W_LOAD) == 0)
+            rc = worker_open(w, &m, 1);
+        else if (strcmp(m.op, SEP_OP_W_SAVE) == 0)
+            rc = worker_save(w, &m);
+        else if (strcmp(m.op, SEP_OP_W_CLOSE) == 0)
+            rc = worker_close(w, &m);
+        else if (strcmp(m.op, SEP_OP_W_STATS) == 0)
+            rc = worker_stats(w, &m);
+        else
+            rc = sep_fail(SEP_EFORMAT, "unknown op '%s'", m.op);
+        if (rc)
+            worker_error(w, &m, rc);
+        sep_msg_close(&m);
+    }
+}
+
+typedef struct {
+    const char *connect, *model, *device, *precision, *layers;
+    long threads, max_tokens, daemon_pid;
+    sep_log_level_t log_level;
+} worker_opts_t;
+
+static int worker_int(const char *name, const char *arg, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (errno || *end || end == arg || v < lo || v > hi) {
+        fprintf(stderr, "sepd-worker: --%s: '%s' is not a whole number in %ld..%ld\n", name,
+                arg, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int worker_parse(int argc, char **argv, worker_opts_t *o)
+{
+    static const struct option opts[] = {
+        { "connect", required_argument, 0, 'c' }, { "model", required_argument, 0, 'm' },
+        { "device", required_argument, 0, 'd' }, { "precision", required_argument, 0, 'P' },
+        { "threads", required_argument, 0, 't' }, { "max-tokens", required_argument, 0, 'n' },
+        { "layers", required_argument, 0, 'L' }, { "daemon-pid", required_argument, 0, 'p' },
+        { "log-level", required_argument, 0, 'l' }, { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 } };
+    *o = (worker_opts_t){ .max_tokens = 2048, .log_level = SEP_LOG_INFO };
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': o->connect = optarg; break;
+        case 'm': o->model = optarg; break;
+        case 'd': o->device = optarg; break;
+        case 'P': o->precision = optarg; break;
+        case 'L': o->layers = optarg; break;
+        case 't': if (worker_int("threads", optarg, 1, 1024, &o->threads)) return 2; break;
+        case 'n': if (worker_int("max-tokens", optarg, 1, 1 << 20, &o->max_tokens)) return 2; break;
+        case 'p': if (worker_int("daemon-pid", optarg, 1, 1L << 30, &o->daemon_pid)) return 2; break;
+        case 'l':
+            if (sep_log_parse(optarg, &o->log_level)) {
+                fprintf(stderr, "sepd-worker: %s\n", sep_errmsg());
+                return 2;
+            }
+            break;
+        case 'h': fputs(usage_text, stdout); return -1;
+        default: fputs(usage_text, stderr); return 2;
+        }
+    }
+    if (optind != argc || !o->connect || !o->model) {
+        fprintf(stderr, "sepd-worker: --connect and --model are required\n%s", usage_text);
+        return 2;
+    }
+    return 0;
+}
+
+/* Layers of this rank: --layers A:B for a single stage, else an even
+ * split of the checkpoint's layers over the ranks (earlier stages take
+ * the remainder). */
+static int worker_layers(const worker_opts_t *o, int rank, int stages, int n_layers, int *l0,
+                         int *l1)
+{
+    if (o->layers) {
+        if (sscanf(o->layers, "%d:%d", l0, l1) != 2)
+            return sep_fail(SEP_EINVAL, "--layers '%s': expected A:B", o->layers);
+        return SEP_OK;
+    }
+    if (stages > n_layers)
+        return sep_fail(SEP_EINVAL, "%d stages for a model of %d layers", stages, n_layers);
+    int base = n_layers / stages, extra = n_layers % stages;
+    *l0 = rank * base + (rank < extra ? rank : extra);
+    *l1 = *l0 + base + (rank < extra);
+    return SEP_OK;
+}
+
+/* The checkpoint's layer count, from config.json alone. */
+static int worker_n_layers(const char *dir, int *n)
+{
+    sep_config_t cfg;
+    int rc = sep_config_load(&cfg, dir);
+    *n = cfg.n_layers;
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    worker_opts_t o;
+    int urc = worker_parse(argc, argv, &o);
+    if (urc)
+        return urc < 0 ? 0 : urc;
+    sep_log_set(o.log_level, NULL);
+    worker_t w = { .rank = 0, .stages = 1, .daemon_pid = (pid_t)o.daemon_pid };
+    /* ranks of an Open MPI job; a lone worker needs no MPI at all */
+    w.mpi = getenv("OMPI_COMM_WORLD_SIZE") != NULL;
+    if (w.mpi) {
+        MPI_Init(&argc, &argv);
+        MPI_Comm_rank(MPI_COMM_WORLD, &w.rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &w.stages);
+    }
+    int rc, n_layers = 0, l0 = 0, l1 = 0;
+    if ((rc = worker_n_layers(o.model, &n_layers)) ||
+        (rc = worker_layers(&o, w.rank, w.stages, n_layers, &l0, &l1)) ||
+        (rc = sep_backend_new(&w.be, o.device, o.precision, (int)o.threads)) ||
+        (rc = sep_model_load_stage(&w.m, o.model, w.be, (int)o.max_tokens, l0, l1)))
+        goto fail;
+    size_t rows = (size_t)o.max_tokens;
+    w.x = malloc(rows * w.m->cfg.dim * sizeof *w.x);
+    w.chunks = malloc(rows * sizeof *w.chunks);
+    w.nll = malloc(rows * sizeof *w.nll);
+    w.kv = malloc(rows * sizeof *w.kv);
+    if (!w.x || !w.chunks || !w.nll || !w.kv) {
+        rc = sep_fail(SEP_ENOMEM, "out of memory for %zu rows", rows);
+        goto fail;
+    }
+    w.zctx = zmq_ctx_new();
+    w.sock = w.zctx ? zmq_socket(w.zctx, ZMQ_DEALER) : NULL;
+    int linger = 0;
+    if (!w.sock || zmq_setsockopt(w.sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_connect(w.sock, o.connect)) {
+        rc = sep_fail(SEP_EIO, "connect %s: %s", o.connect, zmq_strerror(errno));
+        goto fail;
+    }
+    json_t *hello = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:i}", "op",
+                              SEP_OP_HELLO, "stages", w.stages, "layer0", l0, "layer1", l1,
+                              "n_layers", n_layers, "vocab", w.m->cfg.vocab, "max_tokens",
+                              (int)o.max_tokens, "device", w.be->name, "pid",
+                              (json_int_t)getpid(), "dim", w.m->cfg.dim);
+    if (!hello || (rc = worker_reply(&w, hello, NULL, 0)))
+        goto fail;
+    sep_log(SEP_LOG_INFO, "rank %d of %d: layers %d..%d of %d on %s", w.rank, w.stages, l0,
+            l1 - 1, n_layers, w.be->name);
+    rc = worker_serve(&w);
+fail:
+    if (rc)
+        fprintf(stderr, "sepd-worker[%d]: %s (%s)\n", w.rank, sep_errmsg(), sep_strerror(rc));
+    while (w.n_sess)
+        worker_drop(&w, &w.sess[0]);
+    free(w.sess);
+    if (w.sock)
+        zmq_close(w.sock);
+    if (w.zctx)
+        zmq_ctx_term(w.zctx);
+    free(w.x);
+    free(w.chunks);
+    free(w.nll);
+    free(w.kv);
+    free(w.logits);
+    sep_model_destroy(&w.m);
+    sep_backend_destroy(&w.be);
+    if (w.mpi) {
+        if (rc)
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        MPI_Finalize();
+    }
+    return rc ? 1 : 0;
+}
