@@ -2,9 +2,38 @@
 #include "backend.h"
 #include "err.h"
 
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#ifndef HAVE_CUDA
+#ifdef HAVE_CUDA
+#include <dlfcn.h>
+
+typedef int (*cuda_open_fn)(sep_backend_t **, int, int);
+
+int sep_backend_cuda_new(sep_backend_t **out, int device, int bf16)
+{
+    static cuda_open_fn open_fn;
+    *out = NULL;
+    if (!open_fn) {
+        const char *env = getenv("SEPD_CUDA_MODULE");
+        const char *paths[3] = { env && *env ? env : NULL, SEP_CUDA_MODULE,
+                                 SEP_CUDA_MODULE_BUILD };
+        void *h = NULL;
+        for (int i = 0; i < 3 && !h; i++)
+            if (paths[i])
+                h = dlopen(paths[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h)
+            return sep_fail(SEP_EUNSUPPORTED, "cuda: cannot load the CUDA module (%s)",
+                            dlerror());
+        if (!(open_fn = (cuda_open_fn)(uintptr_t)dlsym(h, "sep_backend_cuda_open")))
+            return sep_fail(SEP_EUNSUPPORTED, "cuda: the CUDA module has no entry point (%s)",
+                            dlerror());
+    }
+    return open_fn(out, device, bf16);
+}
+#else
 int sep_backend_cuda_new(sep_backend_t **out, int device, int bf16)
 {
     (void)device;
@@ -26,7 +55,9 @@ int sep_backend_new(sep_backend_t **out, const char *device, const char *precisi
     if (!cpu && device && strcmp(device, "cuda") != 0 && strcmp(device, "auto") != 0)
         return sep_fail(SEP_EINVAL, "device '%s': expected cpu, cuda or auto", device);
     if (cpu || (!device || strcmp(device, "auto") == 0)) {
-        if (!cpu && sep_backend_cuda_new(out, 0, bf16) == SEP_OK)
+        /* auto: no NVIDIA device node, no need to load CUDA to find out */
+        if (!cpu && access("/dev/nvidiactl", F_OK) == 0 &&
+            sep_backend_cuda_new(out, 0, bf16) == SEP_OK)
             return SEP_OK;
         if (precision && bf16)
             return sep_fail(SEP_EUNSUPPORTED, "precision bf16: the cpu backend runs fp32");

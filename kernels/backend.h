@@ -110,7 +110,11 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads);
 
 /* The CUDA backend on GPU `device` (cuBLAS and sepd's kernels), when the
  * build has CUDA; SEP_ENOTFOUND without a GPU, SEP_EUNSUPPORTED in a
- * build without CUDA. bf16: weights in bf16 and matrix products on bf16
+ * build without CUDA or when its module (sepd-cuda.so: $SEPD_CUDA_MODULE,
+ * else the installed one, else the build tree's) cannot be loaded. The
+ * module is loaded on the first call and exports sep_backend_cuda_open
+ * with this signature; it takes sep_fail from the program, which is
+ * linked with its symbols exported. bf16: weights in bf16 and matrix products on bf16
  * inputs with fp32 accumulation; else all fp32 (exactness checks). */
 int sep_backend_cuda_new(sep_backend_t **out, int device, int bf16);
 

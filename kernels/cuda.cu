@@ -1,4 +1,6 @@
-/* cuda.cu: the CUDA backend. cuBLAS does the matrix products; the kernels
+/* cuda.cu: the CUDA backend, built as the module sepd-cuda.so that
+ * sep_backend_cuda_new() loads on first use (so CPU-only runs never map
+ * the CUDA libraries). cuBLAS does the matrix products; the kernels
  * below do the rest on the device. Activations are fp32 between
  * operations. In bf16 mode weights are bf16 and a product rounds its
  * input to bf16 too, accumulating in fp32 on the tensor cores; in fp32
@@ -738,7 +740,7 @@ static void cuda_destroy(sep_backend_t *be)
     free(cb);
 }
 
-extern "C" int sep_backend_cuda_new(sep_backend_t **out, int device, int bf16)
+extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
 {
     *out = NULL;
     int count = 0;
