@@ -11,6 +11,7 @@
 #include "err.h"
 #include "paths.h"
 #include "proto.h"
+#include "util.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -37,13 +38,6 @@ typedef struct {
     int json;
 } ctl_common_t;
 
-static double ctl_clock(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 static int ctl_connect(ctl_conn_t *c, const char *endpoint_opt)
 {
     char ep[4200];
@@ -61,7 +55,7 @@ static int ctl_connect(ctl_conn_t *c, const char *endpoint_opt)
     if (!c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_connect(c->sock, ep))
         return sep_fail(SEP_EIO, "connect %s: %s", ep, zmq_strerror(errno));
-    c->last_heard = ctl_clock();
+    c->last_heard = sep_now();
     return SEP_OK;
 }
 
@@ -100,7 +94,7 @@ static int ctl_recv(ctl_conn_t *c, sep_msg_t *m, int extra_fd, int *woke)
             int rc = sep_msg_recv(c->sock, 0, m, 0);
             if (rc)
                 return rc;
-            c->last_heard = ctl_clock();
+            c->last_heard = sep_now();
             if (strcmp(m->op, SEP_OP_PONG) == 0) {
                 sep_msg_close(m);
                 continue;
@@ -111,7 +105,7 @@ static int ctl_recv(ctl_conn_t *c, sep_msg_t *m, int extra_fd, int *woke)
             *woke = 1;
             return SEP_OK;
         }
-        if (ctl_clock() - c->last_heard > CTL_SILENCE_S)
+        if (sep_now() - c->last_heard > CTL_SILENCE_S)
             return sep_fail(SEP_EIO, "sepd stopped answering (%.0f s without a word)",
                             CTL_SILENCE_S);
         int rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_PING), NULL, 0);
@@ -144,6 +138,17 @@ static int ctl_write_nlls(FILE *f, const sep_msg_t *m)
     for (size_t i = 0; i < m->frames[0].len / sizeof(float); i++)
         fprintf(f, "%.6f\n", v[i]);
     return ferror(f) ? -1 : 0;
+}
+
+/* Open --nll-out (mode "w" or "a"); a failure is reported here. */
+static int ctl_nll_open(const char *path, const char *mode, FILE **f)
+{
+    *f = NULL;
+    if (path && !(*f = fopen(path, mode))) {
+        fprintf(stderr, "sepctl: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
 }
 
 /* The summary of a session reply, as a line or as JSON. */
@@ -186,8 +191,7 @@ static int ctl_simple(const ctl_common_t *o, const char *session, json_t *req, i
         return ctl_conn_error(rc);
     }
     if (!(code = ctl_reply_error(&m))) {
-        if (o->nll_out && !(nf = fopen(o->nll_out, "a"))) {
-            fprintf(stderr, "sepctl: %s: %s\n", o->nll_out, strerror(errno));
+        if (ctl_nll_open(o->nll_out, "a", &nf)) {
             code = EXIT_RUNTIME;
         } else if (ctl_write_nlls(nf, &m) || (nf && fclose(nf) != 0)) {
             fprintf(stderr, "sepctl: %s: write error\n", o->nll_out);
@@ -248,7 +252,7 @@ static int ctl_simple(const ctl_common_t *o, const char *session, json_t *req, i
 
 static void ctl_progress(const sep_msg_t *m, double t0, int final)
 {
-    double secs = ctl_clock() - t0;
+    double secs = sep_now() - t0;
     long long tokens = (long long)sep_msg_int(m, "tokens", 0);
     fprintf(stderr, "\r%lld tokens  %.0f tokens/s  ppl %.3f  kv %lld  committed %lld B%s",
             tokens, secs > 0 ? tokens / secs : 0.0, sep_msg_real(m, "ppl", 0),
@@ -268,8 +272,7 @@ static int ctl_feed(const ctl_common_t *o, const char *session)
         ctl_disconnect(&c);
         return ctl_conn_error(rc);
     }
-    if (o->nll_out && !(nf = fopen(o->nll_out, "w"))) {
-        fprintf(stderr, "sepctl: %s: %s\n", o->nll_out, strerror(errno));
+    if (ctl_nll_open(o->nll_out, "w", &nf)) {
         free(buf);
         ctl_disconnect(&c);
         return EXIT_RUNTIME;
@@ -277,7 +280,7 @@ static int ctl_feed(const ctl_common_t *o, const char *session)
     c.session = session;
     int progress = isatty(2), eof = 0, ended = 0, code = 0, sent_any = 0;
     int64_t seq = 0, acked = 0;
-    double t0 = ctl_clock();
+    double t0 = sep_now();
     while (!code) {
         /* read more while the window has room */
         int want_stdin = !eof && seq - acked < SEP_FEED_WINDOW;
@@ -362,8 +365,7 @@ static int ctl_generate(const ctl_common_t *o, const char *session, json_t *req)
         ctl_disconnect(&c);
         return ctl_conn_error(rc);
     }
-    if (o->nll_out && !(nf = fopen(o->nll_out, "a"))) {
-        fprintf(stderr, "sepctl: %s: %s\n", o->nll_out, strerror(errno));
+    if (ctl_nll_open(o->nll_out, "a", &nf)) {
         json_decref(req);
         ctl_disconnect(&c);
         return EXIT_RUNTIME;

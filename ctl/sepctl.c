@@ -14,6 +14,7 @@
 #include "separators.h"
 #include "stream.h"
 #include "tokenizer.h"
+#include "util.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -190,22 +191,11 @@ static int cmd_tokenize(int argc, char **argv)
 /* Parse a positive int option value in [lo, hi]. */
 int ctl_int_opt(const char *name, const char *arg, long lo, long hi, long *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || *end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "sepctl: --%s: '%s' is not a whole number in %ld..%ld\n", name, arg, lo, hi);
+    if (sep_parse_long(name, arg, lo, hi, out)) {
+        fprintf(stderr, "sepctl: --%s\n", sep_errmsg());
         return -1;
     }
-    *out = v;
     return 0;
-}
-
-static double ctl_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 typedef struct {
@@ -452,11 +442,11 @@ static int cmd_eval(int argc, char **argv)
         (rc = sep_stream_new(&s, m, &o.policy)) ||
         (rc = eval_open_out(o.nll_out, &nf)) || (rc = eval_open_out(o.kv_out, &kf)))
         goto fail;
-    double t0 = ctl_now();
+    double t0 = sep_now();
     if ((rc = eval_run(&o, &src, m, s, nf, kf)) || (rc = eval_close_out(o.nll_out, &nf)) ||
         (rc = eval_close_out(o.kv_out, &kf)))
         goto fail;
-    double secs = ctl_now() - t0;
+    double secs = sep_now() - t0;
     double ppl = exp(s->nll_sum / (double)s->tokens);
     double avg_kv = (double)s->kv_sum / (double)s->tokens;
     struct rusage ru;

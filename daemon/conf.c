@@ -1,6 +1,7 @@
 /* conf.c: the config file and its keys. */
 #include "conf.h"
 #include "err.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -19,14 +20,11 @@ static int conf_str(char **dst, const char *value)
 
 static int conf_int(int *dst, const char *key, const char *value, long lo, long hi)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || *end || end == value || v < lo || v > hi)
-        return sep_fail(SEP_EINVAL, "%s: '%s' is not a whole number in %ld..%ld", key, value,
-                        lo, hi);
-    *dst = (int)v;
-    return SEP_OK;
+    long v;
+    int rc = sep_parse_long(key, value, lo, hi, &v);
+    if (!rc)
+        *dst = (int)v;
+    return rc;
 }
 
 int sep_conf_set(sep_conf_t *c, const char *key, const char *v)

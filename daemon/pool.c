@@ -2,6 +2,7 @@
 #include "pool.h"
 #include "err.h"
 #include "log.h"
+#include "util.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -14,13 +15,6 @@
 #include <zmq.h>
 
 #define POOL_MAX_ARGS 64
-
-static double pool_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 /* argv of the worker command; strings live in buf. */
 static int pool_argv(const sep_pool_opts_t *o, const char *endpoint, char *buf, size_t cap,
@@ -120,7 +114,7 @@ int sep_pool_rank_of(const sep_pool_t *p, const sep_msg_t *m)
 /* Wait until every rank said hello, or the child died, or time ran out. */
 static int pool_wait_hellos(sep_pool_t *p, const sep_pool_opts_t *o)
 {
-    double deadline = pool_now() + o->start_timeout_s;
+    double deadline = sep_now() + o->start_timeout_s;
     int got = 0;
     char why[128];
     while (got < p->stages) {
@@ -131,7 +125,7 @@ static int pool_wait_hellos(sep_pool_t *p, const sep_pool_opts_t *o)
             return sep_fail(SEP_EIO, "workers: %s %s before all %d stages started (see the "
                             "log above)", o->stages > 1 ? "mpirun" : "sepd-worker", why,
                             p->stages);
-        if (pool_now() > deadline)
+        if (sep_now() > deadline)
             return sep_fail(SEP_EIO, "workers: %d of %d stages said hello within %d s", got,
                             p->stages, o->start_timeout_s);
         if (!(it.revents & ZMQ_POLLIN))

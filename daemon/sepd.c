@@ -23,6 +23,7 @@
 #include "sample.h"
 #include "session.h"
 #include "tokenizer.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -83,13 +84,6 @@ typedef struct {
     int64_t rate_tok0;
     int stop;
 } sepd_t;
-
-static double sepd_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 /* ---- replies ------------------------------------------------------------ */
 
@@ -198,7 +192,7 @@ static int sepd_same_peer(const sep_session_t *s, const sep_msg_t *m)
 static int sepd_own(sepd_t *d, sep_session_t *s, const sep_msg_t *m, int op)
 {
     if (s->owner_len && !sepd_same_peer(s, m)) {
-        if (!(s->owner_op == SEP_OWN_FEED && sepd_now() - s->owner_seen > SEPD_FEED_LEASE)) {
+        if (!(s->owner_op == SEP_OWN_FEED && sep_now() - s->owner_seen > SEPD_FEED_LEASE)) {
             sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BUSY,
                        "session '%s' is busy: another client is using it", s->name);
             return -1;
@@ -218,7 +212,7 @@ static int sepd_own(sepd_t *d, sep_session_t *s, const sep_msg_t *m, int op)
         s->owner_len = m->peer_len;
         s->owner_op = op;
     }
-    s->owner_seen = sepd_now();
+    s->owner_seen = sep_now();
     return 0;
 }
 
@@ -411,7 +405,7 @@ static void op_ping(sepd_t *d, const sep_msg_t *m)
 {
     sep_session_t *s = sepd_find(d, sep_msg_str(m, "session", NULL));
     if (s && s->owner_len && sepd_same_peer(s, m))
-        s->owner_seen = sepd_now();
+        s->owner_seen = sep_now();
     sepd_send(d, m->peer, m->peer_len, json_pack("{s:s}", "op", SEP_OP_PONG), NULL, 0);
 }
 
@@ -888,7 +882,7 @@ static void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank)
     json_t *h = json_pack("{s:s, s:b, s:i, s:i, s:i, s:I, s:f, s:f, s:i, s:o}", "op",
                           SEP_OP_STATS, "ok", 1, "sessions", d->n_sess, "active", active,
                           "suspended", suspended, "tokens", (json_int_t)d->tokens_total,
-                          "tokens_per_s", d->rate, "uptime_s", sepd_now() - d->started,
+                          "tokens_per_s", d->rate, "uptime_s", sep_now() - d->started,
                           "stages", d->pool->stages, "workers", d->stats_workers);
     d->stats_workers = NULL;
     sepd_send(d, d->stats_peer, d->stats_peer_len, h, NULL, 0);
@@ -922,7 +916,7 @@ static void sepd_worker_msg(sepd_t *d)
 
 static void sepd_rate(sepd_t *d)
 {
-    double now = sepd_now();
+    double now = sep_now();
     if (now - d->rate_t0 < 2.0)
         return;
     d->rate = (double)(d->tokens_total - d->rate_tok0) / (now - d->rate_t0);
@@ -1233,7 +1227,7 @@ int main(int argc, char **argv)
     if ((rc = sepd_defaults(&d.conf, argv[0])) || (rc = sep_mkdirs(d.conf.store, 0700)) ||
         (!d.conf.foreground && (rc = sepd_detach(d.conf.store, &ready_fd))))
         goto fail;
-    d.started = d.rate_t0 = sepd_now();
+    d.started = d.rate_t0 = sep_now();
     sep_log(SEP_LOG_INFO, "sepd %s starting: model %s, %d stage(s), socket %s", PACKAGE_VERSION,
             d.conf.model, d.conf.stages, d.conf.socket);
     if ((rc = sepd_start(&d)))

@@ -69,6 +69,15 @@ static uint8_t is_sep[VOCAB];
 
 /* Plan a stream of n random ids in chunks of `chunk` against the
  * reference; check rope positions, sizes and the metadata after each. */
+/* k pseudo-random ids below VOCAB from the generator state *seed */
+static void rand_ids(int32_t *ids, int k, unsigned *seed)
+{
+    for (int i = 0; i < k; i++) {
+        *seed = *seed * 1103515245u + 12345u;
+        ids[i] = (int32_t)((*seed >> 16) % VOCAB);
+    }
+}
+
 static void check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
 {
     sep_cache_t *c;
@@ -80,10 +89,7 @@ static void check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
     int32_t ids[600];
     for (int done = 0; done < n; done += chunk) {
         int k = n - done < chunk ? n - done : chunk;
-        for (int i = 0; i < k; i++) {
-            seed = seed * 1103515245u + 12345u;
-            ids[i] = (int32_t)((seed >> 16) % VOCAB);
-        }
+        rand_ids(ids, k, &seed);
         assert_int_equal(sep_cache_plan(c, ids, k, &plan), 0);
         assert_int_equal(plan.n_tokens, k);
         int covered = 0;
@@ -216,10 +222,7 @@ static void fill_cache(sep_cache_t *c, int n, int chunk, unsigned seed)
     assert_true(chunk <= 256 && kv <= 64);
     for (int done = 0; done < n; done += chunk) {
         int k = n - done < chunk ? n - done : chunk;
-        for (int i = 0; i < k; i++) {
-            seed = seed * 1103515245u + 12345u;
-            ids[i] = (int32_t)((seed >> 16) % VOCAB);
-        }
+        rand_ids(ids, k, &seed);
         assert_int_equal(sep_cache_plan(c, ids, k, &plan), 0);
         assert_int_equal(sep_cache_reserve(c, plan.max_entries), 0);
         for (int s = 0; s < plan.n_seg; s++) {

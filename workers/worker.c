@@ -17,6 +17,7 @@
 #include "log.h"
 #include "model.h"
 #include "proto.h"
+#include "util.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -82,13 +83,12 @@ static int worker_reply(worker_t *w, json_t *hdr, const sep_frame_t *frames, int
     return rc;
 }
 
-static int worker_error(worker_t *w, const sep_msg_t *m, int rc)
+static int worker_error(worker_t *w, const sep_msg_t *m)
 {
     sep_log(SEP_LOG_WARN, "rank %d: %s: %s", w->rank, m->op, sep_errmsg());
     json_t *h = json_pack("{s:s, s:s, s:s, s:I, s:I}", "op", SEP_OP_W_ERROR, "of", m->op,
                           "error", sep_errmsg(), "seq", (json_int_t)sep_msg_int(m, "seq", -1),
                           "sid", (json_int_t)sep_msg_int(m, "sid", -1));
-    (void)rc;
     return h ? worker_reply(w, h, NULL, 0) : SEP_ENOMEM;
 }
 
@@ -292,7 +292,7 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
             MPI_Send(w->x, (int)total * dim, MPI_FLOAT, w->rank + 1, WK_TAG_ROWS, MPI_COMM_WORLD);
     }
     if (rc)
-        return failed ? SEP_OK : worker_error(w, m, rc); /* the failing stage reports */
+        return failed ? SEP_OK : worker_error(w, m); /* the failing stage reports */
     if (!last)
         return SEP_OK;
     sep_frame_t f[3] = { { w->nll, total * sizeof(float) }, { w->kv, total * sizeof(int32_t) },
@@ -343,7 +343,7 @@ static int worker_serve(worker_t *w)
         else
             rc = sep_fail(SEP_EFORMAT, "unknown op '%s'", m.op);
         if (rc)
-            worker_error(w, &m, rc);
+            worker_error(w, &m);
         sep_msg_close(&m);
     }
 }
@@ -356,15 +356,10 @@ typedef struct {
 
 static int worker_int(const char *name, const char *arg, long lo, long hi, long *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || *end || end == arg || v < lo || v > hi) {
-        fprintf(stderr, "sepd-worker: --%s: '%s' is not a whole number in %ld..%ld\n", name,
-                arg, lo, hi);
+    if (sep_parse_long(name, arg, lo, hi, out)) {
+        fprintf(stderr, "sepd-worker: --%s\n", sep_errmsg());
         return -1;
     }
-    *out = v;
     return 0;
 }
 

@@ -1,0 +1,26 @@
+/* util.c: numbers from text, the monotonic clock. */
+#include "util.h"
+#include "err.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+int sep_parse_long(const char *what, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        return sep_fail(SEP_EINVAL, "%s: '%s' is not a whole number in %ld..%ld", what, s, lo,
+                        hi);
+    *out = v;
+    return SEP_OK;
+}
+
+double sep_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
