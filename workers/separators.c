@@ -144,8 +144,9 @@ static int sepset_list(sep_sepset_t *set, const sep_tok_t *tok, const char *spec
             *out++ = *p;
             continue;
         }
-        /* end of an item: buf holds it */
+        /* end of an item: buf holds it, terminated for strspn and strtol */
         size_t len = (size_t)(out - buf);
+        *out = '\0';
         if (len == 0) {
             rc = sep_fail(SEP_EINVAL, "separators '%s': empty item at byte %td", spec, p - spec);
             goto done;
