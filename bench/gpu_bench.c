@@ -6,8 +6,9 @@
  *
  * S streams (sepllm a=4 s=64 w=256 c=800, the llama3 separators) each
  * ingest T tokens (every token scored) in chunks of K, all streams' chunks
- * in one forward; then one stream runs N steps of one token each. Token
- * ids are pseudo-random with a separator every 12 tokens. */
+ * in one forward; then one stream decodes N tokens greedily, one token a
+ * step (the last token's logits to the host, their argmax fed back).
+ * Token ids are pseudo-random with a separator every 12 tokens. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,8 +90,12 @@ int main(int argc, char **argv)
             return fail(rc);
     /* ingestion: every stream's next chunk in one forward; the first
      * forward warms up (cuBLAS heuristics, allocations) and is not timed */
-    double t_ing = 0;
+    double t_ing = 0, slowest = 0;
     long timed = 0;
+    int n_fwd = 0;
+    double *each = malloc(sizeof *each * (tokens / chunk + 1));
+    if (!each)
+        return fail(sep_fail(SEP_ENOMEM, "out of memory"));
     for (int at = 0; at < tokens; at += chunk) {
         int k = tokens - at < chunk ? tokens - at : chunk;
         for (int s = 0; s < streams; s++)
@@ -100,23 +105,44 @@ int main(int argc, char **argv)
         if ((rc = sep_model_forward(m, batch, streams)))
             return fail(rc);
         if (at > 0) {
-            t_ing += now() - t;
+            double dt = now() - t;
+            t_ing += dt;
             timed += (long)k * streams;
+            each[n_fwd++] = dt;
+            slowest = dt > slowest ? dt : slowest;
         }
     }
+    /* the median forward against the slowest (compactions, host stalls) */
+    for (int i = 1; i < n_fwd; i++)
+        for (int j = i; j > 0 && each[j - 1] > each[j]; j--) {
+            double x = each[j];
+            each[j] = each[j - 1];
+            each[j - 1] = x;
+        }
     printf("ingestion: %d streams x %d tokens, chunks of %d: %.0f tokens/s (%ld timed tokens, "
-           "%.2f s), cache %d entries\n", streams, tokens, chunk, timed / t_ing, timed, t_ing,
-           caches[0]->n);
-    /* one token per step on stream 0 */
+           "%.2f s; a forward: median %.2f ms, slowest %.2f ms), cache %d entries\n", streams,
+           tokens, chunk, timed / t_ing, timed, t_ing, n_fwd ? 1e3 * each[n_fwd / 2] : 0.0,
+           1e3 * slowest, caches[0]->n);
+    free(each);
+    /* greedy decoding on stream 0, one token per step */
+    float *logits = malloc(sizeof *logits * m->cfg.vocab);
+    if (!logits)
+        return fail(sep_fail(SEP_ENOMEM, "out of memory"));
+    int32_t tok = ids[tokens];
     double t_dec = now();
     for (int i = 0; i < steps; i++) {
-        sep_chunk_t one = { .cache = caches[0], .ids = ids + tokens + i, .n = 1,
-                            .targets = ids + tokens + i + 1, .nll = nll };
+        sep_chunk_t one = { .cache = caches[0], .ids = &tok, .n = 1, .logits = logits };
         if ((rc = sep_model_forward(m, &one, 1)))
             return fail(rc);
+        tok = 0;
+        for (int v = 1; v < m->cfg.vocab; v++)
+            if (logits[v] > logits[tok])
+                tok = v;
     }
     if (steps)
-        printf("one token per step: %.1f tokens/s (%d steps)\n", steps / (now() - t_dec), steps);
+        printf("greedy decode, one token per step: %.1f tokens/s (%d steps)\n",
+               steps / (now() - t_dec), steps);
+    free(logits);
     for (int s = 0; s < streams; s++)
         sep_cache_destroy(&caches[s]);
     free(caches);

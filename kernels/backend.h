@@ -35,26 +35,50 @@ typedef struct {
     int out_stride, q_stride;
 } sep_attn_t;
 
+/* One gather: row i of dst := row idx[i] of src, n rows of `width`
+ * floats; idx in host memory. dst may lie inside src (in-place
+ * compaction) when idx ascends and each dst row i sits at or before src
+ * row idx[i]. */
+typedef struct {
+    float *dst;
+    const float *src;
+    const int32_t *idx;
+    int n, width;
+} sep_gather_t;
+
+/* Rows to rotate: n rows at x, each with its row of the rotary table
+ * (cos[rot/2] then sin[rot/2]) at cs, in backend memory. */
+typedef struct {
+    float *x;
+    const float *cs;
+    int n;
+} sep_rope_t;
+
+/* One block of rows to copy: n rows of `width` floats from src (row
+ * stride src_stride) to dst (row stride dst_stride), in backend memory. */
+typedef struct {
+    float *dst;
+    const float *src;
+    int dst_stride, src_stride, n, width;
+} sep_rows_t;
+
 struct sep_backend {
     const char *name;
     int n_threads;
     int max_head_dim;   /* the largest head_dim its attention handles */
+    int max_dim;        /* the widest row its norms handle */
     int max_group;      /* the most query heads it lets share a KV head */
 
     void *(*alloc)(sep_backend_t *be, size_t bytes);
     void (*free)(sep_backend_t *be, void *p);
     void (*upload)(sep_backend_t *be, void *dst, const void *src, size_t bytes);
     void (*download)(sep_backend_t *be, void *dst, const void *src, size_t bytes);
-    /* Row i of dst := row src_idx[i] of src, rows of `width` floats (token
-     * embedding lookup, cache compaction). src_idx is in host memory. dst
-     * may lie inside src (in-place compaction) when src_idx ascends and
-     * each dst row i sits at or before src row src_idx[i]. */
-    void (*gather_rows)(sep_backend_t *be, float *dst, const float *src,
-                        const int32_t *src_idx, int n, int width);
-    /* n rows of `width` floats from src (row stride src_stride) to dst
-     * (row stride dst_stride); both in backend memory, not overlapping. */
-    void (*copy_rows)(sep_backend_t *be, float *dst, int dst_stride,
-                      const float *src, int src_stride, int n, int width);
+    /* Every gather done (the compactions of many caches at once; one
+     * launch pair on a GPU); no gather's rows overlap another's. */
+    void (*gather_rows)(sep_backend_t *be, const sep_gather_t *g, int n_gathers);
+    /* Every block of rows copied (one launch on a GPU); no destination
+     * overlaps a source or another destination. */
+    void (*copy_rows)(sep_backend_t *be, const sep_rows_t *blocks, int n_blocks);
 
     /* A weight from a (rows, cols) fp32 host matrix; NULL without memory. */
     sep_weight_t *(*weight_new)(sep_backend_t *be, const float *host, int rows, int cols);
@@ -66,18 +90,24 @@ struct sep_backend {
      * accumulation whatever w's format */
     void (*matmul)(sep_backend_t *be, float *y, const float *x, const sep_weight_t *w,
                    const float *bias, int n);
-    /* y = x / rms(x) * w, per row */
-    void (*rmsnorm)(sep_backend_t *be, float *y, const float *x, const float *w,
+    /* x += res first when res is not NULL (the residual add fused with the
+     * norm after it), then y = x / rms(x) * w, per row */
+    void (*rmsnorm)(sep_backend_t *be, float *y, float *x, const float *res, const float *w,
                     int n, int d, float eps);
-    /* y = (x - mean) / sqrt(var + eps) * w + b, per row */
-    void (*layernorm)(sep_backend_t *be, float *y, const float *x, const float *w,
+    /* x += res as for rmsnorm, then y = (x - mean) / sqrt(var + eps) * w + b */
+    void (*layernorm)(sep_backend_t *be, float *y, float *x, const float *res, const float *w,
                       const float *b, int n, int d, float eps);
     /* Rotate-half rotary embedding in place on the first rot_dim dims of
-     * each of n_heads heads of n rows (row stride `stride` floats).
-     * cs: (n, rot_dim) host-computed table, row i = cos[rot/2] then sin[rot/2]
-     * at row i's position, in backend memory. */
-    void (*rope)(sep_backend_t *be, float *x, int n, int stride, int n_heads,
-                 int head_dim, int rot_dim, const float *cs);
+     * each of n_heads heads of every block's rows (row stride `stride`
+     * floats), each row by its row of the block's table. */
+    void (*rope)(sep_backend_t *be, const sep_rope_t *blocks, int n_blocks, int stride,
+                 int n_heads, int head_dim, int rot_dim);
+    /* cs (n, rot_dim) := the rotary table at positions pos (host, n of
+     * them): row i = cos(pos[i] * inv_freq[j]) for j < rot_dim / 2, then
+     * the sines; the angles in double, so positions in the millions stay
+     * exact. inv_freq (rot_dim / 2) is in host memory. */
+    void (*rope_table)(sep_backend_t *be, float *cs, const int64_t *pos, int n,
+                       const double *inv_freq, int rot_dim);
     /* Make the operations ready for attention over up to max_keys keys,
      * gathers of up to max_rows rows of up to max_width floats, and NLLs
      * of up to max_rows rows (scratch memory): the one call besides alloc

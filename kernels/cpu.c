@@ -54,25 +54,29 @@ static void cpu_copy(sep_backend_t *be, void *dst, const void *src, size_t bytes
     memmove(dst, src, bytes);
 }
 
-static void cpu_gather_rows(sep_backend_t *be, float *dst, const float *src,
-                            const int32_t *src_idx, int n, int width)
+static void cpu_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gathers)
 {
     (void)be;
     /* in place, rows are read at or after where they are written: in order
      * no row is overwritten before it is read */
-    for (int i = 0; i < n; i++)
-        if (dst + (size_t)i * width != src + (size_t)src_idx[i] * width)
-            memmove(dst + (size_t)i * width, src + (size_t)src_idx[i] * width,
-                    (size_t)width * sizeof(float));
+    for (int b = 0; b < n_gathers; b++)
+        for (int i = 0; i < g[b].n; i++) {
+            float *d = g[b].dst + (size_t)i * g[b].width;
+            const float *s = g[b].src + (size_t)g[b].idx[i] * g[b].width;
+            if (d != s)
+                memmove(d, s, (size_t)g[b].width * sizeof(float));
+        }
 }
 
-static void cpu_copy_rows(sep_backend_t *be, float *dst, int dst_stride,
-                          const float *src, int src_stride, int n, int width)
+static void cpu_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_blocks)
 {
     (void)be;
-    for (int i = 0; i < n; i++)
-        memcpy(dst + (size_t)i * dst_stride, src + (size_t)i * src_stride,
-               (size_t)width * sizeof(float));
+    for (int b = 0; b < n_blocks; b++) {
+        const sep_rows_t *r = &blocks[b];
+        for (int i = 0; i < r->n; i++)
+            memcpy(r->dst + (size_t)i * r->dst_stride, r->src + (size_t)i * r->src_stride,
+                   (size_t)r->width * sizeof(float));
+    }
 }
 
 struct sep_weight {
@@ -124,7 +128,8 @@ static void cpu_weight_free(sep_backend_t *be, sep_weight_t *w)
 static void cpu_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
                             const int32_t *ids, int n)
 {
-    cpu_gather_rows(be, y, w->data, ids, n, w->cols);
+    sep_gather_t g = { y, w->data, ids, n, w->cols };
+    cpu_gather_rows(be, &g, 1);
 }
 
 /* y (rows, d_out) = x (rows, d_in) W^T + bias, one OpenBLAS call */
@@ -168,13 +173,25 @@ static void cpu_matmul(sep_backend_t *be, float *y, const float *x, const sep_we
     }
 }
 
-static void cpu_rmsnorm(sep_backend_t *be, float *y, const float *x, const float *w,
-                        int n, int d, float eps)
+/* Row i of x += row i of res, when there is one. */
+static void cpu_residual(float *xi, const float *res, size_t i, int d)
+{
+    if (!res)
+        return;
+    const float *ri = res + i * d;
+    #pragma omp simd
+    for (int j = 0; j < d; j++)
+        xi[j] += ri[j];
+}
+
+static void cpu_rmsnorm(sep_backend_t *be, float *y, float *x, const float *res,
+                        const float *w, int n, int d, float eps)
 {
     #pragma omp parallel for num_threads(be->n_threads) schedule(static)
     for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * d;
+        float *xi = x + (size_t)i * d;
         float *yi = y + (size_t)i * d;
+        cpu_residual(xi, res, (size_t)i, d);
         float ss = 0.0f;
         #pragma omp simd reduction(+:ss)
         for (int j = 0; j < d; j++)
@@ -186,13 +203,14 @@ static void cpu_rmsnorm(sep_backend_t *be, float *y, const float *x, const float
     }
 }
 
-static void cpu_layernorm(sep_backend_t *be, float *y, const float *x, const float *w,
-                          const float *b, int n, int d, float eps)
+static void cpu_layernorm(sep_backend_t *be, float *y, float *x, const float *res,
+                          const float *w, const float *b, int n, int d, float eps)
 {
     #pragma omp parallel for num_threads(be->n_threads) schedule(static)
     for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * d;
+        float *xi = x + (size_t)i * d;
         float *yi = y + (size_t)i * d;
+        cpu_residual(xi, res, (size_t)i, d);
         float s = 0.0f, ss = 0.0f;
         #pragma omp simd reduction(+:s)
         for (int j = 0; j < d; j++)
@@ -208,23 +226,40 @@ static void cpu_layernorm(sep_backend_t *be, float *y, const float *x, const flo
     }
 }
 
-static void cpu_rope(sep_backend_t *be, float *x, int n, int stride, int n_heads,
-                     int head_dim, int rot_dim, const float *cs)
+static void cpu_rope(sep_backend_t *be, const sep_rope_t *blocks, int n_blocks, int stride,
+                     int n_heads, int head_dim, int rot_dim)
 {
     int half = rot_dim / 2;
-    #pragma omp parallel for num_threads(be->n_threads) schedule(static)
-    for (int i = 0; i < n; i++) {
-        const float *c = cs + (size_t)i * rot_dim, *s = c + half;
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + (size_t)i * stride + (size_t)h * head_dim;
-            #pragma omp simd
-            for (int j = 0; j < half; j++) {
-                float a = v[j], b = v[j + half];
-                v[j] = a * c[j] - b * s[j];
-                v[j + half] = b * c[j] + a * s[j];
+    for (int b = 0; b < n_blocks; b++) {
+        float *x = blocks[b].x;
+        const float *cs = blocks[b].cs;
+        #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+        for (int i = 0; i < blocks[b].n; i++) {
+            const float *c = cs + (size_t)i * rot_dim, *s = c + half;
+            for (int h = 0; h < n_heads; h++) {
+                float *v = x + (size_t)i * stride + (size_t)h * head_dim;
+                #pragma omp simd
+                for (int j = 0; j < half; j++) {
+                    float a = v[j], bb = v[j + half];
+                    v[j] = a * c[j] - bb * s[j];
+                    v[j + half] = bb * c[j] + a * s[j];
+                }
             }
         }
     }
+}
+
+static void cpu_rope_table(sep_backend_t *be, float *cs, const int64_t *pos, int n,
+                           const double *inv_freq, int rot_dim)
+{
+    int half = rot_dim / 2;
+    #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < half; j++) {
+            double a = (double)pos[i] * inv_freq[j];
+            cs[(size_t)i * rot_dim + j] = (float)cos(a);
+            cs[(size_t)i * rot_dim + half + j] = (float)sin(a);
+        }
 }
 
 /* One task: query head h, queries [i0, i1) of problem p. */
@@ -359,6 +394,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->name = "cpu";
     be->n_threads = n_threads;
     be->max_head_dim = SEP_ATTN_MAX_HEAD_DIM;
+    be->max_dim = INT32_MAX;
     be->max_group = 1 << 20;
     be->alloc = cpu_alloc;
     be->free = cpu_free;
@@ -373,6 +409,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->rmsnorm = cpu_rmsnorm;
     be->layernorm = cpu_layernorm;
     be->rope = cpu_rope;
+    be->rope_table = cpu_rope_table;
     be->reserve = cpu_reserve;
     be->sync = cpu_sync;
     be->attention = cpu_attention;

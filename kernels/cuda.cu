@@ -3,8 +3,10 @@
  * the CUDA libraries). cuBLAS does the matrix products; the kernels
  * below do the rest on the device. Activations are fp32 between
  * operations. In bf16 mode weights are bf16 and a product rounds its
- * input to bf16 too, accumulating in fp32 on the tensor cores; in fp32
- * mode everything is fp32 (TF32 stays off), exact against the goldens. */
+ * input to bf16 too, accumulating in fp32 on the tensor cores (the norms
+ * and activations that feed products write that bf16 copy as they go);
+ * attention runs on the tensor cores too. In fp32 mode everything is
+ * fp32 (TF32 stays off), exact against the goldens. */
 extern "C" {
 #include "backend.h"
 #include "err.h"
@@ -13,7 +15,6 @@ extern "C" {
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,8 +25,8 @@ typedef struct {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
-    int32_t *d_ring;      /* (ring_len) indices of gathers and NLL targets, staged */
-    int32_t *h_ring;      /* (ring_len) the same, pinned host memory */
+    unsigned char *d_ring; /* (ring_len bytes) indices, positions, targets: staged */
+    unsigned char *h_ring; /* (ring_len bytes) the same, pinned host memory */
     size_t ring_len, ring_at;
     float *d_tmp;         /* (max_rows, max_width) rows of an in-place gather */
     size_t tmp_cap;
@@ -35,6 +36,12 @@ typedef struct {
     size_t h_nll_cap;
     __nv_bfloat16 *d_xb;  /* (max_rows, max_width) a product's input in bf16 */
     size_t xb_cap;
+    const float *xb_of;   /* the fp32 values d_xb holds in bf16 now, or NULL */
+    size_t xb_len;        /* how many */
+    float *d_part;        /* (part_cap) split attention's partial rows */
+    size_t part_cap;
+    unsigned *d_count;    /* (FA_PART_BLOCKS) finished splits of each row tile, zeroed */
+    int n_sm;             /* multiprocessors: how many blocks fill the GPU */
     int bf16;             /* weights and product inputs in bf16 */
 } cuda_backend_t;
 
@@ -61,20 +68,57 @@ static int cuda_grow(cuda_backend_t *cb, void **buf, size_t *cap, size_t bytes)
     return 0;
 }
 
-/* Indices for the device without waiting: copied into the pinned ring and
- * sent asynchronously; a slot is reused only after a full wrap, which
- * first waits for the stream (every earlier copy has then landed). */
+/* Host data for the device without waiting: taken room in the pinned
+ * ring, filled, and sent asynchronously; room is reused only after a full
+ * wrap, which first waits for the stream (every earlier copy has then
+ * landed). reserve sizes the ring for several calls' worth. */
+static size_t cuda_ring_take(cuda_backend_t *cb, size_t bytes)
+{
+    size_t at = (cb->ring_at + 15) & ~(size_t)15;
+    if (at + bytes > cb->ring_len) {
+        cudaStreamSynchronize(cb->stream);
+        at = 0;
+    }
+    cb->ring_at = at + bytes;
+    return at;
+}
+
+static void cuda_ring_send(cuda_backend_t *cb, size_t at, size_t bytes)
+{
+    if (bytes)
+        cudaMemcpyAsync(cb->d_ring + at, cb->h_ring + at, bytes, cudaMemcpyHostToDevice,
+                        cb->stream);
+}
+
+static const void *cuda_stage(cuda_backend_t *cb, const void *src, size_t bytes)
+{
+    size_t at = cuda_ring_take(cb, bytes);
+    memcpy(cb->h_ring + at, src, bytes);
+    cuda_ring_send(cb, at, bytes);
+    return cb->d_ring + at;
+}
+
 static const int32_t *cuda_stage_ids(cuda_backend_t *cb, const int32_t *ids, int n)
 {
-    if (cb->ring_at + n > cb->ring_len) {
-        cudaStreamSynchronize(cb->stream);
-        cb->ring_at = 0;
-    }
-    int32_t *h = cb->h_ring + cb->ring_at, *d = cb->d_ring + cb->ring_at;
-    memcpy(h, ids, (size_t)n * sizeof *ids);
-    cudaMemcpyAsync(d, h, (size_t)n * sizeof *ids, cudaMemcpyHostToDevice, cb->stream);
-    cb->ring_at += n;
-    return d;
+    return (const int32_t *)cuda_stage(cb, ids, (size_t)n * sizeof *ids);
+}
+
+/* Every operation but a product may write the rows d_xb mirrors. */
+static void cuda_written(cuda_backend_t *cb)
+{
+    cb->xb_of = NULL;
+}
+
+/* Where a producer of the len values y may also write them in bf16, for
+ * the product that reads them next; NULL when d_xb is too small. */
+static __nv_bfloat16 *cuda_twin(cuda_backend_t *cb, const float *y, size_t len)
+{
+    cb->xb_of = NULL;
+    if (!cb->bf16 || len * sizeof(__nv_bfloat16) > cb->xb_cap)
+        return NULL;
+    cb->xb_of = y;
+    cb->xb_len = len;
+    return cb->d_xb;
 }
 
 static void *cuda_alloc(sep_backend_t *be, size_t bytes)
@@ -93,6 +137,7 @@ static void cuda_free(sep_backend_t *be, void *p)
 
 static void cuda_upload(sep_backend_t *be, void *dst, const void *src, size_t bytes)
 {
+    cuda_written(CB(be));
     cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, CB(be)->stream);
     cudaStreamSynchronize(CB(be)->stream); /* src may be reused at once */
 }
@@ -105,37 +150,115 @@ static void cuda_download(sep_backend_t *be, void *dst, const void *src, size_t 
 
 /* ---- rows ---------------------------------------------------------------- */
 
-__global__ void k_gather(float *dst, const float *src, const int32_t *idx, int n, int width)
+/* Gathers a launch takes, by value in the launch parameters; each with
+ * its staged indices and, done in place, its rows' offset in d_tmp. */
+#define GATHER_MAX 64
+
+typedef struct {
+    float *dst;
+    const float *src;
+    const int32_t *idx; /* device */
+    int n, width;
+    long long tmp;      /* offset in d_tmp, or -1: straight to dst */
+} gather_desc_t;
+
+typedef struct {
+    gather_desc_t g[GATHER_MAX];
+} gather_batch_t;
+
+/* blockIdx.y the gather, blockIdx.x strides its rows. Pass 0 reads the
+ * sources (into d_tmp for in-place gathers, whose blocks would otherwise
+ * overwrite rows other blocks still read); pass 1 copies d_tmp back. */
+__global__ void k_gather(const gather_batch_t batch, float *tmp, int pass)
 {
-    int i = blockIdx.x;
-    const float *s = src + (size_t)idx[i] * width;
-    for (int j = threadIdx.x; j < width; j += blockDim.x)
-        dst[(size_t)i * width + j] = s[j];
+    const gather_desc_t *g = &batch.g[blockIdx.y];
+    if (pass == 1 && g->tmp < 0)
+        return;
+    for (int i = blockIdx.x; i < g->n; i += gridDim.x) {
+        const float *s = pass == 0 ? g->src + (size_t)g->idx[i] * g->width
+                                   : tmp + g->tmp + (size_t)i * g->width;
+        float *d = pass == 0 && g->tmp >= 0 ? tmp + g->tmp + (size_t)i * g->width
+                                            : g->dst + (size_t)i * g->width;
+        for (int j = threadIdx.x; j < g->width; j += blockDim.x)
+            d[j] = s[j];
+    }
 }
 
-static void cuda_gather_rows(sep_backend_t *be, float *dst, const float *src,
-                             const int32_t *src_idx, int n, int width)
+/* Gathers in launches of up to GATHER_MAX whose indices fit half the
+ * staging ring and whose in-place rows fit d_tmp (reserve sized both for
+ * any single gather). */
+static void cuda_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gathers)
 {
     cuda_backend_t *cb = CB(be);
-    if (n <= 0)
-        return;
-    size_t bytes = (size_t)n * width * sizeof(float);
-    /* in place, blocks run in any order: gather into scratch, copy back */
-    int overlap = dst < src + (size_t)(src_idx[n - 1] + 1) * width && src < dst + (size_t)n * width;
-    const int32_t *idx = cuda_stage_ids(cb, src_idx, n);
-    float *out = overlap ? cb->d_tmp : dst;
-    k_gather<<<n, 128, 0, cb->stream>>>(out, src, idx, n, width);
-    if (overlap)
-        cudaMemcpyAsync(dst, out, bytes, cudaMemcpyDeviceToDevice, cb->stream);
+    cuda_written(cb);
+    for (int at = 0; at < n_gathers;) {
+        gather_batch_t batch;
+        size_t ids = 0, tmp = 0;
+        int nb = 0, rows = 0, in_place = 0;
+        for (; at + nb < n_gathers && nb < GATHER_MAX; nb++) {
+            const sep_gather_t *x = &g[at + nb];
+            int overlap = x->n > 0 && x->dst < x->src + (size_t)(x->idx[x->n - 1] + 1) * x->width &&
+                          x->src < x->dst + (size_t)x->n * x->width;
+            size_t need = overlap ? (size_t)x->n * x->width : 0;
+            if (nb > 0 && ((ids + x->n) * sizeof(int32_t) > cb->ring_len / 2 ||
+                           (tmp + need) * sizeof(float) > cb->tmp_cap))
+                break;
+            batch.g[nb] = (gather_desc_t){ x->dst, x->src, NULL, x->n, x->width,
+                                           overlap ? (long long)tmp : -1 };
+            ids += x->n;
+            tmp += need;
+            in_place |= overlap;
+            rows = x->n > rows ? x->n : rows;
+        }
+        /* every gather's indices in one staged copy */
+        size_t off = cuda_ring_take(cb, ids * sizeof(int32_t));
+        int32_t *h = (int32_t *)(cb->h_ring + off);
+        const int32_t *d = (const int32_t *)(cb->d_ring + off);
+        for (int b = 0, k = 0; b < nb; k += batch.g[b].n, b++) {
+            memcpy(h + k, g[at + b].idx, (size_t)batch.g[b].n * sizeof(int32_t));
+            batch.g[b].idx = d + k;
+        }
+        cuda_ring_send(cb, off, ids * sizeof(int32_t));
+        at += nb;
+        if (rows == 0)
+            continue;
+        dim3 grid(rows < 1024 ? rows : 1024, nb);
+        k_gather<<<grid, 128, 0, cb->stream>>>(batch, cb->d_tmp, 0);
+        if (in_place)
+            k_gather<<<grid, 128, 0, cb->stream>>>(batch, cb->d_tmp, 1);
+    }
 }
 
-static void cuda_copy_rows(sep_backend_t *be, float *dst, int dst_stride, const float *src,
-                           int src_stride, int n, int width)
+/* Blocks of rows a launch copies, by value in the launch parameters. */
+#define COPY_MAX_BLOCKS 64
+
+typedef struct {
+    sep_rows_t b[COPY_MAX_BLOCKS];
+} copy_batch_t;
+
+/* blockIdx.y picks the block of rows; blockIdx.x strides its rows */
+__global__ void k_copy_rows(const copy_batch_t batch)
 {
-    if (n > 0)
-        cudaMemcpy2DAsync(dst, (size_t)dst_stride * sizeof(float), src,
-                          (size_t)src_stride * sizeof(float), (size_t)width * sizeof(float),
-                          n, cudaMemcpyDeviceToDevice, CB(be)->stream);
+    const sep_rows_t *r = &batch.b[blockIdx.y];
+    for (int i = blockIdx.x; i < r->n; i += gridDim.x)
+        for (int j = threadIdx.x; j < r->width; j += blockDim.x)
+            r->dst[(size_t)i * r->dst_stride + j] = r->src[(size_t)i * r->src_stride + j];
+}
+
+static void cuda_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_blocks)
+{
+    cuda_backend_t *cb = CB(be);
+    cuda_written(cb);
+    for (int at = 0; at < n_blocks; at += COPY_MAX_BLOCKS) {
+        copy_batch_t batch;
+        int nb = n_blocks - at < COPY_MAX_BLOCKS ? n_blocks - at : COPY_MAX_BLOCKS, rows = 0;
+        for (int b = 0; b < nb; b++) {
+            batch.b[b] = blocks[at + b];
+            rows = blocks[at + b].n > rows ? blocks[at + b].n : rows;
+        }
+        if (rows > 0)
+            k_copy_rows<<<dim3(rows < 1024 ? rows : 1024, nb), 256, 0, cb->stream>>>(batch);
+    }
 }
 
 /* ---- weights and matmul ------------------------------------------------- */
@@ -200,6 +323,74 @@ __global__ void k_bias_rows(float *y, const float *bias, int n, int d)
         y[i] = bias[i % d];
 }
 
+/* The len values x in bf16 if d_xb mirrors them (a producer wrote them,
+ * or an earlier product converted them), else NULL. */
+static const __nv_bfloat16 *cuda_mirror(const cuda_backend_t *cb, const float *x, size_t len)
+{
+    if (!cb->xb_of || x < cb->xb_of || x + len > cb->xb_of + cb->xb_len)
+        return NULL;
+    return cb->d_xb + (x - cb->xb_of);
+}
+
+/* Products of a few rows (one-token steps) read the weight once at full
+ * bandwidth: a warp per output column, 16-byte loads of its bf16 weight
+ * row, the GEMV_ROWS rows' dot products reduced across the warp. cuBLAS
+ * takes split-K kernels for these and reads the weights at half speed. */
+#define GEMV_ROWS 4
+#define GEMV_WARPS 8
+
+template <int N>
+__global__ void __launch_bounds__(32 * GEMV_WARPS)
+    k_gemv_bf16(float *y, const float *x, const __nv_bfloat16 *w, const float *bias, int d_in,
+                int d_out)
+{
+    int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (o >= d_out)
+        return;
+    const uint4 *wr = (const uint4 *)(w + (size_t)o * d_in);
+    float acc[N];
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        acc[i] = 0.0f;
+#pragma unroll 4
+    for (int c = lane; c < d_in / 8; c += 32) {
+        uint4 wv = wr[c];
+        const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&wv;
+        float2 f[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            f[k] = __bfloat1622float2(w2[k]);
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            const float4 *xr = (const float4 *)(x + (size_t)i * d_in) + 2 * c;
+            float4 a = xr[0], b = xr[1];
+            acc[i] += f[0].x * a.x + f[0].y * a.y + f[1].x * a.z + f[1].y * a.w +
+                      f[2].x * b.x + f[2].y * b.y + f[3].x * b.z + f[3].y * b.w;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        float v = acc[i];
+        for (int off = 16; off > 0; off >>= 1)
+            v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (lane == 0)
+            y[(size_t)i * d_out + o] = v + (bias ? bias[o] : 0.0f);
+    }
+}
+
+static void cuda_gemv(cuda_backend_t *cb, float *y, const float *x, const sep_weight_t *w,
+                      const float *bias, int n)
+{
+    dim3 grid((w->rows + GEMV_WARPS - 1) / GEMV_WARPS);
+    const __nv_bfloat16 *wd = (const __nv_bfloat16 *)w->data;
+    switch (n) {
+    case 1: k_gemv_bf16<1><<<grid, 32 * GEMV_WARPS, 0, cb->stream>>>(y, x, wd, bias, w->cols, w->rows); break;
+    case 2: k_gemv_bf16<2><<<grid, 32 * GEMV_WARPS, 0, cb->stream>>>(y, x, wd, bias, w->cols, w->rows); break;
+    case 3: k_gemv_bf16<3><<<grid, 32 * GEMV_WARPS, 0, cb->stream>>>(y, x, wd, bias, w->cols, w->rows); break;
+    default: k_gemv_bf16<4><<<grid, 32 * GEMV_WARPS, 0, cb->stream>>>(y, x, wd, bias, w->cols, w->rows); break;
+    }
+}
+
 static void cuda_matmul(sep_backend_t *be, float *y, const float *x, const sep_weight_t *w,
                         const float *bias, int n)
 {
@@ -208,6 +399,13 @@ static void cuda_matmul(sep_backend_t *be, float *y, const float *x, const sep_w
     float one = 1.0f, beta = 0.0f;
     if (n <= 0)
         return;
+    if (cb->xb_of && y < cb->xb_of + cb->xb_len && cb->xb_of < y + (size_t)n * d_out)
+        cb->xb_of = NULL; /* y overwrites the mirrored values */
+    /* x's rows are 16-byte aligned when d_in is a multiple of 8 */
+    if (w->bf16 && n <= GEMV_ROWS && d_in % 8 == 0 && ((uintptr_t)x & 15) == 0) {
+        cuda_gemv(cb, y, x, w, bias, n);
+        return;
+    }
     if (bias) {
         size_t total = (size_t)n * d_out;
         k_bias_rows<<<(unsigned)((total + 255) / 256), 256, 0, cb->stream>>>(y, bias, n, d_out);
@@ -220,9 +418,15 @@ static void cuda_matmul(sep_backend_t *be, float *y, const float *x, const sep_w
         return;
     }
     size_t nx = (size_t)n * d_in;
-    k_to_bf16<<<(unsigned)((nx + 255) / 256), 256, 0, cb->stream>>>(cb->d_xb, x, nx);
+    const __nv_bfloat16 *xb = cuda_mirror(cb, x, nx);
+    if (!xb) {
+        k_to_bf16<<<(unsigned)((nx + 255) / 256), 256, 0, cb->stream>>>(cb->d_xb, x, nx);
+        xb = cb->d_xb;
+        cb->xb_of = x;
+        cb->xb_len = nx;
+    }
     cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, d_out, n, d_in, &one, w->data,
-                 CUDA_R_16BF, d_in, cb->d_xb, CUDA_R_16BF, d_in, &beta, y, CUDA_R_32F, d_out,
+                 CUDA_R_16BF, d_in, xb, CUDA_R_16BF, d_in, &beta, y, CUDA_R_32F, d_out,
                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
@@ -230,10 +434,12 @@ static void cuda_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
                              const int32_t *ids, int n)
 {
     cuda_backend_t *cb = CB(be);
+    cuda_written(cb);
     if (n <= 0)
         return;
     if (!w->bf16) {
-        cuda_gather_rows(be, y, (const float *)w->data, ids, n, w->cols);
+        sep_gather_t g = { y, (const float *)w->data, ids, n, w->cols };
+        cuda_gather_rows(be, &g, 1);
         return;
     }
     k_rows_bf16<<<n, 256, 0, cb->stream>>>(y, (const __nv_bfloat16 *)w->data,
@@ -278,70 +484,154 @@ __device__ float block_max(float v)
     return block_reduce(v, op_max(), -INFINITY);
 }
 
-__global__ void k_rmsnorm(float *y, const float *x, const float *w, int d, float eps)
+/* y[t] = v, and its bf16 copy where there is one */
+__device__ __forceinline__ void put(float *y, __nv_bfloat16 *yb, size_t t, float v)
 {
-    const float *xi = x + (size_t)blockIdx.x * d;
-    float *yi = y + (size_t)blockIdx.x * d;
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x)
-        ss += xi[j] * xi[j];
+    y[t] = v;
+    if (yb)
+        yb[t] = __float2bfloat16(v);
+}
+
+/* The norms: a block per row, its values held in registers (PER a
+ * thread, loads all in flight at once), so a row costs one read and one
+ * write. Rows up to 1024 * PER wide. */
+#define NORM_PER 8
+#define NORM_PER_WIDE 32
+
+template <int PER>
+__global__ void k_norm(float *y, __nv_bfloat16 *yb, float *x, const float *res, const float *w,
+                       const float *b, int d, float eps)
+{
+    size_t row = (size_t)blockIdx.x * d;
+    float v[PER], s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < PER; k++) {
+        int j = threadIdx.x + k * blockDim.x;
+        v[k] = j < d ? x[row + j] : 0.0f;
+        if (res && j < d) {
+            v[k] += res[row + j];
+            x[row + j] = v[k];
+        }
+        s += v[k];
+    }
+    float mean = 0.0f, ss = 0.0f;
+    if (b) { /* LayerNorm: centred; RMSNorm (no bias) is not */
+        mean = block_sum(s) / d;
+#pragma unroll
+        for (int k = 0; k < PER; k++)
+            if (threadIdx.x + k * blockDim.x < d)
+                v[k] -= mean;
+    }
+#pragma unroll
+    for (int k = 0; k < PER; k++)
+        ss += v[k] * v[k];
     float r = rsqrtf(block_sum(ss) / d + eps);
-    for (int j = threadIdx.x; j < d; j += blockDim.x)
-        yi[j] = xi[j] * r * w[j];
+#pragma unroll
+    for (int k = 0; k < PER; k++) {
+        int j = threadIdx.x + k * blockDim.x;
+        if (j < d)
+            put(y, yb, row + j, v[k] * r * w[j] + (b ? b[j] : 0.0f));
+    }
 }
 
-__global__ void k_layernorm(float *y, const float *x, const float *w, const float *b, int d,
-                            float eps)
+static void cuda_norm(cuda_backend_t *cb, float *y, float *x, const float *res, const float *w,
+                      const float *b, int n, int d, float eps)
 {
-    const float *xi = x + (size_t)blockIdx.x * d;
-    float *yi = y + (size_t)blockIdx.x * d;
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x)
-        s += xi[j];
-    float mean = block_sum(s) / d, ss = 0.0f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x)
-        ss += (xi[j] - mean) * (xi[j] - mean);
-    float r = rsqrtf(block_sum(ss) / d + eps);
-    for (int j = threadIdx.x; j < d; j += blockDim.x)
-        yi[j] = (xi[j] - mean) * r * w[j] + b[j];
+    __nv_bfloat16 *yb = cuda_twin(cb, y, (size_t)n * d);
+    if (n <= 0)
+        return;
+    /* d <= be->max_dim: sep_model_load checks it */
+    int per = d <= 1024 * NORM_PER ? NORM_PER : NORM_PER_WIDE;
+    int threads = ((d + per - 1) / per + 31) / 32 * 32;
+    if (per == NORM_PER)
+        k_norm<NORM_PER><<<n, threads, 0, cb->stream>>>(y, yb, x, res, w, b, d, eps);
+    else
+        k_norm<NORM_PER_WIDE><<<n, threads, 0, cb->stream>>>(y, yb, x, res, w, b, d, eps);
 }
 
-static void cuda_rmsnorm(sep_backend_t *be, float *y, const float *x, const float *w, int n,
-                         int d, float eps)
+static void cuda_rmsnorm(sep_backend_t *be, float *y, float *x, const float *res,
+                         const float *w, int n, int d, float eps)
 {
-    if (n > 0)
-        k_rmsnorm<<<n, 256, 0, CB(be)->stream>>>(y, x, w, d, eps);
+    cuda_norm(CB(be), y, x, res, w, NULL, n, d, eps);
 }
 
-static void cuda_layernorm(sep_backend_t *be, float *y, const float *x, const float *w,
-                           const float *b, int n, int d, float eps)
+static void cuda_layernorm(sep_backend_t *be, float *y, float *x, const float *res,
+                           const float *w, const float *b, int n, int d, float eps)
 {
-    if (n > 0)
-        k_layernorm<<<n, 256, 0, CB(be)->stream>>>(y, x, w, b, d, eps);
+    cuda_norm(CB(be), y, x, res, w, b, n, d, eps);
 }
 
-__global__ void k_rope(float *x, int n, int stride, int n_heads, int head_dim, int rot_dim,
-                       const float *cs)
+/* Blocks of rows a rope launch takes, by value in the parameters. */
+#define ROPE_MAX_BLOCKS 64
+
+typedef struct {
+    sep_rope_t b[ROPE_MAX_BLOCKS];
+} rope_batch_t;
+
+/* blockIdx.y the block of rows, blockIdx.x strides its rows; a thread per
+ * (head, pair of rotated dims) */
+__global__ void k_rope(const rope_batch_t batch, int stride, int n_heads, int head_dim,
+                       int rot_dim)
+{
+    const sep_rope_t *r = &batch.b[blockIdx.y];
+    int half = rot_dim / 2;
+    for (int i = blockIdx.x; i < r->n; i += gridDim.x) {
+        const float *cs = r->cs + (size_t)i * rot_dim;
+        for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x) {
+            int h = t / half, j = t % half;
+            float *v = r->x + (size_t)i * stride + (size_t)h * head_dim;
+            float c = cs[j], s = cs[half + j], a = v[j], b = v[j + half];
+            v[j] = a * c - b * s;
+            v[j + half] = b * c + a * s;
+        }
+    }
+}
+
+static void cuda_rope(sep_backend_t *be, const sep_rope_t *blocks, int n_blocks, int stride,
+                      int n_heads, int head_dim, int rot_dim)
+{
+    cuda_backend_t *cb = CB(be);
+    cuda_written(cb);
+    for (int at = 0; at < n_blocks; at += ROPE_MAX_BLOCKS) {
+        rope_batch_t batch;
+        int nb = n_blocks - at < ROPE_MAX_BLOCKS ? n_blocks - at : ROPE_MAX_BLOCKS, rows = 0;
+        for (int b = 0; b < nb; b++) {
+            batch.b[b] = blocks[at + b];
+            rows = blocks[at + b].n > rows ? blocks[at + b].n : rows;
+        }
+        if (rows > 0)
+            k_rope<<<dim3(rows < 4096 ? rows : 4096, nb), 256, 0, cb->stream>>>(
+                batch, stride, n_heads, head_dim, rot_dim);
+    }
+}
+
+__global__ void k_rope_table(float *cs, const int64_t *pos, const double *inv_freq, int n,
+                             int rot_dim)
 {
     int half = rot_dim / 2;
     size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= (size_t)n * n_heads * half)
+    if (t >= (size_t)n * half)
         return;
-    int j = (int)(t % half), h = (int)(t / half % n_heads), i = (int)(t / half / n_heads);
-    float *v = x + (size_t)i * stride + (size_t)h * head_dim;
-    float c = cs[(size_t)i * rot_dim + j], s = cs[(size_t)i * rot_dim + half + j];
-    float a = v[j], b = v[j + half];
-    v[j] = a * c - b * s;
-    v[j + half] = b * c + a * s;
+    int i = (int)(t / half), j = (int)(t % half);
+    double s, c;
+    sincos((double)pos[i] * inv_freq[j], &s, &c);
+    cs[(size_t)i * rot_dim + j] = (float)c;
+    cs[(size_t)i * rot_dim + half + j] = (float)s;
 }
 
-static void cuda_rope(sep_backend_t *be, float *x, int n, int stride, int n_heads,
-                      int head_dim, int rot_dim, const float *cs)
+static void cuda_rope_table(sep_backend_t *be, float *cs, const int64_t *pos, int n,
+                            const double *inv_freq, int rot_dim)
 {
-    size_t total = (size_t)n * n_heads * (rot_dim / 2);
-    if (total)
-        k_rope<<<(unsigned)((total + 255) / 256), 256, 0, CB(be)->stream>>>(
-            x, n, stride, n_heads, head_dim, rot_dim, cs);
+    cuda_backend_t *cb = CB(be);
+    cuda_written(cb);
+    size_t total = (size_t)n * (rot_dim / 2);
+    if (!total)
+        return;
+    const int64_t *d_pos = (const int64_t *)cuda_stage(cb, pos, (size_t)n * sizeof *pos);
+    const double *d_inv =
+        (const double *)cuda_stage(cb, inv_freq, (size_t)(rot_dim / 2) * sizeof *inv_freq);
+    k_rope_table<<<(unsigned)((total + 255) / 256), 256, 0, cb->stream>>>(cs, d_pos, d_inv, n,
+                                                                          rot_dim);
 }
 
 __global__ void k_add(float *x, const float *y, size_t n)
@@ -351,44 +641,50 @@ __global__ void k_add(float *x, const float *y, size_t n)
         x[i] += y[i];
 }
 
-__global__ void k_silu_mul(float *y, const float *gu, int n, int d)
+/* rows i = blockIdx.y + k gridDim.y, columns across blockIdx.x: no
+ * division per element */
+__global__ void k_silu_mul(float *y, __nv_bfloat16 *yb, const float *gu, int n, int d)
 {
-    size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= (size_t)n * d)
-        return;
-    size_t i = t / d, j = t % d;
-    float g = gu[i * 2 * d + j], u = gu[i * 2 * d + d + j];
-    y[t] = g / (1.0f + expf(-g)) * u;
+    for (size_t i = blockIdx.y; i < (size_t)n; i += gridDim.y)
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x) {
+            float g = gu[i * 2 * d + j], u = gu[i * 2 * d + d + j];
+            put(y, yb, i * d + j, g / (1.0f + __expf(-g)) * u);
+        }
 }
 
-__global__ void k_gelu(float *x, size_t n, int tanh_approx)
+__global__ void k_gelu(float *x, __nv_bfloat16 *xb, size_t n, int tanh_approx)
 {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
     float v = x[i];
-    x[i] = tanh_approx
+    put(x, xb, i, tanh_approx
         ? 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))
-        : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+        : 0.5f * v * (1.0f + erff(v * 0.7071067811865476f)));
 }
 
 static void cuda_add(sep_backend_t *be, float *x, const float *y, size_t n)
 {
+    cuda_written(CB(be));
     if (n)
         k_add<<<(unsigned)((n + 255) / 256), 256, 0, CB(be)->stream>>>(x, y, n);
 }
 
 static void cuda_silu_mul(sep_backend_t *be, float *y, const float *gu, int n, int d)
 {
-    size_t total = (size_t)n * d;
-    if (total)
-        k_silu_mul<<<(unsigned)((total + 255) / 256), 256, 0, CB(be)->stream>>>(y, gu, n, d);
+    cuda_backend_t *cb = CB(be);
+    __nv_bfloat16 *yb = cuda_twin(cb, y, (size_t)n * d);
+    if (n > 0 && d > 0)
+        k_silu_mul<<<dim3((d + 255) / 256, n < 65535 ? n : 65535), 256, 0, cb->stream>>>(
+            y, yb, gu, n, d);
 }
 
 static void cuda_gelu(sep_backend_t *be, float *x, size_t n, int tanh_approx)
 {
+    cuda_backend_t *cb = CB(be);
+    __nv_bfloat16 *xb = cuda_twin(cb, x, n);
     if (n)
-        k_gelu<<<(unsigned)((n + 255) / 256), 256, 0, CB(be)->stream>>>(x, n, tanh_approx);
+        k_gelu<<<(unsigned)((n + 255) / 256), 256, 0, cb->stream>>>(x, xb, n, tanh_approx);
 }
 
 /* ---- attention ------------------------------------------------------------- */
@@ -403,6 +699,15 @@ static void cuda_gelu(sep_backend_t *be, float *x, size_t n, int tanh_approx)
 #define ATTN_KT 32
 #define ATTN_MAX_ROWS 32  /* warps a block: ATTN_QT * group */
 #define ATTN_MAX_PROBS 48 /* problems a launch (by value, in the parameters) */
+/* The tensor-core kernel (below): */
+#define FA_ROWS 64        /* rows a block: 16 a warp */
+#define FA_KT 64          /* keys a tile */
+#define FA_MAX_SPLIT 32   /* key splits of one row tile at most */
+#define FA_PART_BLOCKS 512 /* split blocks whose partial rows d_part holds */
+/* Partial rows of split s of a row tile: FA_ROWS rows of HD outputs, then
+ * FA_ROWS (max, sum) pairs; blocks numbered ((z * n_kv + kvh) * n_rt + rt)
+ * * n_split + s. */
+#define FA_PART_FLOATS(hd) ((size_t)FA_ROWS * ((hd) + 2))
 
 typedef struct {
     sep_attn_t p[ATTN_MAX_PROBS];
@@ -482,14 +787,14 @@ static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_w
     cuda_backend_t *cb = CB(be);
     (void)max_keys; /* scores never leave registers: nothing grows with keys */
     size_t rows = (size_t)(max_rows > 0 ? max_rows : 1);
-    if (4 * rows > cb->ring_len) {
-        /* the ring holds several calls' indices before it wraps */
-        size_t len = 4 * rows > ((size_t)1 << 20) ? 4 * rows : ((size_t)1 << 20);
-        int32_t *d = NULL, *h = NULL;
-        if (cudaMalloc(&d, len * sizeof *d) != cudaSuccess ||
-            cudaMallocHost(&h, len * sizeof *h) != cudaSuccess) {
+    cuda_written(cb); /* d_xb may move */
+    if (32 * rows > cb->ring_len) {
+        /* the ring holds several calls' indices and positions before it wraps */
+        size_t len = 32 * rows > ((size_t)4 << 20) ? 32 * rows : ((size_t)4 << 20);
+        unsigned char *d = NULL, *h = NULL;
+        if (cudaMalloc(&d, len) != cudaSuccess || cudaMallocHost(&h, len) != cudaSuccess) {
             cudaFree(d);
-            return sep_fail(SEP_ENOMEM, "cuda: no memory for %zu staged indices", len);
+            return sep_fail(SEP_ENOMEM, "cuda: no memory for %zu bytes of staging", len);
         }
         cudaStreamSynchronize(cb->stream);
         cudaFree(cb->d_ring);
@@ -502,8 +807,18 @@ static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_w
     if (cuda_grow(cb, (void **)&cb->d_tmp, &cb->tmp_cap, rows * max_width * sizeof(float)) ||
         cuda_grow(cb, (void **)&cb->d_nll, &cb->nll_cap, rows * sizeof(float)) ||
         (cb->bf16 && cuda_grow(cb, (void **)&cb->d_xb, &cb->xb_cap,
-                               rows * max_width * sizeof(__nv_bfloat16))))
+                               rows * max_width * sizeof(__nv_bfloat16))) ||
+        (cb->bf16 && cuda_grow(cb, (void **)&cb->d_part, &cb->part_cap,
+                               FA_PART_BLOCKS * FA_PART_FLOATS(128) * sizeof(float))))
         return sep_fail(SEP_ENOMEM, "cuda: no device memory for %zu rows of scratch", rows);
+    if (cb->bf16 && !cb->d_count &&
+        (cudaMalloc(&cb->d_count, FA_PART_BLOCKS * sizeof(unsigned)) != cudaSuccess ||
+         cudaMemsetAsync(cb->d_count, 0, FA_PART_BLOCKS * sizeof(unsigned), cb->stream) !=
+             cudaSuccess)) {
+        cudaFree(cb->d_count);
+        cb->d_count = NULL;
+        return sep_fail(SEP_ENOMEM, "cuda: no device memory for attention counters");
+    }
     if (rows * sizeof(float) > cb->h_nll_cap) {
         float *h = (float *)realloc(cb->h_nll, rows * sizeof(float));
         if (!h)
@@ -522,136 +837,277 @@ static int cuda_sync(sep_backend_t *be)
     return e == cudaSuccess ? SEP_OK : sep_fail(SEP_EIO, "cuda: %s", cudaGetErrorString(e));
 }
 
-/* Attention on the tensor cores (bf16 mode): a block per (problem, KV
- * head, tile of TC_ROWS rows), a row being a (query, query head of the
- * group) pair, so a GQA group shares every K/V tile. Per tile of TC_KT
- * keys: S = Q K^T and P V on bf16 fragments with fp32 accumulation, an
- * online softmax in between, the output kept in fp32 in shared memory. */
-#define TC_ROWS 16
-#define TC_KT 64
-#define TC_WARPS 4
+/* Attention on the tensor cores (bf16 mode, head_dim 64 or 128), after
+ * FlashAttention-2: a block of 4 warps per (problem, KV head, tile of
+ * FA_ROWS rows), a row being a (query, query head of the group) pair, so
+ * a GQA group shares every K/V tile without copies. Each warp owns 16
+ * rows; per tile of FA_KT keys (staged in shared memory as bf16) it
+ * computes S = Q K^T with mma.sync m16n8k16 into registers, keeps an
+ * online softmax there, and multiplies P by V from the same registers
+ * (the accumulator layout of S is the operand layout of P). Nothing of S
+ * touches memory. When the problems alone give too few blocks to fill the
+ * GPU (one-token steps), the keys are split across blocks too: each
+ * writes its rows' unnormalized output with their max and sum to
+ * d_part, and k_attn_combine merges the splits. */
 
-static size_t tc_shared_bytes(int head_dim)
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 {
-    int ld = head_dim + 8;
-    return (size_t)(TC_ROWS + 2 * TC_KT) * ld * 2 + (size_t)TC_ROWS * (TC_KT + 4) * 4 +
-           (size_t)TC_ROWS * (TC_KT + 8) * 2 + (size_t)2 * TC_ROWS * (head_dim + 4) * 4 +
-           (size_t)3 * TC_ROWS * 4;
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
 }
 
-/* c(16x16, row-major, ldc) := a(16 x k_len, row-major) b(k_len x 16): one
- * warp on bf16 fragments; b advances b_step elements per unit of k (1
- * for a column-major b, ldb for a row-major one). */
-template <typename BLayout>
-__device__ void tc_tile(float *c, int ldc, const __nv_bfloat16 *a, int lda,
-                        const __nv_bfloat16 *b, int ldb, int b_step, int k_len)
+/* c (16x8, fp32) += a (16x16, bf16) b (16x8, bf16), fragments as the PTX
+ * ISA lays them out for mma.m16n8k16 */
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1)
 {
-    using namespace nvcuda;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int k = 0; k < k_len; k += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, BLayout> fb;
-        wmma::load_matrix_sync(fa, a + k, lda);
-        wmma::load_matrix_sync(fb, b + (size_t)k * b_step, ldb);
-        wmma::mma_sync(acc, fa, fb, acc);
-    }
-    wmma::store_matrix_sync(c, acc, ldc, wmma::mem_row_major);
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__global__ void k_attention_tc(const attn_batch_t batch, int n_heads, int group, int head_dim,
-                               float scale)
+/* Four 8x8 bf16 matrices from shared memory, lane l giving the address of
+ * row l % 8 of matrix l / 8; .trans hands each out transposed. */
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const __nv_bfloat16 *p)
 {
-    using namespace nvcuda;
-    extern __shared__ __align__(32) unsigned char smem[];
-    const sep_attn_t *p = &batch.p[blockIdx.z];
-    int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int row0 = blockIdx.x * TC_ROWS;
-    if (row0 >= p->n_q * group)
-        return;
-    int ld = head_dim + 8, lds = TC_KT + 4, ldp = TC_KT + 8, ldo = head_dim + 4;
-    __nv_bfloat16 *qs = (__nv_bfloat16 *)smem, *ks = qs + TC_ROWS * ld, *vs = ks + TC_KT * ld;
-    float *ss = (float *)(vs + TC_KT * ld);
-    __nv_bfloat16 *ps = (__nv_bfloat16 *)(ss + TC_ROWS * lds);
-    float *os = (float *)(ps + TC_ROWS * ldp), *pv = os + TC_ROWS * ldo;
-    float *rm = pv + TC_ROWS * ldo, *rl = rm + TC_ROWS, *rc = rl + TC_ROWS;
-    int kv_dim = n_heads / group * head_dim;
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
 
-    for (int e = threadIdx.x; e < TC_ROWS * head_dim; e += blockDim.x) {
-        int r = e / head_dim, d = e % head_dim, R = row0 + r, i = R / group;
-        int h = kvh * group + R % group;
-        float v = i < p->n_q ? p->q[(size_t)i * p->q_stride + (size_t)h * head_dim + d] * scale
-                             : 0.0f;
-        qs[r * ld + d] = __float2bfloat16(v);
-        os[r * ldo + d] = 0.0f;
-    }
-    if (threadIdx.x < TC_ROWS) {
-        rm[threadIdx.x] = -INFINITY;
-        rl[threadIdx.x] = 0.0f;
-    }
-    int last_row = row0 + TC_ROWS - 1 < p->n_q * group - 1 ? row0 + TC_ROWS - 1
-                                                          : p->n_q * group - 1;
-    int n_keys = p->n_past + last_row / group + 1;
-    for (int t0 = 0; t0 < n_keys; t0 += TC_KT) {
-        __syncthreads();
-        for (int e = threadIdx.x; e < TC_KT * head_dim; e += blockDim.x) {
-            int j = e / head_dim, d = e % head_dim, t = t0 + j;
-            size_t at = (size_t)t * kv_dim + (size_t)kvh * head_dim + d;
-            ks[j * ld + d] = __float2bfloat16(t < n_keys ? p->k[at] : 0.0f);
-            vs[j * ld + d] = __float2bfloat16(t < n_keys ? p->v[at] : 0.0f);
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const __nv_bfloat16 *p)
+{
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+
+/* Merge the key splits of the rows of block group grp (the last of its
+ * split blocks runs this): the rows' split weights exp2(max_s - max) and
+ * sums first, in shared memory wt (FA_MAX_SPLIT x FA_ROWS floats) and inv
+ * (FA_ROWS); then each output is the weighted sum of the partial rows. */
+template <int HD>
+__device__ void attn_combine(const sep_attn_t *p, int group, int kvh, int row0, int n_split,
+                             const float *part, size_t grp, float *wt, float *inv)
+{
+    int n_rows = p->n_q * group, r = threadIdx.x;
+    size_t blk0 = grp * n_split;
+    if (r < FA_ROWS && row0 + r < n_rows) {
+        float mx = -INFINITY, den = 0.0f;
+        for (int s = 0; s < n_split; s++)
+            mx = fmaxf(mx, __ldcg(part + (blk0 + s) * FA_PART_FLOATS(HD) + (size_t)FA_ROWS * HD +
+                                  2 * r));
+        for (int s = 0; s < n_split; s++) {
+            const float *ml = part + (blk0 + s) * FA_PART_FLOATS(HD) + (size_t)FA_ROWS * HD;
+            float w = exp2f(__ldcg(ml + 2 * r) - mx); /* an empty split: max -inf, weight 0 */
+            wt[s * FA_ROWS + r] = w;
+            den += w * __ldcg(ml + 2 * r + 1);
         }
-        __syncthreads();
-        /* S = Q K^T: warp w the keys [16w, 16w + 16) */
-        for (int nt = warp; nt < TC_KT / 16; nt += TC_WARPS)
-            tc_tile<wmma::col_major>(ss + nt * 16, lds, qs, ld, ks + nt * 16 * ld, ld, 1,
-                                     head_dim);
-        __syncthreads();
-        /* online softmax: warp w the rows w, w + 4, ...; lane the keys
-         * lane and lane + 32 */
-        for (int r = warp; r < TC_ROWS; r += TC_WARPS) {
-            int R = row0 + r, i = R / group;
-            int keys = i < p->n_q ? p->n_past + i + 1 : 0; /* causal */
-            float s0 = t0 + lane < keys ? ss[r * lds + lane] : -INFINITY;
-            float s1 = t0 + lane + 32 < keys ? ss[r * lds + lane + 32] : -INFINITY;
-            float mx = fmaxf(s0, s1);
-            for (int o = 16; o > 0; o >>= 1)
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-            float m_old = rm[r], m_new = fmaxf(m_old, mx);
-            float e0 = 0.0f, e1 = 0.0f, corr = 1.0f;
-            if (m_new != -INFINITY) {
-                e0 = s0 == -INFINITY ? 0.0f : expf(s0 - m_new);
-                e1 = s1 == -INFINITY ? 0.0f : expf(s1 - m_new);
-                corr = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
-            }
-            ps[r * ldp + lane] = __float2bfloat16(e0);
-            ps[r * ldp + lane + 32] = __float2bfloat16(e1);
-            float sum = e0 + e1;
-            for (int o = 16; o > 0; o >>= 1)
-                sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            __syncwarp();
-            if (lane == 0) {
-                rl[r] = rl[r] * corr + sum;
-                rm[r] = m_new;
-                rc[r] = corr;
-            }
-        }
-        __syncthreads();
-        /* P V: warp w the dims [16n, 16n + 16) for n = w, w + 4, ... */
-        for (int nt = warp; nt < head_dim / 16; nt += TC_WARPS)
-            tc_tile<wmma::row_major>(pv + nt * 16, ldo, ps, ldp, vs + nt * 16, ld, ld, TC_KT);
-        __syncthreads();
-        for (int e = threadIdx.x; e < TC_ROWS * head_dim; e += blockDim.x) {
-            int r = e / head_dim, d = e % head_dim;
-            os[r * ldo + d] = os[r * ldo + d] * rc[r] + pv[r * ldo + d];
-        }
+        inv[r] = 1.0f / den;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < TC_ROWS * head_dim; e += blockDim.x) {
-        int r = e / head_dim, d = e % head_dim, R = row0 + r, i = R / group;
-        if (i < p->n_q)
-            p->out[(size_t)i * p->out_stride + (size_t)(kvh * group + R % group) * head_dim + d] =
-                os[r * ldo + d] / rl[r];
+    for (int e = threadIdx.x; e < FA_ROWS * HD; e += blockDim.x) {
+        int rr = e / HD, d = e % HD, R = row0 + rr;
+        if (R >= n_rows)
+            break;
+        float num = 0.0f;
+        for (int s = 0; s < n_split; s++)
+            num += wt[s * FA_ROWS + rr] *
+                   __ldcg(part + (blk0 + s) * FA_PART_FLOATS(HD) + (size_t)rr * HD + d);
+        int i = R / group, head = kvh * group + R % group;
+        p->out[(size_t)i * p->out_stride + (size_t)head * HD + d] = num * inv[rr];
     }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(128)
+    k_attention_mma(const attn_batch_t batch, int n_heads, int group, float scale_log2,
+                    int n_split, float *part, unsigned *count)
+{
+    __shared__ __align__(16) __nv_bfloat16 ks[FA_KT][HD + 8], vs[FA_KT][HD + 8];
+    int z = blockIdx.z / n_split, split = blockIdx.z % n_split;
+    const sep_attn_t *p = &batch.p[z];
+    int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int n_rows = p->n_q * group, row0 = blockIdx.x * FA_ROWS;
+    if (row0 >= n_rows)
+        return;
+    int kv_dim = n_heads / group * HD, g = lane >> 2, tq = lane & 3;
+
+    /* this lane's two rows, warp * 16 + g and + 8: their query heads,
+     * queries and key limits (causal), and their Q fragments */
+    int lim[2];
+    const float *qrow[2];
+    float *orow[2];
+    for (int h = 0; h < 2; h++) {
+        int R = row0 + warp * 16 + g + 8 * h, i = R / group, head = kvh * group + R % group;
+        int ok = R < n_rows;
+        lim[h] = ok ? p->n_past + i + 1 : 0;
+        qrow[h] = ok ? p->q + (size_t)i * p->q_stride + (size_t)head * HD : NULL;
+        orow[h] = ok ? p->out + (size_t)i * p->out_stride + (size_t)head * HD : NULL;
+    }
+    uint32_t qa[HD / 16][4];
+    for (int kc = 0; kc < HD / 16; kc++)
+        for (int r = 0; r < 4; r++) {
+            const float *q = qrow[r & 1];
+            int d = kc * 16 + 2 * tq + (r >> 1) * 8;
+            qa[kc][r] = q ? pack_bf16(q[d] * scale_log2, q[d + 1] * scale_log2) : 0u;
+        }
+
+    /* the tiles of keys this block's rows see, and this split's share */
+    int last = (row0 + FA_ROWS < n_rows ? row0 + FA_ROWS : n_rows) - 1;
+    int n_keys = p->n_past + last / group + 1, n_tiles = (n_keys + FA_KT - 1) / FA_KT;
+    int per = (n_tiles + n_split - 1) / n_split;
+    int t_begin = split * per, t_end = t_begin + per < n_tiles ? t_begin + per : n_tiles;
+
+    float o[HD / 8][4], m[2] = { -INFINITY, -INFINITY }, l[2] = { 0.0f, 0.0f };
+    for (int dt = 0; dt < HD / 8; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    for (int tile = t_begin; tile < t_end; tile++) {
+        int t0 = tile * FA_KT;
+        __syncthreads();
+        /* 128 threads, compile-time strides: four tiles' loads in flight */
+#pragma unroll 4
+        for (int e = threadIdx.x; e < FA_KT * HD / 4; e += 128) {
+            int j = e / (HD / 4), d = e % (HD / 4) * 4, t = t0 + j;
+            float4 kx = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vx = kx;
+            if (t < n_keys) {
+                size_t at = (size_t)t * kv_dim + (size_t)kvh * HD + d;
+                kx = *(const float4 *)(p->k + at);
+                vx = *(const float4 *)(p->v + at);
+            }
+            *(uint2 *)&ks[j][d] = make_uint2(pack_bf16(kx.x, kx.y), pack_bf16(kx.z, kx.w));
+            *(uint2 *)&vs[j][d] = make_uint2(pack_bf16(vx.x, vx.y), pack_bf16(vx.z, vx.w));
+        }
+        __syncthreads();
+
+        /* S = Q K^T: 8 tiles of 8 keys; matrices 0-1 are keys 16np.. at
+         * dims 16kc and 16kc + 8, matrices 2-3 the next 8 keys */
+        float s[FA_KT / 8][4];
+        for (int nt = 0; nt < FA_KT / 8; nt++)
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        int mi = lane >> 3, mr = lane & 7;
+        for (int kc = 0; kc < HD / 16; kc++)
+            for (int np = 0; np < FA_KT / 16; np++) {
+                uint32_t b[4];
+                ldsm_x4(b, &ks[np * 16 + (mi >> 1) * 8 + mr][kc * 16 + (mi & 1) * 8]);
+                mma_bf16(s[2 * np], qa[kc], b[0], b[1]);
+                mma_bf16(s[2 * np + 1], qa[kc], b[2], b[3]);
+            }
+
+        /* causal mask and online softmax (base 2: Q carries log2 e); the
+         * four lanes of a quad share a row */
+        for (int h = 0; h < 2; h++) {
+            float mx = -INFINITY;
+            for (int nt = 0; nt < FA_KT / 8; nt++)
+                for (int c = 0; c < 2; c++) {
+                    float *v = &s[nt][2 * h + c];
+                    if (t0 + nt * 8 + 2 * tq + c >= lim[h])
+                        *v = -INFINITY;
+                    mx = fmaxf(mx, *v);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mn = fmaxf(m[h], mx), base = mn == -INFINITY ? 0.0f : mn;
+            float corr = exp2f(m[h] - base), sum = 0.0f;
+            for (int nt = 0; nt < FA_KT / 8; nt++)
+                for (int c = 0; c < 2; c++) {
+                    float e = exp2f(s[nt][2 * h + c] - base);
+                    s[nt][2 * h + c] = e;
+                    sum += e;
+                }
+            l[h] = l[h] * corr + sum;
+            m[h] = mn;
+            for (int dt = 0; dt < HD / 8; dt++) {
+                o[dt][2 * h] *= corr;
+                o[dt][2 * h + 1] *= corr;
+            }
+        }
+
+        /* O += P V: P's fragments for keys 16kk.. are S tiles 2kk and
+         * 2kk + 1; V (keys x dims) transposed on load: matrices 0-1 are
+         * keys 16kk and 16kk + 8 at dims 16dp, matrices 2-3 at 16dp + 8 */
+        for (int kk = 0; kk < FA_KT / 16; kk++) {
+            uint32_t pa[4] = { pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                               pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]) };
+            for (int dp = 0; dp < HD / 16; dp++) {
+                uint32_t b[4];
+                ldsm_x4_trans(b, &vs[kk * 16 + (mi & 1) * 8 + mr][dp * 16 + (mi >> 1) * 8]);
+                mma_bf16(o[2 * dp], pa, b[0], b[1]);
+                mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+
+    for (int h = 0; h < 2; h++) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    }
+    if (n_split == 1) {
+        for (int h = 0; h < 2; h++) {
+            if (!orow[h])
+                continue;
+            float inv = 1.0f / l[h];
+            for (int dt = 0; dt < HD / 8; dt++) {
+                orow[h][dt * 8 + 2 * tq] = o[dt][2 * h] * inv;
+                orow[h][dt * 8 + 2 * tq + 1] = o[dt][2 * h + 1] * inv;
+            }
+        }
+        return;
+    }
+    size_t grp = ((size_t)z * gridDim.y + kvh) * gridDim.x + blockIdx.x;
+    float *po = part + (grp * n_split + split) * FA_PART_FLOATS(HD), *ml = po + (size_t)FA_ROWS * HD;
+    for (int h = 0; h < 2; h++) {
+        int r = warp * 16 + g + 8 * h;
+        for (int dt = 0; dt < HD / 8; dt++) {
+            po[(size_t)r * HD + dt * 8 + 2 * tq] = o[dt][2 * h];
+            po[(size_t)r * HD + dt * 8 + 2 * tq + 1] = o[dt][2 * h + 1];
+        }
+        if (tq == 0) {
+            ml[2 * r] = m[h];
+            ml[2 * r + 1] = l[h];
+        }
+    }
+    /* the group's last block to finish merges the splits (and rearms the
+     * counter for the next launch) */
+    __shared__ unsigned ticket;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        ticket = atomicAdd(&count[grp], 1u);
+    __syncthreads();
+    if (ticket != (unsigned)n_split - 1)
+        return;
+    __threadfence();
+    float *wt = (float *)&ks[0][0]; /* K/V tiles are done with: reuse them */
+    attn_combine<HD>(p, group, kvh, row0, n_split, part, grp, wt, wt + FA_MAX_SPLIT * FA_ROWS);
+    if (threadIdx.x == 0)
+        count[grp] = 0;
+}
+
+/* Launch the tensor-core attention for one batch of problems. */
+template <int HD>
+static void cuda_attention_mma(cuda_backend_t *cb, const attn_batch_t *batch, int n_heads,
+                               int group, int max_rows, int max_keys)
+{
+    int n_kv = n_heads / group, n_rt = (max_rows + FA_ROWS - 1) / FA_ROWS;
+    int blocks = n_rt * n_kv * batch->n, n_tiles = (max_keys + FA_KT - 1) / FA_KT;
+    /* split keys when the rows leave multiprocessors idle (one-token
+     * steps, short chunks); aim at two blocks a multiprocessor */
+    int n_split = 1;
+    if (blocks < cb->n_sm && n_tiles > 1) {
+        n_split = (2 * cb->n_sm + blocks - 1) / blocks;
+        n_split = n_split < n_tiles ? n_split : n_tiles;
+        n_split = n_split < FA_MAX_SPLIT ? n_split : FA_MAX_SPLIT;
+        while (n_split > 1 && ((size_t)blocks * n_split > FA_PART_BLOCKS || !cb->d_count))
+            n_split--;
+    }
+    float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
+    dim3 grid(n_rt, n_kv, batch->n * n_split);
+    k_attention_mma<HD><<<grid, 128, 0, cb->stream>>>(*batch, n_heads, group, scale_log2,
+                                                      n_split, cb->d_part, cb->d_count);
 }
 
 static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
@@ -659,6 +1115,7 @@ static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_pro
 {
     /* head_dim <= max_head_dim: sep_model_load checks it */
     cuda_backend_t *cb = CB(be);
+    cuda_written(cb);
     int group = n_heads / n_kv_heads;
     int qt = ATTN_MAX_ROWS / group > 0 ? ATTN_MAX_ROWS / group : 1;
     size_t shared = ((size_t)ATTN_KT * (head_dim + 1) + (size_t)ATTN_KT * head_dim +
@@ -667,17 +1124,19 @@ static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_pro
     for (int at = 0; at < n_probs; at += ATTN_MAX_PROBS) {
         attn_batch_t batch;
         batch.n = n_probs - at < ATTN_MAX_PROBS ? n_probs - at : ATTN_MAX_PROBS;
-        int max_q = 0;
+        int max_q = 0, max_keys = 0;
         for (int i = 0; i < batch.n; i++) {
             batch.p[i] = probs[at + i];
             max_q = probs[at + i].n_q > max_q ? probs[at + i].n_q : max_q;
+            int keys = probs[at + i].n_past + probs[at + i].n_q;
+            max_keys = keys > max_keys ? keys : max_keys;
         }
-        /* the tensor cores pay once a problem fills several row tiles;
-         * one-token steps stay on the tiled kernel */
-        if (cb->bf16 && head_dim % 16 == 0 && max_q * group >= 4 * TC_ROWS) {
-            dim3 grid((max_q * group + TC_ROWS - 1) / TC_ROWS, n_kv_heads, batch.n);
-            k_attention_tc<<<grid, 32 * TC_WARPS, tc_shared_bytes(head_dim), cb->stream>>>(
-                batch, n_heads, group, head_dim, 1.0f / sqrtf((float)head_dim));
+        if (cb->bf16 && head_dim == 128) {
+            cuda_attention_mma<128>(cb, &batch, n_heads, group, max_q * group, max_keys);
+            continue;
+        }
+        if (cb->bf16 && head_dim == 64) {
+            cuda_attention_mma<64>(cb, &batch, n_heads, group, max_q * group, max_keys);
             continue;
         }
         dim3 grid((max_q + qt - 1) / qt, n_kv_heads, batch.n);
@@ -688,20 +1147,34 @@ static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_pro
 
 /* ---- NLL ----------------------------------------------------------------- */
 
+/* One pass over a row: each thread keeps a running max and the sum of
+ * exp(v - max) (rescaled when the max grows), then the block merges them. */
 __global__ void k_nll(float *nll, const float *logits, const int32_t *target, int vocab)
 {
     int i = blockIdx.x;
     if (target[i] < 0)
         return;
     const float *row = logits + (size_t)i * vocab;
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x)
-        mx = fmaxf(mx, row[j]);
-    mx = block_max(mx);
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x)
-        s += expf(row[j] - mx);
-    s = block_sum(s);
+    float m = -INFINITY, s = 0.0f;
+    int j0 = 0;
+    if ((vocab & 3) == 0) {
+        const float4 *r4 = (const float4 *)row;
+        for (int j = threadIdx.x; j < vocab / 4; j += blockDim.x) {
+            float4 v = r4[j];
+            float mv = fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w)), mn = fmaxf(m, mv);
+            s = s * __expf(m - mn) + __expf(v.x - mn) + __expf(v.y - mn) + __expf(v.z - mn) +
+                __expf(v.w - mn);
+            m = mn;
+        }
+        j0 = vocab;
+    }
+    for (int j = j0 + threadIdx.x; j < vocab; j += blockDim.x) {
+        float mn = fmaxf(m, row[j]);
+        s = s * __expf(m - mn) + __expf(row[j] - mn);
+        m = mn;
+    }
+    float mx = block_max(m);
+    s = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx));
     if (threadIdx.x == 0)
         nll[i] = mx + logf(s) - row[target[i]];
 }
@@ -732,6 +1205,8 @@ static void cuda_destroy(sep_backend_t *be)
     cudaFree(cb->d_tmp);
     cudaFree(cb->d_nll);
     cudaFree(cb->d_xb);
+    cudaFree(cb->d_part);
+    cudaFree(cb->d_count);
     free(cb->h_nll);
     if (cb->blas)
         cublasDestroy(cb->blas);
@@ -769,11 +1244,13 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     }
     /* attention's shared memory at head_dim 256: above the 48 KB default */
     cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
-    cudaFuncSetAttribute(k_attention_tc, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         (int)tc_shared_bytes(256));
+    if (cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, device) !=
+        cudaSuccess)
+        cb->n_sm = 1;
     be->name = bf16 ? "cuda (bf16)" : "cuda (fp32)";
     be->n_threads = 1;
     be->max_head_dim = 256;        /* 8 registers a lane in k_attention */
+    be->max_dim = 1024 * NORM_PER_WIDE; /* k_norm's registers */
     be->max_group = ATTN_MAX_ROWS; /* a group's rows share one block */
     be->alloc = cuda_alloc;
     be->free = cuda_free;
@@ -788,6 +1265,7 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     be->rmsnorm = cuda_rmsnorm;
     be->layernorm = cuda_layernorm;
     be->rope = cuda_rope;
+    be->rope_table = cuda_rope_table;
     be->reserve = cuda_reserve;
     be->sync = cuda_sync;
     be->attention = cuda_attention;

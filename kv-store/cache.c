@@ -112,8 +112,10 @@ static int cache_regrow(sep_cache_t *c, float **buf, int cap)
     float *nb = c->be->alloc(c->be, (size_t)cap * c->kv_dim * sizeof(float));
     if (!nb)
         return SEP_ENOMEM;
-    if (*buf && c->n)
-        c->be->copy_rows(c->be, nb, c->kv_dim, *buf, c->kv_dim, c->n, c->kv_dim);
+    if (*buf && c->n) {
+        sep_rows_t all = { nb, *buf, c->kv_dim, c->kv_dim, c->n, c->kv_dim };
+        c->be->copy_rows(c->be, &all, 1);
+    }
     c->be->free(c->be, *buf);
     *buf = nb;
     return SEP_OK;
@@ -279,15 +281,17 @@ void sep_plan_free(sep_plan_t *p)
     memset(p, 0, sizeof *p);
 }
 
-void sep_cache_compact_layer(sep_cache_t *c, int layer, const sep_segment_t *sg)
+int sep_cache_compact_gathers(const sep_cache_t *c, int layer, const sep_segment_t *sg,
+                              sep_gather_t out[2])
 {
     int from = sg->first_moved, n = sg->n_keep - from;
     if (n <= 0)
-        return;
+        return 0;
     float *rows[2] = { c->v[layer], c->k_raw ? c->k_raw[layer] : c->k[layer] };
     for (int b = 0; b < 2; b++)
-        c->be->gather_rows(c->be, rows[b] + (size_t)from * c->kv_dim, rows[b],
-                           sg->keep + from, n, c->kv_dim);
+        out[b] = (sep_gather_t){ rows[b] + (size_t)from * c->kv_dim, rows[b], sg->keep + from,
+                                 n, c->kv_dim };
+    return 2;
 }
 
 void sep_cache_commit(sep_cache_t *c, const sep_plan_t *p)

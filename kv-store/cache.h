@@ -107,9 +107,12 @@ void sep_plan_free(sep_plan_t *plan);
 /* Make room for `entries` entries per layer (keeps contents). */
 int sep_cache_reserve(sep_cache_t *c, int entries);
 
-/* Gather the K/V rows of one layer by a segment's keep list; re-rotation
+/* The gathers that compact one layer by a segment's keep list (values,
+ * and keys or raw keys), for the caller to run with those of other
+ * caches in one gather_rows call; returns how many (0 to 2). Re-rotation
  * of moved keys (shift on) is the model's, which knows the rotary map. */
-void sep_cache_compact_layer(sep_cache_t *c, int layer, const sep_segment_t *seg);
+int sep_cache_compact_gathers(const sep_cache_t *c, int layer, const sep_segment_t *seg,
+                              sep_gather_t out[2]);
 
 /* After every layer ran the plan: adopt its metadata. */
 void sep_cache_commit(sep_cache_t *c, const sep_plan_t *plan);

@@ -243,12 +243,22 @@ static void fill_cache(sep_cache_t *c, int n, int chunk, unsigned seed)
             }
             if (!sg->n_keep)
                 continue;
+            /* every layer's compaction in one call */
+            sep_gather_t *g = malloc(sizeof *g * 2 * c->n_layers);
+            assert_non_null(g);
+            int ng = 0;
+            for (int l = 0; l < c->n_layers; l++)
+                ng += sep_cache_compact_gathers(c, l, sg, g + ng);
+            be->gather_rows(be, g, ng);
+            free(g);
             for (int l = 0; l < c->n_layers; l++) {
-                sep_cache_compact_layer(c, l, sg);
                 int from = sg->first_moved;
-                if (c->k_raw && from < sg->n_keep)
-                    be->copy_rows(be, c->k[l] + (size_t)from * kv, kv,
-                                  c->k_raw[l] + (size_t)from * kv, kv, sg->n_keep - from, kv);
+                if (c->k_raw && from < sg->n_keep) {
+                    sep_rows_t raw = { c->k[l] + (size_t)from * kv,
+                                       c->k_raw[l] + (size_t)from * kv, kv, kv,
+                                       sg->n_keep - from, kv };
+                    be->copy_rows(be, &raw, 1);
+                }
             }
         }
         sep_cache_commit(c, &plan);

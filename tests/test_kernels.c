@@ -74,9 +74,11 @@ static void test_matmul(void **state)
 {
     (void)state;
     double tol = matmul_tol();
-    /* n >= 2 threads splits rows, n = 1 splits columns: both paths */
-    for (int n = 1; n <= 37; n += 36) {
-        int din = 70, dout = 33;
+    /* one row and many; widths that are and are not whole 16-byte vectors
+     * (GPU: few rows of a width of whole vectors take the GEMV kernel) */
+    static const int ns[] = { 1, 3, 37 }, dins[] = { 70, 72 };
+    for (int c = 0; c < 6; c++) {
+        int n = ns[c % 3], din = dins[c / 3], dout = 33;
         float *x = rand_vec((size_t)n * din, 1), *w = rand_vec((size_t)dout * din, 2);
         float *b = rand_vec(dout, 3);
         double *want = malloc(sizeof *want * n * dout);
@@ -96,7 +98,7 @@ static void test_matmul(void **state)
         expect_near(dy, want, (size_t)n * dout, tol);
         /* embedding lookup from the same weight */
         int32_t ids[3] = { 5, 0, 32 };
-        double rows[3 * 70];
+        double rows[3 * 72];
         for (int i = 0; i < 3; i++)
             for (int k = 0; k < din; k++)
                 rows[i * din + k] = w[ids[i] * din + k];
@@ -107,34 +109,45 @@ static void test_matmul(void **state)
     }
 }
 
+/* RMSNorm with the residual add fused (x += res, then the norm), then
+ * LayerNorm of the sum; a narrow row and one wider than 8192 values. */
 static void test_norms(void **state)
 {
     (void)state;
-    int n = 5, d = 48;
-    float *x = rand_vec((size_t)n * d, 4), *w = rand_vec(d, 5), *b = rand_vec(d, 6);
-    double *rms = malloc(sizeof *rms * n * d), *ln = malloc(sizeof *ln * n * d);
-    for (int i = 0; i < n; i++) {
-        double ss = 0, s = 0, v = 0;
-        for (int j = 0; j < d; j++) {
-            ss += (double)x[i * d + j] * x[i * d + j];
-            s += x[i * d + j];
+    static const int ds[] = { 48, 9000 };
+    for (int c = 0; c < 2; c++) {
+        int n = 5, d = ds[c];
+        float *x = rand_vec((size_t)n * d, 4), *res = rand_vec((size_t)n * d, 7);
+        float *w = rand_vec(d, 5), *b = rand_vec(d, 6);
+        double *sum = malloc(sizeof *sum * n * d), *rms = malloc(sizeof *rms * n * d);
+        double *ln = malloc(sizeof *ln * n * d);
+        for (int i = 0; i < n; i++) {
+            double ss = 0, s = 0, v = 0;
+            for (int j = 0; j < d; j++) {
+                double xj = sum[i * d + j] = (double)(x[i * d + j] + res[i * d + j]);
+                ss += xj * xj;
+                s += xj;
+            }
+            double mean = s / d;
+            for (int j = 0; j < d; j++)
+                v += (sum[i * d + j] - mean) * (sum[i * d + j] - mean);
+            for (int j = 0; j < d; j++) {
+                rms[i * d + j] = sum[i * d + j] / sqrt(ss / d + 1e-5) * w[j];
+                ln[i * d + j] = (sum[i * d + j] - mean) / sqrt(v / d + 1e-5) * w[j] + b[j];
+            }
         }
-        double mean = s / d;
-        for (int j = 0; j < d; j++)
-            v += (x[i * d + j] - mean) * (x[i * d + j] - mean);
-        for (int j = 0; j < d; j++) {
-            rms[i * d + j] = x[i * d + j] / sqrt(ss / d + 1e-5) * w[j];
-            ln[i * d + j] = (x[i * d + j] - mean) / sqrt(v / d + 1e-5) * w[j] + b[j];
-        }
+        float *dx = dev(x, (size_t)n * d), *dr = dev(res, (size_t)n * d);
+        float *dw = dev(w, d), *db = dev(b, d);
+        float *dy = be->alloc(be, sizeof(float) * n * d);
+        be->rmsnorm(be, dy, dx, dr, dw, n, d, 1e-5f);
+        expect_near(dx, sum, (size_t)n * d, 0);
+        expect_near(dy, rms, (size_t)n * d, 1e-5);
+        be->layernorm(be, dy, dx, NULL, dw, db, n, d, 1e-5f);
+        expect_near(dy, ln, (size_t)n * d, 1e-5);
+        free(x); free(res); free(w); free(b); free(sum); free(rms); free(ln);
+        be->free(be, dx); be->free(be, dr); be->free(be, dw); be->free(be, db);
+        be->free(be, dy);
     }
-    float *dx = dev(x, (size_t)n * d), *dw = dev(w, d), *db = dev(b, d);
-    float *dy = be->alloc(be, sizeof(float) * n * d);
-    be->rmsnorm(be, dy, dx, dw, n, d, 1e-5f);
-    expect_near(dy, rms, (size_t)n * d, 1e-5);
-    be->layernorm(be, dy, dx, dw, db, n, d, 1e-5f);
-    expect_near(dy, ln, (size_t)n * d, 1e-5);
-    free(x); free(w); free(b); free(rms); free(ln);
-    be->free(be, dx); be->free(be, dw); be->free(be, db); be->free(be, dy);
 }
 
 /* Partial rotary (rot_dim < head_dim) on strided rows: the untouched dims
@@ -162,10 +175,31 @@ static void test_rope(void **state)
                 want[i * stride + h * hd + j + rot / 2] = v[j + rot / 2] * c + v[j] * s;
             }
     float *dx = dev(x, (size_t)n * stride), *dcs = dev(cs, (size_t)n * rot);
-    be->rope(be, dx, n, stride, heads, hd, rot, dcs);
+    /* as two blocks: the first row, then the rest */
+    sep_rope_t blocks[2] = { { dx, dcs, 1 }, { dx + stride, dcs + rot, n - 1 } };
+    be->rope(be, blocks, 2, stride, heads, hd, rot);
     expect_near(dx, want, (size_t)n * stride, 1e-6);
     free(x); free(cs); free(want);
     be->free(be, dx); be->free(be, dcs);
+}
+
+/* The rotary table at positions near zero and in the billions. */
+static void test_rope_table(void **state)
+{
+    (void)state;
+    const int n = 4, rot = 8;
+    int64_t pos[4] = { 0, 1, 3, 4000000007LL };
+    double inv[4] = { 1.0, 0.1, 0.01, 1e-4 }, want[4 * 8];
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < rot / 2; j++) {
+            want[i * rot + j] = cos((double)pos[i] * inv[j]);
+            want[i * rot + rot / 2 + j] = sin((double)pos[i] * inv[j]);
+        }
+    float *dcs = be->alloc(be, sizeof(float) * n * rot);
+    assert_int_equal(be->reserve(be, 1, n, rot), 0);
+    be->rope_table(be, dcs, pos, n, inv, rot);
+    expect_near(dcs, want, (size_t)n * rot, 1e-6);
+    be->free(be, dcs);
 }
 
 /* Reference attention of one problem, double precision. */
@@ -197,48 +231,65 @@ static void attn_ref(double *out, const float *q, const float *k, const float *v
     free(p);
 }
 
-/* Two problems in one call: GQA 3:1, cache prefixes, chunks longer than
- * one attention block and of one token; head size hd. */
-static void attention_case(int hd)
+/* Problems n_q[p] queries over n_past[p] cached keys in one call, head
+ * size hd, heads query heads sharing kv_heads key/value heads. */
+static void attention_case(int hd, int heads, int kv_heads, int n_probs, const int *n_q,
+                           const int *n_past)
 {
-    const int heads = 6, kv_heads = 2, q_stride = heads * hd + 5;
-    const int n_q[2] = { 70, 1 }, n_past[2] = { 33, 90 };
-    sep_attn_t probs[2];
-    double *want[2];
-    float *host[2][3], *dq[2], *dk[2], *dv[2], *dout[2];
-    for (int p = 0; p < 2; p++) {
+    const int q_stride = heads * hd + 5, kv_dim = kv_heads * hd;
+    sep_attn_t *probs = malloc(sizeof *probs * n_probs);
+    double **want = malloc(sizeof *want * n_probs);
+    float **bufs = malloc(sizeof *bufs * 4 * n_probs);
+    assert_true(probs && want && bufs);
+    int max_keys = 0;
+    for (int p = 0; p < n_probs; p++) {
         int nk = n_past[p] + n_q[p];
-        host[p][0] = rand_vec((size_t)n_q[p] * q_stride, 10 + p);
-        host[p][1] = rand_vec((size_t)nk * kv_heads * hd, 20 + p);
-        host[p][2] = rand_vec((size_t)nk * kv_heads * hd, 30 + p);
+        float *q = rand_vec((size_t)n_q[p] * q_stride, 10 + p);
+        float *k = rand_vec((size_t)nk * kv_dim, 1000 + p);
+        float *v = rand_vec((size_t)nk * kv_dim, 2000 + p);
         want[p] = malloc(sizeof(double) * n_q[p] * heads * hd);
-        attn_ref(want[p], host[p][0], host[p][1], host[p][2], n_q[p], n_past[p], heads,
-                 kv_heads, hd, q_stride);
-        dq[p] = dev(host[p][0], (size_t)n_q[p] * q_stride);
-        dk[p] = dev(host[p][1], (size_t)nk * kv_heads * hd);
-        dv[p] = dev(host[p][2], (size_t)nk * kv_heads * hd);
-        dout[p] = be->alloc(be, sizeof(float) * n_q[p] * heads * hd);
-        probs[p] = (sep_attn_t){ .out = dout[p], .q = dq[p], .k = dk[p], .v = dv[p],
-                                 .n_q = n_q[p], .n_past = n_past[p],
+        attn_ref(want[p], q, k, v, n_q[p], n_past[p], heads, kv_heads, hd, q_stride);
+        bufs[4 * p] = dev(q, (size_t)n_q[p] * q_stride);
+        bufs[4 * p + 1] = dev(k, (size_t)nk * kv_dim);
+        bufs[4 * p + 2] = dev(v, (size_t)nk * kv_dim);
+        bufs[4 * p + 3] = be->alloc(be, sizeof(float) * n_q[p] * heads * hd);
+        probs[p] = (sep_attn_t){ .out = bufs[4 * p + 3], .q = bufs[4 * p], .k = bufs[4 * p + 1],
+                                 .v = bufs[4 * p + 2], .n_q = n_q[p], .n_past = n_past[p],
                                  .out_stride = heads * hd, .q_stride = q_stride };
+        max_keys = nk > max_keys ? nk : max_keys;
+        free(q); free(k); free(v);
     }
-    assert_int_equal(be->reserve(be, n_past[0] + n_q[0], 8, 8), 0);
-    be->attention(be, probs, 2, heads, kv_heads, hd);
-    for (int p = 0; p < 2; p++) {
-        expect_near(dout[p], want[p], (size_t)n_q[p] * heads * hd, matmul_tol());
-        for (int t = 0; t < 3; t++)
-            free(host[p][t]);
+    assert_int_equal(be->reserve(be, max_keys, 8, 8), 0);
+    be->attention(be, probs, n_probs, heads, kv_heads, hd);
+    for (int p = 0; p < n_probs; p++) {
+        expect_near(probs[p].out, want[p], (size_t)n_q[p] * heads * hd, matmul_tol());
         free(want[p]);
-        be->free(be, dq[p]); be->free(be, dk[p]); be->free(be, dv[p]); be->free(be, dout[p]);
+        for (int b = 0; b < 4; b++)
+            be->free(be, bufs[4 * p + b]);
     }
+    free(probs); free(want); free(bufs);
 }
 
-/* A head size of whole vector tiles, and one with a remainder. */
+/* Head sizes of whole vector tiles and with a remainder (GQA 3:1); the
+ * sizes of real models (64 and 128, GQA 4:1) with long and causal chunks,
+ * one-token steps over long caches and a problem with no cache; more
+ * problems than one GPU launch takes. */
 static void test_attention(void **state)
 {
     (void)state;
-    attention_case(16);
-    attention_case(20);
+    static const int q2[] = { 70, 1 }, past2[] = { 33, 90 };
+    attention_case(16, 6, 2, 2, q2, past2);
+    attention_case(20, 6, 2, 2, q2, past2);
+    static const int q3[] = { 200, 1, 17 }, past3[] = { 700, 900, 0 };
+    attention_case(64, 8, 2, 3, q3, past3);
+    static const int q4[] = { 1, 130 }, past4[] = { 1500, 64 };
+    attention_case(128, 8, 2, 2, q4, past4);
+    int qn[50], pastn[50];
+    for (int p = 0; p < 50; p++) {
+        qn[p] = 1 + p % 4;
+        pastn[p] = 40 + 3 * p;
+    }
+    attention_case(64, 4, 1, 50, qn, pastn);
 }
 
 static void test_activations(void **state)
@@ -313,10 +364,14 @@ static void test_rows(void **state)
         for (int j = 0; j < w; j++)
             want[i * w + j] = src[keep[i] * w + j];
     float *d = dev(src, (size_t)n * w);
-    be->gather_rows(be, d, d, keep, 4, w);
+    sep_gather_t g = { d, d, keep, 4, w };
+    be->gather_rows(be, &g, 1);
     expect_near(d, want, 4 * (size_t)w, 0);
+    /* two blocks in one call: rows 0-1 and 2-3 into a wider layout */
     float *strided = be->alloc(be, sizeof(float) * 4 * 5);
-    be->copy_rows(be, strided, 5, d, w, 4, w);
+    sep_rows_t blocks[2] = { { strided, d, 5, w, 2, w },
+                             { strided + 2 * 5, d + 2 * w, 5, w, 2, w } };
+    be->copy_rows(be, blocks, 2);
     float got[20];
     be->download(be, got, strided, sizeof got);
     for (int i = 0; i < 4; i++)
@@ -347,6 +402,7 @@ int main(void)
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_norms),
         cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_rope_table),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_nll),

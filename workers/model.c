@@ -10,7 +10,10 @@
 #include <string.h>
 
 /* Rows of logits computed at once: bounds memory for large vocabularies. */
-#define SEP_LOGIT_ROWS 128
+/* Rows of logits a block (the largest block within 256 MiB, at most 512):
+ * the output product of many rows runs at the matrix units' rate. */
+#define SEP_LOGIT_BYTES ((size_t)256 << 20)
+#define SEP_LOGIT_MAX_ROWS 512
 
 /* ---- loading ---------------------------------------------------------- */
 
@@ -185,6 +188,8 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     size_t t = (size_t)max_tokens;
     int last = m->layer1 == c->n_layers;
     r->max_tokens = max_tokens;
+    size_t fit = SEP_LOGIT_BYTES / ((size_t)c->vocab * sizeof(float));
+    r->logit_rows = fit < 1 ? 1 : fit > SEP_LOGIT_MAX_ROWS ? SEP_LOGIT_MAX_ROWS : (int)fit;
     r->x = be->alloc(be, t * c->dim * sizeof(float));
     r->h = be->alloc(be, t * c->dim * sizeof(float));
     r->o = be->alloc(be, t * c->dim * sizeof(float));
@@ -194,14 +199,14 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     r->act = be->alloc(be, t * c->ffn_dim * sizeof(float));
     /* only the last stage computes logits */
     if (last)
-        r->logits = be->alloc(be, (size_t)SEP_LOGIT_ROWS * c->vocab * sizeof(float));
+        r->logits = be->alloc(be, (size_t)r->logit_rows * c->vocab * sizeof(float));
     r->cs = be->alloc(be, t * c->rot_dim * sizeof(float));
     r->k_raw = be->alloc(be, t * m->kv_dim * sizeof(float));
-    r->cs_host = malloc(t * c->rot_dim * sizeof(float));
+    r->pos = malloc(t * sizeof *r->pos);
     r->rows = malloc(t * sizeof(int32_t));
-    r->nll = malloc(SEP_LOGIT_ROWS * sizeof(float));
+    r->nll = malloc((size_t)r->logit_rows * sizeof(float));
     if (!r->x || !r->h || !r->o || !r->qkv || !r->att || !r->ff || !r->act ||
-        (last && !r->logits) || !r->cs || !r->k_raw || !r->cs_host || !r->rows || !r->nll)
+        (last && !r->logits) || !r->cs || !r->k_raw || !r->pos || !r->rows || !r->nll)
         return sep_fail(SEP_ENOMEM, "model: no memory for a forward of %d tokens", max_tokens);
     return SEP_OK;
 }
@@ -225,6 +230,9 @@ static int model_build(sep_model_t *m, const sep_st_t *st, const char *what, int
     if (c->head_dim > be->max_head_dim)
         return sep_fail(SEP_EUNSUPPORTED, "%s: head_dim %d: the %s backend handles up to %d",
                         what, c->head_dim, be->name, be->max_head_dim);
+    if (c->dim > be->max_dim)
+        return sep_fail(SEP_EUNSUPPORTED, "%s: dim %d: the %s backend handles up to %d",
+                        what, c->dim, be->name, be->max_dim);
     if (c->n_heads / c->n_kv_heads > be->max_group)
         return sep_fail(SEP_EUNSUPPORTED, "%s: %d query heads per KV head: the %s backend "
                         "handles up to %d", what, c->n_heads / c->n_kv_heads, be->name,
@@ -408,7 +416,10 @@ void sep_model_destroy(sep_model_t **self_p)
         sep_plan_free(&r->plans[i]);
     free(r->plans);
     free(r->probs);
-    free(r->cs_host);
+    free(r->appends);
+    free(r->gathers);
+    free(r->rotations);
+    free(r->pos);
     free(r->rows);
     free(r->nll);
     free(m->layers);
@@ -427,25 +438,15 @@ int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_ca
 
 /* ---- forward ------------------------------------------------------------ */
 
-static void model_norm(sep_model_t *m, float *y, const float *x, const float *w,
+/* y = norm(x) with weights w (and bias b, LayerNorm); res, when not
+ * NULL, is added to x first (the residual add fused with the norm). */
+static void model_norm(sep_model_t *m, float *y, float *x, const float *res, const float *w,
                        const float *b, int n)
 {
     if (m->cfg.arch == SEP_ARCH_NEOX)
-        m->be->layernorm(m->be, y, x, w, b, n, m->cfg.dim, m->cfg.norm_eps);
+        m->be->layernorm(m->be, y, x, res, w, b, n, m->cfg.dim, m->cfg.norm_eps);
     else
-        m->be->rmsnorm(m->be, y, x, w, n, m->cfg.dim, m->cfg.norm_eps);
-}
-
-/* Rotary table row for position pos: cos then sin of pos * inv_freq. The
- * angle is taken in double so positions in the millions stay exact. */
-static void model_rope_row(const sep_model_t *m, float *row, int64_t pos)
-{
-    int half = m->cfg.rot_dim / 2;
-    for (int j = 0; j < half; j++) {
-        double a = (double)pos * m->inv_freq[j];
-        row[j] = (float)cos(a);
-        row[half + j] = (float)sin(a);
-    }
+        m->be->rmsnorm(m->be, y, x, res, w, n, m->cfg.dim, m->cfg.norm_eps);
 }
 
 /* The mlp of layer L on h (n rows) into m->run.o. */
@@ -505,8 +506,8 @@ static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
     if (!any)
         return;
     int j = 0, i = 0; /* chunk and token of the next row to hand back */
-    for (int b = 0; b < n; b += SEP_LOGIT_ROWS) {
-        int rows = n - b < SEP_LOGIT_ROWS ? n - b : SEP_LOGIT_ROWS;
+    for (int b = 0; b < n; b += r->logit_rows) {
+        int rows = n - b < r->logit_rows ? n - b : r->logit_rows;
         be->matmul(be, r->logits, r->h + (size_t)b * m->cfg.dim, m->lm_head, NULL, rows);
         be->nll(be, r->nll, r->logits, r->rows + b, rows, m->cfg.vocab);
         for (int k = 0; k < rows; k++) {
@@ -533,9 +534,10 @@ static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
     if (k == 0)
         return;
     size_t vocab = (size_t)m->cfg.vocab;
-    be->gather_rows(be, r->o, r->h, r->rows, k, m->cfg.dim);
-    for (int b = 0, j = 0; b < k; b += SEP_LOGIT_ROWS) {
-        int rows = k - b < SEP_LOGIT_ROWS ? k - b : SEP_LOGIT_ROWS;
+    sep_gather_t last_rows = { r->o, r->h, r->rows, k, m->cfg.dim };
+    be->gather_rows(be, &last_rows, 1);
+    for (int b = 0, j = 0; b < k; b += r->logit_rows) {
+        int rows = k - b < r->logit_rows ? k - b : r->logit_rows;
         be->matmul(be, r->logits, r->o + (size_t)b * m->cfg.dim, m->lm_head, NULL, rows);
         for (int i = 0; i < rows; i++, j++) {
             while (!ch[j].logits)
@@ -557,7 +559,16 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
         sep_attn_t *pp = realloc(r->probs, (size_t)nc * sizeof *pp);
         if (pp)
             r->probs = pp;
-        if (!np || !pp)
+        sep_rows_t *ap = realloc(r->appends, (size_t)3 * nc * sizeof *ap);
+        if (ap)
+            r->appends = ap;
+        sep_gather_t *gp = realloc(r->gathers, (size_t)2 * nc * sizeof *gp);
+        if (gp)
+            r->gathers = gp;
+        sep_rope_t *rp = realloc(r->rotations, (size_t)nc * sizeof *rp);
+        if (rp)
+            r->rotations = rp;
+        if (!np || !pp || !ap || !gp || !rp)
             return sep_fail(SEP_ENOMEM, "forward: no memory to plan %d chunks", nc);
         memset(r->plans + r->n_plans, 0, (size_t)(nc - r->n_plans) * sizeof *np);
         r->n_plans = nc;
@@ -576,51 +587,62 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
     int rows = r->max_tokens > max_keys ? r->max_tokens : max_keys;
     int width = m->cfg.dim > m->q_dim ? m->cfg.dim : m->q_dim;
     width = width > m->cfg.ffn_dim ? width : m->cfg.ffn_dim;
-    if ((rc = m->be->reserve(m->be, max_keys, rows > SEP_LOGIT_ROWS ? rows : SEP_LOGIT_ROWS,
+    if ((rc = m->be->reserve(m->be, max_keys, rows > r->logit_rows ? rows : r->logit_rows,
                              width)))
         return rc;
     if (slots <= r->n_slot_cs)
         return SEP_OK;
     /* keys re-rotated after a compaction sit at slots below max_entries */
     sep_backend_t *be = m->be;
-    size_t row = (size_t)m->cfg.rot_dim;
-    float *host = malloc((size_t)slots * row * sizeof *host);
-    float *dev = be->alloc(be, (size_t)slots * row * sizeof *dev);
-    if (!host || !dev) {
-        free(host);
+    int64_t *pos = malloc((size_t)slots * sizeof *pos);
+    float *dev = be->alloc(be, (size_t)slots * m->cfg.rot_dim * sizeof *dev);
+    if (!pos || !dev) {
+        free(pos);
         be->free(be, dev);
         return sep_fail(SEP_ENOMEM, "forward: no memory for %d rotary positions", slots);
     }
     for (int i = 0; i < slots; i++)
-        model_rope_row(m, host + (size_t)i * row, i);
-    be->upload(be, dev, host, (size_t)slots * row * sizeof *host);
-    free(host);
+        pos[i] = i;
+    be->rope_table(be, dev, pos, slots, m->inv_freq, m->cfg.rot_dim);
+    free(pos);
     be->free(be, r->slot_cs);
     r->slot_cs = dev;
     r->n_slot_cs = slots;
     return SEP_OK;
 }
 
-/* After segment seg of a chunk ran at layer l: its compaction, and the
- * re-rotation of moved keys at their new slots (shift on). */
-static void model_compact(sep_model_t *m, sep_cache_t *kc, int l, const sep_segment_t *seg)
+/* After round `round` of layer l's attention: the compactions that end
+ * the round's segments, all chunks' at once, and the re-rotation of moved
+ * keys at their new slots (shift on). */
+static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int round)
 {
     sep_backend_t *be = m->be;
+    sep_run_t *r = &m->run;
     const sep_config_t *c = &m->cfg;
-    sep_cache_compact_layer(kc, l, seg);
-    int from = seg->first_moved, n = seg->n_keep - from;
-    if (!kc->k_raw || n <= 0)
-        return;
-    float *k = kc->k[l] + (size_t)from * m->kv_dim;
-    be->copy_rows(be, k, m->kv_dim, kc->k_raw[l] + (size_t)from * m->kv_dim, m->kv_dim,
-                  n, m->kv_dim);
-    be->rope(be, k, n, m->kv_dim, c->n_kv_heads, c->head_dim, c->rot_dim,
-             m->run.slot_cs + (size_t)from * c->rot_dim);
+    int ng = 0, nr = 0;
+    for (int j = 0; j < nc; j++) {
+        if (round >= r->plans[j].n_seg || !r->plans[j].seg[round].n_keep)
+            continue;
+        const sep_segment_t *seg = &r->plans[j].seg[round];
+        sep_cache_t *kc = ch[j].cache;
+        ng += sep_cache_compact_gathers(kc, l, seg, r->gathers + ng);
+        int from = seg->first_moved, n = seg->n_keep - from;
+        if (!kc->k_raw || n <= 0)
+            continue;
+        float *k = kc->k[l] + (size_t)from * m->kv_dim;
+        r->appends[nr] = (sep_rows_t){ k, kc->k_raw[l] + (size_t)from * m->kv_dim, m->kv_dim,
+                                       m->kv_dim, n, m->kv_dim };
+        r->rotations[nr++] = (sep_rope_t){ k, r->slot_cs + (size_t)from * c->rot_dim, n };
+    }
+    be->gather_rows(be, r->gathers, ng);
+    be->copy_rows(be, r->appends, nr);
+    be->rope(be, r->rotations, nr, m->kv_dim, c->n_kv_heads, c->head_dim, c->rot_dim);
 }
 
 /* Attention of layer l over every chunk, a segment round at a time:
  * round r runs the r-th segment of each chunk (its K/V appended to the
- * cache first), then the compactions that end those segments. */
+ * cache first, all chunks' rows in one copy), then the compactions that
+ * end those segments. */
 static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
 {
     sep_backend_t *be = m->be;
@@ -628,7 +650,7 @@ static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
     const sep_config_t *c = &m->cfg;
     int kv = m->kv_dim;
     for (int round = 0;; round++) {
-        int np = 0;
+        int np = 0, na = 0;
         for (int j = 0, row = 0; j < nc; row += ch[j].n, j++) {
             if (round >= r->plans[j].n_seg)
                 continue;
@@ -637,11 +659,13 @@ static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
             int r0 = row + sg->start;
             const float *qkv = r->qkv + (size_t)r0 * m->qkv_dim;
             size_t at = (size_t)sg->n_past * kv;
-            be->copy_rows(be, kc->k[l] + at, kv, qkv + m->q_dim, m->qkv_dim, sg->len, kv);
-            be->copy_rows(be, kc->v[l] + at, kv, qkv + m->q_dim + kv, m->qkv_dim, sg->len, kv);
+            r->appends[na++] = (sep_rows_t){ kc->k[l] + at, qkv + m->q_dim, kv, m->qkv_dim,
+                                             sg->len, kv };
+            r->appends[na++] = (sep_rows_t){ kc->v[l] + at, qkv + m->q_dim + kv, kv,
+                                             m->qkv_dim, sg->len, kv };
             if (kc->k_raw)
-                be->copy_rows(be, kc->k_raw[l] + at, kv, r->k_raw + (size_t)r0 * kv, kv,
-                              sg->len, kv);
+                r->appends[na++] = (sep_rows_t){ kc->k_raw[l] + at, r->k_raw + (size_t)r0 * kv,
+                                                 kv, kv, sg->len, kv };
             r->probs[np++] = (sep_attn_t){
                 .out = r->att + (size_t)r0 * m->q_dim, .q = qkv,
                 .k = kc->k[l], .v = kc->v[l], .n_q = sg->len, .n_past = sg->n_past,
@@ -650,10 +674,9 @@ static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
         }
         if (np == 0)
             return;
+        be->copy_rows(be, r->appends, na);
         be->attention(be, r->probs, np, c->n_heads, c->n_kv_heads, c->head_dim);
-        for (int j = 0; j < nc; j++)
-            if (round < r->plans[j].n_seg && r->plans[j].seg[round].n_keep)
-                model_compact(m, ch[j].cache, l, &r->plans[j].seg[round]);
+        model_compact(m, ch, nc, l, round);
     }
 }
 
@@ -700,39 +723,44 @@ int sep_model_forward_stage(sep_model_t *m, sep_chunk_t *ch, int nc, const float
     for (int j = 0, row = 0; j < nc; row += ch[j].n, j++)
         for (int i = 0; i < ch[j].n; i++) {
             r->rows[row + i] = ch[j].ids[i];
-            model_rope_row(m, r->cs_host + (size_t)(row + i) * c->rot_dim,
-                           r->plans[j].rope_pos[i]);
+            r->pos[row + i] = r->plans[j].rope_pos[i];
         }
     if (first)
         be->weight_rows(be, r->x, m->embed, r->rows, n);
     else
         be->upload(be, r->x, x_in, (size_t)n * c->dim * sizeof(float));
-    be->upload(be, r->cs, r->cs_host, (size_t)n * c->rot_dim * sizeof(float));
+    be->rope_table(be, r->cs, r->pos, n, m->inv_freq, c->rot_dim);
 
-    for (int l = 0; l < m->layer1 - m->layer0; l++) {
+    int n_layers = m->layer1 - m->layer0;
+    model_norm(m, r->h, r->x, NULL, m->layers[0].norm1_w, m->layers[0].norm1_b, n);
+    for (int l = 0; l < n_layers; l++) {
         const sep_layer_t *L = &m->layers[l];
-        model_norm(m, r->h, r->x, L->norm1_w, L->norm1_b, n);
         be->matmul(be, r->qkv, r->h, L->wqkv, L->bqkv, n);
         /* unrotated keys for caches that re-rotate after compaction */
-        be->copy_rows(be, r->k_raw, m->kv_dim, r->qkv + m->q_dim, m->qkv_dim, n, m->kv_dim);
-        be->rope(be, r->qkv, n, m->qkv_dim, c->n_heads, c->head_dim, c->rot_dim, r->cs);
-        be->rope(be, r->qkv + m->q_dim, n, m->qkv_dim, c->n_kv_heads, c->head_dim,
-                 c->rot_dim, r->cs);
+        sep_rows_t raw = { r->k_raw, r->qkv + m->q_dim, m->kv_dim, m->qkv_dim, n, m->kv_dim };
+        be->copy_rows(be, &raw, 1);
+        /* the keys' heads follow the queries' in a row: one rotation */
+        sep_rope_t qk = { r->qkv, r->cs, n };
+        be->rope(be, &qk, 1, m->qkv_dim, c->n_heads + c->n_kv_heads, c->head_dim, c->rot_dim);
         model_attention(m, ch, nc, l);
         be->matmul(be, r->o, r->att, L->wo, L->bo, n);
         if (c->arch == SEP_ARCH_NEOX && c->parallel_residual) {
             /* x + attn(ln1(x)) + mlp(ln2(x)): both norms see the same x */
-            model_norm(m, r->h, r->x, L->norm2_w, L->norm2_b, n);
+            model_norm(m, r->h, r->x, NULL, L->norm2_w, L->norm2_b, n);
             be->add(be, r->x, r->o, (size_t)n * c->dim);
         } else {
-            be->add(be, r->x, r->o, (size_t)n * c->dim);
-            model_norm(m, r->h, r->x, L->norm2_w, L->norm2_b, n);
+            model_norm(m, r->h, r->x, r->o, L->norm2_w, L->norm2_b, n);
         }
         model_mlp(m, L, n);
-        be->add(be, r->x, r->o, (size_t)n * c->dim);
+        /* the mlp's residual add, fused with the norm that follows */
+        if (l + 1 < n_layers)
+            model_norm(m, r->h, r->x, r->o, L[1].norm1_w, L[1].norm1_b, n);
+        else if (last)
+            model_norm(m, r->h, r->x, r->o, m->norm_w, m->norm_b, n);
+        else
+            be->add(be, r->x, r->o, (size_t)n * c->dim);
     }
     if (last) {
-        model_norm(m, r->h, r->x, m->norm_w, m->norm_b, n);
         model_score(m, ch, nc, n);
         model_logits(m, ch, nc);
     } else {

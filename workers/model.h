@@ -48,17 +48,22 @@ typedef struct {
     float *att;      /* (max_tokens, q_dim) */
     float *ff;       /* (max_tokens, 2*ffn) */
     float *act;      /* (max_tokens, ffn) */
-    float *logits;   /* (SEP_LOGIT_ROWS, vocab); NULL but on the last stage */
+    int logit_rows;  /* rows of logits a block */
+    float *logits;   /* (logit_rows, vocab); NULL but on the last stage */
     float *k_raw;    /* (max_tokens, kv_dim) unrotated keys of the batch */
     float *cs;       /* (max_tokens, rot_dim) rope cos|sin, backend memory */
-    float *cs_host;  /* (max_tokens, rot_dim) the same, host */
+    int64_t *pos;    /* (max_tokens) rotary position of each row, host */
     int32_t *rows;   /* (max_tokens) host scratch for indices and targets */
-    float *nll;      /* (SEP_LOGIT_ROWS) host */
+    float *nll;      /* (logit_rows) host */
     float *slot_cs;  /* (n_slot_cs, rot_dim) rope cos|sin at positions 0.., backend */
     int n_slot_cs;   /* positions slot_cs covers (re-rotation after compaction) */
     sep_plan_t *plans; /* (n_plans) compaction plan of each chunk of a batch */
     int n_plans;
     sep_attn_t *probs; /* (n_plans) attention problems of one round */
+    sep_rows_t *appends; /* (3 * n_plans) K, V and raw-K rows a round appends,
+                            or the moved raw keys a compaction re-rotates */
+    sep_gather_t *gathers; /* (2 * n_plans) the compactions that end a round */
+    sep_rope_t *rotations; /* (n_plans) their moved keys at their new slots */
 } sep_run_t;
 
 typedef struct {
