@@ -229,15 +229,34 @@ static void cuda_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gat
     }
 }
 
-/* Blocks of rows a launch copies, by value in the launch parameters. */
-#define COPY_MAX_BLOCKS 64
+/* Blocks of rows a launch copies or rotates, by value in the launch
+ * parameters (no copy to the device, no host wait). */
+#define BATCH_MAX 64
 
-typedef struct {
-    sep_rows_t b[COPY_MAX_BLOCKS];
-} copy_batch_t;
+template <typename T>
+struct batch_of {
+    T b[BATCH_MAX];
+};
+
+/* launch(batch, nb, rows) for the blocks, BATCH_MAX at a time; rows is
+ * the longest block's row count (nothing runs when it is 0). */
+template <typename T, typename Launch>
+static void cuda_in_batches(const T *blocks, int n_blocks, Launch launch)
+{
+    for (int at = 0; at < n_blocks; at += BATCH_MAX) {
+        batch_of<T> batch;
+        int nb = n_blocks - at < BATCH_MAX ? n_blocks - at : BATCH_MAX, rows = 0;
+        for (int b = 0; b < nb; b++) {
+            batch.b[b] = blocks[at + b];
+            rows = blocks[at + b].n > rows ? blocks[at + b].n : rows;
+        }
+        if (rows > 0)
+            launch(batch, nb, rows);
+    }
+}
 
 /* blockIdx.y picks the block of rows; blockIdx.x strides its rows */
-__global__ void k_copy_rows(const copy_batch_t batch)
+__global__ void k_copy_rows(const batch_of<sep_rows_t> batch)
 {
     const sep_rows_t *r = &batch.b[blockIdx.y];
     for (int i = blockIdx.x; i < r->n; i += gridDim.x)
@@ -249,16 +268,9 @@ static void cuda_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_bl
 {
     cuda_backend_t *cb = CB(be);
     cuda_written(cb);
-    for (int at = 0; at < n_blocks; at += COPY_MAX_BLOCKS) {
-        copy_batch_t batch;
-        int nb = n_blocks - at < COPY_MAX_BLOCKS ? n_blocks - at : COPY_MAX_BLOCKS, rows = 0;
-        for (int b = 0; b < nb; b++) {
-            batch.b[b] = blocks[at + b];
-            rows = blocks[at + b].n > rows ? blocks[at + b].n : rows;
-        }
-        if (rows > 0)
-            k_copy_rows<<<dim3(rows < 1024 ? rows : 1024, nb), 256, 0, cb->stream>>>(batch);
-    }
+    cuda_in_batches(blocks, n_blocks, [cb](const batch_of<sep_rows_t> &batch, int nb, int rows) {
+        k_copy_rows<<<dim3(rows < 1024 ? rows : 1024, nb), 256, 0, cb->stream>>>(batch);
+    });
 }
 
 /* ---- weights and matmul ------------------------------------------------- */
@@ -561,16 +573,9 @@ static void cuda_layernorm(sep_backend_t *be, float *y, float *x, const float *r
     cuda_norm(CB(be), y, x, res, w, b, n, d, eps);
 }
 
-/* Blocks of rows a rope launch takes, by value in the parameters. */
-#define ROPE_MAX_BLOCKS 64
-
-typedef struct {
-    sep_rope_t b[ROPE_MAX_BLOCKS];
-} rope_batch_t;
-
 /* blockIdx.y the block of rows, blockIdx.x strides its rows; a thread per
  * (head, pair of rotated dims) */
-__global__ void k_rope(const rope_batch_t batch, int stride, int n_heads, int head_dim,
+__global__ void k_rope(const batch_of<sep_rope_t> batch, int stride, int n_heads, int head_dim,
                        int rot_dim)
 {
     const sep_rope_t *r = &batch.b[blockIdx.y];
@@ -592,17 +597,10 @@ static void cuda_rope(sep_backend_t *be, const sep_rope_t *blocks, int n_blocks,
 {
     cuda_backend_t *cb = CB(be);
     cuda_written(cb);
-    for (int at = 0; at < n_blocks; at += ROPE_MAX_BLOCKS) {
-        rope_batch_t batch;
-        int nb = n_blocks - at < ROPE_MAX_BLOCKS ? n_blocks - at : ROPE_MAX_BLOCKS, rows = 0;
-        for (int b = 0; b < nb; b++) {
-            batch.b[b] = blocks[at + b];
-            rows = blocks[at + b].n > rows ? blocks[at + b].n : rows;
-        }
-        if (rows > 0)
-            k_rope<<<dim3(rows < 4096 ? rows : 4096, nb), 256, 0, cb->stream>>>(
-                batch, stride, n_heads, head_dim, rot_dim);
-    }
+    cuda_in_batches(blocks, n_blocks, [=](const batch_of<sep_rope_t> &batch, int nb, int rows) {
+        k_rope<<<dim3(rows < 4096 ? rows : 4096, nb), 256, 0, cb->stream>>>(
+            batch, stride, n_heads, head_dim, rot_dim);
+    });
 }
 
 __global__ void k_rope_table(float *cs, const int64_t *pos, const double *inv_freq, int n,
