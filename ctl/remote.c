@@ -151,6 +151,24 @@ static int ctl_nll_open(const char *path, const char *mode, FILE **f)
     return 0;
 }
 
+/* Connect for a verb on session that streams NLLs, and open --nll-out
+ * (mode); 0, or the exit code with nothing left open. */
+static int ctl_session_open(const ctl_common_t *o, const char *session, const char *mode,
+                            ctl_conn_t *c, FILE **nf)
+{
+    int rc = ctl_connect(c, o->socket);
+    if (rc) {
+        ctl_disconnect(c);
+        return ctl_conn_error(rc);
+    }
+    if (ctl_nll_open(o->nll_out, mode, nf)) {
+        ctl_disconnect(c);
+        return EXIT_RUNTIME;
+    }
+    c->session = session;
+    return 0;
+}
+
 /* The summary of a session reply, as a line or as JSON. */
 static void ctl_print_session(const sep_msg_t *m, int json, FILE *out)
 {
@@ -266,19 +284,13 @@ static int ctl_feed(const ctl_common_t *o, const char *session)
     sep_msg_t m = { 0 };
     FILE *nf = NULL;
     char *buf = malloc(SEP_FEED_PIECE);
-    int rc = buf ? ctl_connect(&c, o->socket) : sep_fail(SEP_ENOMEM, "out of memory");
-    if (rc) {
+    int code = buf ? ctl_session_open(o, session, "w", &c, &nf)
+                   : ctl_conn_error(sep_fail(SEP_ENOMEM, "out of memory"));
+    if (code) {
         free(buf);
-        ctl_disconnect(&c);
-        return ctl_conn_error(rc);
+        return code;
     }
-    if (ctl_nll_open(o->nll_out, "w", &nf)) {
-        free(buf);
-        ctl_disconnect(&c);
-        return EXIT_RUNTIME;
-    }
-    c.session = session;
-    int progress = isatty(2), eof = 0, ended = 0, code = 0, sent_any = 0;
+    int rc, progress = isatty(2), eof = 0, ended = 0, sent_any = 0;
     int64_t seq = 0, acked = 0;
     double t0 = sep_now();
     while (!code) {
@@ -359,18 +371,11 @@ static int ctl_generate(const ctl_common_t *o, const char *session, json_t *req)
     ctl_conn_t c;
     sep_msg_t m = { 0 };
     FILE *nf = NULL;
-    int rc = ctl_connect(&c, o->socket), code = 0;
-    if (rc) {
+    int rc, code = ctl_session_open(o, session, "a", &c, &nf);
+    if (code) {
         json_decref(req);
-        ctl_disconnect(&c);
-        return ctl_conn_error(rc);
+        return code;
     }
-    if (ctl_nll_open(o->nll_out, "a", &nf)) {
-        json_decref(req);
-        ctl_disconnect(&c);
-        return EXIT_RUNTIME;
-    }
-    c.session = session;
     if ((rc = ctl_send(&c, req, NULL, 0))) {
         code = ctl_conn_error(rc);
         goto done;
