@@ -47,11 +47,16 @@ typedef struct {
 } sep_gather_t;
 
 /* Rows to rotate: n rows at x, each with its row of the rotary table
- * (cos[rot/2] then sin[rot/2]) at cs, in backend memory. */
+ * (cos[rot/2] then sin[rot/2]) at cs, in backend memory. When raw is not
+ * NULL, the heads from raw_head on of each row are first copied as they
+ * are (whole heads) to raw, row stride raw_stride: a layer's keys kept
+ * unrotated for caches that re-rotate them, without a launch of its own. */
 typedef struct {
     float *x;
     const float *cs;
     int n;
+    float *raw;
+    int raw_head, raw_stride;
 } sep_rope_t;
 
 /* One block of rows to copy: n rows of `width` floats from src (row
@@ -122,8 +127,13 @@ struct sep_backend {
                       int n_heads, int n_kv_heads, int head_dim);
     /* x += y, n*d elements */
     void (*add)(sep_backend_t *be, float *x, const float *y, size_t n);
-    /* y(n, d) := silu(gu[:, :d]) * gu[:, d:], gu being (n, 2d) */
-    void (*silu_mul)(sep_backend_t *be, float *y, const float *gu, int n, int d);
+    /* The SwiGLU MLP: y(n, w_down->rows) := (silu(g) * u) w_down^T
+     * [+ b_down], where [g u] (n, 2f) = x w_up^T [+ b_up] and w_down is
+     * (dim, f). gu (n, 2f) and act (n, f) are scratch, their contents
+     * undefined afterwards (a backend may keep them in another format). */
+    void (*swiglu)(sep_backend_t *be, float *y, const float *x, const sep_weight_t *w_up,
+                   const float *b_up, const sep_weight_t *w_down, const float *b_down, int n,
+                   float *gu, float *act);
     /* x := gelu(x); tanh_approx selects the tanh form */
     void (*gelu)(sep_backend_t *be, float *x, size_t n, int tanh_approx);
     /* nll[i] = logsumexp(logits row i) - logits[i, target[i]] (n rows of

@@ -238,6 +238,10 @@ static void cpu_rope(sep_backend_t *be, const sep_rope_t *blocks, int n_blocks, 
             const float *c = cs + (size_t)i * rot_dim, *s = c + half;
             for (int h = 0; h < n_heads; h++) {
                 float *v = x + (size_t)i * stride + (size_t)h * head_dim;
+                if (blocks[b].raw && h >= blocks[b].raw_head)
+                    memcpy(blocks[b].raw + (size_t)i * blocks[b].raw_stride +
+                               (size_t)(h - blocks[b].raw_head) * head_dim,
+                           v, (size_t)head_dim * sizeof *v);
                 #pragma omp simd
                 for (int j = 0; j < half; j++) {
                     float a = v[j], bb = v[j + half];
@@ -322,13 +326,18 @@ static void cpu_add(sep_backend_t *be, float *x, const float *y, size_t n)
         x[i] += y[i];
 }
 
-static void cpu_silu_mul(sep_backend_t *be, float *y, const float *gu, int n, int d)
+static void cpu_swiglu(sep_backend_t *be, float *y, const float *x, const sep_weight_t *w_up,
+                       const float *b_up, const sep_weight_t *w_down, const float *b_down,
+                       int n, float *gu, float *act)
 {
+    int d = w_up->rows / 2;
+    cpu_matmul(be, gu, x, w_up, b_up, n);
     #pragma omp parallel for num_threads(be->n_threads) schedule(static)
     for (int i = 0; i < n; i++) {
         const float *g = gu + (size_t)i * 2 * d;
-        sep_silu_mul_row(y + (size_t)i * d, g, g + d, d);
+        sep_silu_mul_row(act + (size_t)i * d, g, g + d, d);
     }
+    cpu_matmul(be, y, act, w_down, b_down, n);
 }
 
 static void cpu_gelu(sep_backend_t *be, float *x, size_t n, int tanh_approx)
@@ -414,7 +423,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->sync = cpu_sync;
     be->attention = cpu_attention;
     be->add = cpu_add;
-    be->silu_mul = cpu_silu_mul;
+    be->swiglu = cpu_swiglu;
     be->gelu = cpu_gelu;
     be->nll = cpu_nll;
     be->destroy = cpu_destroy;

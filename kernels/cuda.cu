@@ -1,12 +1,13 @@
 /* cuda.cu: the CUDA backend, built as the module sepd-cuda.so that
  * sep_backend_cuda_new() loads on first use (so CPU-only runs never map
- * the CUDA libraries). cuBLAS does the matrix products; the kernels
- * below do the rest on the device. Activations are fp32 between
- * operations. In bf16 mode weights are bf16 and a product rounds its
- * input to bf16 too, accumulating in fp32 on the tensor cores (the norms
- * and activations that feed products write that bf16 copy as they go);
- * attention runs on the tensor cores too. In fp32 mode everything is
- * fp32 (TF32 stays off), exact against the goldens. */
+ * the CUDA libraries). cuBLAS does the matrix products of many rows; the
+ * kernels below do the rest on the device. Activations are fp32 between
+ * operations, but for the SwiGLU MLP's, which stay bf16. In bf16 mode
+ * weights are bf16 and a product rounds its input to bf16 too,
+ * accumulating in fp32 on the tensor cores (the norms and attention that
+ * feed products write that bf16 copy as they go); attention runs on the
+ * tensor cores too. In fp32 mode everything is fp32 (TF32 stays off),
+ * exact against the goldens. */
 extern "C" {
 #include "backend.h"
 #include "err.h"
@@ -18,6 +19,21 @@ extern "C" {
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A one-token product not yet launched (see cuda_norm); w NULL: none. */
+typedef struct {
+    float *y;
+    const void *x;        /* fp32 or (x_bf16) bf16 rows */
+    int x_bf16;
+    const sep_weight_t *w;
+    const float *bias;
+    int n;
+} gemv_pending_t;
+
+/* Offsets [lo, hi) from the mirror's anchor (below). */
+typedef struct {
+    size_t lo, hi;
+} xb_span_t;
 
 /* The CUDA backend: a stream, a cuBLAS handle and device scratch. */
 typedef struct {
@@ -36,12 +52,16 @@ typedef struct {
     size_t h_nll_cap;
     __nv_bfloat16 *d_xb;  /* (max_rows, max_width) a product's input in bf16 */
     size_t xb_cap;
-    const float *xb_of;   /* the fp32 values d_xb holds in bf16 now, or NULL */
-    size_t xb_len;        /* how many */
+    const float *xb_of;   /* the mirror's anchor: d_xb[i] holds xb_of[i] in bf16 ... */
+    xb_span_t *xb_spans;  /* (spans_cap) ... for i in these spans, sorted, disjoint */
+    int n_spans, spans_cap;
+    int xb_rounds;        /* the spans are attention rounds' outputs (more may follow) */
     float *d_part;        /* (part_cap) split attention's partial rows */
     size_t part_cap;
-    unsigned *d_count;    /* (FA_PART_BLOCKS) finished splits of each row tile, zeroed */
+    unsigned *d_count;    /* (FA_PART_BLOCKS + 1) finished splits of each row tile, zeroed */
+    unsigned *d_done;     /* its last: finished blocks of a GEMV with a norm, zeroed */
     int n_sm;             /* multiprocessors: how many blocks fill the GPU */
+    gemv_pending_t pending; /* a product held back for the norm after it */
     int bf16;             /* weights and product inputs in bf16 */
 } cuda_backend_t;
 
@@ -52,6 +72,46 @@ struct sep_weight {
 };
 
 #define CB(be) ((cuda_backend_t *)(be))
+
+/* Launches the product held back for a fused norm, if any (below): every
+ * entry point but the norms calls it first. */
+static void cuda_flush(cuda_backend_t *cb);
+
+/* ---- launches ------------------------------------------------------------ *
+ * Every kernel goes out with programmatic dependent launch (Hopper): it
+ * may be scheduled while the kernel before it drains, and its blocks wait
+ * (griddep_wait) before they touch anything earlier work wrote; each
+ * kernel lets the next one launch (griddep_launch) once it runs. A
+ * one-token step is some 300 small kernels: the gaps between them would
+ * cost as much as many of the kernels. */
+__device__ __forceinline__ void griddep_wait(void)
+{
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+__device__ __forceinline__ void griddep_launch(void)
+{
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+/* kernel<<<grid, block, shared, stream>>>(args), as above; a launch error
+ * is left for cuda_sync to report (cudaGetLastError) */
+template <typename... Params, typename... Args>
+static void cuda_launch(cudaStream_t stream, void (*kernel)(Params...), dim3 grid, dim3 block,
+                        size_t shared, Args... args)
+{
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg;
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = shared;
+    cfg.stream = stream;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kernel, (Params)args...);
+}
 
 /* Grow a device scratch buffer (from reserve, before work is queued). */
 static int cuda_grow(cuda_backend_t *cb, void **buf, size_t *cap, size_t bytes)
@@ -103,22 +163,88 @@ static const int32_t *cuda_stage_ids(cuda_backend_t *cb, const int32_t *ids, int
     return (const int32_t *)cuda_stage(cb, ids, (size_t)n * sizeof *ids);
 }
 
-/* Every operation but a product may write the rows d_xb mirrors. */
+/* ---- the bf16 mirror ------------------------------------------------------ *
+ * d_xb holds the bf16 copy of fp32 values that a product reads next, so it
+ * need not convert them: a producer (norm, activation) writes it as a
+ * twin of its output, attention adds each round's rows, a product that
+ * had to convert its input leaves it there. Any write to mirrored values
+ * drops the mirror. */
+
 static void cuda_written(cuda_backend_t *cb)
 {
     cb->xb_of = NULL;
+    cb->n_spans = 0;
+    cb->xb_rounds = 0;
+}
+
+/* Forget the mirror if the n floats at y overwrite what it mirrors. */
+static void cuda_overwrites(cuda_backend_t *cb, const float *y, size_t n)
+{
+    if (!cb->n_spans)
+        return;
+    uintptr_t a = (uintptr_t)y, b = (uintptr_t)(y + n);
+    uintptr_t lo = (uintptr_t)(cb->xb_of + cb->xb_spans[0].lo);
+    uintptr_t hi = (uintptr_t)(cb->xb_of + cb->xb_spans[cb->n_spans - 1].hi);
+    if (a < hi && lo < b)
+        cuda_written(cb);
+}
+
+/* The mirror's span set gains the len values at p (at or after the
+ * anchor, inside d_xb), merged with the spans it touches; -1 without
+ * memory for another span. */
+static int cuda_mirror_add(cuda_backend_t *cb, const float *p, size_t len)
+{
+    size_t lo = (size_t)(p - cb->xb_of), hi = lo + len;
+    int i = 0, j;
+    while (i < cb->n_spans && cb->xb_spans[i].hi < lo)
+        i++;
+    for (j = i; j < cb->n_spans && cb->xb_spans[j].lo <= hi; j++) {
+        lo = cb->xb_spans[j].lo < lo ? cb->xb_spans[j].lo : lo;
+        hi = cb->xb_spans[j].hi > hi ? cb->xb_spans[j].hi : hi;
+    }
+    if (j == i) {
+        if (cb->n_spans == cb->spans_cap) {
+            int cap = cb->spans_cap ? 2 * cb->spans_cap : 64;
+            xb_span_t *ns = (xb_span_t *)realloc(cb->xb_spans, cap * sizeof *ns);
+            if (!ns)
+                return -1;
+            cb->xb_spans = ns;
+            cb->spans_cap = cap;
+        }
+        memmove(cb->xb_spans + i + 1, cb->xb_spans + i, (cb->n_spans - i) * sizeof *cb->xb_spans);
+        cb->n_spans++;
+    } else if (j > i + 1) {
+        memmove(cb->xb_spans + i + 1, cb->xb_spans + j, (cb->n_spans - j) * sizeof *cb->xb_spans);
+        cb->n_spans -= j - i - 1;
+    }
+    cb->xb_spans[i].lo = lo;
+    cb->xb_spans[i].hi = hi;
+    return 0;
 }
 
 /* Where a producer of the len values y may also write them in bf16, for
  * the product that reads them next; NULL when d_xb is too small. */
 static __nv_bfloat16 *cuda_twin(cuda_backend_t *cb, const float *y, size_t len)
 {
-    cb->xb_of = NULL;
+    cuda_written(cb);
     if (!cb->bf16 || len * sizeof(__nv_bfloat16) > cb->xb_cap)
         return NULL;
     cb->xb_of = y;
-    cb->xb_len = len;
+    if (cuda_mirror_add(cb, y, len))
+        return NULL;
     return cb->d_xb;
+}
+
+/* The len values x in bf16 if the mirror holds them all, else NULL. */
+static const __nv_bfloat16 *cuda_mirror(const cuda_backend_t *cb, const float *x, size_t len)
+{
+    if (!cb->n_spans || x < cb->xb_of)
+        return NULL;
+    size_t lo = (size_t)(x - cb->xb_of);
+    for (int i = 0; i < cb->n_spans; i++)
+        if (cb->xb_spans[i].lo <= lo && lo + len <= cb->xb_spans[i].hi)
+            return cb->d_xb + lo;
+    return NULL;
 }
 
 static void *cuda_alloc(sep_backend_t *be, size_t bytes)
@@ -130,6 +256,7 @@ static void *cuda_alloc(sep_backend_t *be, size_t bytes)
 
 static void cuda_free(sep_backend_t *be, void *p)
 {
+    cuda_flush(CB(be));
     (void)be;
     if (p)
         cudaFree(p);
@@ -137,13 +264,15 @@ static void cuda_free(sep_backend_t *be, void *p)
 
 static void cuda_upload(sep_backend_t *be, void *dst, const void *src, size_t bytes)
 {
-    cuda_written(CB(be));
+    cuda_flush(CB(be));
+    cuda_overwrites(CB(be), (const float *)dst, (bytes + sizeof(float) - 1) / sizeof(float));
     cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, CB(be)->stream);
     cudaStreamSynchronize(CB(be)->stream); /* src may be reused at once */
 }
 
 static void cuda_download(sep_backend_t *be, void *dst, const void *src, size_t bytes)
 {
+    cuda_flush(CB(be));
     cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, CB(be)->stream);
     cudaStreamSynchronize(CB(be)->stream);
 }
@@ -171,6 +300,8 @@ typedef struct {
  * overwrite rows other blocks still read); pass 1 copies d_tmp back. */
 __global__ void k_gather(const gather_batch_t batch, float *tmp, int pass)
 {
+    griddep_wait();
+    griddep_launch();
     const gather_desc_t *g = &batch.g[blockIdx.y];
     if (pass == 1 && g->tmp < 0)
         return;
@@ -189,8 +320,10 @@ __global__ void k_gather(const gather_batch_t batch, float *tmp, int pass)
  * any single gather). */
 static void cuda_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gathers)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
-    cuda_written(cb);
+    for (int i = 0; i < n_gathers; i++)
+        cuda_overwrites(cb, g[i].dst, (size_t)g[i].n * g[i].width);
     for (int at = 0; at < n_gathers;) {
         gather_batch_t batch;
         size_t ids = 0, tmp = 0;
@@ -223,9 +356,9 @@ static void cuda_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gat
         if (rows == 0)
             continue;
         dim3 grid(rows < 1024 ? rows : 1024, nb);
-        k_gather<<<grid, 128, 0, cb->stream>>>(batch, cb->d_tmp, 0);
+        cuda_launch(cb->stream, k_gather, grid, 128, 0, batch, cb->d_tmp, 0);
         if (in_place)
-            k_gather<<<grid, 128, 0, cb->stream>>>(batch, cb->d_tmp, 1);
+            cuda_launch(cb->stream, k_gather, grid, 128, 0, batch, cb->d_tmp, 1);
     }
 }
 
@@ -258,6 +391,8 @@ static void cuda_in_batches(const T *blocks, int n_blocks, Launch launch)
 /* blockIdx.y picks the block of rows; blockIdx.x strides its rows */
 __global__ void k_copy_rows(const batch_of<sep_rows_t> batch)
 {
+    griddep_wait();
+    griddep_launch();
     const sep_rows_t *r = &batch.b[blockIdx.y];
     for (int i = blockIdx.x; i < r->n; i += gridDim.x)
         for (int j = threadIdx.x; j < r->width; j += blockDim.x)
@@ -266,10 +401,12 @@ __global__ void k_copy_rows(const batch_of<sep_rows_t> batch)
 
 static void cuda_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_blocks)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
-    cuda_written(cb);
+    for (int i = 0; i < n_blocks; i++)
+        cuda_overwrites(cb, blocks[i].dst, (size_t)blocks[i].n * blocks[i].dst_stride);
     cuda_in_batches(blocks, n_blocks, [cb](const batch_of<sep_rows_t> &batch, int nb, int rows) {
-        k_copy_rows<<<dim3(rows < 1024 ? rows : 1024, nb), 256, 0, cb->stream>>>(batch);
+        cuda_launch(cb->stream, k_copy_rows, dim3(rows < 1024 ? rows : 1024, nb), 256, 0, batch);
     });
 }
 
@@ -277,6 +414,8 @@ static void cuda_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_bl
 
 __global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, size_t n)
 {
+    griddep_wait();
+    griddep_launch();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
         y[i] = __float2bfloat16(x[i]);
@@ -284,6 +423,8 @@ __global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, size_t n)
 
 __global__ void k_rows_bf16(float *y, const __nv_bfloat16 *w, const int32_t *ids, int cols)
 {
+    griddep_wait();
+    griddep_launch();
     const __nv_bfloat16 *row = w + (size_t)ids[blockIdx.x] * cols;
     for (int j = threadIdx.x; j < cols; j += blockDim.x)
         y[(size_t)blockIdx.x * cols + j] = __bfloat162float(row[j]);
@@ -291,6 +432,7 @@ __global__ void k_rows_bf16(float *y, const __nv_bfloat16 *w, const int32_t *ids
 
 static sep_weight_t *cuda_weight_new(sep_backend_t *be, const float *host, int rows, int cols)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
     size_t n = (size_t)rows * cols;
     sep_weight_t *w = (sep_weight_t *)calloc(1, sizeof *w);
@@ -308,8 +450,8 @@ static sep_weight_t *cuda_weight_new(sep_backend_t *be, const float *host, int r
     if (cudaMalloc(&stage, n * sizeof(float)) != cudaSuccess)
         goto fail;
     cudaMemcpy(stage, host, n * sizeof(float), cudaMemcpyHostToDevice);
-    k_to_bf16<<<(unsigned)((n + 255) / 256), 256, 0, cb->stream>>>(
-        (__nv_bfloat16 *)w->data, stage, n);
+    cuda_launch(cb->stream, k_to_bf16, (unsigned)((n + 255) / 256), 256, 0,
+                (__nv_bfloat16 *)w->data, stage, n);
     cudaStreamSynchronize(cb->stream);
     cudaFree(stage);
     return w;
@@ -322,6 +464,7 @@ fail:
 
 static void cuda_weight_free(sep_backend_t *be, sep_weight_t *w)
 {
+    cuda_flush(CB(be));
     (void)be;
     if (w)
         cudaFree(w->data);
@@ -330,135 +473,25 @@ static void cuda_weight_free(sep_backend_t *be, sep_weight_t *w)
 
 __global__ void k_bias_rows(float *y, const float *bias, int n, int d)
 {
+    griddep_wait();
+    griddep_launch();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (size_t)n * d)
         y[i] = bias[i % d];
 }
 
-/* The len values x in bf16 if d_xb mirrors them (a producer wrote them,
- * or an earlier product converted them), else NULL. */
-static const __nv_bfloat16 *cuda_mirror(const cuda_backend_t *cb, const float *x, size_t len)
+/* y (n, d) := the bias in every row, when there is one: the beta with
+ * which a cuBLAS product then adds itself to y. */
+static float cuda_bias_first(cuda_backend_t *cb, float *y, const float *bias, int n, int d)
 {
-    if (!cb->xb_of || x < cb->xb_of || x + len > cb->xb_of + cb->xb_len)
-        return NULL;
-    return cb->d_xb + (x - cb->xb_of);
+    if (!bias)
+        return 0.0f;
+    size_t total = (size_t)n * d;
+    cuda_launch(cb->stream, k_bias_rows, (unsigned)((total + 255) / 256), 256, 0, y, bias, n, d);
+    return 1.0f;
 }
 
-/* Products of a few rows (one-token steps) read the weight once at full
- * bandwidth: a warp per output column, 16-byte loads of its bf16 weight
- * row, the GEMV_ROWS rows' dot products reduced across the warp. cuBLAS
- * takes split-K kernels for these and reads the weights at half speed. */
-#define GEMV_ROWS 4
-#define GEMV_WARPS 8
-
-template <int N>
-__global__ void __launch_bounds__(32 * GEMV_WARPS)
-    k_gemv_bf16(float *y, const float *x, const __nv_bfloat16 *w, const float *bias, int d_in,
-                int d_out)
-{
-    int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (o >= d_out)
-        return;
-    const uint4 *wr = (const uint4 *)(w + (size_t)o * d_in);
-    float acc[N];
-#pragma unroll
-    for (int i = 0; i < N; i++)
-        acc[i] = 0.0f;
-#pragma unroll 4
-    for (int c = lane; c < d_in / 8; c += 32) {
-        uint4 wv = wr[c];
-        const __nv_bfloat162 *w2 = (const __nv_bfloat162 *)&wv;
-        float2 f[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-            f[k] = __bfloat1622float2(w2[k]);
-#pragma unroll
-        for (int i = 0; i < N; i++) {
-            const float4 *xr = (const float4 *)(x + (size_t)i * d_in) + 2 * c;
-            float4 a = xr[0], b = xr[1];
-            acc[i] += f[0].x * a.x + f[0].y * a.y + f[1].x * a.z + f[1].y * a.w +
-                      f[2].x * b.x + f[2].y * b.y + f[3].x * b.z + f[3].y * b.w;
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < N; i++) {
-        float v = acc[i];
-        for (int off = 16; off > 0; off >>= 1)
-            v += __shfl_xor_sync(0xffffffffu, v, off);
-        if (lane == 0)
-            y[(size_t)i * d_out + o] = v + (bias ? bias[o] : 0.0f);
-    }
-}
-
-static void cuda_gemv(cuda_backend_t *cb, float *y, const float *x, const sep_weight_t *w,
-                      const float *bias, int n)
-{
-    dim3 grid((w->rows + GEMV_WARPS - 1) / GEMV_WARPS);
-    const __nv_bfloat16 *wd = (const __nv_bfloat16 *)w->data;
-    switch (n) {
-    case 1: k_gemv_bf16<1><<<grid, 32 * GEMV_WARPS, 0, cb->stream>>>(y, x, wd, bias, w->cols, w->rows); break;
-    case 2: k_gemv_bf16<2><<<grid, 32 * GEMV_WARPS, 0, cb->stream>>>(y, x, wd, bias, w->cols, w->rows); break;
-    case 3: k_gemv_bf16<3><<<grid, 32 * GEMV_WARPS, 0, cb->stream>>>(y, x, wd, bias, w->cols, w->rows); break;
-    default: k_gemv_bf16<4><<<grid, 32 * GEMV_WARPS, 0, cb->stream>>>(y, x, wd, bias, w->cols, w->rows); break;
-    }
-}
-
-static void cuda_matmul(sep_backend_t *be, float *y, const float *x, const sep_weight_t *w,
-                        const float *bias, int n)
-{
-    cuda_backend_t *cb = CB(be);
-    int d_in = w->cols, d_out = w->rows;
-    float one = 1.0f, beta = 0.0f;
-    if (n <= 0)
-        return;
-    if (cb->xb_of && y < cb->xb_of + cb->xb_len && cb->xb_of < y + (size_t)n * d_out)
-        cb->xb_of = NULL; /* y overwrites the mirrored values */
-    /* x's rows are 16-byte aligned when d_in is a multiple of 8 */
-    if (w->bf16 && n <= GEMV_ROWS && d_in % 8 == 0 && ((uintptr_t)x & 15) == 0) {
-        cuda_gemv(cb, y, x, w, bias, n);
-        return;
-    }
-    if (bias) {
-        size_t total = (size_t)n * d_out;
-        k_bias_rows<<<(unsigned)((total + 255) / 256), 256, 0, cb->stream>>>(y, bias, n, d_out);
-        beta = 1.0f;
-    }
-    /* row-major y = x w^T is column-major y^T = w x^T */
-    if (!w->bf16) {
-        cublasSgemm(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, d_out, n, d_in, &one,
-                    (const float *)w->data, d_in, x, d_in, &beta, y, d_out);
-        return;
-    }
-    size_t nx = (size_t)n * d_in;
-    const __nv_bfloat16 *xb = cuda_mirror(cb, x, nx);
-    if (!xb) {
-        k_to_bf16<<<(unsigned)((nx + 255) / 256), 256, 0, cb->stream>>>(cb->d_xb, x, nx);
-        xb = cb->d_xb;
-        cb->xb_of = x;
-        cb->xb_len = nx;
-    }
-    cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, d_out, n, d_in, &one, w->data,
-                 CUDA_R_16BF, d_in, xb, CUDA_R_16BF, d_in, &beta, y, CUDA_R_32F, d_out,
-                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-}
-
-static void cuda_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
-                             const int32_t *ids, int n)
-{
-    cuda_backend_t *cb = CB(be);
-    cuda_written(cb);
-    if (n <= 0)
-        return;
-    if (!w->bf16) {
-        sep_gather_t g = { y, (const float *)w->data, ids, n, w->cols };
-        cuda_gather_rows(be, &g, 1);
-        return;
-    }
-    k_rows_bf16<<<n, 256, 0, cb->stream>>>(y, (const __nv_bfloat16 *)w->data,
-                                           cuda_stage_ids(cb, ids, n), w->cols);
-}
-
-/* ---- norms, rope, elementwise -------------------------------------------- */
+/* ---- device helpers ------------------------------------------------------ */
 
 struct op_sum {
     __device__ float operator()(float a, float b) const { return a + b; }
@@ -504,6 +537,369 @@ __device__ __forceinline__ void put(float *y, __nv_bfloat16 *yb, size_t t, float
         yb[t] = __float2bfloat16(v);
 }
 
+/* y[t], y[t + 1] = a, b likewise, t even: one store each */
+__device__ __forceinline__ void put2(float *y, __nv_bfloat16 *yb, size_t t, float a, float b)
+{
+    *(float2 *)(y + t) = make_float2(a, b);
+    if (yb)
+        *(__nv_bfloat162 *)(yb + t) = __floats2bfloat162_rn(a, b);
+}
+
+/* Products of a few rows (one-token steps) read the weight once at full
+ * bandwidth: a warp per output column, 16-byte loads of its bf16 weight
+ * row, the GEMV_ROWS rows' dot products reduced across the warp. cuBLAS
+ * takes split-K kernels for these and reads the weights at half speed.
+ * The input is fp32 or bf16 (XT); SWIGLU makes each warp score columns o
+ * and o + d_out of a gate-up weight and write silu(g) * u in bf16 to yb,
+ * instead of the column to y. */
+#define GEMV_ROWS 4
+#define GEMV_WARPS 8
+
+/* eight values from 16-byte aligned x, as floats */
+__device__ __forceinline__ void load8(float *f, const float *x)
+{
+    float4 a = ((const float4 *)x)[0], b = ((const float4 *)x)[1];
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+
+__device__ __forceinline__ void load8(float *f, const __nv_bfloat16 *x)
+{
+    uint4 v = *(const uint4 *)x;
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&v;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 p = __bfloat1622float2(h[k]);
+        f[2 * k] = p.x;
+        f[2 * k + 1] = p.y;
+    }
+}
+
+/* acc += the products of one 16-byte vector of weights (wv, a row each
+ * for SWIGLU's gate and up) with the N rows of x at vector c */
+template <int N, int SWIGLU, typename XT>
+__device__ __forceinline__ void gemv_step(float (&acc)[1 + SWIGLU][N], const uint4 *wv,
+                                          const XT *x, int d_in, int c)
+{
+    float f[1 + SWIGLU][8];
+#pragma unroll
+    for (int h = 0; h <= SWIGLU; h++)
+        load8(f[h], (const __nv_bfloat16 *)&wv[h]);
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        float a[8];
+        load8(a, x + (size_t)i * d_in + 8 * c);
+#pragma unroll
+        for (int h = 0; h <= SWIGLU; h++)
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                acc[h][i] += f[h][k] * a[k];
+    }
+}
+
+/* vectors of weights a lane loads before it waits for x (the weights do
+ * not depend on earlier kernels: their reads overlap the kernel before) */
+#define GEMV_EARLY 4
+
+/* The residual add and norm that follow a product of few rows, done by
+ * its last block (see cuda_norm): x += y, then h = norm(x) * w [+ b]
+ * (LayerNorm when b is set), h's bf16 twin to hb when set. */
+typedef struct {
+    float *h;
+    __nv_bfloat16 *hb;
+    float *x;
+    const float *w, *b;
+    float eps;
+    unsigned *count;  /* blocks done, zero between launches */
+} gemv_norm_t;
+
+/* Loads of a tail pass a thread keeps in flight (registers it adds to the
+ * GEMV, which must not lose occupancy to its tail). */
+#define TAIL_PER 8
+
+/* The last block of the grid to finish (its writes of y, d wide, and
+ * every other block's, visible) adds and norms the N rows; TAIL_PER
+ * values a thread at a time, loads first. */
+template <int N>
+__device__ void gemv_norm_tail(const float *y, int d, const gemv_norm_t &nm)
+{
+    __shared__ unsigned ticket;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        ticket = atomicAdd(nm.count, 1u);
+    __syncthreads();
+    if (ticket != gridDim.x - 1)
+        return;
+    __threadfence();
+    int step = TAIL_PER * blockDim.x;
+    for (int i = 0; i < N; i++) {
+        float *x = nm.x + (size_t)i * d, s = 0.0f, ss = 0.0f, mean = 0.0f;
+        const float *yr = y + (size_t)i * d;
+        for (int j0 = threadIdx.x; j0 < d; j0 += step) {
+            float v[TAIL_PER];
+#pragma unroll
+            for (int k = 0; k < TAIL_PER; k++) {
+                int j = j0 + k * blockDim.x;
+                v[k] = j < d ? x[j] + __ldcg(yr + j) : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < TAIL_PER; k++)
+                if (j0 + k * blockDim.x < d) {
+                    x[j0 + k * blockDim.x] = v[k];
+                    s += v[k];
+                    ss += v[k] * v[k];
+                }
+        }
+        if (nm.b) { /* LayerNorm: the variance about the mean, a second pass */
+            mean = block_sum(s) / d;
+            ss = 0.0f;
+            for (int j0 = threadIdx.x; j0 < d; j0 += step) {
+                float v[TAIL_PER];
+#pragma unroll
+                for (int k = 0; k < TAIL_PER; k++) {
+                    int j = j0 + k * blockDim.x;
+                    v[k] = j < d ? x[j] - mean : 0.0f;
+                }
+#pragma unroll
+                for (int k = 0; k < TAIL_PER; k++)
+                    ss += v[k] * v[k];
+            }
+        }
+        float r = rsqrtf(block_sum(ss) / d + nm.eps);
+        for (int j0 = threadIdx.x; j0 < d; j0 += step) {
+            float v[TAIL_PER], wv[TAIL_PER];
+#pragma unroll
+            for (int k = 0; k < TAIL_PER; k++) {
+                int j = j0 + k * blockDim.x;
+                v[k] = j < d ? x[j] : 0.0f;
+                wv[k] = j < d ? nm.w[j] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < TAIL_PER; k++) {
+                int j = j0 + k * blockDim.x;
+                if (j < d)
+                    put(nm.h, nm.hb, (size_t)i * d + j,
+                        (v[k] - mean) * r * wv[k] + (nm.b ? nm.b[j] : 0.0f));
+            }
+        }
+    }
+    if (threadIdx.x == 0)
+        *nm.count = 0;
+}
+
+/* Each block asks L2 for a 128-byte line of the tail's rows of x and of
+ * its weights (the weights do not change; x's last writer finished long
+ * before), so the last block finds them there. */
+template <int N>
+__device__ void gemv_norm_prefetch(int d, const gemv_norm_t &nm)
+{
+    int lines = (d + 31) / 32, t = threadIdx.x;
+    for (int k = blockIdx.x * 2 + t; t < 2 && k < (N + 1) * lines; k += 2 * gridDim.x) {
+        const float *p = k < lines ? nm.w + 32 * k : nm.x + 32 * (k - lines);
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+}
+
+template <int N, int SWIGLU, typename XT, int NORM>
+__global__ void __launch_bounds__(32 * GEMV_WARPS)
+    k_gemv(float *y, __nv_bfloat16 *yb, const XT *x, const __nv_bfloat16 *w, const float *bias,
+           int d_in, int d_out, gemv_norm_t nm)
+{
+    int o = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    int n8 = d_in / 8;
+    if (NORM)
+        gemv_norm_prefetch<N>(d_out, nm);
+    if (o >= d_out) { /* a warp past the last column: only the tail's syncs */
+        griddep_wait();
+        griddep_launch();
+        if (NORM)
+            gemv_norm_tail<N>(y, d_out, nm);
+        return;
+    }
+    const uint4 *wr[1 + SWIGLU];
+    float acc[1 + SWIGLU][N];
+    uint4 early[GEMV_EARLY][1 + SWIGLU];
+#pragma unroll
+    for (int h = 0; h <= SWIGLU; h++) {
+        wr[h] = (const uint4 *)(w + (size_t)(o + h * d_out) * d_in);
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            acc[h][i] = 0.0f;
+#pragma unroll
+        for (int p = 0; p < GEMV_EARLY; p++)
+            if (lane + 32 * p < n8)
+                early[p][h] = wr[h][lane + 32 * p];
+    }
+    griddep_wait();
+    griddep_launch();
+#pragma unroll
+    for (int p = 0; p < GEMV_EARLY; p++)
+        if (lane + 32 * p < n8)
+            gemv_step<N, SWIGLU>(acc, early[p], x, d_in, lane + 32 * p);
+#pragma unroll 4
+    for (int c = lane + 32 * GEMV_EARLY; c < n8; c += 32) {
+        uint4 wv[1 + SWIGLU];
+#pragma unroll
+        for (int h = 0; h <= SWIGLU; h++)
+            wv[h] = wr[h][c];
+        gemv_step<N, SWIGLU>(acc, wv, x, d_in, c);
+    }
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        float v[1 + SWIGLU];
+#pragma unroll
+        for (int h = 0; h <= SWIGLU; h++) {
+            v[h] = acc[h][i];
+            for (int off = 16; off > 0; off >>= 1)
+                v[h] += __shfl_xor_sync(0xffffffffu, v[h], off);
+            v[h] += bias ? bias[o + h * d_out] : 0.0f;
+        }
+        if (lane != 0)
+            continue;
+        if (SWIGLU)
+            yb[(size_t)i * d_out + o] =
+                __float2bfloat16(v[0] / (1.0f + __expf(-v[0])) * v[SWIGLU]);
+        else
+            y[(size_t)i * d_out + o] = v[0];
+    }
+    if (NORM)
+        gemv_norm_tail<N>(y, d_out, nm);
+}
+
+/* Whether a product of n rows of x (d_in wide) takes the GEMV: bf16
+ * weights, rows of whole 16-byte vectors. */
+static int cuda_gemv_fits(const sep_weight_t *w, const void *x, int n)
+{
+    return w->bf16 && n <= GEMV_ROWS && w->cols % 8 == 0 && ((uintptr_t)x & 15) == 0;
+}
+
+/* y (or yb, SWIGLU: d_out = w->rows / 2) from n <= GEMV_ROWS rows of x,
+ * then nm's add and norm (NORM) */
+template <int SWIGLU, typename XT, int NORM>
+static void cuda_gemv_launch(cuda_backend_t *cb, float *y, __nv_bfloat16 *yb, const XT *x,
+                             const sep_weight_t *w, const float *bias, int n, gemv_norm_t nm)
+{
+    int d_out = SWIGLU ? w->rows / 2 : w->rows;
+    dim3 grid((d_out + GEMV_WARPS - 1) / GEMV_WARPS), block(32 * GEMV_WARPS);
+    const __nv_bfloat16 *wd = (const __nv_bfloat16 *)w->data;
+    switch (n) {
+    case 1:
+        cuda_launch(cb->stream, k_gemv<1, SWIGLU, XT, NORM>, grid, block, 0, y, yb, x, wd, bias,
+                    w->cols, d_out, nm);
+        break;
+    case 2:
+        cuda_launch(cb->stream, k_gemv<2, SWIGLU, XT, NORM>, grid, block, 0, y, yb, x, wd, bias,
+                    w->cols, d_out, nm);
+        break;
+    case 3:
+        cuda_launch(cb->stream, k_gemv<3, SWIGLU, XT, NORM>, grid, block, 0, y, yb, x, wd, bias,
+                    w->cols, d_out, nm);
+        break;
+    default:
+        cuda_launch(cb->stream, k_gemv<4, SWIGLU, XT, NORM>, grid, block, 0, y, yb, x, wd, bias,
+                    w->cols, d_out, nm);
+        break;
+    }
+}
+
+/* So work stays in the order it was asked for. */
+static void cuda_flush(cuda_backend_t *cb)
+{
+    gemv_pending_t *p = &cb->pending;
+    gemv_norm_t none = {};
+    if (!p->w)
+        return;
+    if (p->x_bf16)
+        cuda_gemv_launch<0, __nv_bfloat16, 0>(cb, p->y, NULL, (const __nv_bfloat16 *)p->x, p->w,
+                                             p->bias, p->n, none);
+    else
+        cuda_gemv_launch<0, float, 0>(cb, p->y, NULL, (const float *)p->x, p->w, p->bias, p->n,
+                                     none);
+    p->w = NULL;
+}
+
+/* A GEMV: its launch waits for the next call when the add and norm after
+ * a product may fuse with it (a plain product of bf16 weights, and the
+ * counter the tail needs). */
+template <int SWIGLU, typename XT>
+static void cuda_gemv(cuda_backend_t *cb, float *y, __nv_bfloat16 *yb, const XT *x,
+                      const sep_weight_t *w, const float *bias, int n)
+{
+    gemv_norm_t none = {};
+    cuda_flush(cb);
+    if (!SWIGLU && cb->d_done) {
+        cb->pending = gemv_pending_t{ y, x, sizeof(XT) == 2, w, bias, n };
+        return;
+    }
+    cuda_gemv_launch<SWIGLU, XT, 0>(cb, y, yb, x, w, bias, n, none);
+}
+
+/* The n rows of x in bf16: d_xb's mirror of them, or converted into d_xb. */
+static const __nv_bfloat16 *cuda_bf16_input(cuda_backend_t *cb, const float *x, size_t n)
+{
+    const __nv_bfloat16 *xb = cuda_mirror(cb, x, n);
+    if (xb)
+        return xb;
+    cuda_launch(cb->stream, k_to_bf16, (unsigned)((n + 255) / 256), 256, 0, cb->d_xb, x, n);
+    cuda_twin(cb, x, n); /* d_xb holds x now: a second product on it reads that */
+    return cb->d_xb;
+}
+
+/* y(n, w->rows) = xb w^T [+ bias] on the tensor cores, y in fp32 or (yt
+ * CUDA_R_16BF, no bias) bf16; row-major y = x w^T is column-major
+ * y^T = w x^T. */
+static void cuda_gemm_bf16(cuda_backend_t *cb, void *y, cudaDataType yt,
+                           const __nv_bfloat16 *xb, const sep_weight_t *w, const float *bias,
+                           int n)
+{
+    float one = 1.0f, beta = cuda_bias_first(cb, (float *)y, bias, n, w->rows);
+    cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, n, w->cols, &one, w->data,
+                 CUDA_R_16BF, w->cols, xb, CUDA_R_16BF, w->cols, &beta, y, yt, w->rows,
+                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+static void cuda_matmul(sep_backend_t *be, float *y, const float *x, const sep_weight_t *w,
+                        const float *bias, int n)
+{
+    cuda_flush(CB(be));
+    cuda_backend_t *cb = CB(be);
+    if (n <= 0)
+        return;
+    cuda_overwrites(cb, y, (size_t)n * w->rows);
+    if (cuda_gemv_fits(w, x, n)) {
+        cuda_gemv<0, float>(cb, y, NULL, x, w, bias, n);
+        return;
+    }
+    if (w->bf16) {
+        cuda_gemm_bf16(cb, y, CUDA_R_32F, cuda_bf16_input(cb, x, (size_t)n * w->cols), w,
+                       bias, n);
+        return;
+    }
+    float one = 1.0f, beta = cuda_bias_first(cb, y, bias, n, w->rows);
+    cublasSgemm(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->rows, n, w->cols, &one,
+                (const float *)w->data, w->cols, x, w->cols, &beta, y, w->rows);
+}
+
+static void cuda_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
+                             const int32_t *ids, int n)
+{
+    cuda_flush(CB(be));
+    cuda_backend_t *cb = CB(be);
+    cuda_overwrites(cb, y, (size_t)n * w->cols);
+    if (n <= 0)
+        return;
+    if (!w->bf16) {
+        sep_gather_t g = { y, (const float *)w->data, ids, n, w->cols };
+        cuda_gather_rows(be, &g, 1);
+        return;
+    }
+    cuda_launch(cb->stream, k_rows_bf16, n, 256, 0, y, (const __nv_bfloat16 *)w->data,
+                cuda_stage_ids(cb, ids, n), w->cols);
+}
+
+/* ---- norms, rope, elementwise -------------------------------------------- */
+
 /* The norms: a block per row, its values held in registers (PER a
  * thread, loads all in flight at once), so a row costs one read and one
  * write. Rows up to 1024 * PER wide. */
@@ -514,6 +910,16 @@ template <int PER>
 __global__ void k_norm(float *y, __nv_bfloat16 *yb, float *x, const float *res, const float *w,
                        const float *b, int d, float eps)
 {
+    /* the weights first: they do not wait for the kernel before */
+    float wv[PER], bv[PER];
+#pragma unroll
+    for (int k = 0; k < PER; k++) {
+        int j = threadIdx.x + k * blockDim.x;
+        wv[k] = j < d ? w[j] : 0.0f;
+        bv[k] = j < d && b ? b[j] : 0.0f;
+    }
+    griddep_wait();
+    griddep_launch();
     size_t row = (size_t)blockIdx.x * d;
     float v[PER], s = 0.0f;
 #pragma unroll
@@ -542,13 +948,28 @@ __global__ void k_norm(float *y, __nv_bfloat16 *yb, float *x, const float *res, 
     for (int k = 0; k < PER; k++) {
         int j = threadIdx.x + k * blockDim.x;
         if (j < d)
-            put(y, yb, row + j, v[k] * r * w[j] + (b ? b[j] : 0.0f));
+            put(y, yb, row + j, v[k] * r * wv[k] + bv[k]);
     }
 }
 
+/* A norm whose residual is the output of the GEMV held back (a one-token
+ * step's output products) runs as that GEMV's tail: one launch, and the
+ * norm starts the moment the product ends. */
 static void cuda_norm(cuda_backend_t *cb, float *y, float *x, const float *res, const float *w,
                       const float *b, int n, int d, float eps)
 {
+    gemv_pending_t p = cb->pending;
+    if (p.w && res && res == p.y && n == p.n && d == p.w->rows) {
+        gemv_norm_t nm = { y, cuda_twin(cb, y, (size_t)n * d), x, w, b, eps, cb->d_done };
+        cb->pending.w = NULL;
+        if (p.x_bf16)
+            cuda_gemv_launch<0, __nv_bfloat16, 1>(cb, p.y, NULL, (const __nv_bfloat16 *)p.x, p.w,
+                                                 p.bias, n, nm);
+        else
+            cuda_gemv_launch<0, float, 1>(cb, p.y, NULL, (const float *)p.x, p.w, p.bias, n, nm);
+        return;
+    }
+    cuda_flush(cb);
     __nv_bfloat16 *yb = cuda_twin(cb, y, (size_t)n * d);
     if (n <= 0)
         return;
@@ -556,9 +977,9 @@ static void cuda_norm(cuda_backend_t *cb, float *y, float *x, const float *res, 
     int per = d <= 1024 * NORM_PER ? NORM_PER : NORM_PER_WIDE;
     int threads = ((d + per - 1) / per + 31) / 32 * 32;
     if (per == NORM_PER)
-        k_norm<NORM_PER><<<n, threads, 0, cb->stream>>>(y, yb, x, res, w, b, d, eps);
+        cuda_launch(cb->stream, k_norm<NORM_PER>, n, threads, 0, y, yb, x, res, w, b, d, eps);
     else
-        k_norm<NORM_PER_WIDE><<<n, threads, 0, cb->stream>>>(y, yb, x, res, w, b, d, eps);
+        cuda_launch(cb->stream, k_norm<NORM_PER_WIDE>, n, threads, 0, y, yb, x, res, w, b, d, eps);
 }
 
 static void cuda_rmsnorm(sep_backend_t *be, float *y, float *x, const float *res,
@@ -573,39 +994,64 @@ static void cuda_layernorm(sep_backend_t *be, float *y, float *x, const float *r
     cuda_norm(CB(be), y, x, res, w, b, n, d, eps);
 }
 
-/* blockIdx.y the block of rows, blockIdx.x strides its rows; a thread per
- * (head, pair of rotated dims) */
+/* blockIdx.y the block of rows; the threads of blockIdx.x stride its
+ * items: per row, a (head, pair of rotated dims) each, then the raw
+ * heads' dims past rot_dim. A one-token step's row spreads over blocks. */
 __global__ void k_rope(const batch_of<sep_rope_t> batch, int stride, int n_heads, int head_dim,
                        int rot_dim)
 {
+    griddep_wait();
+    griddep_launch();
     const sep_rope_t *r = &batch.b[blockIdx.y];
-    int half = rot_dim / 2;
-    for (int i = blockIdx.x; i < r->n; i += gridDim.x) {
-        const float *cs = r->cs + (size_t)i * rot_dim;
-        for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x) {
-            int h = t / half, j = t % half;
-            float *v = r->x + (size_t)i * stride + (size_t)h * head_dim;
-            float c = cs[j], s = cs[half + j], a = v[j], b = v[j + half];
-            v[j] = a * c - b * s;
-            v[j + half] = b * c + a * s;
+    int half = rot_dim / 2, tail = head_dim - rot_dim, pairs = n_heads * half;
+    size_t per_row = pairs + (r->raw ? (size_t)(n_heads - r->raw_head) * tail : 0);
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < r->n * per_row;
+         t += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(t / per_row), e = (int)(t % per_row);
+        float *x = r->x + (size_t)i * stride;
+        float *raw = r->raw ? r->raw + (size_t)i * r->raw_stride : NULL;
+        if (e >= pairs) { /* a raw head's dim that nothing rotates */
+            int h = (e - pairs) / tail, j = rot_dim + (e - pairs) % tail;
+            raw[(size_t)h * head_dim + j] = x[(size_t)(r->raw_head + h) * head_dim + j];
+            continue;
         }
+        int h = e / half, j = e % half;
+        float *v = x + (size_t)h * head_dim;
+        const float *cs = r->cs + (size_t)i * rot_dim;
+        float c = cs[j], s = cs[half + j], a = v[j], b = v[j + half];
+        if (raw && h >= r->raw_head) {
+            float *kr = raw + (size_t)(h - r->raw_head) * head_dim;
+            kr[j] = a;
+            kr[j + half] = b;
+        }
+        v[j] = a * c - b * s;
+        v[j + half] = b * c + a * s;
     }
 }
 
 static void cuda_rope(sep_backend_t *be, const sep_rope_t *blocks, int n_blocks, int stride,
                       int n_heads, int head_dim, int rot_dim)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
-    cuda_written(cb);
+    for (int i = 0; i < n_blocks; i++) {
+        cuda_overwrites(cb, blocks[i].x, (size_t)blocks[i].n * stride);
+        if (blocks[i].raw)
+            cuda_overwrites(cb, blocks[i].raw, (size_t)blocks[i].n * blocks[i].raw_stride);
+    }
+    size_t per_row = (size_t)n_heads * (head_dim - rot_dim / 2);
     cuda_in_batches(blocks, n_blocks, [=](const batch_of<sep_rope_t> &batch, int nb, int rows) {
-        k_rope<<<dim3(rows < 4096 ? rows : 4096, nb), 256, 0, cb->stream>>>(
-            batch, stride, n_heads, head_dim, rot_dim);
+        size_t grid = (rows * per_row + 255) / 256;
+        cuda_launch(cb->stream, k_rope, dim3(grid < 4096 ? (unsigned)grid : 4096, nb), 256, 0,
+                    batch, stride, n_heads, head_dim, rot_dim);
     });
 }
 
 __global__ void k_rope_table(float *cs, const int64_t *pos, const double *inv_freq, int n,
                              int rot_dim)
 {
+    griddep_wait();
+    griddep_launch();
     int half = rot_dim / 2;
     size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (size_t)n * half)
@@ -620,38 +1066,61 @@ __global__ void k_rope_table(float *cs, const int64_t *pos, const double *inv_fr
 static void cuda_rope_table(sep_backend_t *be, float *cs, const int64_t *pos, int n,
                             const double *inv_freq, int rot_dim)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
-    cuda_written(cb);
+    cuda_overwrites(cb, cs, (size_t)n * rot_dim);
     size_t total = (size_t)n * (rot_dim / 2);
     if (!total)
         return;
-    const int64_t *d_pos = (const int64_t *)cuda_stage(cb, pos, (size_t)n * sizeof *pos);
-    const double *d_inv =
-        (const double *)cuda_stage(cb, inv_freq, (size_t)(rot_dim / 2) * sizeof *inv_freq);
-    k_rope_table<<<(unsigned)((total + 255) / 256), 256, 0, cb->stream>>>(cs, d_pos, d_inv, n,
-                                                                          rot_dim);
+    /* positions and frequencies in one copy (a copy between two kernels
+     * keeps the second from launching early) */
+    size_t pb = (size_t)n * sizeof *pos, fb = (size_t)(rot_dim / 2) * sizeof *inv_freq;
+    size_t at = cuda_ring_take(cb, pb + fb);
+    memcpy(cb->h_ring + at, pos, pb);
+    memcpy(cb->h_ring + at + pb, inv_freq, fb);
+    cuda_ring_send(cb, at, pb + fb);
+    cuda_launch(cb->stream, k_rope_table, (unsigned)((total + 255) / 256), 256, 0, cs,
+                (const int64_t *)(cb->d_ring + at), (const double *)(cb->d_ring + at + pb), n,
+                rot_dim);
 }
 
 __global__ void k_add(float *x, const float *y, size_t n)
 {
+    griddep_wait();
+    griddep_launch();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
         x[i] += y[i];
 }
 
-/* rows i = blockIdx.y + k gridDim.y, columns across blockIdx.x: no
- * division per element */
-__global__ void k_silu_mul(float *y, __nv_bfloat16 *yb, const float *gu, int n, int d)
+__device__ __forceinline__ float as_float(float v) { return v; }
+__device__ __forceinline__ float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void store(float *y, float v) { *y = v; }
+__device__ __forceinline__ void store(__nv_bfloat16 *y, float v) { *y = __float2bfloat16(v); }
+
+/* act (n, d) := silu(g + bias[:d]) * (u + bias[d:]) from gu = [g u]
+ * (n, 2d), fp32 or bf16 (T). Rows i = blockIdx.y + k gridDim.y, columns
+ * across blockIdx.x: no division per element. */
+template <typename T>
+__global__ void k_swiglu(T *act, const T *gu, const float *bias, int n, int d)
 {
+    griddep_wait();
+    griddep_launch();
     for (size_t i = blockIdx.y; i < (size_t)n; i += gridDim.y)
         for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < d; j += gridDim.x * blockDim.x) {
-            float g = gu[i * 2 * d + j], u = gu[i * 2 * d + d + j];
-            put(y, yb, i * d + j, g / (1.0f + __expf(-g)) * u);
+            float g = as_float(gu[i * 2 * d + j]), u = as_float(gu[i * 2 * d + d + j]);
+            if (bias) {
+                g += bias[j];
+                u += bias[d + j];
+            }
+            store(act + i * d + j, g / (1.0f + __expf(-g)) * u);
         }
 }
 
 __global__ void k_gelu(float *x, __nv_bfloat16 *xb, size_t n, int tanh_approx)
 {
+    griddep_wait();
+    griddep_launch();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n)
         return;
@@ -663,26 +1132,90 @@ __global__ void k_gelu(float *x, __nv_bfloat16 *xb, size_t n, int tanh_approx)
 
 static void cuda_add(sep_backend_t *be, float *x, const float *y, size_t n)
 {
-    cuda_written(CB(be));
+    cuda_flush(CB(be));
+    cuda_overwrites(CB(be), x, n);
     if (n)
-        k_add<<<(unsigned)((n + 255) / 256), 256, 0, CB(be)->stream>>>(x, y, n);
+        cuda_launch(CB(be)->stream, k_add, (unsigned)((n + 255) / 256), 256, 0, x, y, n);
 }
 
-static void cuda_silu_mul(sep_backend_t *be, float *y, const float *gu, int n, int d)
+/* k_swiglu for bf16 rows of whole 16-byte vectors (d % 8 == 0): eight
+ * columns a thread, 16-byte loads and stores. */
+__global__ void k_swiglu_x8(__nv_bfloat16 *act, const __nv_bfloat16 *gu, const float *bias, int n,
+                            int d)
 {
+    griddep_wait();
+    griddep_launch();
+    for (size_t i = blockIdx.y; i < (size_t)n; i += gridDim.y)
+        for (int j = 8 * (blockIdx.x * blockDim.x + threadIdx.x); j < d;
+             j += 8 * gridDim.x * blockDim.x) {
+            float g[8], u[8];
+            load8(g, gu + i * 2 * d + j);
+            load8(u, gu + i * 2 * d + d + j);
+            uint4 out;
+            __nv_bfloat162 *o2 = (__nv_bfloat162 *)&out;
+#pragma unroll
+            for (int k = 0; k < 8; k += 2) {
+                float a[2];
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    float gg = g[k + h] + (bias ? bias[j + k + h] : 0.0f);
+                    float uu = u[k + h] + (bias ? bias[d + j + k + h] : 0.0f);
+                    a[h] = gg / (1.0f + __expf(-gg)) * uu;
+                }
+                o2[k / 2] = __floats2bfloat162_rn(a[0], a[1]);
+            }
+            *(uint4 *)(act + i * d + j) = out;
+        }
+}
+
+/* The SwiGLU MLP. In bf16 mode the gate-up product and the activation
+ * stay in bf16 (in the scratch gu and act): half the bytes of fp32, and
+ * the down product reads them as they are. One-token steps fuse the
+ * activation into the gate-up GEMV. */
+static void cuda_swiglu(sep_backend_t *be, float *y, const float *x, const sep_weight_t *w_up,
+                        const float *b_up, const sep_weight_t *w_down, const float *b_down,
+                        int n, float *gu, float *act)
+{
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
-    __nv_bfloat16 *yb = cuda_twin(cb, y, (size_t)n * d);
-    if (n > 0 && d > 0)
-        k_silu_mul<<<dim3((d + 255) / 256, n < 65535 ? n : 65535), 256, 0, cb->stream>>>(
-            y, yb, gu, n, d);
+    int d = w_up->rows / 2;
+    if (n <= 0)
+        return;
+    cuda_overwrites(cb, gu, (size_t)n * 2 * d);
+    cuda_overwrites(cb, act, (size_t)n * d);
+    dim3 grid((d + 255) / 256, n < 65535 ? n : 65535);
+    if (!w_up->bf16) {
+        cuda_matmul(be, gu, x, w_up, NULL, n);
+        cuda_launch(cb->stream, k_swiglu<float>, grid, 256, 0, act, gu, b_up, n, d);
+        cuda_matmul(be, y, act, w_down, b_down, n);
+        return;
+    }
+    __nv_bfloat16 *gb = (__nv_bfloat16 *)gu, *ab = (__nv_bfloat16 *)act;
+    if (cuda_gemv_fits(w_up, x, n)) {
+        cuda_gemv<1, float>(cb, NULL, ab, x, w_up, b_up, n);
+    } else {
+        cuda_gemm_bf16(cb, gb, CUDA_R_16BF, cuda_bf16_input(cb, x, (size_t)n * w_up->cols),
+                       w_up, NULL, n);
+        if (d % 8 == 0)
+            cuda_launch(cb->stream, k_swiglu_x8, dim3((d / 8 + 255) / 256, grid.y), 256, 0, ab,
+                        gb, b_up, n, d);
+        else
+            cuda_launch(cb->stream, k_swiglu<__nv_bfloat16>, grid, 256, 0, ab, gb, b_up, n, d);
+    }
+    cuda_overwrites(cb, y, (size_t)n * w_down->rows);
+    if (cuda_gemv_fits(w_down, ab, n))
+        cuda_gemv<0, __nv_bfloat16>(cb, y, NULL, ab, w_down, b_down, n);
+    else
+        cuda_gemm_bf16(cb, y, CUDA_R_32F, ab, w_down, b_down, n);
 }
 
 static void cuda_gelu(sep_backend_t *be, float *x, size_t n, int tanh_approx)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
     __nv_bfloat16 *xb = cuda_twin(cb, x, n);
     if (n)
-        k_gelu<<<(unsigned)((n + 255) / 256), 256, 0, cb->stream>>>(x, xb, n, tanh_approx);
+        cuda_launch(cb->stream, k_gelu, (unsigned)((n + 255) / 256), 256, 0, x, xb, n, tanh_approx);
 }
 
 /* ---- attention ------------------------------------------------------------- */
@@ -715,6 +1248,8 @@ typedef struct {
 __global__ void k_attention(const attn_batch_t batch, int n_heads, int group, int head_dim,
                             int qt, float scale)
 {
+    griddep_wait();
+    griddep_launch();
     extern __shared__ float sh[];
     const sep_attn_t *p = &batch.p[blockIdx.z];
     int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -782,6 +1317,7 @@ __global__ void k_attention(const attn_batch_t batch, int n_heads, int group, in
 
 static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_width)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
     (void)max_keys; /* scores never leave registers: nothing grows with keys */
     size_t rows = (size_t)(max_rows > 0 ? max_rows : 1);
@@ -810,13 +1346,14 @@ static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_w
                                FA_PART_BLOCKS * FA_PART_FLOATS(128) * sizeof(float))))
         return sep_fail(SEP_ENOMEM, "cuda: no device memory for %zu rows of scratch", rows);
     if (cb->bf16 && !cb->d_count &&
-        (cudaMalloc(&cb->d_count, FA_PART_BLOCKS * sizeof(unsigned)) != cudaSuccess ||
-         cudaMemsetAsync(cb->d_count, 0, FA_PART_BLOCKS * sizeof(unsigned), cb->stream) !=
+        (cudaMalloc(&cb->d_count, (FA_PART_BLOCKS + 1) * sizeof(unsigned)) != cudaSuccess ||
+         cudaMemsetAsync(cb->d_count, 0, (FA_PART_BLOCKS + 1) * sizeof(unsigned), cb->stream) !=
              cudaSuccess)) {
         cudaFree(cb->d_count);
         cb->d_count = NULL;
         return sep_fail(SEP_ENOMEM, "cuda: no device memory for attention counters");
     }
+    cb->d_done = cb->d_count ? cb->d_count + FA_PART_BLOCKS : NULL;
     if (rows * sizeof(float) > cb->h_nll_cap) {
         float *h = (float *)realloc(cb->h_nll, rows * sizeof(float));
         if (!h)
@@ -829,6 +1366,7 @@ static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_w
 
 static int cuda_sync(sep_backend_t *be)
 {
+    cuda_flush(CB(be));
     cudaError_t e = cudaStreamSynchronize(CB(be)->stream);
     if (e == cudaSuccess)
         e = cudaGetLastError();
@@ -887,7 +1425,8 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const __nv_bfloat16 *
  * (FA_ROWS); then each output is the weighted sum of the partial rows. */
 template <int HD>
 __device__ void attn_combine(const sep_attn_t *p, int group, int kvh, int row0, int n_split,
-                             const float *part, size_t grp, float *wt, float *inv)
+                             const float *part, size_t grp, float *wt, float *inv,
+                             __nv_bfloat16 *ob, const float *ob_of)
 {
     int n_rows = p->n_q * group, r = threadIdx.x;
     size_t blk0 = grp * n_split;
@@ -914,15 +1453,19 @@ __device__ void attn_combine(const sep_attn_t *p, int group, int kvh, int row0, 
             num += wt[s * FA_ROWS + rr] *
                    __ldcg(part + (blk0 + s) * FA_PART_FLOATS(HD) + (size_t)rr * HD + d);
         int i = R / group, head = kvh * group + R % group;
-        p->out[(size_t)i * p->out_stride + (size_t)head * HD + d] = num * inv[rr];
+        size_t at = (size_t)i * p->out_stride + (size_t)head * HD + d;
+        put(p->out, ob ? ob + (p->out - ob_of) : NULL, at, num * inv[rr]);
     }
 }
 
 template <int HD>
 __global__ void __launch_bounds__(128)
     k_attention_mma(const attn_batch_t batch, int n_heads, int group, float scale_log2,
-                    int n_split, float *part, unsigned *count)
+                    int n_split, float *part, unsigned *count, __nv_bfloat16 *ob,
+                    const float *ob_of)
 {
+    griddep_wait();
+    griddep_launch();
     __shared__ __align__(16) __nv_bfloat16 ks[FA_KT][HD + 8], vs[FA_KT][HD + 8];
     int z = blockIdx.z / n_split, split = blockIdx.z % n_split;
     const sep_attn_t *p = &batch.p[z];
@@ -964,8 +1507,8 @@ __global__ void __launch_bounds__(128)
     for (int tile = t_begin; tile < t_end; tile++) {
         int t0 = tile * FA_KT;
         __syncthreads();
-        /* 128 threads, compile-time strides: four tiles' loads in flight */
-#pragma unroll 4
+        /* 128 threads, compile-time strides: eight rounds of loads in flight */
+#pragma unroll 8
         for (int e = threadIdx.x; e < FA_KT * HD / 4; e += 128) {
             int j = e / (HD / 4), d = e % (HD / 4) * 4, t = t0 + j;
             float4 kx = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vx = kx;
@@ -1048,21 +1591,22 @@ __global__ void __launch_bounds__(128)
             if (!orow[h])
                 continue;
             float inv = 1.0f / l[h];
-            for (int dt = 0; dt < HD / 8; dt++) {
-                orow[h][dt * 8 + 2 * tq] = o[dt][2 * h] * inv;
-                orow[h][dt * 8 + 2 * tq + 1] = o[dt][2 * h + 1] * inv;
-            }
+            __nv_bfloat16 *obrow = ob ? ob + (orow[h] - ob_of) : NULL;
+            for (int dt = 0; dt < HD / 8; dt++)
+                put2(orow[h], obrow, dt * 8 + 2 * tq, o[dt][2 * h] * inv, o[dt][2 * h + 1] * inv);
         }
         return;
     }
     size_t grp = ((size_t)z * gridDim.y + kvh) * gridDim.x + blockIdx.x;
-    float *po = part + (grp * n_split + split) * FA_PART_FLOATS(HD), *ml = po + (size_t)FA_ROWS * HD;
+    float *po = part + (grp * n_split + split) * FA_PART_FLOATS(HD);
+    float *ml = po + (size_t)FA_ROWS * HD;
     for (int h = 0; h < 2; h++) {
         int r = warp * 16 + g + 8 * h;
-        for (int dt = 0; dt < HD / 8; dt++) {
-            po[(size_t)r * HD + dt * 8 + 2 * tq] = o[dt][2 * h];
-            po[(size_t)r * HD + dt * 8 + 2 * tq + 1] = o[dt][2 * h + 1];
-        }
+        if (!orow[h])
+            continue; /* past the last row (one-token steps fill few) */
+        for (int dt = 0; dt < HD / 8; dt++)
+            *(float2 *)&po[(size_t)r * HD + dt * 8 + 2 * tq] = make_float2(o[dt][2 * h],
+                                                                        o[dt][2 * h + 1]);
         if (tq == 0) {
             ml[2 * r] = m[h];
             ml[2 * r + 1] = l[h];
@@ -1080,7 +1624,8 @@ __global__ void __launch_bounds__(128)
         return;
     __threadfence();
     float *wt = (float *)&ks[0][0]; /* K/V tiles are done with: reuse them */
-    attn_combine<HD>(p, group, kvh, row0, n_split, part, grp, wt, wt + FA_MAX_SPLIT * FA_ROWS);
+    attn_combine<HD>(p, group, kvh, row0, n_split, part, grp, wt, wt + FA_MAX_SPLIT * FA_ROWS,
+                     ob, ob_of);
     if (threadIdx.x == 0)
         count[grp] = 0;
 }
@@ -1088,7 +1633,8 @@ __global__ void __launch_bounds__(128)
 /* Launch the tensor-core attention for one batch of problems. */
 template <int HD>
 static void cuda_attention_mma(cuda_backend_t *cb, const attn_batch_t *batch, int n_heads,
-                               int group, int max_rows, int max_keys)
+                               int group, int max_rows, int max_keys, __nv_bfloat16 *ob,
+                               const float *ob_of)
 {
     int n_kv = n_heads / group, n_rt = (max_rows + FA_ROWS - 1) / FA_ROWS;
     int blocks = n_rt * n_kv * batch->n, n_tiles = (max_keys + FA_KT - 1) / FA_KT;
@@ -1104,16 +1650,58 @@ static void cuda_attention_mma(cuda_backend_t *cb, const attn_batch_t *batch, in
     }
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
     dim3 grid(n_rt, n_kv, batch->n * n_split);
-    k_attention_mma<HD><<<grid, 128, 0, cb->stream>>>(*batch, n_heads, group, scale_log2,
-                                                      n_split, cb->d_part, cb->d_count);
+    cuda_launch(cb->stream, k_attention_mma<HD>, grid, 128, 0, *batch, n_heads, group,
+                scale_log2, n_split, cb->d_part, cb->d_count, ob, ob_of);
+}
+
+/* Where the tensor-core attention also writes its outputs in bf16, for
+ * the output product: the mirror, which the rounds of one layer's
+ * attention extend (their outputs are rows of one buffer, the first
+ * round's first row lowest); NULL when the outputs are not whole rows or
+ * do not fit d_xb. */
+static __nv_bfloat16 *cuda_attention_twin(cuda_backend_t *cb, const sep_attn_t *probs,
+                                          int n_probs, int width)
+{
+    const float *lo = probs[0].out, *hi = probs[0].out;
+    for (int i = 0; i < n_probs; i++) {
+        const float *o = probs[i].out, *end = o + (size_t)probs[i].n_q * width;
+        if (probs[i].out_stride != width) {
+            cuda_written(cb);
+            return NULL;
+        }
+        lo = o < lo ? o : lo;
+        hi = end > hi ? end : hi;
+    }
+    if (!cb->xb_rounds || lo < cb->xb_of) {
+        cuda_written(cb);
+        cb->xb_of = lo;
+        cb->xb_rounds = 1;
+    }
+    if ((size_t)(hi - cb->xb_of) * sizeof(__nv_bfloat16) > cb->xb_cap) {
+        cuda_written(cb);
+        return NULL;
+    }
+    for (int i = 0; i < n_probs; i++)
+        if (cuda_mirror_add(cb, probs[i].out, (size_t)probs[i].n_q * width)) {
+            cuda_written(cb);
+            return NULL;
+        }
+    return cb->d_xb;
 }
 
 static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
                            int n_heads, int n_kv_heads, int head_dim)
 {
+    cuda_flush(CB(be));
     /* head_dim <= max_head_dim: sep_model_load checks it */
     cuda_backend_t *cb = CB(be);
-    cuda_written(cb);
+    int mma = cb->bf16 && (head_dim == 128 || head_dim == 64);
+    __nv_bfloat16 *ob = NULL;
+    if (mma && n_probs > 0)
+        ob = cuda_attention_twin(cb, probs, n_probs, n_heads * head_dim);
+    else
+        cuda_written(cb);
+    const float *ob_of = cb->xb_of;
     int group = n_heads / n_kv_heads;
     int qt = ATTN_MAX_ROWS / group > 0 ? ATTN_MAX_ROWS / group : 1;
     size_t shared = ((size_t)ATTN_KT * (head_dim + 1) + (size_t)ATTN_KT * head_dim +
@@ -1129,17 +1717,19 @@ static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_pro
             int keys = probs[at + i].n_past + probs[at + i].n_q;
             max_keys = keys > max_keys ? keys : max_keys;
         }
-        if (cb->bf16 && head_dim == 128) {
-            cuda_attention_mma<128>(cb, &batch, n_heads, group, max_q * group, max_keys);
+        if (mma && head_dim == 128) {
+            cuda_attention_mma<128>(cb, &batch, n_heads, group, max_q * group, max_keys, ob,
+                                    ob_of);
             continue;
         }
-        if (cb->bf16 && head_dim == 64) {
-            cuda_attention_mma<64>(cb, &batch, n_heads, group, max_q * group, max_keys);
+        if (mma) {
+            cuda_attention_mma<64>(cb, &batch, n_heads, group, max_q * group, max_keys, ob,
+                                   ob_of);
             continue;
         }
         dim3 grid((max_q + qt - 1) / qt, n_kv_heads, batch.n);
-        k_attention<<<grid, 32 * qt * group, shared, cb->stream>>>(
-            batch, n_heads, group, head_dim, qt, 1.0f / sqrtf((float)head_dim));
+        cuda_launch(cb->stream, k_attention, grid, 32 * qt * group, shared, batch, n_heads,
+                    group, head_dim, qt, 1.0f / sqrtf((float)head_dim));
     }
 }
 
@@ -1149,6 +1739,8 @@ static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_pro
  * exp(v - max) (rescaled when the max grows), then the block merges them. */
 __global__ void k_nll(float *nll, const float *logits, const int32_t *target, int vocab)
 {
+    griddep_wait();
+    griddep_launch();
     int i = blockIdx.x;
     if (target[i] < 0)
         return;
@@ -1180,10 +1772,12 @@ __global__ void k_nll(float *nll, const float *logits, const int32_t *target, in
 static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
                      const int32_t *target, int n, int vocab)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
     if (n <= 0)
         return;
-    k_nll<<<n, 512, 0, cb->stream>>>(cb->d_nll, logits, cuda_stage_ids(cb, target, n), vocab);
+    cuda_launch(cb->stream, k_nll, n, 512, 0, cb->d_nll, logits,
+                cuda_stage_ids(cb, target, n), vocab);
     /* rows without a target keep the caller's value */
     cudaMemcpyAsync(cb->h_nll, cb->d_nll, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost,
                     cb->stream);
@@ -1197,6 +1791,7 @@ static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
 
 static void cuda_destroy(sep_backend_t *be)
 {
+    cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
     cudaFree(cb->d_ring);
     cudaFreeHost(cb->h_ring);
@@ -1206,6 +1801,7 @@ static void cuda_destroy(sep_backend_t *be)
     cudaFree(cb->d_part);
     cudaFree(cb->d_count);
     free(cb->h_nll);
+    free(cb->xb_spans);
     if (cb->blas)
         cublasDestroy(cb->blas);
     if (cb->stream)
@@ -1268,7 +1864,7 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     be->sync = cuda_sync;
     be->attention = cuda_attention;
     be->add = cuda_add;
-    be->silu_mul = cuda_silu_mul;
+    be->swiglu = cuda_swiglu;
     be->gelu = cuda_gelu;
     be->nll = cuda_nll;
     be->destroy = cuda_destroy;

@@ -151,7 +151,8 @@ static void test_norms(void **state)
 }
 
 /* Partial rotary (rot_dim < head_dim) on strided rows: the untouched dims
- * and the gap between rows stay as they were. */
+ * and the gap between rows stay as they were; the last head is copied
+ * whole, unrotated, first, and nothing else of its rows is written. */
 static void test_rope(void **state)
 {
     (void)state;
@@ -174,13 +175,24 @@ static void test_rope(void **state)
                 want[i * stride + h * hd + j] = v[j] * c - v[j + rot / 2] * s;
                 want[i * stride + h * hd + j + rot / 2] = v[j + rot / 2] * c + v[j] * s;
             }
+    /* the second head of each row kept unrotated, whole, in rows of 10 */
+    double *want_raw = malloc(sizeof *want_raw * n * 10);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 10; j++)
+            want_raw[i * 10 + j] = j < hd ? x[i * stride + hd + j] : -1.0;
     float *dx = dev(x, (size_t)n * stride), *dcs = dev(cs, (size_t)n * rot);
+    float *minus = malloc(sizeof *minus * n * 10);
+    for (int i = 0; i < n * 10; i++)
+        minus[i] = -1.0f;
+    float *draw = dev(minus, (size_t)n * 10);
     /* as two blocks: the first row, then the rest */
-    sep_rope_t blocks[2] = { { dx, dcs, 1 }, { dx + stride, dcs + rot, n - 1 } };
+    sep_rope_t blocks[2] = { { dx, dcs, 1, draw, 1, 10 },
+                             { dx + stride, dcs + rot, n - 1, draw + 10, 1, 10 } };
     be->rope(be, blocks, 2, stride, heads, hd, rot);
     expect_near(dx, want, (size_t)n * stride, 1e-6);
-    free(x); free(cs); free(want);
-    be->free(be, dx); be->free(be, dcs);
+    expect_near(draw, want_raw, (size_t)n * 10, 0);
+    free(x); free(cs); free(want); free(want_raw); free(minus);
+    be->free(be, dx); be->free(be, dcs); be->free(be, draw);
 }
 
 /* The rotary table at positions near zero and in the billions. */
@@ -270,6 +282,153 @@ static void attention_case(int hd, int heads, int kv_heads, int n_probs, const i
     free(probs); free(want); free(bufs);
 }
 
+/* y (n, d_out) := x w^T, downloaded */
+static float *product(const float *x, const sep_weight_t *w, int n, int d_out)
+{
+    float *dy = be->alloc(be, sizeof(float) * n * d_out), *y = malloc(sizeof *y * n * d_out);
+    assert_true(dy && y);
+    be->matmul(be, dy, x, w, NULL, n);
+    be->download(be, y, dy, sizeof *y * n * d_out);
+    be->free(be, dy);
+    return y;
+}
+
+/* A product reads what its input holds, wherever the input came from:
+ * attention that writes the rows of one buffer in two rounds (with a
+ * cache append between them, as a layer does), read by a product after
+ * the first round only (a third of its rows still hold older values) and
+ * after both, each equal to the product of a plain copy of the buffer. */
+static void test_product_after_attention(void **state)
+{
+    (void)state;
+    enum { HD = 64, HEADS = 4, ROWS = 12, PAST = 20, W = HEADS * HD, D_OUT = 24 };
+    float *q = rand_vec((size_t)ROWS * W, 31), *kv = rand_vec((size_t)(PAST + 8) * HD, 32);
+    float *old = rand_vec((size_t)ROWS * W, 33), *other = rand_vec((size_t)ROWS * W, 34);
+    float *w = rand_vec((size_t)D_OUT * W, 35);
+    float *dq = dev(q, (size_t)ROWS * W), *dk = dev(kv, (size_t)(PAST + 8) * HD);
+    float *dv = dev(kv, (size_t)(PAST + 8) * HD), *da = dev(old, (size_t)ROWS * W);
+    float *dother = dev(other, (size_t)ROWS * W), *dcopy = be->alloc(be, sizeof(float) * ROWS * W);
+    sep_weight_t *dw = be->weight_new(be, w, D_OUT, W);
+    assert_true(dcopy && dw);
+    assert_int_equal(be->reserve(be, PAST + 8, ROWS, W), 0);
+    /* rows 0-3 and 8-11 in round one, 4-7 in round two */
+    sep_attn_t round1[2], round2[1];
+    for (int p = 0; p < 3; p++) {
+        int row = p == 0 ? 0 : p == 1 ? 8 : 4;
+        sep_attn_t a = { .out = da + row * W, .q = dq + row * W, .k = dk, .v = dv, .n_q = 4,
+                         .n_past = PAST, .out_stride = W, .q_stride = W };
+        if (p < 2)
+            round1[p] = a;
+        else
+            round2[0] = a;
+    }
+    for (int rounds = 1; rounds <= 2; rounds++) {
+        be->upload(be, da, old, sizeof(float) * ROWS * W);
+        free(product(dother, dw, ROWS, D_OUT)); /* other values in any scratch first */
+        be->attention(be, round1, 2, HEADS, 1, HD);
+        if (rounds == 2) {
+            sep_rows_t append = { dk + PAST * HD, dv, HD, HD, 4, HD };
+            be->copy_rows(be, &append, 1);
+            be->attention(be, round2, 1, HEADS, 1, HD);
+        }
+        float *got = product(da, dw, ROWS, D_OUT);
+        sep_rows_t copy = { dcopy, da, W, W, ROWS, W };
+        be->copy_rows(be, &copy, 1);
+        float *want = product(dcopy, dw, ROWS, D_OUT);
+        for (int i = 0; i < ROWS * D_OUT; i++)
+            if (got[i] != want[i])
+                fail_msg("%d rounds, element %d: %.7g, want %.7g", rounds, i, got[i], want[i]);
+        free(got);
+        free(want);
+    }
+    free(q); free(kv); free(old); free(other); free(w);
+    be->free(be, dq); be->free(be, dk); be->free(be, dv); be->free(be, da);
+    be->free(be, dother); be->free(be, dcopy); be->weight_free(be, dw);
+}
+
+/* want_x := x + y, want_h := its RMSNorm (b NULL) or LayerNorm, n rows of d */
+static void norm_ref(double *want_x, double *want_h, const float *x, const float *y,
+                     const float *w, const float *b, int n, int d)
+{
+    for (int i = 0; i < n; i++) {
+        double s = 0, ss = 0, mean = 0;
+        for (int j = 0; j < d; j++) {
+            double v = want_x[i * d + j] = (double)(x[i * d + j] + y[i * d + j]);
+            s += v;
+            ss += v * v;
+        }
+        if (b) {
+            mean = s / d;
+            ss = 0;
+            for (int j = 0; j < d; j++)
+                ss += (want_x[i * d + j] - mean) * (want_x[i * d + j] - mean);
+        }
+        for (int j = 0; j < d; j++)
+            want_h[i * d + j] = (want_x[i * d + j] - mean) / sqrt(ss / d + 1e-5) * w[j] +
+                                (b ? b[j] : 0);
+    }
+}
+
+/* The residual add and norm right after a product (GPU, a few rows: one
+ * launch, whose last block norms): after a product and after the SwiGLU
+ * MLP, of one row, a few and many, RMSNorm and LayerNorm, and with the
+ * product's output read between the two. */
+static void test_product_then_norm(void **state)
+{
+    (void)state;
+    enum { DIN = 40, D = 72, F = 16 };
+    static const int ns[] = { 1, 3, 7 };
+    float *w = rand_vec((size_t)D * DIN, 41), *wu = rand_vec((size_t)2 * F * DIN, 42);
+    float *wd = rand_vec((size_t)DIN * F, 43), *nw = rand_vec(D, 44), *nb = rand_vec(D, 45);
+    sep_weight_t *dw = be->weight_new(be, w, D, DIN), *dwu = be->weight_new(be, wu, 2 * F, DIN);
+    sep_weight_t *dwd = be->weight_new(be, wd, DIN, F);
+    float *dnw = dev(nw, D), *dnb = dev(nb, D);
+    assert_true(dw && dwu && dwd);
+    assert_int_equal(be->reserve(be, 1, 8, D), 0);
+    for (int c = 0; c < 12; c++) {
+        int n = ns[c % 3], ln = c / 3 % 2, mlp = c / 6, d = mlp ? DIN : D;
+        float *x = rand_vec((size_t)n * DIN, 46 + c), *r = rand_vec((size_t)n * d, 60 + c);
+        float *dx = dev(x, (size_t)n * DIN), *dr = dev(r, (size_t)n * d);
+        float *dy = be->alloc(be, sizeof(float) * n * d);
+        float *dh = be->alloc(be, sizeof(float) * n * d);
+        float *gu = be->alloc(be, sizeof(float) * n * 2 * F);
+        float *act = be->alloc(be, sizeof(float) * n * F);
+        float *y = malloc(sizeof *y * n * d);
+        double *want_x = malloc(sizeof *want_x * n * d), *want_h = malloc(sizeof *want_h * n * d);
+        assert_true(y && want_x && want_h);
+        if (mlp)
+            be->swiglu(be, dy, dx, dwu, NULL, dwd, NULL, n, gu, act);
+        else
+            be->matmul(be, dy, dx, dw, NULL, n);
+        if (c % 3 == 2) /* read between: the product must have run */
+            be->download(be, y, dy, sizeof *y * n * d);
+        if (ln)
+            be->layernorm(be, dh, dr, dy, dnw, dnb, n, d, 1e-5f);
+        else
+            be->rmsnorm(be, dh, dr, dy, dnw, n, d, 1e-5f);
+        be->download(be, y, dy, sizeof *y * n * d);
+        norm_ref(want_x, want_h, r, y, nw, ln ? nb : NULL, n, d);
+        expect_near(dr, want_x, (size_t)n * d, 1e-6);
+        expect_near(dh, want_h, (size_t)n * d, 1e-5);
+        if (!mlp) { /* and the product itself */
+            for (int i = 0; i < n; i++)
+                for (int o = 0; o < D; o++) {
+                    double s = 0;
+                    for (int k = 0; k < DIN; k++)
+                        s += (double)x[i * DIN + k] * w[o * DIN + k];
+                    want_x[i * D + o] = s;
+                }
+            expect_near(dy, want_x, (size_t)n * D, matmul_tol());
+        }
+        free(x); free(r); free(y); free(want_x); free(want_h);
+        be->free(be, dx); be->free(be, dr); be->free(be, dy); be->free(be, dh);
+        be->free(be, gu); be->free(be, act);
+    }
+    free(w); free(wu); free(wd); free(nw); free(nb);
+    be->weight_free(be, dw); be->weight_free(be, dwu); be->weight_free(be, dwd);
+    be->free(be, dnw); be->free(be, dnb);
+}
+
 /* Head sizes of whole vector tiles and with a remainder (GQA 3:1); the
  * sizes of real models (64 and 128, GQA 4:1) with long and causal chunks,
  * one-token steps over long caches and a problem with no cache; more
@@ -292,25 +451,73 @@ static void test_attention(void **state)
     attention_case(64, 4, 1, 50, qn, pastn);
 }
 
+/* The SwiGLU MLP against its definition: one row, a few and many (GPU:
+ * the fused GEMVs, and the bf16 products), with and without biases, and
+ * widths of whole 16-byte vectors and ones without. */
+static void test_swiglu(void **state)
+{
+    (void)state;
+    static const int ns[] = { 1, 3, 37 }, dims[] = { 72, 70 };
+    for (int c = 0; c < 6; c++) {
+        int n = ns[c % 3], dim = dims[c / 3], f = c < 3 ? 40 : 36, biased = c % 2;
+        float *x = rand_vec((size_t)n * dim, 21), *wu = rand_vec((size_t)2 * f * dim, 22);
+        float *wd = rand_vec((size_t)dim * f, 23), *bu = rand_vec(2 * f, 24);
+        float *bd = rand_vec(dim, 25);
+        /* the gate in silu's curved range; outputs near 1 */
+        for (int i = 0; i < 2 * f * dim; i++)
+            wu[i] *= 0.25f;
+        for (int i = 0; i < dim * f; i++)
+            wd[i] *= 0.25f;
+        double *want = malloc(sizeof *want * n * dim), *act = malloc(sizeof *act * f);
+        assert_non_null(want);
+        assert_non_null(act);
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < f; j++) {
+                double g = biased ? bu[j] : 0, u = biased ? bu[f + j] : 0;
+                for (int k = 0; k < dim; k++) {
+                    g += (double)x[i * dim + k] * wu[j * dim + k];
+                    u += (double)x[i * dim + k] * wu[(f + j) * dim + k];
+                }
+                act[j] = g / (1 + exp(-g)) * u;
+            }
+            for (int o = 0; o < dim; o++) {
+                double s = biased ? bd[o] : 0;
+                for (int j = 0; j < f; j++)
+                    s += act[j] * wd[o * f + j];
+                want[i * dim + o] = s;
+            }
+        }
+        sep_weight_t *dwu = be->weight_new(be, wu, 2 * f, dim);
+        sep_weight_t *dwd = be->weight_new(be, wd, dim, f);
+        assert_non_null(dwu);
+        assert_non_null(dwd);
+        float *dx = dev(x, (size_t)n * dim), *dbu = dev(bu, 2 * f), *dbd = dev(bd, dim);
+        float *gu = be->alloc(be, sizeof(float) * n * 2 * f);
+        float *da = be->alloc(be, sizeof(float) * n * f);
+        float *dy = be->alloc(be, sizeof(float) * n * dim);
+        assert_int_equal(be->reserve(be, 1, n, dim > f ? dim : f), 0);
+        be->swiglu(be, dy, dx, dwu, biased ? dbu : NULL, dwd, biased ? dbd : NULL, n, gu, da);
+        expect_near(dy, want, (size_t)n * dim, 2 * matmul_tol()); /* two products */
+        free(x); free(wu); free(wd); free(bu); free(bd); free(want); free(act);
+        be->weight_free(be, dwu); be->weight_free(be, dwd);
+        be->free(be, dx); be->free(be, dbu); be->free(be, dbd);
+        be->free(be, gu); be->free(be, da); be->free(be, dy);
+    }
+}
+
 static void test_activations(void **state)
 {
     (void)state;
     int n = 4, d = 10;
-    float *gu = rand_vec((size_t)n * 2 * d, 8), *x = rand_vec((size_t)n * d, 9);
+    float *x = rand_vec((size_t)n * d, 9);
     for (int i = 0; i < n * d; i++)
         x[i] *= 4; /* reach the tails of gelu */
-    double *silu = malloc(sizeof *silu * n * d), *ge = malloc(sizeof *ge * n * d);
-    double *gt = malloc(sizeof *gt * n * d);
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < d; j++) {
-            double g = gu[i * 2 * d + j], u = gu[i * 2 * d + d + j], v = x[i * d + j];
-            silu[i * d + j] = g / (1 + exp(-g)) * u;
-            ge[i * d + j] = 0.5 * v * (1 + erf(v / sqrt(2.0)));
-            gt[i * d + j] = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
-        }
-    float *dgu = dev(gu, (size_t)n * 2 * d), *dy = be->alloc(be, sizeof(float) * n * d);
-    be->silu_mul(be, dy, dgu, n, d);
-    expect_near(dy, silu, (size_t)n * d, 1e-6);
+    double *ge = malloc(sizeof *ge * n * d), *gt = malloc(sizeof *gt * n * d);
+    for (int i = 0; i < n * d; i++) {
+        double v = x[i];
+        ge[i] = 0.5 * v * (1 + erf(v / sqrt(2.0)));
+        gt[i] = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+    }
     float *dx = dev(x, (size_t)n * d);
     be->gelu(be, dx, (size_t)n * d, 0);
     expect_near(dx, ge, (size_t)n * d, 1e-6);
@@ -321,8 +528,8 @@ static void test_activations(void **state)
     for (int i = 0; i < n * d; i++)
         gt[i] *= 2;
     expect_near(dx, gt, (size_t)n * d, 1e-6);
-    free(gu); free(x); free(silu); free(ge); free(gt);
-    be->free(be, dgu); be->free(be, dy); be->free(be, dx);
+    free(x); free(ge); free(gt);
+    be->free(be, dx);
 }
 
 /* NLL of targets, with a skipped row and logits far from zero. */
@@ -404,6 +611,9 @@ int main(void)
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_rope_table),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_product_after_attention),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_product_then_norm),
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_nll),
         cmocka_unit_test(test_rows),

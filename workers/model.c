@@ -460,9 +460,7 @@ static void model_mlp(sep_model_t *m, const sep_layer_t *L, int n)
         be->gelu(be, r->ff, (size_t)n * f, m->cfg.act == SEP_ACT_GELU_TANH);
         be->matmul(be, r->o, r->ff, L->w_down, L->b_down, n);
     } else {
-        be->matmul(be, r->ff, r->h, L->w_up, L->b_up, n);
-        be->silu_mul(be, r->act, r->ff, n, f);
-        be->matmul(be, r->o, r->act, L->w_down, L->b_down, n);
+        be->swiglu(be, r->o, r->h, L->w_up, L->b_up, L->w_down, L->b_down, n, r->ff, r->act);
     }
 }
 
@@ -522,7 +520,8 @@ static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
 }
 
 /* Logits of each chunk's last token where asked for, from the final
- * hidden states h: the rows gathered into o, a block at a time. */
+ * hidden states h (the rows gathered into o unless they are h's first),
+ * a block at a time. */
 static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
 {
     sep_backend_t *be = m->be;
@@ -534,11 +533,18 @@ static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
     if (k == 0)
         return;
     size_t vocab = (size_t)m->cfg.vocab;
-    sep_gather_t last_rows = { r->o, r->h, r->rows, k, m->cfg.dim };
-    be->gather_rows(be, &last_rows, 1);
+    /* one-token chunks ask for rows 0 .. k-1 of h: no gather */
+    const float *last = r->h;
+    for (int i = 0; i < k; i++)
+        if (r->rows[i] != i) {
+            sep_gather_t last_rows = { r->o, r->h, r->rows, k, m->cfg.dim };
+            be->gather_rows(be, &last_rows, 1);
+            last = r->o;
+            break;
+        }
     for (int b = 0, j = 0; b < k; b += r->logit_rows) {
         int rows = k - b < r->logit_rows ? k - b : r->logit_rows;
-        be->matmul(be, r->logits, r->o + (size_t)b * m->cfg.dim, m->lm_head, NULL, rows);
+        be->matmul(be, r->logits, last + (size_t)b * m->cfg.dim, m->lm_head, NULL, rows);
         for (int i = 0; i < rows; i++, j++) {
             while (!ch[j].logits)
                 j++;
@@ -632,7 +638,8 @@ static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int ro
         float *k = kc->k[l] + (size_t)from * m->kv_dim;
         r->appends[nr] = (sep_rows_t){ k, kc->k_raw[l] + (size_t)from * m->kv_dim, m->kv_dim,
                                        m->kv_dim, n, m->kv_dim };
-        r->rotations[nr++] = (sep_rope_t){ k, r->slot_cs + (size_t)from * c->rot_dim, n };
+        r->rotations[nr++] = (sep_rope_t){ k, r->slot_cs + (size_t)from * c->rot_dim, n,
+                                           NULL, 0, 0 };
     }
     be->gather_rows(be, r->gathers, ng);
     be->copy_rows(be, r->appends, nr);
@@ -736,11 +743,10 @@ int sep_model_forward_stage(sep_model_t *m, sep_chunk_t *ch, int nc, const float
     for (int l = 0; l < n_layers; l++) {
         const sep_layer_t *L = &m->layers[l];
         be->matmul(be, r->qkv, r->h, L->wqkv, L->bqkv, n);
-        /* unrotated keys for caches that re-rotate after compaction */
-        sep_rows_t raw = { r->k_raw, r->qkv + m->q_dim, m->kv_dim, m->qkv_dim, n, m->kv_dim };
-        be->copy_rows(be, &raw, 1);
-        /* the keys' heads follow the queries' in a row: one rotation */
-        sep_rope_t qk = { r->qkv, r->cs, n };
+        /* the keys' heads follow the queries' in a row: one rotation,
+         * which keeps the unrotated keys for caches that re-rotate after
+         * compaction */
+        sep_rope_t qk = { r->qkv, r->cs, n, r->k_raw, c->n_heads, m->kv_dim };
         be->rope(be, &qk, 1, m->qkv_dim, c->n_heads + c->n_kv_heads, c->head_dim, c->rot_dim);
         model_attention(m, ch, nc, l);
         be->matmul(be, r->o, r->att, L->wo, L->bo, n);
