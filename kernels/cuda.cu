@@ -257,7 +257,6 @@ static void *cuda_alloc(sep_backend_t *be, size_t bytes)
 static void cuda_free(sep_backend_t *be, void *p)
 {
     cuda_flush(CB(be));
-    (void)be;
     if (p)
         cudaFree(p);
 }
@@ -465,7 +464,6 @@ fail:
 static void cuda_weight_free(sep_backend_t *be, sep_weight_t *w)
 {
     cuda_flush(CB(be));
-    (void)be;
     if (w)
         cudaFree(w->data);
     free(w);
@@ -535,6 +533,12 @@ __device__ __forceinline__ void put(float *y, __nv_bfloat16 *yb, size_t t, float
     y[t] = v;
     if (yb)
         yb[t] = __float2bfloat16(v);
+}
+
+/* SwiGLU's activation of a gate g and up value u */
+__device__ __forceinline__ float silu_mul(float g, float u)
+{
+    return g / (1.0f + __expf(-g)) * u;
 }
 
 /* y[t], y[t + 1] = a, b likewise, t even: one store each */
@@ -758,8 +762,7 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS)
         if (lane != 0)
             continue;
         if (SWIGLU)
-            yb[(size_t)i * d_out + o] =
-                __float2bfloat16(v[0] / (1.0f + __expf(-v[0])) * v[SWIGLU]);
+            yb[(size_t)i * d_out + o] = __float2bfloat16(silu_mul(v[0], v[SWIGLU]));
         else
             y[(size_t)i * d_out + o] = v[0];
     }
@@ -1113,7 +1116,7 @@ __global__ void k_swiglu(T *act, const T *gu, const float *bias, int n, int d)
                 g += bias[j];
                 u += bias[d + j];
             }
-            store(act + i * d + j, g / (1.0f + __expf(-g)) * u);
+            store(act + i * d + j, silu_mul(g, u));
         }
 }
 
@@ -1160,7 +1163,7 @@ __global__ void k_swiglu_x8(__nv_bfloat16 *act, const __nv_bfloat16 *gu, const f
                 for (int h = 0; h < 2; h++) {
                     float gg = g[k + h] + (bias ? bias[j + k + h] : 0.0f);
                     float uu = u[k + h] + (bias ? bias[d + j + k + h] : 0.0f);
-                    a[h] = gg / (1.0f + __expf(-gg)) * uu;
+                    a[h] = silu_mul(gg, uu);
                 }
                 o2[k / 2] = __floats2bfloat162_rn(a[0], a[1]);
             }

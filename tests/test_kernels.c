@@ -109,6 +109,29 @@ static void test_matmul(void **state)
     }
 }
 
+/* want_x := x + y, want_h := its RMSNorm (b NULL) or LayerNorm, n rows of d */
+static void norm_ref(double *want_x, double *want_h, const float *x, const float *y,
+                     const float *w, const float *b, int n, int d)
+{
+    for (int i = 0; i < n; i++) {
+        double s = 0, ss = 0, mean = 0;
+        for (int j = 0; j < d; j++) {
+            double v = want_x[i * d + j] = (double)(x[i * d + j] + y[i * d + j]);
+            s += v;
+            ss += v * v;
+        }
+        if (b) {
+            mean = s / d;
+            ss = 0;
+            for (int j = 0; j < d; j++)
+                ss += (want_x[i * d + j] - mean) * (want_x[i * d + j] - mean);
+        }
+        for (int j = 0; j < d; j++)
+            want_h[i * d + j] = (want_x[i * d + j] - mean) / sqrt(ss / d + 1e-5) * w[j] +
+                                (b ? b[j] : 0);
+    }
+}
+
 /* RMSNorm with the residual add fused (x += res, then the norm), then
  * LayerNorm of the sum; a narrow row and one wider than 8192 values. */
 static void test_norms(void **state)
@@ -121,21 +144,8 @@ static void test_norms(void **state)
         float *w = rand_vec(d, 5), *b = rand_vec(d, 6);
         double *sum = malloc(sizeof *sum * n * d), *rms = malloc(sizeof *rms * n * d);
         double *ln = malloc(sizeof *ln * n * d);
-        for (int i = 0; i < n; i++) {
-            double ss = 0, s = 0, v = 0;
-            for (int j = 0; j < d; j++) {
-                double xj = sum[i * d + j] = (double)(x[i * d + j] + res[i * d + j]);
-                ss += xj * xj;
-                s += xj;
-            }
-            double mean = s / d;
-            for (int j = 0; j < d; j++)
-                v += (sum[i * d + j] - mean) * (sum[i * d + j] - mean);
-            for (int j = 0; j < d; j++) {
-                rms[i * d + j] = sum[i * d + j] / sqrt(ss / d + 1e-5) * w[j];
-                ln[i * d + j] = (sum[i * d + j] - mean) / sqrt(v / d + 1e-5) * w[j] + b[j];
-            }
-        }
+        norm_ref(sum, rms, x, res, w, NULL, n, d);
+        norm_ref(sum, ln, x, res, w, b, n, d);
         float *dx = dev(x, (size_t)n * d), *dr = dev(res, (size_t)n * d);
         float *dw = dev(w, d), *db = dev(b, d);
         float *dy = be->alloc(be, sizeof(float) * n * d);
@@ -344,29 +354,6 @@ static void test_product_after_attention(void **state)
     free(q); free(kv); free(old); free(other); free(w);
     be->free(be, dq); be->free(be, dk); be->free(be, dv); be->free(be, da);
     be->free(be, dother); be->free(be, dcopy); be->weight_free(be, dw);
-}
-
-/* want_x := x + y, want_h := its RMSNorm (b NULL) or LayerNorm, n rows of d */
-static void norm_ref(double *want_x, double *want_h, const float *x, const float *y,
-                     const float *w, const float *b, int n, int d)
-{
-    for (int i = 0; i < n; i++) {
-        double s = 0, ss = 0, mean = 0;
-        for (int j = 0; j < d; j++) {
-            double v = want_x[i * d + j] = (double)(x[i * d + j] + y[i * d + j]);
-            s += v;
-            ss += v * v;
-        }
-        if (b) {
-            mean = s / d;
-            ss = 0;
-            for (int j = 0; j < d; j++)
-                ss += (want_x[i * d + j] - mean) * (want_x[i * d + j] - mean);
-        }
-        for (int j = 0; j < d; j++)
-            want_h[i * d + j] = (want_x[i * d + j] - mean) / sqrt(ss / d + 1e-5) * w[j] +
-                                (b ? b[j] : 0);
-    }
 }
 
 /* The residual add and norm right after a product (GPU, a few rows: one
