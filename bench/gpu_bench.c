@@ -2,12 +2,14 @@
  * model size, on any backend. A benchmark, not a test.
  *
  *   gpu_bench --synthetic llama3-8b [--device cuda] [--precision bf16]
- *             [--streams S] [--tokens T] [--chunk K] [--steps N]
+ *             [--streams S] [--tokens T] [--chunk K] [--steps N] [--host-argmax]
  *
  * S streams (sepllm a=4 s=64 w=256 c=800, the llama3 separators) each
  * ingest T tokens (every token scored) in chunks of K, all streams' chunks
  * in one forward; then one stream decodes N tokens greedily, one token a
- * step (the last token's logits to the host, their argmax fed back).
+ * step (the argmax of the last token's logits, taken where they are, fed
+ * back; --host-argmax: the logits go to the host and the argmax is taken
+ * there, as a client sampling them would).
  * Token ids are pseudo-random with a separator every 12 tokens. */
 #include <getopt.h>
 #include <stdio.h>
@@ -40,9 +42,9 @@ int main(int argc, char **argv)
         { "device", required_argument, 0, 'd' }, { "precision", required_argument, 0, 'p' },
         { "streams", required_argument, 0, 'S' }, { "tokens", required_argument, 0, 'T' },
         { "chunk", required_argument, 0, 'K' }, { "steps", required_argument, 0, 'N' },
-        { 0, 0, 0, 0 } };
+        { "host-argmax", no_argument, 0, 'H' }, { 0, 0, 0, 0 } };
     const char *shape = "llama3-8b", *dir = NULL, *device = "cuda", *precision = NULL;
-    int streams = 1, tokens = 4096, chunk = 512, steps = 64, c;
+    int streams = 1, tokens = 4096, chunk = 512, steps = 64, host_argmax = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 's': shape = optarg; break;
@@ -53,6 +55,7 @@ int main(int argc, char **argv)
         case 'T': tokens = atoi(optarg); break;
         case 'K': chunk = atoi(optarg); break;
         case 'N': steps = atoi(optarg); break;
+        case 'H': host_argmax = 1; break;
         default: return 2;
         }
     }
@@ -125,23 +128,34 @@ int main(int argc, char **argv)
            1e3 * slowest, caches[0]->n);
     free(each);
     /* greedy decoding on stream 0, one token per step */
-    float *logits = malloc(sizeof *logits * m->cfg.vocab);
-    if (!logits)
+    float *logits = host_argmax ? malloc(sizeof *logits * m->cfg.vocab) : NULL;
+    if (host_argmax && !logits)
         return fail(sep_fail(SEP_ENOMEM, "out of memory"));
     int32_t tok = ids[tokens];
+    float tok_nll;
     double t_dec = now();
     for (int i = 0; i < steps; i++) {
-        sep_chunk_t one = { .cache = caches[0], .ids = &tok, .n = 1, .logits = logits };
+        sep_chunk_t one = { .cache = caches[0], .ids = &tok, .n = 1 };
+        if (host_argmax) {
+            one.logits = logits;
+        } else {
+            one.next = &tok;
+            one.next_nll = &tok_nll;
+        }
         if ((rc = sep_model_forward(m, &one, 1)))
             return fail(rc);
-        tok = 0;
-        for (int v = 1; v < m->cfg.vocab; v++)
-            if (logits[v] > logits[tok])
-                tok = v;
+        if (host_argmax) {
+            int best = 0;
+            for (int v = 1; v < m->cfg.vocab; v++)
+                best = logits[v] > logits[best] ? v : best;
+            tok = best;
+        }
+        if (tok < 0)
+            return fail(sep_fail(SEP_EIO, "step %d: the logits are not finite", i));
     }
     if (steps)
-        printf("greedy decode, one token per step: %.1f tokens/s (%d steps)\n",
-               steps / (now() - t_dec), steps);
+        printf("greedy decode, one token per step: %.1f tokens/s (%d steps, argmax on the %s)\n",
+               steps / (now() - t_dec), steps, host_argmax ? "host" : be->name);
     free(logits);
     for (int s = 0; s < streams; s++)
         sep_cache_destroy(&caches[s]);

@@ -40,7 +40,8 @@
 #define SEP_OP_HELLO "hello"         /* worker -> sepd, once */
 #define SEP_OP_W_OPEN "w_open"       /* frame: separator ids (int32) */
 #define SEP_OP_W_BATCH "w_batch"     /* frames: ids, targets (int32) */
-#define SEP_OP_W_DONE "w_done"       /* frames: nll (f32), kv (int32), logits (f32) */
+#define SEP_OP_W_DONE "w_done"       /* frames: nll (f32), kv (int32), logits (f32),
+                                        next token (int32), its nll (f32) */
 #define SEP_OP_W_SAVE "w_save"       /* reply frame: the cache state */
 #define SEP_OP_W_LOAD "w_load"       /* frames: separator ids, cache state */
 #define SEP_OP_W_CLOSE "w_close"

@@ -48,7 +48,8 @@
 typedef struct {
     uint32_t sid;
     int off, n;       /* rows [off, off + n) of the batch */
-    int gen;          /* a generation step: logits of its one row */
+    int gen;          /* a generation step: logits of its one row ... */
+    int greedy;       /* ... or, at temperature 0, the token the last stage chose */
 } sepd_bchunk_t;
 
 typedef struct {
@@ -654,7 +655,8 @@ static int sepd_schedule_one(sepd_t *d)
             d->targets[total] = -1;
         else
             memcpy(d->targets + total, s->q + s->sent + 1, (size_t)n * sizeof(int32_t));
-        b->ch[b->nc++] = (sepd_bchunk_t){ .sid = s->sid, .off = total, .n = n, .gen = gen };
+        b->ch[b->nc++] = (sepd_bchunk_t){ .sid = s->sid, .off = total, .n = n, .gen = gen,
+                                          .greedy = gen && s->temperature <= 0 };
         s->sent += (size_t)n;
         s->gen_inflight |= gen;
         total += n;
@@ -664,9 +666,10 @@ static int sepd_schedule_one(sepd_t *d)
     d->rr++;
     json_t *chunks = json_array();
     for (int j = 0; chunks && j < b->nc; j++)
-        json_array_append_new(chunks, json_pack("{s:I, s:i, s:b}", "sid",
+        json_array_append_new(chunks, json_pack("{s:I, s:i, s:b, s:b}", "sid",
                                                 (json_int_t)b->ch[j].sid, "n", b->ch[j].n,
-                                                "logits", b->ch[j].gen));
+                                                "logits", b->ch[j].gen && !b->ch[j].greedy,
+                                                "greedy", b->ch[j].greedy));
     b->seq = d->next_seq++;
     json_t *h = chunks ? json_pack("{s:s, s:I, s:o}", "op", SEP_OP_W_BATCH, "seq",
                                    (json_int_t)b->seq, "chunks", chunks) : NULL;
@@ -708,15 +711,19 @@ static void sepd_emit(sepd_t *d, sep_session_t *s, int32_t prev, int32_t tok, fl
     free(b);
 }
 
-/* A generation step came back: sample, score the pending id, go on. */
-static void sepd_generated(sepd_t *d, sep_session_t *s, const float *logits, int32_t kv)
+/* A generation step came back: its token (chosen by the last stage at
+ * temperature 0, else sampled here from logits), scored, goes on. */
+static void sepd_generated(sepd_t *d, sep_session_t *s, const float *logits, int32_t next,
+                           float next_nll, int32_t kv)
 {
-    int32_t tok, prev = s->q[0];
-    float nll;
+    int32_t tok = next, prev = s->q[0];
+    float nll = next_nll;
     s->gen_inflight = 0;
-    if (sep_sample(logits, d->pool->vocab, s->temperature, s->top_p, &s->rng,
-                   d->sample_scratch, &tok, &nll) ||
-        sep_session_scored(s, 1, &nll, &kv) || sep_session_push(s, tok)) {
+    int rc = logits ? sep_sample(logits, d->pool->vocab, s->temperature, s->top_p, &s->rng,
+                                 d->sample_scratch, &tok, &nll)
+             : tok < 0 ? sep_fail(SEP_EINVAL, "the logits are NaN, +inf or all -inf")
+                       : SEP_OK;
+    if (rc || sep_session_scored(s, 1, &nll, &kv) || sep_session_push(s, tok)) {
         sepd_error(d, s->owner, s->owner_len, SEP_OP_GENERATE, SEP_ERR_INTERNAL, "generate: %s",
                    sep_errmsg());
         sep_session_release(s);
@@ -739,28 +746,39 @@ static void sepd_batch_done(sepd_t *d, const sep_msg_t *m)
         return;
     }
     sepd_batch_t *b = &d->flight[0];
-    int total = b->nc ? b->ch[b->nc - 1].off + b->ch[b->nc - 1].n : 0, n_gen = 0;
-    for (int j = 0; j < b->nc; j++)
-        n_gen += b->ch[j].gen;
-    if (m->n_frames != 3 || m->frames[0].len != (size_t)total * 4 ||
+    int total = b->nc ? b->ch[b->nc - 1].off + b->ch[b->nc - 1].n : 0, n_logit = 0, n_next = 0;
+    for (int j = 0; j < b->nc; j++) {
+        n_logit += b->ch[j].gen && !b->ch[j].greedy;
+        n_next += b->ch[j].greedy;
+    }
+    if (m->n_frames != 5 || m->frames[0].len != (size_t)total * 4 ||
         m->frames[1].len != (size_t)total * 4 ||
-        m->frames[2].len != (size_t)n_gen * d->pool->vocab * 4) {
+        m->frames[2].len != (size_t)n_logit * d->pool->vocab * 4 ||
+        m->frames[3].len != (size_t)n_next * 4 || m->frames[4].len != (size_t)n_next * 4) {
         sep_log(SEP_LOG_ERROR, "batch %lld: malformed answer", (long long)seq);
         d->stop = 1;
         return;
     }
     const float *nll = m->frames[0].data, *logits = m->frames[2].data;
-    const int32_t *kv = m->frames[1].data;
-    for (int j = 0, g = 0; j < b->nc; j++) {
+    const int32_t *kv = m->frames[1].data, *next = m->frames[3].data;
+    const float *next_nll = m->frames[4].data;
+    for (int j = 0, g = 0, gn = 0; j < b->nc; j++) {
         sep_session_t *s = sepd_find_sid(d, b->ch[j].sid);
-        if (!s)
-            continue;
-        if (b->ch[j].gen) {
-            sepd_generated(d, s, logits + (size_t)g++ * d->pool->vocab, kv[b->ch[j].off]);
-        } else if (sep_session_scored(s, (size_t)b->ch[j].n, nll + b->ch[j].off,
-                                      kv + b->ch[j].off)) {
+        if (b->ch[j].greedy) {
+            if (s)
+                sepd_generated(d, s, NULL, next[gn], next_nll[gn], kv[b->ch[j].off]);
+            gn++;
+        } else if (b->ch[j].gen) {
+            if (s)
+                sepd_generated(d, s, logits + (size_t)g * d->pool->vocab, -1, 0.0f,
+                               kv[b->ch[j].off]);
+            g++;
+        } else if (s && sep_session_scored(s, (size_t)b->ch[j].n, nll + b->ch[j].off,
+                                           kv + b->ch[j].off)) {
             sep_log(SEP_LOG_ERROR, "%s", sep_errmsg());
         }
+        if (!s)
+            continue;
         d->tokens_total += b->ch[j].n;
         sepd_progress(d, s);
     }

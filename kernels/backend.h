@@ -140,6 +140,13 @@ struct sep_backend {
      * vocab); target[i] < 0 skips row i. targets and nll in host memory. */
     void (*nll)(sep_backend_t *be, float *nll, const float *logits,
                 const int32_t *target, int n, int vocab);
+    /* Greedy decoding where the logits are: token[i] = the index of the
+     * largest value of row i (the lowest on ties) and nll[i] = logsumexp
+     * of the row minus that value, -log p(token); a row holding a NaN or
+     * +inf, or all -inf, gets token -1 and nll NaN. n rows of vocab;
+     * token and nll in host memory. */
+    void (*greedy)(sep_backend_t *be, int32_t *token, float *nll, const float *logits, int n,
+                   int vocab);
 
     void (*destroy)(sep_backend_t *be);
 };

@@ -41,7 +41,8 @@ typedef struct {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
-    unsigned char *d_ring; /* (ring_len bytes) indices, positions, targets: staged */
+    unsigned char *d_ring; /* (ring_len bytes) indices, positions, targets staged;
+                              greedy tokens on their way back */
     unsigned char *h_ring; /* (ring_len bytes) the same, pinned host memory */
     size_t ring_len, ring_at;
     float *d_tmp;         /* (max_rows, max_width) rows of an in-place gather */
@@ -1790,6 +1791,63 @@ static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
             nll[i] = cb->h_nll[i];
 }
 
+/* One block a row: each thread keeps the largest value it saw (its first
+ * index on ties) and a running sum of exp over it; the block agrees on
+ * the maximum, then on the lowest index holding it. nll is the log of the
+ * sum of exp(v - max): logsumexp minus the chosen value. */
+struct op_min {
+    __device__ float operator()(float a, float b) const { return fminf(a, b); }
+};
+
+__global__ void k_greedy(int32_t *token, float *nll, const float *logits, int vocab)
+{
+    griddep_wait();
+    griddep_launch();
+    const float *row = logits + (size_t)blockIdx.x * vocab;
+    float m = -INFINITY, s = 0.0f;
+    int best = vocab, bad = 0;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+        float v = row[j];
+        bad |= !(v < INFINITY);
+        if (v > m) { /* -inf adds nothing; a NaN fails every test */
+            s = s * __expf(m - v) + 1.0f;
+            m = v;
+            best = j;
+        } else if (v > -INFINITY) {
+            s += __expf(v - m);
+        }
+    }
+    bad = __syncthreads_or(bad);
+    float mx = block_max(m);
+    /* indices below 2^24 are exact as floats */
+    int at = (int)block_reduce(m == mx ? (float)best : (float)vocab, op_min(), (float)vocab);
+    float sum = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx));
+    if (threadIdx.x == 0) {
+        bad |= mx == -INFINITY;
+        token[blockIdx.x] = bad ? -1 : at;
+        nll[blockIdx.x] = bad ? NAN : logf(sum);
+    }
+}
+
+static void cuda_greedy(sep_backend_t *be, int32_t *token, float *nll, const float *logits,
+                        int n, int vocab)
+{
+    cuda_flush(CB(be));
+    cuda_backend_t *cb = CB(be);
+    if (n <= 0)
+        return;
+    /* the answers come back through the pinned ring: 8 bytes a row */
+    size_t bytes = (size_t)n * (sizeof(int32_t) + sizeof(float));
+    size_t at = cuda_ring_take(cb, bytes);
+    int32_t *d_tok = (int32_t *)(cb->d_ring + at);
+    float *d_nll = (float *)(d_tok + n);
+    cuda_launch(cb->stream, k_greedy, n, 1024, 0, d_tok, d_nll, logits, vocab);
+    cudaMemcpyAsync(cb->h_ring + at, d_tok, bytes, cudaMemcpyDeviceToHost, cb->stream);
+    cudaStreamSynchronize(cb->stream);
+    memcpy(token, cb->h_ring + at, (size_t)n * sizeof(int32_t));
+    memcpy(nll, cb->h_ring + at + (size_t)n * sizeof(int32_t), (size_t)n * sizeof(float));
+}
+
 /* ---- life ------------------------------------------------------------------ */
 
 static void cuda_destroy(sep_backend_t *be)
@@ -1870,6 +1928,7 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     be->swiglu = cuda_swiglu;
     be->gelu = cuda_gelu;
     be->nll = cuda_nll;
+    be->greedy = cuda_greedy;
     be->destroy = cuda_destroy;
     *out = be;
     return SEP_OK;

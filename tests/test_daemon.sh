@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT
 n=0
 failed=0
-echo "1..41"
+echo "1..42"
 
 ok() {
     n=$((n + 1))
@@ -153,6 +153,10 @@ run "$SEPCTL" generate g1 -n 20 --temperature 0
 cp "$tmp/out" "$tmp/g1.out"
 run "$SEPCTL" generate g2 -n 20 --temperature 0
 ok "greedy generation is deterministic and gives text" 'test $rc = 0 && cmp -s "$tmp/out" "$tmp/g1.out" && test "$(wc -c <"$tmp/out")" -gt 20'
+"$SEPCTL" open g3 >/dev/null
+head -c 3000 "$tmp/t.txt" | "$SEPCTL" feed g3 >/dev/null
+run "$SEPCTL" generate g3 -n 20 --temperature 1e-6
+ok "greedy (the worker's argmax) gives what sampling at a vanishing temperature gives" 'test $rc = 0 && cmp -s "$tmp/out" "$tmp/g1.out"'
 run "$SEPCTL" info g1 --json
 g1tok=$(json_num tokens)
 run "$SEPCTL" generate g1 -n 5 --seed 7 --json

@@ -593,6 +593,59 @@ static void test_stage_logits(void **state)
     free(neox_split.logits);
 }
 
+/* The greedy token after a chunk is the argmax of its logits (the lowest
+ * id on ties) with its NLL, whether the logits are asked for or not, in a
+ * batch beside a chunk that asks for neither. */
+static void test_greedy_next(void **state)
+{
+    (void)state;
+    run_t r = small_run(40);
+    sep_model_t *m;
+    sep_cache_t *c[6];
+    int32_t *ids, next[3] = { -2, -2, -2 };
+    size_t n_ids;
+    float next_nll[3] = { 0 };
+    assert_int_equal(golden_read_ids(r.ids, &ids, &n_ids), 0);
+    assert_int_equal(sep_model_load(&m, r.model_dir, be, 64), 0);
+    int vocab = m->cfg.vocab;
+    float *lg = malloc((size_t)4 * vocab * sizeof *lg);
+    assert_non_null(lg);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(sep_model_cache_new(m, &full_policy, &c[i]), 0);
+    /* a: logits and next; b: neither; c: next only. Then the same chunks
+     * on fresh caches, asking for logits only. */
+    sep_chunk_t with[3] = {
+        { .cache = c[0], .ids = ids, .n = 12, .logits = lg, .next = &next[0],
+          .next_nll = &next_nll[0] },
+        { .cache = c[1], .ids = ids, .n = 5 },
+        { .cache = c[2], .ids = ids + 3, .n = 20, .next = &next[2], .next_nll = &next_nll[2] },
+    };
+    sep_chunk_t plain[3] = {
+        { .cache = c[3], .ids = ids, .n = 12, .logits = lg + vocab },
+        { .cache = c[4], .ids = ids, .n = 5, .logits = lg + 2 * (size_t)vocab },
+        { .cache = c[5], .ids = ids + 3, .n = 20, .logits = lg + 3 * (size_t)vocab },
+    };
+    assert_int_equal(sep_model_forward(m, with, 3), 0);
+    assert_int_equal(sep_model_forward(m, plain, 3), 0);
+    assert_int_equal(next[1], -2);
+    assert_invariant(lg, lg + vocab, vocab, "logits beside the greedy token");
+    for (int i = 0; i < 3; i += 2) {
+        const float *row = lg + (size_t)(i ? 3 : 1) * vocab;
+        int best = 0;
+        for (int v = 1; v < vocab; v++)
+            best = row[v] > row[best] ? v : best;
+        assert_int_equal(next[i], best);
+        double d = logits_nll(row, vocab, best) - next_nll[i];
+        if (fabs(d) > 1e-5)
+            fail_msg("chunk %d: next_nll %+.3g off", i, d);
+    }
+    free(lg);
+    free(ids);
+    for (int i = 0; i < 6; i++)
+        sep_cache_destroy(&c[i]);
+    sep_model_destroy(&m);
+}
+
 /* Loading a stage outside the checkpoint's layers, or running one with
  * hidden states where there are none (or none where needed) or with
  * another stage's caches, fails with SEP_EINVAL before a cache changes. */
@@ -858,6 +911,7 @@ int main(void)
         cmocka_unit_test(test_batch_of_policies),
         cmocka_unit_test(test_stage_split),
         cmocka_unit_test(test_stage_logits),
+        cmocka_unit_test(test_greedy_next),
         cmocka_unit_test(test_stage_bad_ranges),
         cmocka_unit_test(test_auto_separators),
         cmocka_unit_test(test_preset_detection),

@@ -546,6 +546,46 @@ static void test_nll(void **state)
     be->free(be, dl);
 }
 
+/* The greedy token of a row and its NLL: ties go to the lowest index,
+ * -inf entries count for nothing, a NaN or +inf or an all -inf row gives
+ * -1. Rows wider than a block's threads, the largest value last. */
+static void test_greedy(void **state)
+{
+    (void)state;
+    int n = 6, vocab = 3001;
+    float *lg = rand_vec((size_t)n * vocab, 13);
+    lg[0 * vocab + 2999] = 40.0f;          /* row 0: the maximum near the end */
+    lg[1 * vocab + 17] = lg[1 * vocab + 2500] = lg[1 * vocab + 3000] = 9.0f; /* a tie */
+    for (int j = 0; j < vocab; j += 2)     /* row 2: half the tokens masked */
+        lg[2 * vocab + j] = -INFINITY;
+    lg[3 * vocab + 1234] = NAN;
+    lg[4 * vocab + 5] = INFINITY;
+    for (int j = 0; j < vocab; j++)
+        lg[5 * vocab + j] = -INFINITY;
+    int best2 = 1; /* row 2's best: the first largest of the odd ids */
+    for (int j = 3; j < vocab; j += 2)
+        best2 = lg[2 * vocab + j] > lg[2 * vocab + best2] ? j : best2;
+    int32_t want_tok[6] = { 2999, 17, best2, -1, -1, -1 };
+    int32_t tok[6];
+    float nll[6];
+    float *dl = dev(lg, (size_t)n * vocab);
+    be->greedy(be, tok, nll, dl, n, vocab);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(tok[i], want_tok[i]);
+        if (tok[i] < 0) {
+            assert_true(isnan(nll[i]));
+            continue;
+        }
+        const float *row = lg + (size_t)i * vocab;
+        double s = 0;
+        for (int j = 0; j < vocab; j++)
+            s += exp((double)row[j] - row[tok[i]]);
+        assert_true(fabs(nll[i] - log(s)) < 1e-4 * (1 + log(s)));
+    }
+    free(lg);
+    be->free(be, dl);
+}
+
 /* In-place compaction gather and strided row copies. */
 static void test_rows(void **state)
 {
@@ -603,6 +643,7 @@ int main(void)
         cmocka_unit_test(test_product_then_norm),
         cmocka_unit_test(test_activations),
         cmocka_unit_test(test_nll),
+        cmocka_unit_test(test_greedy),
         cmocka_unit_test(test_rows),
         cmocka_unit_test(test_fast_exp),
     };

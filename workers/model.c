@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Rows of logits computed at once: bounds memory for large vocabularies. */
 /* Rows of logits a block (the largest block within 256 MiB, at most 512):
  * the output product of many rows runs at the matrix units' rate. */
 #define SEP_LOGIT_BYTES ((size_t)256 << 20)
@@ -205,8 +204,10 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     r->pos = malloc(t * sizeof *r->pos);
     r->rows = malloc(t * sizeof(int32_t));
     r->nll = malloc((size_t)r->logit_rows * sizeof(float));
+    r->next = malloc((size_t)r->logit_rows * sizeof(int32_t));
     if (!r->x || !r->h || !r->o || !r->qkv || !r->att || !r->ff || !r->act ||
-        (last && !r->logits) || !r->cs || !r->k_raw || !r->pos || !r->rows || !r->nll)
+        (last && !r->logits) || !r->cs || !r->k_raw || !r->pos || !r->rows || !r->nll ||
+        !r->next)
         return sep_fail(SEP_ENOMEM, "model: no memory for a forward of %d tokens", max_tokens);
     return SEP_OK;
 }
@@ -422,6 +423,7 @@ void sep_model_destroy(sep_model_t **self_p)
     free(r->pos);
     free(r->rows);
     free(r->nll);
+    free(r->next);
     free(m->layers);
     free(m->inv_freq);
     free(m);
@@ -519,17 +521,20 @@ static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
     }
 }
 
-/* Logits of each chunk's last token where asked for, from the final
- * hidden states h (the rows gathered into o unless they are h's first),
- * a block at a time. */
+/* Logits of each chunk's last token where asked for (the logits
+ * themselves or the greedy token after them), from the final hidden
+ * states h (the rows gathered into o unless they are h's first), a block
+ * at a time. */
 static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
 {
     sep_backend_t *be = m->be;
     sep_run_t *r = &m->run;
-    int k = 0;
+    int k = 0, greedy = 0;
     for (int j = 0, row = 0; j < nc; row += ch[j].n, j++)
-        if (ch[j].logits)
+        if (ch[j].logits || ch[j].next) {
             r->rows[k++] = row + ch[j].n - 1;
+            greedy |= ch[j].next != NULL;
+        }
     if (k == 0)
         return;
     size_t vocab = (size_t)m->cfg.vocab;
@@ -545,10 +550,17 @@ static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
     for (int b = 0, j = 0; b < k; b += r->logit_rows) {
         int rows = k - b < r->logit_rows ? k - b : r->logit_rows;
         be->matmul(be, r->logits, last + (size_t)b * m->cfg.dim, m->lm_head, NULL, rows);
+        if (greedy)
+            be->greedy(be, r->next, r->nll, r->logits, rows, (int)vocab);
         for (int i = 0; i < rows; i++, j++) {
-            while (!ch[j].logits)
+            while (!ch[j].logits && !ch[j].next)
                 j++;
-            be->download(be, ch[j].logits, r->logits + i * vocab, vocab * sizeof(float));
+            if (ch[j].logits)
+                be->download(be, ch[j].logits, r->logits + i * vocab, vocab * sizeof(float));
+            if (ch[j].next) {
+                *ch[j].next = r->next[i];
+                *ch[j].next_nll = r->nll[i];
+            }
         }
     }
 }

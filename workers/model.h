@@ -54,7 +54,8 @@ typedef struct {
     float *cs;       /* (max_tokens, rot_dim) rope cos|sin, backend memory */
     int64_t *pos;    /* (max_tokens) rotary position of each row, host */
     int32_t *rows;   /* (max_tokens) host scratch for indices and targets */
-    float *nll;      /* (logit_rows) host */
+    float *nll;      /* (logit_rows) host: a block's NLLs, or its greedy tokens' */
+    int32_t *next;   /* (logit_rows) host: a block's greedy tokens */
     float *slot_cs;  /* (n_slot_cs, rot_dim) rope cos|sin at positions 0.., backend */
     int n_slot_cs;   /* positions slot_cs covers (re-rotation after compaction) */
     sep_plan_t *plans; /* (n_plans) compaction plan of each chunk of a batch */
@@ -91,6 +92,11 @@ typedef struct {
                                K/V is appended, before any compaction */
     float *logits;          /* (vocab) out or NULL: host logits of the chunk's last
                                token (last stage only; other stages leave it alone) */
+    int32_t *next;          /* (1) out or NULL: the greedy token after the chunk, the
+                               argmax of those logits (lowest id on ties), chosen where
+                               they are computed; -1 when they hold a NaN or +inf or
+                               are all -inf (last stage only, as logits) */
+    float *next_nll;        /* (1) out, with next: -log p(next) */
 } sep_chunk_t;
 
 /* Load dir; max_tokens bounds the rows of one forward. */

@@ -52,6 +52,8 @@ typedef struct {
     int32_t *kv;          /* (max_tokens) */
     float *logits;        /* (max_tokens, vocab) grown on demand */
     size_t logits_cap;
+    int32_t *next;        /* (max_tokens) greedy tokens of a batch's chunks that ask */
+    float *next_nll;      /* (max_tokens) their nlls */
 } worker_t;
 
 static const char *usage_text =
@@ -213,7 +215,8 @@ static int worker_stats(worker_t *w, const sep_msg_t *m)
  * after it skip the batch (the failing stage reported it). */
 enum { WK_TAG_HEAD = 1, WK_TAG_ROWS = 2 };
 
-static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed, int *n_logit)
+static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed, int *n_logit,
+                            int *n_next)
 {
     json_t *arr = json_object_get(m->hdr, "chunks");
     size_t nc = json_array_size(arr);
@@ -229,7 +232,7 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
                         m->frames[0].len, m->frames[1].len);
     int last = w->m->layer1 == w->m->cfg.n_layers;
     size_t vocab = (size_t)w->m->cfg.vocab;
-    *n_logit = 0;
+    *n_logit = *n_next = 0;
     for (size_t j = 0; j < nc; j++)
         *n_logit += json_is_true(json_object_get(json_array_get(arr, j), "logits"));
     if (last && (size_t)*n_logit * vocab > w->logits_cap) {
@@ -240,7 +243,7 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
         w->logits_cap = (size_t)*n_logit * vocab;
     }
     size_t at = 0;
-    int g = 0;
+    int g = 0, gn = 0;
     for (size_t j = 0; j < nc; j++) {
         json_t *c = json_array_get(arr, j);
         uint32_t sid = (uint32_t)json_integer_value(json_object_get(c, "sid"));
@@ -254,16 +257,21 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
             if (w->chunks[k].cache == s->cache)
                 return sep_fail(SEP_EFORMAT, "w_batch: session %u twice in one batch", sid);
         int want = json_is_true(json_object_get(c, "logits"));
+        int greedy = json_is_true(json_object_get(c, "greedy")) && last;
         w->chunks[j] = (sep_chunk_t){ .cache = s->cache, .ids = ids + at, .n = (int)n,
                                       .targets = targets + at, .nll = w->nll + at,
                                       .kv = w->kv + at,
                                       .logits = want && last ? w->logits + (size_t)g * vocab
-                                                             : NULL };
+                                                             : NULL,
+                                      .next = greedy ? w->next + gn : NULL,
+                                      .next_nll = greedy ? w->next_nll + gn : NULL };
         g += want;
+        gn += greedy;
         at += (size_t)n;
     }
     if (at != total)
         return sep_fail(SEP_EFORMAT, "w_batch: chunks cover %zu of %zu ids", at, total);
+    *n_next = gn;
     for (size_t i = 0; i < total; i++)
         w->nll[i] = NAN;
     return sep_model_forward_stage(w->m, w->chunks, (int)nc, w->m->layer0 ? w->x : NULL,
@@ -273,7 +281,7 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
 static int worker_batch(worker_t *w, const sep_msg_t *m)
 {
     int64_t seq = sep_msg_int(m, "seq", -1);
-    int failed = 0, n_logit = 0, dim = w->m->cfg.dim;
+    int failed = 0, n_logit = 0, n_next = 0, dim = w->m->cfg.dim;
     long head[3] = { 0 };
     if (w->rank > 0) {
         MPI_Recv(head, 3, MPI_LONG, w->rank - 1, WK_TAG_HEAD, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
@@ -282,7 +290,7 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
             MPI_Recv(w->x, (int)head[2] * dim, MPI_FLOAT, w->rank - 1, WK_TAG_ROWS,
                      MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     }
-    int rc = worker_batch_run(w, m, failed, &n_logit);
+    int rc = worker_batch_run(w, m, failed, &n_logit, &n_next);
     int last = w->rank == w->stages - 1;
     size_t total = m->n_frames >= 1 ? m->frames[0].len / 4 : 0;
     if (!last) {
@@ -295,10 +303,12 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
         return failed ? SEP_OK : worker_error(w, m); /* the failing stage reports */
     if (!last)
         return SEP_OK;
-    sep_frame_t f[3] = { { w->nll, total * sizeof(float) }, { w->kv, total * sizeof(int32_t) },
-                         { w->logits, (size_t)n_logit * w->m->cfg.vocab * sizeof(float) } };
+    sep_frame_t f[5] = { { w->nll, total * sizeof(float) }, { w->kv, total * sizeof(int32_t) },
+                         { w->logits, (size_t)n_logit * w->m->cfg.vocab * sizeof(float) },
+                         { w->next, (size_t)n_next * sizeof(int32_t) },
+                         { w->next_nll, (size_t)n_next * sizeof(float) } };
     return worker_reply(w, json_pack("{s:s, s:I}", "op", SEP_OP_W_DONE, "seq", (json_int_t)seq),
-                        f, 3);
+                        f, 5);
 }
 
 /* Serve ops until w_exit or the daemon's end. */
@@ -455,7 +465,9 @@ int main(int argc, char **argv)
     w.chunks = malloc(rows * sizeof *w.chunks);
     w.nll = malloc(rows * sizeof *w.nll);
     w.kv = malloc(rows * sizeof *w.kv);
-    if (!w.x || !w.chunks || !w.nll || !w.kv) {
+    w.next = malloc(rows * sizeof *w.next);
+    w.next_nll = malloc(rows * sizeof *w.next_nll);
+    if (!w.x || !w.chunks || !w.nll || !w.kv || !w.next || !w.next_nll) {
         rc = sep_fail(SEP_ENOMEM, "out of memory for %zu rows", rows);
         goto fail;
     }
@@ -491,6 +503,8 @@ fail:
     free(w.chunks);
     free(w.nll);
     free(w.kv);
+    free(w.next);
+    free(w.next_nll);
     free(w.logits);
     sep_model_destroy(&w.m);
     sep_backend_destroy(&w.be);
