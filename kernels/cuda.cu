@@ -498,6 +498,9 @@ struct op_sum {
 struct op_max {
     __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
+struct op_min {
+    __device__ float operator()(float a, float b) const { return fminf(a, b); }
+};
 
 /* Reduce v over the block with op, whose identity is id (blockDim.x a
  * multiple of 32, at most 1024); every thread gets the result. */
@@ -1795,10 +1798,6 @@ static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
  * index on ties) and a running sum of exp over it; the block agrees on
  * the maximum, then on the lowest index holding it. nll is the log of the
  * sum of exp(v - max): logsumexp minus the chosen value. */
-struct op_min {
-    __device__ float operator()(float a, float b) const { return fminf(a, b); }
-};
-
 __global__ void k_greedy(int32_t *token, float *nll, const float *logits, int vocab)
 {
     griddep_wait();
