@@ -42,15 +42,11 @@ typedef struct {
     cudaStream_t stream;
     cublasHandle_t blas;
     unsigned char *d_ring; /* (ring_len bytes) indices, positions, targets staged;
-                              greedy tokens on their way back */
+                              NLLs and greedy tokens on their way back */
     unsigned char *h_ring; /* (ring_len bytes) the same, pinned host memory */
     size_t ring_len, ring_at;
     float *d_tmp;         /* (max_rows, max_width) rows of an in-place gather */
     size_t tmp_cap;
-    float *d_nll;         /* (max_rows) NLLs */
-    size_t nll_cap;
-    float *h_nll;         /* (max_rows) the same, host */
-    size_t h_nll_cap;
     __nv_bfloat16 *d_xb;  /* (max_rows, max_width) a product's input in bf16 */
     size_t xb_cap;
     const float *xb_of;   /* the mirror's anchor: d_xb[i] holds xb_of[i] in bf16 ... */
@@ -162,6 +158,15 @@ static const void *cuda_stage(cuda_backend_t *cb, const void *src, size_t bytes)
 static const int32_t *cuda_stage_ids(cuda_backend_t *cb, const int32_t *ids, int n)
 {
     return (const int32_t *)cuda_stage(cb, ids, (size_t)n * sizeof *ids);
+}
+
+/* Results the stream wrote to the ring's bytes [at, at + bytes), on the
+ * host: waits for the stream. */
+static const unsigned char *cuda_ring_fetch(cuda_backend_t *cb, size_t at, size_t bytes)
+{
+    cudaMemcpyAsync(cb->h_ring + at, cb->d_ring + at, bytes, cudaMemcpyDeviceToHost, cb->stream);
+    cudaStreamSynchronize(cb->stream);
+    return cb->h_ring + at;
 }
 
 /* ---- the bf16 mirror ------------------------------------------------------ *
@@ -1346,7 +1351,6 @@ static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_w
         cb->ring_at = 0;
     }
     if (cuda_grow(cb, (void **)&cb->d_tmp, &cb->tmp_cap, rows * max_width * sizeof(float)) ||
-        cuda_grow(cb, (void **)&cb->d_nll, &cb->nll_cap, rows * sizeof(float)) ||
         (cb->bf16 && cuda_grow(cb, (void **)&cb->d_xb, &cb->xb_cap,
                                rows * max_width * sizeof(__nv_bfloat16))) ||
         (cb->bf16 && cuda_grow(cb, (void **)&cb->d_part, &cb->part_cap,
@@ -1361,13 +1365,6 @@ static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_w
         return sep_fail(SEP_ENOMEM, "cuda: no device memory for attention counters");
     }
     cb->d_done = cb->d_count ? cb->d_count + FA_PART_BLOCKS : NULL;
-    if (rows * sizeof(float) > cb->h_nll_cap) {
-        float *h = (float *)realloc(cb->h_nll, rows * sizeof(float));
-        if (!h)
-            return sep_fail(SEP_ENOMEM, "cuda: out of memory");
-        cb->h_nll = h;
-        cb->h_nll_cap = rows * sizeof(float);
-    }
     return SEP_OK;
 }
 
@@ -1783,15 +1780,18 @@ static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
     cuda_backend_t *cb = CB(be);
     if (n <= 0)
         return;
-    cuda_launch(cb->stream, k_nll, n, 512, 0, cb->d_nll, logits,
-                cuda_stage_ids(cb, target, n), vocab);
+    /* the targets go out and the NLLs come back through one piece of the
+     * ring: 8 bytes a row */
+    size_t bytes = (size_t)n * sizeof(int32_t), at = cuda_ring_take(cb, 2 * bytes);
+    memcpy(cb->h_ring + at, target, bytes);
+    cuda_ring_send(cb, at, bytes);
+    cuda_launch(cb->stream, k_nll, n, 512, 0, (float *)(cb->d_ring + at + bytes), logits,
+                (const int32_t *)(cb->d_ring + at), vocab);
+    const float *got = (const float *)cuda_ring_fetch(cb, at + bytes, (size_t)n * sizeof(float));
     /* rows without a target keep the caller's value */
-    cudaMemcpyAsync(cb->h_nll, cb->d_nll, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost,
-                    cb->stream);
-    cudaStreamSynchronize(cb->stream);
     for (int i = 0; i < n; i++)
         if (target[i] >= 0)
-            nll[i] = cb->h_nll[i];
+            nll[i] = got[i];
 }
 
 /* One block a row: each thread keeps the largest value it saw (its first
@@ -1839,12 +1839,10 @@ static void cuda_greedy(sep_backend_t *be, int32_t *token, float *nll, const flo
     size_t bytes = (size_t)n * (sizeof(int32_t) + sizeof(float));
     size_t at = cuda_ring_take(cb, bytes);
     int32_t *d_tok = (int32_t *)(cb->d_ring + at);
-    float *d_nll = (float *)(d_tok + n);
-    cuda_launch(cb->stream, k_greedy, n, 1024, 0, d_tok, d_nll, logits, vocab);
-    cudaMemcpyAsync(cb->h_ring + at, d_tok, bytes, cudaMemcpyDeviceToHost, cb->stream);
-    cudaStreamSynchronize(cb->stream);
-    memcpy(token, cb->h_ring + at, (size_t)n * sizeof(int32_t));
-    memcpy(nll, cb->h_ring + at + (size_t)n * sizeof(int32_t), (size_t)n * sizeof(float));
+    cuda_launch(cb->stream, k_greedy, n, 1024, 0, d_tok, (float *)(d_tok + n), logits, vocab);
+    const unsigned char *got = cuda_ring_fetch(cb, at, bytes);
+    memcpy(token, got, (size_t)n * sizeof(int32_t));
+    memcpy(nll, got + (size_t)n * sizeof(int32_t), (size_t)n * sizeof(float));
 }
 
 /* ---- life ------------------------------------------------------------------ */
@@ -1856,11 +1854,9 @@ static void cuda_destroy(sep_backend_t *be)
     cudaFree(cb->d_ring);
     cudaFreeHost(cb->h_ring);
     cudaFree(cb->d_tmp);
-    cudaFree(cb->d_nll);
     cudaFree(cb->d_xb);
     cudaFree(cb->d_part);
     cudaFree(cb->d_count);
-    free(cb->h_nll);
     free(cb->xb_spans);
     if (cb->blas)
         cublasDestroy(cb->blas);
