@@ -70,6 +70,19 @@ static double matmul_tol(void)
     return p && strcmp(p, "bf16") == 0 ? 2e-2 : 1e-5;
 }
 
+/* want (n, dout) := x (n, din) w^T [+ b], in double */
+static void matmul_ref(double *want, const float *x, const float *w, const float *b, int n,
+                       int din, int dout)
+{
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < dout; o++) {
+            double s = b ? b[o] : 0;
+            for (int k = 0; k < din; k++)
+                s += (double)x[i * din + k] * w[o * din + k];
+            want[i * dout + o] = s;
+        }
+}
+
 static void test_matmul(void **state)
 {
     (void)state;
@@ -82,13 +95,7 @@ static void test_matmul(void **state)
         float *x = rand_vec((size_t)n * din, 1), *w = rand_vec((size_t)dout * din, 2);
         float *b = rand_vec(dout, 3);
         double *want = malloc(sizeof *want * n * dout);
-        for (int i = 0; i < n; i++)
-            for (int o = 0; o < dout; o++) {
-                double s = b[o];
-                for (int k = 0; k < din; k++)
-                    s += (double)x[i * din + k] * w[o * din + k];
-                want[i * dout + o] = s;
-            }
+        matmul_ref(want, x, w, b, n, din, dout);
         float *dx = dev(x, (size_t)n * din), *db = dev(b, dout);
         sep_weight_t *dw = be->weight_new(be, w, dout, din);
         assert_non_null(dw);
@@ -398,13 +405,7 @@ static void test_product_then_norm(void **state)
         expect_near(dr, want_x, (size_t)n * d, 1e-6);
         expect_near(dh, want_h, (size_t)n * d, 1e-5);
         if (!mlp) { /* and the product itself */
-            for (int i = 0; i < n; i++)
-                for (int o = 0; o < D; o++) {
-                    double s = 0;
-                    for (int k = 0; k < DIN; k++)
-                        s += (double)x[i * DIN + k] * w[o * DIN + k];
-                    want_x[i * D + o] = s;
-                }
+            matmul_ref(want_x, x, w, NULL, n, DIN, D);
             expect_near(dy, want_x, (size_t)n * D, matmul_tol());
         }
         free(x); free(r); free(y); free(want_x); free(want_h);
