@@ -21,13 +21,17 @@ enum {
     SEP_ENOTFOUND = -6,   /* a named thing (tensor, file, session) is absent */
     SEP_EUTF8 = -7,       /* text is not valid UTF-8 */
     SEP_ERANGE = -8,      /* a value outside what the model or cache allows */
+    SEP_EAGAIN = -10,     /* it would block: nothing was done, try again later */
+    SEP_EPEER = -11,      /* the peer of a message is gone */
 };
 
 /* Name of an error code ("malformed input", ...); never NULL. */
 const char *sep_strerror(int code);
 
 /* Record a printf-style detail message for code and return code, so a
- * failure reads: return sep_fail(SEP_EFORMAT, "%s: ...", path). */
+ * failure reads: return sep_fail(SEP_EFORMAT, "%s: ...", path). The
+ * arguments may include sep_errmsg() itself (to add context to the last
+ * failure): the message is formatted before the old one is replaced. */
 int sep_fail(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -110,25 +110,45 @@ void sep_msg_close(sep_msg_t *m)
     memset(m, 0, sizeof *m);
 }
 
-int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,
-                 const sep_frame_t *frames, int n)
+char *sep_msg_header_text(json_t *hdr)
 {
     if (json_object_set_new(hdr, "v", json_integer(SEP_PROTO_VERSION)))
-        return sep_fail(SEP_ENOMEM, "send: out of memory");
-    char *text = json_dumps(hdr, JSON_COMPACT);
-    if (!text)
-        return sep_fail(SEP_ENOMEM, "send: out of memory");
-    int rc = 0;
+        return NULL;
+    return json_dumps(hdr, JSON_COMPACT);
+}
+
+int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char *hdr,
+                      size_t hdr_len, const sep_frame_t *frames, int n, int flags)
+{
+    int more = n ? ZMQ_SNDMORE : 0, rc;
     if (peer)
-        rc = zmq_send(sock, peer, peer_len, ZMQ_SNDMORE) < 0;
-    rc = rc || zmq_send(sock, text, strlen(text), n ? ZMQ_SNDMORE : 0) < 0;
+        rc = zmq_send(sock, peer, peer_len, ZMQ_SNDMORE | flags);
+    else
+        rc = zmq_send(sock, hdr, hdr_len, more | flags);
+    if (rc < 0) {
+        /* nothing went: the first part decides */
+        if (errno == EAGAIN)
+            return SEP_EAGAIN;
+        if (errno == EHOSTUNREACH)
+            return SEP_EPEER;
+        return sep_fail(SEP_EIO, "send: %s", zmq_strerror(errno));
+    }
+    rc = peer ? zmq_send(sock, hdr, hdr_len, more) < 0 : 0;
     for (int i = 0; !rc && i < n; i++)
         rc = zmq_send(sock, frames[i].len ? frames[i].data : "", frames[i].len,
                       i + 1 < n ? ZMQ_SNDMORE : 0) < 0;
-    free(text);
-    if (rc && errno == EHOSTUNREACH)
-        return SEP_OK;
     return rc ? sep_fail(SEP_EIO, "send: %s", zmq_strerror(errno)) : SEP_OK;
+}
+
+int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                 const sep_frame_t *frames, int n)
+{
+    char *text = sep_msg_header_text(hdr);
+    if (!text)
+        return sep_fail(SEP_ENOMEM, "send: out of memory");
+    int rc = sep_msg_send_text(sock, peer, peer_len, text, strlen(text), frames, n, 0);
+    free(text);
+    return rc;
 }
 
 const char *sep_msg_str(const sep_msg_t *m, const char *key, const char *dflt)

@@ -20,6 +20,11 @@
 #define SEP_FEED_WINDOW 8          /* feed pieces a client may have unacknowledged */
 #define SEP_MSG_MAX_FRAMES 8       /* binary frames after the header */
 #define SEP_MSG_MAX_HEADER 65536   /* bytes of JSON a header may have */
+#define SEP_MSG_MAX_FRAME (2 * SEP_FEED_PIECE) /* the client socket's cap on one frame
+                                                  (ZMQ_MAXMSGSIZE): a peer sending more
+                                                  is disconnected, at no cost */
+#define SEP_MAX_STAGES 64          /* pipeline stages: ranks fit a 64-bit set */
+#define SEP_GEN_WINDOW 64          /* generated tokens a client may have unacknowledged */
 
 /* client -> sepd */
 #define SEP_OP_OPEN "open"
@@ -35,6 +40,9 @@
 #define SEP_OP_RESUME "resume"
 #define SEP_OP_FLUSH "flush"
 #define SEP_OP_CLOSE "close"
+#define SEP_OP_CANCEL "cancel"       /* stop the sender's operation on its session */
+#define SEP_OP_ACK "ack"             /* generate: "tokens" received so far */
+#define SEP_OP_HEARTBEAT "heartbeat" /* sepd -> client, unasked: ignore it */
 
 /* sepd -> worker (and the worker's replies) */
 #define SEP_OP_HELLO "hello"         /* worker -> sepd, once */
@@ -55,8 +63,11 @@
 #define SEP_ERR_EXISTS "exists"
 #define SEP_ERR_BUSY "busy"
 #define SEP_ERR_STATE "bad_state"
-#define SEP_ERR_INPUT "bad_input"
+#define SEP_ERR_INPUT "bad_input"     /* text that is not UTF-8 */
+#define SEP_ERR_TOO_LARGE "too_large" /* a frame or piece over its limit */
 #define SEP_ERR_LIMIT "limit"
+#define SEP_ERR_CANCELLED "cancelled" /* the operation was stopped before its end */
+#define SEP_ERR_UNAVAILABLE "unavailable" /* sepd is stopping, or lost a worker */
 #define SEP_ERR_INTERNAL "internal"
 
 typedef struct {
@@ -85,9 +96,22 @@ void sep_msg_close(sep_msg_t *m);
 
 /* Send hdr (its "v" is set here; the reference is kept by the caller)
  * and n frames; peer/peer_len route it on a ROUTER socket (NULL: none).
- * A message to a peer that is gone is dropped by ZeroMQ, not an error. */
+ * Blocks while the peer's pipe is full. On a ROUTER with
+ * ZMQ_ROUTER_MANDATORY a peer that is gone is SEP_EPEER (nothing sent);
+ * without it ZeroMQ drops such a message and this returns SEP_OK. */
 int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,
                  const sep_frame_t *frames, int n);
+
+/* hdr with "v" set, as the compact JSON text a message carries
+ * (malloc'ed; NULL when out of memory). */
+char *sep_msg_header_text(json_t *hdr);
+
+/* Send a header already written as text, and n frames. flags: 0, or
+ * ZMQ_DONTWAIT: a peer whose pipe is full is then SEP_EAGAIN with nothing
+ * sent (a ROUTER checks room on the routing frame, so a message goes
+ * whole or not at all). SEP_EPEER: the peer is gone (ROUTER_MANDATORY). */
+int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char *hdr,
+                      size_t hdr_len, const sep_frame_t *frames, int n, int flags);
 
 /* A session name: 1..SEP_NAME_MAX bytes of [A-Za-z0-9._-]. */
 int sep_name_ok(const char *name);

@@ -22,6 +22,10 @@ int ctl_int_opt(const char *name, const char *arg, long lo, long hi, long *out);
 int ctl_cache_opt(int c, const char *arg, sep_policy_t *p, int *window_given,
                   const char **separators);
 
+/* After the cache options: streaming's default window, then the numbers
+ * checked (sep_policy_check); -1 with the message printed. */
+int ctl_policy_done(sep_policy_t *p, int window_given);
+
 #define CTL_CACHE_OPTIONS \
     { "method", required_argument, 0, 'M' }, { "init", required_argument, 0, 'A' }, \
     { "seps", required_argument, 0, 'S' }, { "window", required_argument, 0, 'W' }, \

@@ -1,11 +1,16 @@
 /* remote.c: the sepctl verbs that talk to sepd.
  *
  * Each verb sends one request on a DEALER socket and reads the replies
- * until the last one. While it waits it pings the daemon every second;
- * a daemon silent for CTL_SILENCE_S seconds is reported as gone. feed
- * streams stdin in pieces of up to SEP_FEED_PIECE bytes, keeping at most
- * SEP_FEED_WINDOW of them unacknowledged (the daemon acknowledges a piece
- * once its tokens are scored), so memory stays bounded on both sides.
+ * until the last one. While it waits it pings the daemon every second; a
+ * daemon that lets CTL_SILENCE_PINGS pings in a row go unanswered is
+ * reported as gone (pings are counted, not seconds, so time this process
+ * spent stopped does not count), and one whose connection closes is
+ * reported at once (a socket monitor). feed streams stdin in pieces of up
+ * to SEP_FEED_PIECE bytes, keeping at most SEP_FEED_WINDOW of them
+ * unacknowledged (the daemon acknowledges a piece once its tokens are
+ * scored); generate acknowledges the tokens it has printed, so the daemon
+ * runs at most a window ahead of it. SIGINT and SIGTERM (and a closed
+ * stdout) cancel the verb's operation in the daemon before sepctl exits.
  */
 #include "ctl.h"
 #include "err.h"
@@ -14,23 +19,28 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
-#define CTL_SILENCE_S 15.0
+#define CTL_SILENCE_PINGS 15     /* unanswered pings, one a second, before giving up */
+#define CTL_CANCEL_WAIT_S 5.0    /* how long a cancelled verb waits for sepd's last word */
 
 typedef struct {
-    void *zctx, *sock;
+    void *zctx, *sock, *mon;
     const char *session;
-    double last_heard;
+    int unanswered;              /* pings sent since sepd last said anything */
 } ctl_conn_t;
 
 typedef struct {
@@ -38,33 +48,104 @@ typedef struct {
     int json;
 } ctl_common_t;
 
+/* ---- signals ------------------------------------------------------------ */
+
+static int ctl_sig_fds[2] = { -1, -1 };
+static volatile sig_atomic_t ctl_signal;
+
+static void ctl_on_signal(int sig)
+{
+    int e = errno;
+    ctl_signal = sig;
+    if (ctl_sig_fds[1] >= 0 && write(ctl_sig_fds[1], "", 1) < 0) {
+        /* the pipe is full: a wake-up is pending already */
+    }
+    errno = e;
+}
+
+/* SIGINT and SIGTERM wake the verb's wait (a self-pipe) instead of
+ * killing it; a closed stdout is an EPIPE error, not a signal. */
+static int ctl_signals(void)
+{
+    if (pipe(ctl_sig_fds) != 0)
+        return sep_fail(SEP_EIO, "pipe: %s", strerror(errno));
+    for (int i = 0; i < 2; i++)
+        if (fcntl(ctl_sig_fds[i], F_SETFL, O_NONBLOCK) != 0 ||
+            fcntl(ctl_sig_fds[i], F_SETFD, FD_CLOEXEC) != 0)
+            return sep_fail(SEP_EIO, "pipe: %s", strerror(errno));
+    struct sigaction sa = { .sa_handler = ctl_on_signal };
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) || sigaction(SIGTERM, &sa, NULL) ||
+        signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+        return sep_fail(SEP_EIO, "signals: %s", strerror(errno));
+    return SEP_OK;
+}
+
+/* ---- the connection ----------------------------------------------------- */
+
+/* An ipc endpoint whose socket file is there but nobody listens (sepd was
+ * killed): say so now instead of waiting for answers. */
+static int ctl_ipc_alive(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return sep_fail(SEP_ENOTFOUND, "sepd is not running (no socket at %s)", path);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sa.sun_path)
+        return SEP_OK; /* ZeroMQ shortens such paths its own way: let it try */
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return sep_fail(SEP_EIO, "socket: %s", strerror(errno));
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    int e = errno;
+    close(fd);
+    if (rc != 0 && e == ECONNREFUSED)
+        return sep_fail(SEP_ENOTFOUND, "sepd is not running (a stale socket at %s: nobody "
+                        "listens)", path);
+    if (rc != 0)
+        return sep_fail(SEP_EIO, "%s: %s", path, strerror(e));
+    return SEP_OK;
+}
+
 static int ctl_connect(ctl_conn_t *c, const char *endpoint_opt)
 {
-    char ep[4200];
+    char ep[4200], mon_ep[64];
     int rc = SEP_OK, linger = 0;
     memset(c, 0, sizeof *c);
     if (endpoint_opt)
         snprintf(ep, sizeof ep, "%s", endpoint_opt);
     else if ((rc = sep_default_socket(ep, sizeof ep)))
         return rc;
-    struct stat st;
-    if (strncmp(ep, "ipc://", 6) == 0 && stat(ep + 6, &st) != 0)
-        return sep_fail(SEP_ENOTFOUND, "sepd is not running (no socket at %s)", ep + 6);
+    if (strncmp(ep, "ipc://", 6) == 0 && (rc = ctl_ipc_alive(ep + 6)))
+        return rc;
     c->zctx = zmq_ctx_new();
     c->sock = c->zctx ? zmq_socket(c->zctx, ZMQ_DEALER) : NULL;
-    if (!c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_connect(c->sock, ep))
+    if (!c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger))
+        return sep_fail(SEP_EIO, "zmq: %s", zmq_strerror(errno));
+    /* the monitor says when the connection closes (sepd died) */
+    snprintf(mon_ep, sizeof mon_ep, "inproc://ctl-monitor-%d", (int)getpid());
+    if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_DISCONNECTED) ||
+        !(c->mon = zmq_socket(c->zctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(c->mon, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_connect(c->mon, mon_ep))
+        return sep_fail(SEP_EIO, "zmq monitor: %s", zmq_strerror(errno));
+    if (zmq_connect(c->sock, ep))
         return sep_fail(SEP_EIO, "connect %s: %s", ep, zmq_strerror(errno));
-    c->last_heard = sep_now();
     return SEP_OK;
 }
 
 static void ctl_disconnect(ctl_conn_t *c)
 {
-    if (c->sock)
+    if (c->mon)
+        zmq_close(c->mon);
+    if (c->sock) {
+        zmq_socket_monitor(c->sock, NULL, 0);
         zmq_close(c->sock);
+    }
     if (c->zctx)
         zmq_ctx_term(c->zctx);
+    memset(c, 0, sizeof *c);
 }
 
 static int ctl_send(ctl_conn_t *c, json_t *hdr, const sep_frame_t *f, int n)
@@ -78,39 +159,87 @@ static int ctl_send(ctl_conn_t *c, json_t *hdr, const sep_frame_t *f, int n)
     return rc;
 }
 
-/* The next message from the daemon; extra_fd (or -1) may wake the wait,
- * then *woke is set and no message is returned. */
+/* A monitor event: 1 when the connection to sepd closed. */
+static int ctl_monitor_closed(ctl_conn_t *c)
+{
+    int closed = 0;
+    for (;;) {
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return closed;
+        }
+        uint16_t what = 0;
+        if (zmq_msg_size(&ev) >= 2)
+            memcpy(&what, zmq_msg_data(&ev), 2);
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        while (more) { /* the event's endpoint */
+            zmq_msg_init(&ev);
+            if (zmq_msg_recv(&ev, c->mon, 0) < 0) {
+                zmq_msg_close(&ev);
+                return closed;
+            }
+            more = zmq_msg_more(&ev);
+            zmq_msg_close(&ev);
+        }
+        closed |= what == ZMQ_EVENT_DISCONNECTED;
+    }
+}
+
+enum { CTL_GOT_MSG = 0, CTL_GOT_FD = 1, CTL_GOT_SIGNAL = 2 };
+
+/* The next message from the daemon; extra_fd (or -1) may wake the wait
+ * (*woke = CTL_GOT_FD, no message), and so may SIGINT or SIGTERM
+ * (*woke = CTL_GOT_SIGNAL). Pongs and heartbeats are consumed here. */
 static int ctl_recv(ctl_conn_t *c, sep_msg_t *m, int extra_fd, int *woke)
 {
-    if (woke)
-        *woke = 0;
+    *woke = CTL_GOT_MSG;
     for (;;) {
-        zmq_pollitem_t it[2] = { { .socket = c->sock, .events = ZMQ_POLLIN },
+        zmq_pollitem_t it[4] = { { .socket = c->sock, .events = ZMQ_POLLIN },
+                                 { .socket = c->mon, .events = ZMQ_POLLIN },
+                                 { .fd = ctl_sig_fds[0], .events = ZMQ_POLLIN },
                                  { .fd = extra_fd, .events = ZMQ_POLLIN } };
-        int n = zmq_poll(it, extra_fd >= 0 ? 2 : 1, 1000);
+        if (ctl_signal) {
+            *woke = CTL_GOT_SIGNAL;
+            return SEP_OK;
+        }
+        int n = zmq_poll(it, extra_fd >= 0 ? 4 : 3, 1000);
         if (n < 0 && errno != EINTR)
             return sep_fail(SEP_EIO, "poll: %s", zmq_strerror(errno));
         if (n > 0 && (it[0].revents & ZMQ_POLLIN)) {
             int rc = sep_msg_recv(c->sock, 0, m, 0);
             if (rc)
                 return rc;
-            c->last_heard = sep_now();
-            if (strcmp(m->op, SEP_OP_PONG) == 0) {
+            c->unanswered = 0;
+            if (strcmp(m->op, SEP_OP_PONG) == 0 || strcmp(m->op, SEP_OP_HEARTBEAT) == 0) {
                 sep_msg_close(m);
                 continue;
             }
             return SEP_OK;
         }
-        if (n > 0 && extra_fd >= 0 && (it[1].revents & (ZMQ_POLLIN | ZMQ_POLLERR))) {
-            *woke = 1;
+        if (n > 0 && (it[1].revents & ZMQ_POLLIN) && ctl_monitor_closed(c))
+            return sep_fail(SEP_EPEER, "sepd went away (its connection closed)");
+        if (n > 0 && (it[2].revents & ZMQ_POLLIN)) {
+            char drain[16];
+            while (read(ctl_sig_fds[0], drain, sizeof drain) > 0)
+                ;
+            continue; /* ctl_signal is set */
+        }
+        if (n > 0 && extra_fd >= 0 && (it[3].revents & (ZMQ_POLLIN | ZMQ_POLLERR))) {
+            *woke = CTL_GOT_FD;
             return SEP_OK;
         }
-        if (sep_now() - c->last_heard > CTL_SILENCE_S)
-            return sep_fail(SEP_EIO, "sepd stopped answering (%.0f s without a word)",
-                            CTL_SILENCE_S);
+        if (n > 0)
+            continue;
+        if (c->unanswered >= CTL_SILENCE_PINGS)
+            return sep_fail(SEP_EIO, "sepd stopped answering (%d pings in a row without a word)",
+                            CTL_SILENCE_PINGS);
         int rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_PING), NULL, 0);
         if (rc)
             return rc;
+        c->unanswered++;
     }
 }
 
@@ -130,17 +259,56 @@ static int ctl_conn_error(int rc)
     return rc == SEP_ENOTFOUND ? EXIT_NO_DAEMON : EXIT_RUNTIME;
 }
 
-static int ctl_write_nlls(FILE *f, const sep_msg_t *m)
+/* The exit code of a verb stopped by signal sig (or a closed stdout). */
+static int ctl_signal_code(int sig)
 {
-    if (!f || m->n_frames < 1)
+    return 128 + sig;
+}
+
+/* Cancel the session's op in sepd and read what is still on the way
+ * (up to its last reply, or CTL_CANCEL_WAIT_S), writing NLLs that come. */
+static void ctl_cancel(ctl_conn_t *c, FILE *nf, const char *last_op)
+{
+    if (ctl_send(c, json_pack("{s:s}", "op", SEP_OP_CANCEL), NULL, 0))
+        return;
+    double until = sep_now() + CTL_CANCEL_WAIT_S;
+    while (sep_now() < until) {
+        zmq_pollitem_t it = { .socket = c->sock, .events = ZMQ_POLLIN };
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        sep_msg_t m;
+        if (sep_msg_recv(c->sock, 0, &m, 0))
+            return;
+        int last = strcmp(m.op, SEP_OP_CANCEL) == 0 ? !last_op
+                   : json_is_false(json_object_get(m.hdr, "ok")) ||
+                         json_is_true(json_object_get(m.hdr, "done")) ||
+                         (last_op && strcmp(m.op, last_op) == 0);
+        if (nf && m.n_frames >= 1 && json_is_true(json_object_get(m.hdr, "ok")) &&
+            (strcmp(m.op, SEP_OP_GENERATE) != 0 ||
+             json_is_true(json_object_get(m.hdr, "text_end"))))
+            for (size_t i = 0; i < m.frames[0].len / sizeof(float); i++)
+                fprintf(nf, "%.9g\n", ((const float *)m.frames[0].data)[i]);
+        sep_msg_close(&m);
+        if (last)
+            return;
+    }
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+/* NLLs as a script reads them back: %.9g round-trips an fp32. */
+static int ctl_write_nlls(FILE *f, const sep_msg_t *m, int frame)
+{
+    if (!f || m->n_frames <= frame)
         return 0;
-    const float *v = m->frames[0].data;
-    for (size_t i = 0; i < m->frames[0].len / sizeof(float); i++)
-        fprintf(f, "%.6f\n", v[i]);
+    const float *v = m->frames[frame].data;
+    for (size_t i = 0; i < m->frames[frame].len / sizeof(float); i++)
+        fprintf(f, "%.9g\n", v[i]);
     return ferror(f) ? -1 : 0;
 }
 
-/* Open --nll-out (mode "w" or "a"); a failure is reported here. */
+/* Open --nll-out (mode "w" or "a"), before the request goes: a file that
+ * cannot be written must not cost the NLLs of the op. */
 static int ctl_nll_open(const char *path, const char *mode, FILE **f)
 {
     *f = NULL;
@@ -151,12 +319,23 @@ static int ctl_nll_open(const char *path, const char *mode, FILE **f)
     return 0;
 }
 
-/* Connect for a verb on session that streams NLLs, and open --nll-out
- * (mode); 0, or the exit code with nothing left open. */
+static int ctl_nll_close(const char *path, FILE **f)
+{
+    int bad = *f && (ferror(*f) | (fclose(*f) != 0));
+    *f = NULL;
+    if (bad)
+        fprintf(stderr, "sepctl: %s: write error\n", path);
+    return bad ? EXIT_RUNTIME : 0;
+}
+
+/* Connect for a verb on session and open --nll-out (mode); 0, or the exit
+ * code with nothing left open. */
 static int ctl_session_open(const ctl_common_t *o, const char *session, const char *mode,
                             ctl_conn_t *c, FILE **nf)
 {
-    int rc = ctl_connect(c, o->socket);
+    int rc = ctl_signals();
+    if (!rc)
+        rc = ctl_connect(c, o->socket);
     if (rc) {
         ctl_disconnect(c);
         return ctl_conn_error(rc);
@@ -169,7 +348,17 @@ static int ctl_session_open(const ctl_common_t *o, const char *session, const ch
     return 0;
 }
 
-/* The summary of a session reply, as a line or as JSON. */
+/* The note for a text that ended inside a UTF-8 character. */
+static void ctl_dropped_note(const sep_msg_t *m)
+{
+    int64_t dropped = sep_msg_int(m, "dropped_bytes", 0);
+    if (dropped > 0)
+        fprintf(stderr, "sepctl: note: the text ends inside a UTF-8 character; its last %lld "
+                "byte(s) were not scored\n", (long long)dropped);
+}
+
+/* The summary of a session reply, as a line or as JSON (reals print
+ * with 17 digits: they round-trip). */
 static void ctl_print_session(const sep_msg_t *m, int json, FILE *out)
 {
     if (json) {
@@ -189,75 +378,85 @@ static void ctl_print_session(const sep_msg_t *m, int json, FILE *out)
             (long long)sep_msg_int(m, "bytes_committed", 0));
 }
 
-/* Send one request and print its one reply. */
-static int ctl_simple(const ctl_common_t *o, const char *session, json_t *req, int nll)
+static void ctl_print_ls(const sep_msg_t *m, int json)
+{
+    json_t *list = json_object_get(m->hdr, "sessions");
+    if (json) {
+        json_dumpf(list, stdout, JSON_COMPACT | JSON_SORT_KEYS);
+        fputc('\n', stdout);
+        return;
+    }
+    size_t i;
+    json_t *s;
+    printf("%-24s %-10s %-9s %-9s %12s %10s %6s\n", "NAME", "STATE", "RUNNING", "METHOD",
+           "TOKENS", "PPL", "KV");
+    json_array_foreach(list, i, s)
+        printf("%-24s %-10s %-9s %-9s %12lld %10.4f %6lld\n",
+               json_string_value(json_object_get(s, "name")),
+               json_string_value(json_object_get(s, "state")),
+               json_string_value(json_object_get(s, "running")),
+               json_string_value(json_object_get(s, "method")),
+               (long long)json_integer_value(json_object_get(s, "tokens")),
+               json_number_value(json_object_get(s, "ppl")),
+               (long long)json_integer_value(json_object_get(s, "kv")));
+}
+
+static void ctl_print_fields(const sep_msg_t *m)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(m->hdr, k, v) {
+        if (!strcmp(k, "v") || !strcmp(k, "ok") || !strcmp(k, "op"))
+            continue;
+        char *text = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        printf("%-16s %s\n", k, text ? text : json_string_value(v));
+        free(text);
+    }
+}
+
+/* Send one request and print its one reply (NLLs to --nll-out). */
+static int ctl_simple(const ctl_common_t *o, const char *session, json_t *req)
 {
     ctl_conn_t c;
     sep_msg_t m = { 0 };
     FILE *nf = NULL;
-    int rc = ctl_connect(&c, o->socket), code = 0;
-    if (rc) {
+    char verb[32];
+    snprintf(verb, sizeof verb, "%s", sep_msg_str(&(sep_msg_t){ .hdr = req }, "op", ""));
+    int woke, rc, code = ctl_session_open(o, session, "a", &c, &nf);
+    if (code) {
         json_decref(req);
-        ctl_disconnect(&c);
-        return ctl_conn_error(rc);
-    }
-    c.session = session;
-    if (nll)
-        json_object_set_new(req, "nll", json_true());
-    if ((rc = ctl_send(&c, req, NULL, 0)) || (rc = ctl_recv(&c, &m, -1, NULL))) {
-        ctl_disconnect(&c);
-        return ctl_conn_error(rc);
-    }
-    if (!(code = ctl_reply_error(&m))) {
-        if (ctl_nll_open(o->nll_out, "a", &nf)) {
-            code = EXIT_RUNTIME;
-        } else if (ctl_write_nlls(nf, &m) || (nf && fclose(nf) != 0)) {
-            fprintf(stderr, "sepctl: %s: write error\n", o->nll_out);
-            nf = NULL;
-            code = EXIT_RUNTIME;
-        } else {
-            nf = NULL;
-            const char *op = sep_msg_str(&m, "op", "");
-            if (strcmp(op, SEP_OP_LS) == 0) {
-                json_t *list = json_object_get(m.hdr, "sessions");
-                if (o->json) {
-                    json_dumpf(list, stdout, JSON_COMPACT | JSON_SORT_KEYS);
-                    fputc('\n', stdout);
-                } else {
-                    size_t i;
-                    json_t *s;
-                    printf("%-24s %-10s %-9s %12s %10s %6s\n", "NAME", "STATE", "METHOD",
-                           "TOKENS", "PPL", "KV");
-                    json_array_foreach(list, i, s)
-                        printf("%-24s %-10s %-9s %12lld %10.4f %6lld\n",
-                               json_string_value(json_object_get(s, "name")),
-                               json_string_value(json_object_get(s, "state")),
-                               json_string_value(json_object_get(s, "method")),
-                               (long long)json_integer_value(json_object_get(s, "tokens")),
-                               json_number_value(json_object_get(s, "ppl")),
-                               (long long)json_integer_value(json_object_get(s, "kv")));
-                }
-            } else if (strcmp(op, SEP_OP_STATS) == 0 || strcmp(op, SEP_OP_INFO) == 0) {
-                if (o->json) {
-                    ctl_print_session(&m, 1, stdout);
-                } else {
-                    const char *k;
-                    json_t *v;
-                    json_object_foreach(m.hdr, k, v) {
-                        if (!strcmp(k, "v") || !strcmp(k, "ok") || !strcmp(k, "op"))
-                            continue;
-                        char *text = json_is_string(v) ? NULL : json_dumps(v, JSON_ENCODE_ANY |
-                                                                                 JSON_COMPACT);
-                        printf("%-16s %s\n", k, text ? text : json_string_value(v));
-                        free(text);
-                    }
-                }
-            } else {
-                ctl_print_session(&m, o->json, stdout);
-            }
-        }
+        return code;
     }
     if (nf)
+        json_object_set_new(req, "nll", json_true());
+    if ((rc = ctl_send(&c, req, NULL, 0)) || (rc = ctl_recv(&c, &m, -1, &woke))) {
+        code = ctl_conn_error(rc);
+        goto done;
+    }
+    if (woke == CTL_GOT_SIGNAL) {
+        /* the op runs to its end in sepd; its NLLs are still written */
+        ctl_cancel(&c, nf, verb);
+        code = ctl_signal_code(ctl_signal);
+        goto done;
+    }
+    if ((code = ctl_reply_error(&m)))
+        goto done;
+    if (ctl_write_nlls(nf, &m, 0)) {
+        code = EXIT_RUNTIME;
+        goto done;
+    }
+    const char *op = sep_msg_str(&m, "op", "");
+    ctl_dropped_note(&m);
+    if (strcmp(op, SEP_OP_LS) == 0)
+        ctl_print_ls(&m, o->json);
+    else if (!o->json && (strcmp(op, SEP_OP_STATS) == 0 || strcmp(op, SEP_OP_INFO) == 0))
+        ctl_print_fields(&m);
+    else
+        ctl_print_session(&m, o->json, stdout);
+done:
+    if (!code)
+        code = ctl_nll_close(o->nll_out, &nf);
+    else if (nf)
         fclose(nf);
     sep_msg_close(&m);
     ctl_disconnect(&c);
@@ -296,19 +495,23 @@ static int ctl_feed(const ctl_common_t *o, const char *session)
     while (!code) {
         /* read more while the window has room */
         int want_stdin = !eof && seq - acked < SEP_FEED_WINDOW;
-        int woke = 0;
+        int woke = CTL_GOT_MSG;
         if (want_stdin) {
             struct pollfd p = { .fd = 0, .events = POLLIN };
             if (poll(&p, 1, 0) > 0)
-                woke = 1;
+                woke = CTL_GOT_FD;
         }
-        if (!woke) {
-            if ((rc = ctl_recv(&c, &m, want_stdin ? 0 : -1, &woke))) {
-                code = ctl_conn_error(rc);
-                break;
-            }
+        if (woke == CTL_GOT_MSG && (rc = ctl_recv(&c, &m, want_stdin ? 0 : -1, &woke))) {
+            code = ctl_conn_error(rc);
+            break;
         }
-        if (woke) {
+        if (woke == CTL_GOT_SIGNAL) {
+            /* what was sent stays the session's text */
+            ctl_cancel(&c, nf, NULL);
+            code = ctl_signal_code(ctl_signal);
+            break;
+        }
+        if (woke == CTL_GOT_FD) {
             ssize_t got = read(0, buf, SEP_FEED_PIECE);
             if (got < 0 && errno == EINTR)
                 continue;
@@ -340,7 +543,7 @@ static int ctl_feed(const ctl_common_t *o, const char *session)
             sep_msg_close(&m);
             break;
         }
-        if (ctl_write_nlls(nf, &m)) {
+        if (ctl_write_nlls(nf, &m, 0)) {
             fprintf(stderr, "sepctl: %s: write error\n", o->nll_out);
             code = EXIT_RUNTIME;
         }
@@ -355,10 +558,8 @@ static int ctl_feed(const ctl_common_t *o, const char *session)
         if (ended)
             break;
     }
-    if (nf && fclose(nf) != 0 && !code) {
-        fprintf(stderr, "sepctl: %s: %s\n", o->nll_out, strerror(errno));
+    if (nf && ctl_nll_close(o->nll_out, &nf) && !code)
         code = EXIT_RUNTIME;
-    }
     free(buf);
     ctl_disconnect(&c);
     return code;
@@ -366,12 +567,38 @@ static int ctl_feed(const ctl_common_t *o, const char *session)
 
 /* ---- generate ----------------------------------------------------------- */
 
+/* One generated token: its text (or JSON line) on stdout, its NLL in nf.
+ * 0, or -1 when stdout is closed or full (errno says). */
+static int ctl_gen_token(const ctl_common_t *o, const sep_msg_t *m, FILE *nf)
+{
+    const char *text = m->n_frames ? m->frames[0].data : "";
+    size_t len = m->n_frames ? m->frames[0].len : 0;
+    if (nf)
+        fprintf(nf, "%.9g\n", sep_msg_real(m, "nll", 0));
+    if (o->json) {
+        json_t *line = json_pack("{s:I, s:s%, s:f}", "token",
+                                 (json_int_t)sep_msg_int(m, "token", -1), "text", text, len,
+                                 "nll", sep_msg_real(m, "nll", 0));
+        /* text that is not whole UTF-8 (a split character) goes as ids only */
+        if (!line)
+            line = json_pack("{s:I, s:f}", "token", (json_int_t)sep_msg_int(m, "token", -1),
+                             "nll", sep_msg_real(m, "nll", 0));
+        json_dumpf(line, stdout, JSON_COMPACT);
+        fputc('\n', stdout);
+        json_decref(line);
+    } else {
+        fwrite(text, 1, len, stdout);
+    }
+    return fflush(stdout) == 0 && !ferror(stdout) ? 0 : -1;
+}
+
 static int ctl_generate(const ctl_common_t *o, const char *session, json_t *req)
 {
     ctl_conn_t c;
     sep_msg_t m = { 0 };
     FILE *nf = NULL;
-    int rc, code = ctl_session_open(o, session, "a", &c, &nf);
+    int rc, woke, code = ctl_session_open(o, session, "a", &c, &nf);
+    int64_t got = 0, acked = 0;
     if (code) {
         json_decref(req);
         return code;
@@ -381,44 +608,55 @@ static int ctl_generate(const ctl_common_t *o, const char *session, json_t *req)
         goto done;
     }
     for (;;) {
-        if ((rc = ctl_recv(&c, &m, -1, NULL))) {
+        if ((rc = ctl_recv(&c, &m, -1, &woke))) {
             code = ctl_conn_error(rc);
+            break;
+        }
+        if (woke == CTL_GOT_SIGNAL) {
+            ctl_cancel(&c, nf, SEP_OP_GENERATE);
+            code = ctl_signal_code(ctl_signal);
             break;
         }
         if ((code = ctl_reply_error(&m))) {
             sep_msg_close(&m);
             break;
         }
-        if (json_is_true(json_object_get(m.hdr, "done"))) {
+        if (json_is_true(json_object_get(m.hdr, "text_end"))) {
+            /* the NLLs of the text's end, scored before the first token */
+            if (ctl_write_nlls(nf, &m, 0))
+                code = EXIT_RUNTIME;
+        } else if (json_is_true(json_object_get(m.hdr, "done"))) {
+            ctl_dropped_note(&m);
             if (o->json)
                 ctl_print_session(&m, 1, stdout);
             else
                 fputc('\n', stdout);
             sep_msg_close(&m);
             break;
+        } else if (ctl_gen_token(o, &m, nf)) {
+            int closed = errno == EPIPE;
+            if (!closed)
+                fprintf(stderr, "sepctl: stdout: %s\n", strerror(errno));
+            sep_msg_close(&m);
+            ctl_cancel(&c, nf, SEP_OP_GENERATE);
+            code = closed ? ctl_signal_code(SIGPIPE) : EXIT_RUNTIME;
+            break;
+        } else if (++got - acked >= SEP_GEN_WINDOW / 2) {
+            /* printed: sepd may run that much further ahead */
+            if ((rc = ctl_send(&c, json_pack("{s:s, s:I}", "op", SEP_OP_ACK, "tokens",
+                                             (json_int_t)got), NULL, 0))) {
+                sep_msg_close(&m);
+                code = ctl_conn_error(rc);
+                break;
+            }
+            acked = got;
         }
-        const char *text = m.n_frames ? m.frames[0].data : "";
-        size_t len = m.n_frames ? m.frames[0].len : 0;
-        if (nf)
-            fprintf(nf, "%.6f\n", sep_msg_real(&m, "nll", 0));
-        if (o->json) {
-            json_t *line = json_pack("{s:I, s:s%, s:f}", "token",
-                                     (json_int_t)sep_msg_int(&m, "token", -1), "text", text,
-                                     len, "nll", sep_msg_real(&m, "nll", 0));
-            /* text that is not whole UTF-8 (a split character) goes as ids only */
-            if (!line)
-                line = json_pack("{s:I}", "token", (json_int_t)sep_msg_int(&m, "token", -1));
-            json_dumpf(line, stdout, JSON_COMPACT);
-            fputc('\n', stdout);
-            json_decref(line);
-        } else {
-            fwrite(text, 1, len, stdout);
-        }
-        fflush(stdout);
         sep_msg_close(&m);
+        if (code)
+            break;
     }
 done:
-    if (nf && fclose(nf) != 0 && !code)
+    if (nf && ctl_nll_close(o->nll_out, &nf) && !code)
         code = EXIT_RUNTIME;
     ctl_disconnect(&c);
     return code;
@@ -470,9 +708,11 @@ int ctl_remote(const char *verb, int argc, char **argv)
         case 'T':
         case 'p': {
             double v = strtod(optarg, &end);
-            if (!is_gen || *end || end == optarg || !(v >= 0) || (c == 'p' && !(v > 0 && v <= 1))) {
-                fprintf(stderr, "sepctl: --%s: '%s' is not a valid value\n",
-                        c == 'T' ? "temperature" : "top-p", optarg);
+            if (!is_gen || *end || end == optarg || !(v >= 0) || isinf(v) ||
+                (c == 'p' && !(v > 0 && v <= 1))) {
+                fprintf(stderr, "sepctl: --%s: '%s' is not a valid value (%s)\n",
+                        c == 'T' ? "temperature" : "top-p", optarg,
+                        c == 'T' ? "a finite number >= 0" : "a number in (0, 1]");
                 return EXIT_USAGE;
             }
             *(c == 'T' ? &temperature : &top_p) = v;
@@ -501,23 +741,23 @@ int ctl_remote(const char *verb, int argc, char **argv)
         return EXIT_USAGE;
     }
     if (is_open) {
-        if (pol.method == SEP_METHOD_STREAMING && !window_given)
-            pol.w = pol.c - pol.a;
+        if (ctl_policy_done(&pol, window_given))
+            return EXIT_USAGE;
         json_t *req = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:b, s:s}", "op", verb,
                                 "method", sep_method_name(pol.method), "a", pol.a, "s", pol.s,
                                 "w", pol.w, "c", pol.c, "shift", pol.shift, "separators",
                                 separators);
-        return ctl_simple(&o, name, req, 0);
+        return ctl_simple(&o, name, req);
     }
     if (!strcmp(verb, SEP_OP_FEED))
         return ctl_feed(&o, name);
     if (is_gen) {
-        json_t *req = json_pack("{s:s, s:I, s:f, s:f, s:b}", "op", verb, "n", (json_int_t)n,
+        json_t *req = json_pack("{s:s, s:I, s:f, s:f, s:b, s:i}", "op", verb, "n", (json_int_t)n,
                                 "temperature", temperature, "top_p", top_p, "nll",
-                                o.nll_out != NULL);
+                                o.nll_out != NULL, "window", SEP_GEN_WINDOW);
         if (req && seed >= 0)
             json_object_set_new(req, "seed", json_integer(seed));
         return ctl_generate(&o, name, req);
     }
-    return ctl_simple(&o, name, json_pack("{s:s}", "op", verb), o.nll_out != NULL);
+    return ctl_simple(&o, name, json_pack("{s:s}", "op", verb));
 }

@@ -227,6 +227,23 @@ int ctl_cache_opt(int c, const char *arg, sep_policy_t *p, int *window_given,
     }
 }
 
+int ctl_policy_done(sep_policy_t *p, int window_given)
+{
+    if (p->method == SEP_METHOD_STREAMING && !window_given)
+        p->w = p->c - p->a;
+    /* check the numbers now, before any loading; the separator set comes
+     * with the tokenizer */
+    sep_policy_t numbers = *p;
+    static const uint8_t one = 1;
+    numbers.is_sep = &one;
+    numbers.n_vocab = 1;
+    if (sep_policy_check(&numbers)) {
+        fprintf(stderr, "sepctl: %s\n", sep_errmsg());
+        return -1;
+    }
+    return 0;
+}
+
 static int eval_parse(int argc, char **argv, eval_opts_t *o)
 {
     static const struct option opts[] = {
@@ -263,19 +280,7 @@ static int eval_parse(int argc, char **argv, eval_opts_t *o)
     }
     if (optind != argc)
         return usage_error("eval: unexpected argument '%s'", argv[optind]);
-    if (o->policy.method == SEP_METHOD_STREAMING && !window_given)
-        o->policy.w = o->policy.c - o->policy.a;
-    /* check the numbers now, before any loading; the separator set comes
-     * with the tokenizer */
-    sep_policy_t numbers = o->policy;
-    static const uint8_t one = 1;
-    numbers.is_sep = &one;
-    numbers.n_vocab = 1;
-    if (sep_policy_check(&numbers)) {
-        fprintf(stderr, "sepctl: %s\n", sep_errmsg());
-        return EXIT_USAGE;
-    }
-    return 0;
+    return ctl_policy_done(&o->policy, window_given) ? EXIT_USAGE : 0;
 }
 
 /* Where eval's ids come from: an ids file, read whole, or text on stdin,

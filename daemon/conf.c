@@ -1,6 +1,7 @@
 /* conf.c: the config file and its keys. */
 #include "conf.h"
 #include "err.h"
+#include "proto.h"
 #include "util.h"
 
 #include <errno.h>
@@ -38,12 +39,13 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
     if (!strcmp(key, "mpirun")) return conf_str(&c->mpirun, v);
     if (!strcmp(key, "mpirun_args")) return conf_str(&c->mpirun_args, v);
     if (!strcmp(key, "log_level")) return conf_str(&c->log_level, v);
-    if (!strcmp(key, "stages")) return conf_int(&c->stages, key, v, 1, 1024);
+    if (!strcmp(key, "stages")) return conf_int(&c->stages, key, v, 1, SEP_MAX_STAGES);
     if (!strcmp(key, "threads")) return conf_int(&c->threads, key, v, 0, 1024);
     if (!strcmp(key, "max_batch")) return conf_int(&c->max_batch, key, v, 1, 1 << 20);
     if (!strcmp(key, "chunk")) return conf_int(&c->chunk, key, v, 1, 1 << 20);
     if (!strcmp(key, "max_sessions")) return conf_int(&c->max_sessions, key, v, 1, 1 << 20);
     if (!strcmp(key, "start_timeout")) return conf_int(&c->start_timeout, key, v, 1, 3600);
+    if (!strcmp(key, "worker_timeout")) return conf_int(&c->worker_timeout, key, v, 1, 86400);
     return sep_fail(SEP_EINVAL, "unknown key '%.64s'", key);
 }
 

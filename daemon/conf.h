@@ -17,6 +17,7 @@ typedef struct {
     int chunk;          /* most tokens of one session in a batch */
     int max_sessions;
     int start_timeout;  /* seconds the workers have to start */
+    int worker_timeout; /* seconds the workers may owe an answer before sepd gives up */
     int foreground;
 } sep_conf_t;
 

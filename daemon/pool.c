@@ -102,6 +102,33 @@ int sep_pool_dead(sep_pool_t *p, char *why, size_t why_len)
     return 1;
 }
 
+void sep_pool_describe_hang(const sep_pool_t *p, char *buf, size_t cap)
+{
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int r = 0; r < p->stages && at < cap; r++) {
+        char path[64], line[512], state = '?';
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)p->stage[r].pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        /* "pid (comm) S ...": the state follows the last ')' */
+        if (fgets(line, sizeof line, f)) {
+            char *rp = strrchr(line, ')');
+            if (rp && rp[1] == ' ')
+                state = rp[2];
+        }
+        fclose(f);
+        const char *what = state == 'T' || state == 't' ? "is stopped"
+                           : state == 'Z' ? "has exited"
+                           : state == 'D' ? "waits in the kernel"
+                           : state == 'R' ? "is running" : "is sleeping";
+        int n = snprintf(buf + at, cap - at, "%sstage %d (pid %d) %s", at ? ", " : "", r,
+                         (int)p->stage[r].pid, what);
+        at += n > 0 ? (size_t)n : 0;
+    }
+}
+
 int sep_pool_rank_of(const sep_pool_t *p, const sep_msg_t *m)
 {
     for (int r = 0; r < p->stages; r++)
@@ -174,10 +201,12 @@ int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_
     }
     p->stages = o->stages;
     p->child = -1;
-    int rc, linger = 0;
+    int rc, linger = 0, mandatory = 1;
     snprintf(p->endpoint, sizeof p->endpoint, "ipc://%s/workers-%d.sock", run_dir, (int)getpid());
     p->sock = zmq_socket(zctx, ZMQ_ROUTER);
+    /* mandatory: an op for a worker that is gone fails instead of vanishing */
     if (!p->sock || zmq_setsockopt(p->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(p->sock, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory) ||
         zmq_bind(p->sock, p->endpoint)) {
         rc = sep_fail(SEP_EIO, "workers: bind %s: %s", p->endpoint, zmq_strerror(errno));
         goto fail;

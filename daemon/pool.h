@@ -51,6 +51,11 @@ int sep_pool_send_all(sep_pool_t *p, json_t *hdr, const sep_frame_t *frames, int
 /* The rank of a message's peer, -1 if none. */
 int sep_pool_rank_of(const sep_pool_t *p, const sep_msg_t *m);
 
+/* What each stage's process is doing, for a message about workers that
+ * stopped answering ("stage 1 (pid 123) is stopped"); "" if nothing is
+ * known. */
+void sep_pool_describe_hang(const sep_pool_t *p, char *buf, size_t cap);
+
 /* Nonzero once the worker process (or mpirun) has exited; *why says how. */
 int sep_pool_dead(sep_pool_t *p, char *why, size_t why_len);
 

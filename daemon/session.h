@@ -2,8 +2,16 @@
  *
  * The daemon side of a session: its settings, the text held back by the
  * streaming tokenizer, the ids not yet run (the last of them waits for
- * its successor as target), the scoring counters, and the feed pieces
- * waiting for their acknowledgement. The caches live in the workers.
+ * its successor as target), the scoring counters, and two pieces of
+ * explicit state (the caches live in the workers):
+ *
+ *   op   what a client asked and waits for (one at a time: feed, flush,
+ *        generate, suspend, resume, close, open), with who asked;
+ *   ctl  what the session waits for from the workers (w_open, w_save,
+ *        w_load, w_close): the ranks asked, those that answered, those
+ *        that failed.
+ *
+ * Both only change in the daemon's transition function (control.c).
  *
  * Ids flow q[0..q_len): q[0..sent) are in batches in flight, the rest
  * wait; an id is runnable when the id after it exists. After a batch,
@@ -12,6 +20,7 @@
 #ifndef SEP_SESSION_H
 #define SEP_SESSION_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,15 +30,39 @@
 #include "separators.h"
 #include "tokenizer.h"
 
-
 typedef enum {
-    SEP_SS_ACTIVE,      /* runs when it has ids */
-    SEP_SS_SUSPENDING,  /* its caches are being saved */
-    SEP_SS_SUSPENDED,   /* caches saved in the daemon, none in the workers */
-    SEP_SS_RESUMING,    /* caches being loaded back */
-    SEP_SS_CLOSING,     /* finishing its ids, then gone */
-    SEP_SS_FAILED,      /* a forward failed; only close is possible */
+    SEP_SS_OPENING,     /* w_open sent; active once every stage holds the cache */
+    SEP_SS_ACTIVE,      /* its caches are in the workers; runs when it has ids */
+    SEP_SS_SUSPENDED,   /* its caches are saved in the daemon, none in the workers */
+    SEP_SS_FAILED,      /* a forward or a control op failed half way; only close works */
 } sep_ss_state_t;
+
+/* A client's operation on the session. */
+typedef enum {
+    SEP_SOP_NONE = 0,
+    SEP_SOP_OPEN,       /* waits for w_open everywhere */
+    SEP_SOP_FEED,       /* pieces of text, each acknowledged once scored; feed_end ends it */
+    SEP_SOP_FLUSH,      /* the held tail tokenized and scored */
+    SEP_SOP_GENERATE,   /* tokens, each a reply, at most window unacknowledged */
+    SEP_SOP_SUSPEND,    /* w_save everywhere, then w_close */
+    SEP_SOP_RESUME,     /* w_load everywhere */
+    SEP_SOP_CLOSE,      /* the tail scored, then w_close everywhere, then gone */
+} sep_sop_t;
+
+/* What the session waits for from the workers. */
+typedef enum {
+    SEP_WAIT_NONE = 0,
+    SEP_WAIT_OPEN,
+    SEP_WAIT_SAVE,
+    SEP_WAIT_LOAD,
+    SEP_WAIT_CLOSE,
+} sep_wait_t;
+
+/* After a w_close: what the session becomes. */
+typedef enum {
+    SEP_THEN_GONE = 0,  /* removed (close, or an open that failed) */
+    SEP_THEN_SUSPENDED, /* suspend, or a resume that failed on some stage */
+} sep_then_t;
 
 typedef struct {
     int64_t seq;
@@ -38,11 +71,46 @@ typedef struct {
 } sep_piece_t;
 
 typedef struct {
+    sep_sop_t kind;
+    uint8_t peer[256];            /* routing id of the client that asked */
+    size_t peer_len;              /* 0: nobody waits (it went away) */
+    double seen;                  /* when that client last sent a message */
+    int want_nll;                 /* the client takes the NLLs scored for it */
+    /* feed */
+    sep_piece_t pieces[SEP_FEED_WINDOW];
+    int n_pieces;
+    int ending;                   /* 1: feed_end received, answer when the pieces are
+                                     done; 2 (SEPD_FEED_BROKEN): a piece was refused */
+    int64_t base;                 /* bytes_in when the feed began (client offsets) */
+    /* generate */
+    int64_t left;                 /* tokens still to make */
+    int64_t made, acked;          /* tokens sent to the client, and acknowledged */
+    int window;                   /* most tokens unacknowledged */
+    int tail_sent;                /* the NLLs of the text's end went out */
+    /* close, flush or generate of an incomplete final character */
+    int64_t dropped;              /* bytes dropped at the text's end */
+    /* an error for the client once the workers have undone the op's half */
+    char error[512];
+    /* a request of the same client that waits for this op to end */
+    json_t *next;
+    uint8_t next_peer[256];
+    size_t next_peer_len;
+} sep_op_t;
+
+typedef struct {
+    sep_wait_t kind;
+    uint64_t asked, answered, failed;   /* rank sets */
+    char error[400];                    /* the first failure, as its rank said it */
+    sep_then_t then;                    /* for SEP_WAIT_CLOSE */
+    double since;                       /* when it was sent */
+} sep_ctl_t;
+
+typedef struct {
     char name[SEP_NAME_MAX + 1];
     uint32_t sid;
     sep_ss_state_t state;
     sep_policy_t policy;          /* is_sep points into seps */
-    char separators[64];          /* the separator spec it was opened with */
+    char *separators;             /* the separator spec it was opened with */
     sep_sepset_t seps;
     int32_t *sep_ids;             /* (n_sep_ids) ascending, for the workers */
     size_t n_sep_ids;
@@ -59,43 +127,38 @@ typedef struct {
     int64_t kv_sum, kv_max, kv_last;
     int64_t bytes_in, bytes_tokenized, bytes_committed;
     double created;
-    /* the client that owns the session's current operation */
-    uint8_t owner[256];
-    size_t owner_len;
-    int owner_op;                 /* SEP_OWN_* */
-    double owner_seen;
-    int want_nll;
-    float *out_nll;               /* (out_n) NLLs not yet sent to the owner */
+    /* the client's operation and the workers' */
+    sep_op_t op;
+    sep_ctl_t ctl;
+    float *out_nll;               /* (out_n) NLLs not yet sent to the op's client */
     size_t out_n, out_cap;
-    sep_piece_t pieces[SEP_FEED_WINDOW];
-    int n_pieces;
-    int feed_ending;              /* feed_end received: answer when pieces are done */
-    /* generation */
-    int64_t gen_left;
-    float temperature, top_p;
+    /* the sampler: its settings outlive a generate, as its state does */
     sep_rng_t rng;
-    int gen_inflight;
+    float temperature, top_p;
+    int gen_inflight;             /* a generation step is in a batch (its token is
+                                     the stream's even if nobody waits for it) */
     /* suspended caches, one per stage */
     uint8_t **saved;              /* (n_state) */
     size_t *saved_len;
-    int n_state, state_got;
-    int acks_wanted;              /* worker replies awaited by a control op */
+    int n_state;
 } sep_session_t;
 
-enum { SEP_OWN_NONE = 0, SEP_OWN_FEED, SEP_OWN_FLUSH, SEP_OWN_CLOSE, SEP_OWN_GENERATE,
-       SEP_OWN_SUSPEND, SEP_OWN_RESUME, SEP_OWN_OPEN };
-
-/* A session named name (checked with sep_name_ok)
- * under policy numbers p with the separator spec over tok. */
+/* A session named name (checked with sep_name_ok) under policy numbers p
+ * with the separator spec over tok. */
 int sep_session_new(sep_session_t **out, const char *name, uint32_t sid, const sep_policy_t *p,
                     const char *separators, const sep_tok_t *tok);
 void sep_session_destroy(sep_session_t **self_p);
 const char *sep_session_state_name(sep_ss_state_t st);
+const char *sep_sop_name(sep_sop_t op);
 
-/* Tokenize a piece of text (final: the end of the text so far, nothing
- * held back). Invalid UTF-8 fails with SEP_EUTF8 and changes nothing. */
+/* Tokenize a piece of text. final: the text so far ends here, nothing is
+ * held back; an incomplete UTF-8 character at its very end is dropped
+ * (*dropped, may be NULL, gets its byte count), as sepctl eval drops it.
+ * Invalid UTF-8 fails with SEP_EUTF8, *bad_at the offset of its first
+ * byte in the session's text, and changes nothing; a piece over
+ * SEP_FEED_PIECE bytes is SEP_ERANGE. */
 int sep_session_ingest(sep_session_t *s, const sep_tok_t *tok, const char *text, size_t len,
-                       int final);
+                       int final, int64_t *bad_at, int64_t *dropped);
 
 /* Append one id (generation). */
 int sep_session_push(sep_session_t *s, int32_t id);
@@ -103,11 +166,16 @@ int sep_session_push(sep_session_t *s, int32_t id);
 /* Ids that can go into a batch now (each has its target). */
 size_t sep_session_runnable(const sep_session_t *s);
 
-/* k ids from the front were scored with these NLLs and cache sizes. */
-int sep_session_scored(sep_session_t *s, size_t k, const float *nll, const int32_t *kv);
+/* Nothing in flight and nothing runnable. */
+int sep_session_idle(const sep_session_t *s);
 
-/* Drop what is owed to the owner (NLLs) and the owner itself. */
-void sep_session_release(sep_session_t *s);
+/* k ids from the front were scored with these NLLs and cache sizes;
+ * owed: keep the NLLs for the op's client (when it wants them). */
+int sep_session_scored(sep_session_t *s, size_t k, const float *nll, const int32_t *kv,
+                       int owed);
+
+/* End the op: forget its client, what is owed to it, a waiting request. */
+void sep_session_op_end(sep_session_t *s);
 
 /* Free the suspended state. */
 void sep_session_state_free(sep_session_t *s);

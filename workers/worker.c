@@ -210,6 +210,22 @@ static int worker_stats(worker_t *w, const sep_msg_t *m)
                         NULL, 0);
 }
 
+/* A test hook: SEPD_WORKER_FAULT=OP@RANK makes rank RANK fail its next
+ * op OP once, as a real failure would (sepd-worker(8)). */
+static int worker_fault(const worker_t *w, const char *op)
+{
+    static int spent;
+    const char *f = getenv("SEPD_WORKER_FAULT");
+    char want[64];
+    if (spent || !f || !*f)
+        return 0;
+    snprintf(want, sizeof want, "%s@%d", op, w->rank);
+    if (strcmp(f, want) != 0)
+        return 0;
+    spent = 1;
+    return 1;
+}
+
 /* Hidden states between ranks: a header (seq, status, rows), then the
  * rows when status is 0. A failed stage sends status 1 so the stages
  * after it skip the batch (the failing stage reported it). */
@@ -290,7 +306,9 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
             MPI_Recv(w->x, (int)head[2] * dim, MPI_FLOAT, w->rank - 1, WK_TAG_ROWS,
                      MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     }
-    int rc = worker_batch_run(w, m, failed, &n_logit, &n_next);
+    int rc = !failed && worker_fault(w, SEP_OP_W_BATCH)
+                 ? sep_fail(SEP_EIO, "w_batch: an injected fault (SEPD_WORKER_FAULT)")
+                 : worker_batch_run(w, m, failed, &n_logit, &n_next);
     int last = w->rank == w->stages - 1;
     size_t total = m->n_frames >= 1 ? m->frames[0].len / 4 : 0;
     if (!last) {
@@ -338,7 +356,9 @@ static int worker_serve(worker_t *w)
             sep_msg_close(&m);
             return SEP_OK;
         }
-        if (strcmp(m.op, SEP_OP_W_BATCH) == 0)
+        if (strcmp(m.op, SEP_OP_W_BATCH) != 0 && worker_fault(w, m.op))
+            rc = sep_fail(SEP_EIO, "%s: an injected fault (SEPD_WORKER_FAULT)", m.op);
+        else if (strcmp(m.op, SEP_OP_W_BATCH) == 0)
             rc = worker_batch(w, &m);
         else if (strcmp(m.op, SEP_OP_W_OPEN) == 0)
             rc = worker_open(w, &m, 0);

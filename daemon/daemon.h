@@ -1,0 +1,150 @@
+/* daemon.h: what sepd's parts share. One thread runs all of them, so
+ * nothing here is locked.
+ *
+ *   sepd.c      process setup, the poll loop, shutdown
+ *   clients.c   the client verbs: requests in, replies out (outbox.c)
+ *   control.c   the session state machine: sepd_step() is its one
+ *               transition function; the workers' answers to control ops
+ *   sched.c     batches: building them (continuous batching), their results
+ *   generate.c  generation steps: sampling, the text they add
+ *   session.c   one session's text, ids and counters
+ *   pool.c      the worker processes; conf.c the settings
+ */
+#ifndef SEPD_DAEMON_H
+#define SEPD_DAEMON_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conf.h"
+#include "outbox.h"
+#include "pool.h"
+#include "proto.h"
+#include "session.h"
+#include "tokenizer.h"
+
+#define SEPD_FEED_LEASE 5.0      /* seconds a silent feeder keeps its session */
+#define SEPD_HEARTBEAT_S 2.0     /* a waiting client hears from sepd this often */
+#define SEPD_MAX_GENERATE 1000000
+#define SEPD_OUTBOX_MAX 1024     /* replies a client may leave unread */
+#define SEPD_FEED_BROKEN 2       /* op.ending: a piece was refused, no feed_end reply */
+
+typedef struct {
+    uint32_t sid;
+    int off, n;       /* rows [off, off + n) of the batch */
+    int gen;          /* a generation step: logits of its one row ... */
+    int greedy;       /* ... or, at temperature 0, the token the last stage chose */
+} sepd_bchunk_t;
+
+typedef struct {
+    int64_t seq;
+    int nc;
+    sepd_bchunk_t *ch;  /* (nc) */
+} sepd_batch_t;
+
+typedef struct {
+    uint8_t id[256];
+    size_t len;
+} sepd_peer_t;
+
+/* One round of w_stats, answering every client that asked during it. */
+typedef struct {
+    sepd_peer_t *waiting;     /* (n_waiting) */
+    size_t n_waiting, cap_waiting;
+    uint64_t asked, answered; /* rank sets */
+    json_t *workers;          /* array by rank */
+} sepd_stats_t;
+
+typedef struct sepd {
+    sep_conf_t conf;
+    char run_dir[4096], lock_path[4200];
+    int lock_fd, sig_fd;
+    void *zctx, *clients;
+    sepd_outbox_t *out;
+    sep_pool_t *pool;
+    sep_tok_t *tok;
+    sep_session_t **sess;     /* (n_sess) */
+    size_t n_sess, cap_sess;
+    uint32_t next_sid;
+    sepd_batch_t *flight;     /* (max_flight) FIFO of batches in flight */
+    int n_flight, max_flight;
+    int64_t next_seq;
+    int32_t *ids, *targets;   /* (max_batch) a batch being built */
+    size_t rr;                /* round-robin start */
+    float *sample_scratch;    /* (2 * vocab) */
+    sepd_stats_t stats;
+    double workers_heard;     /* last word from a worker, or when they got work */
+    double heartbeat_t;
+    /* requests that could not be served, logged at most every few seconds */
+    uint64_t bad_requests, bad_logged;
+    double bad_log_t;
+    /* throughput */
+    int64_t tokens_total;
+    double started, rate_t0, rate;
+    int64_t rate_tok0;
+    int stop;                 /* 1: leave the loop */
+    int failed;               /* the workers died or hung: exit 1 */
+} sepd_t;
+
+/* ---- clients.c ---- */
+void sepd_client_msg(sepd_t *d);
+/* Serve a request that waited for an op to end (it is not a reply). */
+void sepd_redo(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr);
+/* A reply to peer (hdr's reference is taken); a peer found gone is
+ * handled (sepd_peer_gone). */
+void sepd_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr,
+               const sep_frame_t *frames, int n);
+void sepd_error(sepd_t *d, const uint8_t *peer, size_t peer_len, const char *op,
+                const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* The session's figures, as info and ls report them. */
+json_t *sepd_info(const sep_session_t *s);
+/* Reply to the op's client: op, the figures, extra (taken), the NLLs owed. */
+void sepd_op_reply(sepd_t *d, sep_session_t *s, const char *op, json_t *extra);
+/* An error to the op's client (when there is one). */
+void sepd_op_error(sepd_t *d, sep_session_t *s, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* A client found gone: cancel what it waited for. */
+void sepd_peer_gone(sepd_t *d, const uint8_t *peer, size_t peer_len);
+/* Heartbeats to clients that wait (finds vanished ones). */
+void sepd_heartbeats(sepd_t *d);
+/* Tell every waiting client why sepd stops (code, message). */
+void sepd_fail_all(sepd_t *d, const char *code, const char *why);
+void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank);
+
+/* ---- control.c ---- */
+sep_session_t *sepd_find(sepd_t *d, const char *name);
+sep_session_t *sepd_find_sid(sepd_t *d, uint32_t sid);
+int sepd_add(sepd_t *d, sep_session_t *s);
+/* The one transition function: advance s as far as its state allows.
+ * Returns 1 when s is gone (closed; the pointer is then invalid). */
+int sepd_step(sepd_t *d, sep_session_t *s);
+/* End s's op and serve a request that waited for it; 1: s is gone. */
+int sepd_op_finish(sepd_t *d, sep_session_t *s);
+/* Ask the stages in ranks for a control op about s. */
+int sepd_ctl_send(sepd_t *d, sep_session_t *s, sep_wait_t kind, uint64_t ranks);
+/* A worker's answer (or w_error) to a control op. */
+void sepd_control_msg(sepd_t *d, const sep_msg_t *m, int rank);
+/* s cannot go on (a failed batch): end its op with why; only close works. */
+void sepd_session_failed(sepd_t *d, sep_session_t *s, const char *why);
+/* Whether work is asked of the workers and not answered (the watchdog). */
+int sepd_workers_owe(const sepd_t *d);
+
+/* ---- sched.c ---- */
+void sepd_schedule(sepd_t *d);
+void sepd_batch_done(sepd_t *d, const sep_msg_t *m);
+void sepd_batch_failed(sepd_t *d, const sep_msg_t *m);
+
+/* ---- generate.c ---- */
+/* Whether s may take a generation step now: its text is scored, nothing
+ * is in flight, and its client has room in its window. */
+int sepd_gen_ready(const sepd_t *d, const sep_session_t *s);
+/* The generate op's replies that are due (the NLLs of the text's end,
+ * the final one); 1: s is gone. */
+int sepd_gen_progress(sepd_t *d, sep_session_t *s);
+/* A step came back: its token (chosen by the last stage at temperature 0,
+ * else sampled here from logits), scored, goes on. */
+void sepd_generated(sepd_t *d, sep_session_t *s, const float *logits, int32_t next,
+                    float next_nll, int32_t kv);
+
+#endif

@@ -1,0 +1,168 @@
+/* sched.c: batches (continuous batching).
+ *
+ * Each step takes up to `chunk` runnable ids from every session that may
+ * run, round robin, until `max_batch` rows are filled, and sends the
+ * batch to every stage; up to stages + 1 batches are in flight so every
+ * stage has the next one queued. The last stage answers each batch in
+ * order (w_done) with its NLLs, cache sizes and, for generation steps,
+ * logits or the greedy token.
+ */
+#include "daemon.h"
+#include "err.h"
+#include "log.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Whether s's ids may go into a batch: its caches are in the workers and
+ * nothing else is asked of them (suspend waits for the batches in flight
+ * and holds the rest of the queue for after). */
+static int sched_may_run(const sep_session_t *s)
+{
+    return s->state == SEP_SS_ACTIVE && s->ctl.kind == SEP_WAIT_NONE &&
+           s->op.kind != SEP_SOP_SUSPEND;
+}
+
+/* Gather the runnable ids of the sessions into one batch and send it to
+ * every stage. Returns 1 if a batch went out. */
+static int sched_one(sepd_t *d)
+{
+    sepd_batch_t *b = &d->flight[d->n_flight];
+    int total = 0, max = d->conf.max_batch < d->pool->max_tokens ? d->conf.max_batch
+                                                                 : d->pool->max_tokens;
+    b->nc = 0;
+    for (size_t k = 0; k < d->n_sess && total < max; k++) {
+        sep_session_t *s = d->sess[(d->rr + k) % d->n_sess];
+        if (!sched_may_run(s))
+            continue;
+        size_t run = sep_session_runnable(s);
+        int gen = 0, n;
+        if (run > 0) {
+            n = (int)(run < (size_t)d->conf.chunk ? run : (size_t)d->conf.chunk);
+            n = n < max - total ? n : max - total;
+        } else if (sepd_gen_ready(d, s)) {
+            n = 1;
+            gen = 1;
+        } else {
+            continue;
+        }
+        memcpy(d->ids + total, s->q + s->sent, (size_t)n * sizeof(int32_t));
+        if (gen)
+            d->targets[total] = -1;
+        else
+            memcpy(d->targets + total, s->q + s->sent + 1, (size_t)n * sizeof(int32_t));
+        b->ch[b->nc++] = (sepd_bchunk_t){ .sid = s->sid, .off = total, .n = n, .gen = gen,
+                                          .greedy = gen && s->temperature <= 0 };
+        s->sent += (size_t)n;
+        s->gen_inflight |= gen;
+        total += n;
+    }
+    if (b->nc == 0)
+        return 0;
+    d->rr++;
+    json_t *chunks = json_array();
+    for (int j = 0; chunks && j < b->nc; j++)
+        json_array_append_new(chunks, json_pack("{s:I, s:i, s:b, s:b}", "sid",
+                                                (json_int_t)b->ch[j].sid, "n", b->ch[j].n,
+                                                "logits", b->ch[j].gen && !b->ch[j].greedy,
+                                                "greedy", b->ch[j].greedy));
+    b->seq = d->next_seq++;
+    json_t *h = chunks ? json_pack("{s:s, s:I, s:o}", "op", SEP_OP_W_BATCH, "seq",
+                                   (json_int_t)b->seq, "chunks", chunks) : NULL;
+    sep_frame_t f[2] = { { d->ids, (size_t)total * sizeof(int32_t) },
+                         { d->targets, (size_t)total * sizeof(int32_t) } };
+    int rc = h ? sep_pool_send_all(d->pool, h, f, 2) : SEP_ENOMEM;
+    json_decref(h);
+    d->n_flight++;
+    if (rc) {
+        /* the workers are unreachable: the loop's liveness check ends it */
+        sep_log(SEP_LOG_ERROR, "batch %lld: %s", (long long)b->seq, sep_errmsg());
+        d->stop = d->failed = 1;
+        return 0;
+    }
+    return 1;
+}
+
+void sepd_schedule(sepd_t *d)
+{
+    while (!d->stop && d->n_flight < d->max_flight && sched_one(d))
+        ;
+}
+
+/* The oldest batch is answered: take it off the FIFO. */
+static void sched_pop(sepd_t *d)
+{
+    sepd_batch_t done = d->flight[0];
+    memmove(d->flight, d->flight + 1, (size_t)(d->n_flight - 1) * sizeof *d->flight);
+    d->flight[--d->n_flight] = done; /* keep its chunk array for reuse */
+}
+
+void sepd_batch_done(sepd_t *d, const sep_msg_t *m)
+{
+    int64_t seq = sep_msg_int(m, "seq", -1);
+    if (d->n_flight == 0 || d->flight[0].seq != seq) {
+        sep_log(SEP_LOG_ERROR, "workers answered batch %lld, expected %lld", (long long)seq,
+                d->n_flight ? (long long)d->flight[0].seq : -1LL);
+        return;
+    }
+    sepd_batch_t *b = &d->flight[0];
+    int total = b->nc ? b->ch[b->nc - 1].off + b->ch[b->nc - 1].n : 0, n_logit = 0, n_next = 0;
+    for (int j = 0; j < b->nc; j++) {
+        n_logit += b->ch[j].gen && !b->ch[j].greedy;
+        n_next += b->ch[j].greedy;
+    }
+    if (m->n_frames != 5 || m->frames[0].len != (size_t)total * 4 ||
+        m->frames[1].len != (size_t)total * 4 ||
+        m->frames[2].len != (size_t)n_logit * d->pool->vocab * 4 ||
+        m->frames[3].len != (size_t)n_next * 4 || m->frames[4].len != (size_t)n_next * 4) {
+        sep_log(SEP_LOG_ERROR, "batch %lld: malformed answer", (long long)seq);
+        d->stop = d->failed = 1;
+        return;
+    }
+    const float *nll = m->frames[0].data, *logits = m->frames[2].data;
+    const int32_t *kv = m->frames[1].data, *next = m->frames[3].data;
+    const float *next_nll = m->frames[4].data;
+    for (int j = 0, g = 0, gn = 0; j < b->nc; j++) {
+        const sepd_bchunk_t *c = &b->ch[j];
+        sep_session_t *s = sepd_find_sid(d, c->sid);
+        if (s && s->state == SEP_SS_FAILED)
+            s = NULL; /* a batch before it failed: nothing of it counts */
+        d->tokens_total += c->n;
+        if (c->greedy) {
+            if (s)
+                sepd_generated(d, s, NULL, next[gn], next_nll[gn], kv[c->off]);
+            gn++;
+        } else if (c->gen) {
+            if (s)
+                sepd_generated(d, s, logits + (size_t)g * d->pool->vocab, -1, 0.0f, kv[c->off]);
+            g++;
+        } else if (s && sep_session_scored(s, (size_t)c->n, nll + c->off, kv + c->off, 1)) {
+            sep_log(SEP_LOG_ERROR, "%s", sep_errmsg());
+        }
+        if (s)
+            sepd_step(d, s);
+    }
+    sched_pop(d);
+}
+
+/* A batch failed in a stage: its sessions cannot go on. */
+void sepd_batch_failed(sepd_t *d, const sep_msg_t *m)
+{
+    int64_t seq = sep_msg_int(m, "seq", -1);
+    const char *why = sep_msg_str(m, "error", "?");
+    if (d->n_flight == 0 || d->flight[0].seq != seq) {
+        sep_log(SEP_LOG_ERROR, "batch %lld failed out of order: %s", (long long)seq, why);
+        return;
+    }
+    sepd_batch_t *b = &d->flight[0];
+    for (int j = 0; j < b->nc; j++) {
+        sep_session_t *s = sepd_find_sid(d, b->ch[j].sid);
+        if (s && s->state != SEP_SS_FAILED)
+            sepd_session_failed(d, s, why);
+    }
+    sched_pop(d);
+    for (size_t i = 0; i < d->n_sess; i++)
+        if (d->sess[i]->state == SEP_SS_FAILED && sepd_step(d, d->sess[i]))
+            i--;
+}
