@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "utf8.h"
 
 static const char FFFD[] = "\xEF\xBF\xBD";
 
@@ -51,9 +52,10 @@ struct dec_ctx {
 static int flush_bytes(struct dec_ctx *c, struct pieces *out)
 {
     int rc = SEP_OK;
+    size_t ok;
     if (!c->tmp.len)
         return SEP_OK;
-    if (c->raw || utf8_valid(c->tmp.p, c->tmp.len))
+    if (c->raw || (!sep_utf8_scan(c->tmp.p, c->tmp.len, &ok) && ok == c->tmp.len))
         rc = pieces_add(out, c->tmp.p, c->tmp.len, false);
     else  /* tokenizers gives one U+FFFD per byte of a broken run */
         for (size_t k = 0; k < c->tmp.len && !rc; k++)

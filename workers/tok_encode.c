@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "utf8.h"
 
 /* One normalizer over s, into b. */
 int norm_stage(const struct norm *nm, struct mx *mx, const char *s,
@@ -428,26 +429,16 @@ void enc_free(struct enc *e)
     free(e->ids);
 }
 
-/* Check that text is UTF-8. open: it may stop inside a character, which
- * *end then leaves out. */
+/* Check that text is UTF-8 (sep_utf8_scan). open: it may stop inside a
+ * character, which *end then leaves out. */
 int check_utf8(const char *text, size_t len, bool open, size_t *end)
 {
-    uint32_t cp;
-    size_t bad, l;
+    char why[128];
     if (len > INT32_MAX)
         return sep_fail(SEP_ERANGE, "text: %zu bytes, more than 2 GiB", len);
-    for (size_t i = 0; i < len; i += l)
-        if (!(l = utf8_decode((const unsigned char *)text + i, len - i, &cp, &bad))) {
-            unsigned char c = (unsigned char)text[i];
-            if (open && c >= 0xC2 && c <= 0xF4 && bad == len - i) {
-                *end = i;
-                return SEP_OK;
-            }
-            return sep_fail(SEP_EUTF8,
-                            "text: invalid UTF-8 at byte offset %zu (byte 0x%02X)",
-                            i, c);
-        }
-    *end = len;
+    if (sep_utf8_scan(text, len, end) || (!open && *end < len))
+        return sep_fail(SEP_EUTF8, "text: invalid UTF-8 at byte offset %zu (%s)", *end,
+                        sep_utf8_why(text + *end, len - *end, why, sizeof why));
     return SEP_OK;
 }
 

@@ -9,7 +9,7 @@
  *   tok_decode.c   decoding (sep_tok_decode, sep_tok_token_text)
  *   tok_pattern.c  literal and regex patterns
  *   tok_buf.c      growable buffers and piece lists
- *   utf8.c         UTF-8 characters
+ *   utf8.c         UTF-8: the check of a text (utf8.h), characters
  *
  * Everything an encode or decode writes lives in per-call scratch
  * (struct enc, struct dec_ctx): a loaded tokenizer is never written again.
@@ -300,7 +300,6 @@ void pieces_free(struct pieces *p);
 size_t utf8_decode(const unsigned char *s, size_t avail, uint32_t *cp,
                    size_t *bad);
 size_t utf8_put(char *d, uint32_t cp);
-bool utf8_valid(const char *s, size_t n);
 bool is_ws(uint32_t c);
 
 /* tok_pattern.c */

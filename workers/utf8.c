@@ -1,6 +1,11 @@
-/* utf8.c: UTF-8 for the tokenizer: what a valid character is (as Rust's
- * from_utf8 and Python's strict decode say), writing one, and Unicode
- * White_Space. */
+/* utf8.c: UTF-8: what a valid character is (utf8_decode, as Rust's
+ * from_utf8 and Python's strict decode say), the check of a text built on
+ * it (sep_utf8_scan, utf8.h) and what its messages say, writing a
+ * character, and Unicode White_Space. */
+#include "utf8.h"
+
+#include <stdio.h>
+
 #include "tok_internal.h"
 
 /* Length of the valid UTF-8 character at s (avail > 0 bytes left) and its
@@ -72,14 +77,57 @@ size_t utf8_put(char *d, uint32_t cp)
     return 4;
 }
 
-bool utf8_valid(const char *s, size_t n)
+int sep_utf8_scan(const char *s, size_t len, size_t *ok_len)
 {
+    const unsigned char *u = (const unsigned char *)s;
     uint32_t cp;
     size_t bad, l;
-    for (size_t i = 0; i < n; i += l)
-        if (!(l = utf8_decode((const unsigned char *)s + i, n - i, &cp, &bad)))
-            return false;
-    return true;
+    for (size_t i = 0; i < len; i += l)
+        if (!(l = utf8_decode(u + i, len - i, &cp, &bad))) {
+            *ok_len = i;
+            /* every byte left may still start a character: the end cut it */
+            return u[i] >= 0xC2 && u[i] <= 0xF4 && bad == len - i ? SEP_OK : SEP_EUTF8;
+        }
+    *ok_len = len;
+    return SEP_OK;
+}
+
+const char *sep_utf8_why(const char *s, size_t len, char *buf, size_t cap)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    uint32_t cp;
+    size_t bad = 1, shown, k = 0;
+    const char *what;
+    char hex[24];
+    if (!len || utf8_decode(u, len, &cp, &bad)) {
+        snprintf(buf, cap, "the text is valid there");
+        return buf;
+    }
+    shown = bad;
+    if (u[0] < 0xC0)
+        what = "is a continuation byte with no character to continue";
+    else if (u[0] < 0xC2)
+        what = "never occurs in UTF-8 (it could only start an overlong form)";
+    else if (u[0] > 0xF4)
+        what = u[0] < 0xF8 ? "never occurs in UTF-8 (it could only start a code point "
+                             "above U+10FFFF)"
+                           : "never occurs in UTF-8";
+    else if (bad == len)
+        what = "is cut off by the end of the text";
+    else if ((u[bad] & 0xC0) != 0x80)
+        what = "is not followed by a continuation byte";
+    else {
+        /* a continuation byte, but outside what the first byte allows
+         * second: the pair is named */
+        shown = 2;
+        what = u[0] == 0xED ? "starts a surrogate (U+D800..U+DFFF)"
+             : u[0] == 0xF4 ? "starts a code point above U+10FFFF"
+                            : "starts an overlong form";
+    }
+    for (size_t i = 0; i < shown; i++)
+        k += (size_t)snprintf(hex + k, sizeof hex - k, i ? " 0x%02X" : "0x%02X", u[i]);
+    snprintf(buf, cap, "%s %s", hex, what);
+    return buf;
 }
 
 /* Rust's char::is_whitespace (Unicode White_Space). */
