@@ -14,6 +14,7 @@
 #include "separators.h"
 #include "stream.h"
 #include "tokenizer.h"
+#include "utf8.h"
 #include "util.h"
 
 #include <errno.h>
@@ -65,9 +66,15 @@ static int usage_error(const char *fmt, const char *arg)
     return EXIT_USAGE;
 }
 
+/* The message, and the error's name unless the message says it already
+ * ("invalid UTF-8 at byte N (...)" needs no "(invalid UTF-8)" after it). */
 static int runtime_error(int rc)
 {
-    fprintf(stderr, "sepctl: %s (%s)\n", sep_errmsg(), sep_strerror(rc));
+    const char *msg = sep_errmsg(), *name = sep_strerror(rc);
+    if (strstr(msg, name))
+        fprintf(stderr, "sepctl: %s\n", msg);
+    else
+        fprintf(stderr, "sepctl: %s (%s)\n", msg, name);
     return EXIT_RUNTIME;
 }
 
@@ -291,6 +298,8 @@ typedef struct {
     int from_text;
     char *buf;              /* text held back, then the next read */
     size_t len, cap;
+    size_t base;            /* where buf starts in the input */
+    size_t dropped;         /* bytes of a character the input ends inside */
     int at, eof;
     int32_t *ids;           /* ids file: all of them; text: the last batch */
     size_t n, off;
@@ -340,6 +349,21 @@ static int eval_src_next(eval_src_t *src, const int32_t **ids, size_t *n)
             src->len += got;
             src->eof = got == 0;
         }
+        /* The text is checked here, not by the tokenizer, which sees only
+         * buf: a bad byte is named by its place in the whole input. An
+         * input that ends inside a character loses that character's bytes,
+         * the rule sepd is to share when a session's text ends, so that
+         * their NLLs agree. */
+        size_t ok;
+        if (sep_utf8_scan(src->buf, src->len, &ok)) {
+            char why[128];
+            return sep_fail(SEP_EUTF8, "stdin: invalid UTF-8 at byte %zu (%s)", src->base + ok,
+                            sep_utf8_why(src->buf + ok, src->len - ok, why, sizeof why));
+        }
+        if (src->eof) {
+            src->dropped = src->len - ok;
+            src->len = ok;
+        }
         /* a non-final call leaves at most SEP_TOK_HOLD_MAX bytes, so the
          * buffer always has room for the next read */
         size_t used;
@@ -351,6 +375,7 @@ static int eval_src_next(eval_src_t *src, const int32_t **ids, size_t *n)
             return rc;
         memmove(src->buf, src->buf + used, src->len - used);
         src->len -= used;
+        src->base += used;
         *ids = src->ids;
     }
     return SEP_OK;
@@ -410,7 +435,7 @@ static int eval_run(const eval_opts_t *o, eval_src_t *src, sep_model_t *m, sep_s
         if ((rc = sep_stream_feed(m, s, ids, n, nll, kv, &scored)))
             break;
         for (size_t i = 0; nf && i < scored; i++)
-            fprintf(nf, "%.6f\n", nll[i]);
+            fprintf(nf, "%.9g\n", nll[i]); /* 9 digits: the float exactly */
         for (size_t i = 0; kf && i < scored; i++)
             fprintf(kf, "%d\n", kv[i]);
         total += n;
@@ -452,13 +477,17 @@ static int cmd_eval(int argc, char **argv)
         (rc = eval_close_out(o.kv_out, &kf)))
         goto fail;
     double secs = sep_now() - t0;
+    if (src.dropped)
+        fprintf(stderr, "sepctl: note: the text ends inside a UTF-8 character; its last %zu "
+                "byte(s) were not scored\n", src.dropped);
     double ppl = exp(s->nll_sum / (double)s->tokens);
     double avg_kv = (double)s->kv_sum / (double)s->tokens;
     struct rusage ru;
     long rss_kib = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
     if (o.json)
-        printf("{\"tokens\": %lld, \"ppl\": %.6f, \"avg_kv\": %.4f, \"max_kv\": %lld, "
-               "\"seconds\": %.4f, \"tokens_per_s\": %.1f, \"peak_rss_kib\": %ld}\n",
+        /* 17 digits: scripts read back the very doubles */
+        printf("{\"tokens\": %lld, \"ppl\": %.17g, \"avg_kv\": %.17g, \"max_kv\": %lld, "
+               "\"seconds\": %.17g, \"tokens_per_s\": %.1f, \"peak_rss_kib\": %ld}\n",
                (long long)s->tokens, ppl, avg_kv, (long long)s->kv_max, secs, s->tokens / secs,
                rss_kib);
     else

@@ -9,7 +9,7 @@ tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 n=0
 failed=0
-echo "1..23"
+echo "1..30"
 
 # ok NAME CONDITION: one TAP line for a shell condition evaluated here;
 # on failure show stderr of the last run
@@ -36,6 +36,19 @@ near() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a - b; if (d < 0) d = -d
 
 # json_num KEY: the number after "KEY": in $tmp/out
 json_num() { sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" "$tmp/out"; }
+
+# digits X: how many significant digits the number X is written with
+digits() { printf '%s' "$1" | sed 's/[eE].*//; s/[^0-9]//g; s/^0*//' | tr -d '\n' | wc -c; }
+
+# f32: each line's number as the fp32 value it names (exact in a double),
+# so sums over --nll-out are the sums eval makes of its floats
+F32='function f32(x,   s, m) {
+    if (x == 0) return 0
+    s = 2 ^ (23 - int(log(x) / log(2)))
+    while ((m = x * s) >= 16777216) s /= 2
+    while ((m = x * s) < 8388608) s *= 2
+    return int(m + 0.5) / s
+}'
 
 run "$SEPCTL"
 ok "no command: usage error (2)" 'test $rc -eq 2 && test -s "$tmp/err"'
@@ -104,9 +117,17 @@ run "$SEPCTL" eval --seps 64 --window 256 --capacity 300 --ids "$G/ids.books-lla
 ok "eval: sepllm with a + s + w >= c is refused" 'test $rc -eq 2 && grep -q "must be below c = 300" "$tmp/err"'
 
 run "$SEPCTL" eval --json --init 4 --seps 16 --window 32 --capacity 64 --max-tokens 2000 \
-    --ids "$G/ids.books-llama-16m.persuasion.txt" --nll-out "$tmp/chunked"
+    --ids "$G/ids.books-llama-16m.persuasion.txt" --nll-out "$tmp/chunked" --kv-out "$tmp/chunked.kv"
 ok "eval sepllm: golden perplexity and cache sizes" \
     'test $rc -eq 0 && test "$(json_num max_kv)" = 65 && near "$(json_num ppl)" 163.71552532827863 1e-3 && near "$(json_num avg_kv)" 58.1385 1e-9'
+
+# what scripts read back is what eval computed, to the last bit: ppl is
+# exp of the mean of the --nll-out floats (summed in double, in order)
+ok "eval --json ppl: exp(mean of the --nll-out floats), every digit" \
+    'test "$(json_num ppl)" = "$(awk "$F32"'"'"' { s += f32($1); n++ } END { printf "%.17g", exp(s / n) }'"'"' "$tmp/chunked")"'
+ok "eval --json avg_kv: the mean of --kv-out, every digit" \
+    'test "$(json_num avg_kv)" = "$(awk "{ s += \$1; n++ } END { printf \"%.17g\", s / n }" "$tmp/chunked.kv")"'
+ok "eval --json seconds: a double's digits (%.17g)" 'test "$(digits "$(json_num seconds)")" -gt 10'
 
 run "$SEPCTL" eval --per-token --init 4 --seps 16 --window 32 --capacity 64 --max-tokens 300 \
     --ids "$G/ids.books-llama-16m.persuasion.txt" --nll-out "$tmp/one"
@@ -119,5 +140,26 @@ run "$SEPCTL" eval --json --max-tokens 20000 --nll-out "$tmp/stream" <"$T/persua
 run2() { "$SEPCTL" eval --json --max-tokens 20000 --ids "$G/ids.books-llama-16m.persuasion.txt" --nll-out "$tmp/byids" >/dev/null 2>&1; }
 ok "eval of streamed text: the NLLs of the golden ids" \
     'test $rc -eq 0 && run2 && paste "$tmp/stream" "$tmp/byids" | awk "{ d = \$1 - \$2; if (d < 0) d = -d; if (d > 1e-4) bad = 1; n++ } END { exit bad || n != 20000 }"'
+
+# a bad byte in the second 64 KiB read: named by its place in the whole
+# input, not in the tail the tokenizer held back
+{ head -c 3000 "$T/persuasion.txt"; head -c 70000 /dev/zero | tr '\0' ' '; printf 'caf\303(more'; } >"$tmp/bad_far"
+run "$SEPCTL" eval --threads 1 <"$tmp/bad_far"
+ok "eval: invalid UTF-8 past the first read: one message naming its byte in the whole input" \
+    'test $rc -eq 1 && test "$(cat "$tmp/err")" = "sepctl: stdin: invalid UTF-8 at byte 73003 (0xC3 is not followed by a continuation byte)"'
+
+# a text that ends inside a character: that character is not scored
+printf 'Hello there, caf\303' >"$tmp/cut1"
+printf 'Hello there, caf\360\237\230' >"$tmp/cut3"
+printf 'Hello there, caf' >"$tmp/whole"
+run "$SEPCTL" eval --threads 1 --nll-out "$tmp/cut1.nll" <"$tmp/cut1"
+ok "eval of a text ending inside a UTF-8 character: a note, exit 0" \
+    'test $rc -eq 0 && grep -q "^tokens " "$tmp/out" && test "$(cat "$tmp/err")" = "sepctl: note: the text ends inside a UTF-8 character; its last 1 byte(s) were not scored"'
+run "$SEPCTL" eval --threads 1 <"$tmp/cut3"
+ok "eval of a text ending in 3 bytes of a 4-byte character: they are the note's" \
+    'test $rc -eq 0 && test "$(cat "$tmp/err")" = "sepctl: note: the text ends inside a UTF-8 character; its last 3 byte(s) were not scored"'
+run "$SEPCTL" eval --threads 1 --nll-out "$tmp/whole.nll" <"$tmp/whole"
+ok "eval of a text ending in half of an é: the NLLs of the text without that byte" \
+    'test $rc -eq 0 && test -s "$tmp/whole.nll" && cmp -s "$tmp/cut1.nll" "$tmp/whole.nll"'
 
 exit 0

@@ -5,7 +5,8 @@
  * add_special_tokens=False) of whole texts. Small tokenizer.json files
  * written to a temporary folder cover what the fixtures lack (Metaspace,
  * Split, NFC, unk fusing) and malformed input. Streaming encodes, fed in
- * pieces, must give the whole text's ids.
+ * pieces, must give the whole text's ids. The UTF-8 check (utf8.h) is
+ * held to the definition of valid UTF-8 on every string of up to 3 bytes.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@
 
 #include "err.h"
 #include "tokenizer.h"
+#include "utf8.h"
 
 #ifndef SEP_SHARED_DIR
 #define SEP_SHARED_DIR "../shared"
@@ -236,6 +239,234 @@ static void test_invalid_utf8(void **state)
         assert_non_null(strstr(sep_errmsg(), want));
     }
     sep_tok_destroy(&t);
+}
+
+/* ---- the UTF-8 check (utf8.h) ---- */
+
+/* Each case: the bytes, what sep_utf8_scan returns and *ok_len. */
+static const struct utf8_case {
+    const char *s;
+    size_t len;
+    int rc;
+    size_t ok;
+} utf8_cases[] = {
+    /* valid */
+    {"", 0, SEP_OK, 0},
+    {"abc", 3, SEP_OK, 3},
+    {"a\0b", 3, SEP_OK, 3},                     /* NUL is a character */
+    {"\xC2\x80\xDF\xBF", 4, SEP_OK, 4},         /* U+0080, U+07FF */
+    {"\xE0\xA0\x80\xEF\xBF\xBF", 6, SEP_OK, 6}, /* U+0800, U+FFFF */
+    {"\xED\x9F\xBF\xEE\x80\x80", 6, SEP_OK, 6}, /* U+D7FF, U+E000 around the surrogates */
+    {"\xF0\x90\x80\x80\xF4\x8F\xBF\xBF", 8, SEP_OK, 8}, /* U+10000, U+10FFFF */
+    {"caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80", 14, SEP_OK, 14},
+    /* truncated at the end by 1-3 bytes: whole characters before them */
+    {"ab\xC3", 3, SEP_OK, 2},
+    {"ab\xE2\x82", 4, SEP_OK, 2},
+    {"ab\xE2", 3, SEP_OK, 2},
+    {"ab\xF0\x9F\x98", 5, SEP_OK, 2},
+    {"\xF0\x9F", 2, SEP_OK, 0},
+    {"\xF4\x8F\xBF", 3, SEP_OK, 0},             /* may still be U+10FFFF */
+    {"\xE0\xA0", 2, SEP_OK, 0},
+    {"\xED\x9F", 2, SEP_OK, 0},
+    {"\xC3\xA9\xF0", 3, SEP_OK, 2},
+    /* cut at the end, but no byte after could make them valid */
+    {"\xE0\x80", 2, SEP_EUTF8, 0},              /* overlong */
+    {"\xED\xA0", 2, SEP_EUTF8, 0},              /* surrogate */
+    {"\xF0\x8F", 2, SEP_EUTF8, 0},              /* overlong */
+    {"\xF4\x90", 2, SEP_EUTF8, 0},              /* above U+10FFFF */
+    {"ab\xC0", 3, SEP_EUTF8, 2},
+    {"ab\xF5", 3, SEP_EUTF8, 2},
+    {"ab\x80", 3, SEP_EUTF8, 2},
+    /* overlong forms */
+    {"ab\xC0\xAF", 4, SEP_EUTF8, 2},
+    {"\xC1\xBF", 2, SEP_EUTF8, 0},
+    {"x\xE0\x80\xAF", 4, SEP_EUTF8, 1},
+    {"\xE0\x9F\xBF", 3, SEP_EUTF8, 0},
+    {"\xF0\x80\x80\xAF", 4, SEP_EUTF8, 0},
+    {"\xF0\x8F\xBF\xBF", 4, SEP_EUTF8, 0},
+    /* surrogates */
+    {"x\xED\xA0\x80y", 5, SEP_EUTF8, 1},        /* U+D800 */
+    {"\xED\xBF\xBF", 3, SEP_EUTF8, 0},          /* U+DFFF */
+    /* above U+10FFFF */
+    {"\xF4\x90\x80\x80", 4, SEP_EUTF8, 0},
+    {"\xF5\x80\x80\x80", 4, SEP_EUTF8, 0},
+    {"\xF7\xBF\xBF\xBF", 4, SEP_EUTF8, 0},
+    /* stray continuation bytes */
+    {"abc\x80" "def", 7, SEP_EUTF8, 3},
+    {"\xBF", 1, SEP_EUTF8, 0},
+    {"\xC3\xA9\xA9", 3, SEP_EUTF8, 2},          /* one too many after é */
+    /* bytes that never occur */
+    {"ab\xFF", 3, SEP_EUTF8, 2},
+    {"\xFE\xFF", 2, SEP_EUTF8, 0},
+    {"ok\xC3\xA9 \xFE", 6, SEP_EUTF8, 5},
+    /* in the middle: the start of the sequence the bad byte ends */
+    {"hello \xE2\x82" "A world", 14, SEP_EUTF8, 6},
+    {"caf\xC3(", 5, SEP_EUTF8, 3},
+    {"\xF0\x9F\x98 x", 5, SEP_EUTF8, 0},        /* truncated, then more text */
+    {"a\xFF" "b\xC0", 4, SEP_EUTF8, 1},         /* the first of two */
+    {"\xFF\xC3", 2, SEP_EUTF8, 0},              /* invalid before an open end */
+};
+
+/* The table, and the tokenizer naming the same offset for each bad case. */
+static void test_utf8_scan(void **state)
+{
+    (void)state;
+    sep_tok_t *t = load_model("books-llama-16m");
+    for (size_t i = 0; i < sizeof utf8_cases / sizeof *utf8_cases; i++) {
+        const struct utf8_case *c = &utf8_cases[i];
+        size_t ok = 99;
+        int rc = sep_utf8_scan(c->s, c->len, &ok);
+        if (rc != c->rc || ok != c->ok)
+            print_error("case %zu: rc %d ok_len %zu, want %d %zu\n", i, rc, ok, c->rc, c->ok);
+        assert_int_equal(rc, c->rc);
+        assert_int_equal(ok, c->ok);
+        int32_t *ids;
+        size_t n;
+        rc = sep_tok_encode(t, c->s, c->len, &ids, &n);
+        if (c->rc == SEP_OK && c->ok == c->len) {
+            assert_int_equal(rc, SEP_OK);
+            free(ids);
+            continue;
+        }
+        char want[64];
+        snprintf(want, sizeof want, "offset %zu ", c->ok);
+        assert_int_equal(rc, SEP_EUTF8);
+        if (!strstr(sep_errmsg(), want))
+            print_error("case %zu: \"%s\" lacks \"%s\"\n", i, sep_errmsg(), want);
+        assert_non_null(strstr(sep_errmsg(), want));
+    }
+    /* far into a long text, and no message written */
+    size_t len = 200000, ok;
+    char *s = malloc(len);
+    assert_non_null(s);
+    for (size_t i = 0; i < len; i += 2)
+        memcpy(s + i, "\xC3\xA9", 2);
+    sep_fail(SEP_EINVAL, "untouched");
+    assert_int_equal(sep_utf8_scan(s, len, &ok), SEP_OK);
+    assert_int_equal(ok, len);
+    assert_int_equal(sep_utf8_scan(s, len - 1, &ok), SEP_OK);
+    assert_int_equal(ok, len - 2);
+    s[123457] = 'x';  /* the second byte of the é at 123456 */
+    assert_int_equal(sep_utf8_scan(s, len, &ok), SEP_EUTF8);
+    assert_int_equal(ok, 123456);
+    assert_string_equal(sep_errmsg(), "untouched");
+    free(s);
+    sep_tok_destroy(&t);
+}
+
+/* What Python's strict decode and Rust's from_utf8 accept, written out
+ * from the definition (a lead byte's length, continuation bytes, the code
+ * point in range) rather than by maximal subparts: the offset of the first
+ * character that is not whole and valid, and whether the bytes from there
+ * could still begin one. */
+static int utf8_ref(const unsigned char *s, size_t len, size_t *ok)
+{
+    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t n = c < 0x80 ? 1 : c >= 0xC0 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3
+                 : c >= 0xF0 && c < 0xF8 ? 4 : 0;
+        if (!n)
+            break;
+        /* the code points that n bytes starting with s[i..] can make */
+        uint32_t lo = n == 1 ? c : c & (0x7F >> n), hi;
+        size_t k = 1;
+        for (; k < n && i + k < len && (s[i + k] & 0xC0) == 0x80; k++)
+            lo = lo << 6 | (s[i + k] & 0x3F);
+        hi = lo;
+        for (size_t j = k; j < n; j++) {
+            lo = lo << 6;
+            hi = hi << 6 | 0x3F;
+        }
+        bool any = hi >= min[n] && lo <= 0x10FFFF && !(lo >= 0xD800 && hi <= 0xDFFF);
+        if (k == n && any && !(lo >= 0xD800 && lo <= 0xDFFF)) {
+            i += n;
+            continue;
+        }
+        *ok = i;
+        /* open: the bytes left are all the character's and could be valid */
+        return i + k == len && k < n && any ? SEP_OK : SEP_EUTF8;
+    }
+    *ok = i;
+    return i == len ? SEP_OK : SEP_EUTF8;
+}
+
+static void utf8_agree(const unsigned char *s, size_t len)
+{
+    size_t ok = 99, want = 98;
+    int rc = sep_utf8_scan((const char *)s, len, &ok), wrc = utf8_ref(s, len, &want);
+    if (rc != wrc || ok != want) {
+        char hex[64] = "";
+        for (size_t i = 0; i < len; i++)
+            snprintf(hex + 3 * i, sizeof hex - 3 * i, "%02X ", s[i]);
+        print_error("%s: rc %d ok_len %zu, the definition says %d %zu\n", hex, rc, ok, wrc,
+                    want);
+    }
+    assert_int_equal(rc, wrc);
+    assert_int_equal(ok, want);
+}
+
+/* Every string of 1 to 3 bytes, and many longer ones of the bytes that
+ * matter, against the definition. */
+static void test_utf8_scan_all(void **state)
+{
+    (void)state;
+    unsigned char s[8];
+    for (uint32_t v = 0; v < 1u << 24; v++) {
+        s[0] = (unsigned char)(v >> 16);
+        s[1] = (unsigned char)(v >> 8);
+        s[2] = (unsigned char)v;
+        if (v < 256)
+            utf8_agree(s + 2, 1);
+        if (v < 65536)
+            utf8_agree(s + 1, 2);
+        utf8_agree(s, 3);
+    }
+    static const unsigned char pick[] = {
+        'a', 0x00, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF,
+        0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xF7, 0xF8, 0xFF };
+    uint64_t x = 88172645463325252ull;  /* xorshift64: the same strings every run */
+    for (int i = 0; i < 2000000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        size_t len = 4 + (size_t)(x % 5);
+        for (size_t j = 0; j < len; j++)
+            s[j] = pick[(x >> (8 + 6 * j)) % sizeof pick];
+        utf8_agree(s, len);
+    }
+}
+
+/* The words a message gets for each kind of fault. */
+static void test_utf8_why(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        size_t len;
+        const char *why;
+    } cases[] = {
+        {"\xC3(", 2, "0xC3 is not followed by a continuation byte"},
+        {"\xE2\x82" "A", 3, "0xE2 0x82 is not followed by a continuation byte"},
+        {"\xE2\x82", 2, "0xE2 0x82 is cut off by the end of the text"},
+        {"\xF0\x9F\x98", 3, "0xF0 0x9F 0x98 is cut off by the end of the text"},
+        {"\x80", 1, "0x80 is a continuation byte with no character to continue"},
+        {"\xC0\xAF", 2, "0xC0 never occurs in UTF-8 (it could only start an overlong form)"},
+        {"\xF5\x80", 2, "0xF5 never occurs in UTF-8 (it could only start a code point above "
+                        "U+10FFFF)"},
+        {"\xFF", 1, "0xFF never occurs in UTF-8"},
+        {"\xE0\x80\x80", 3, "0xE0 0x80 starts an overlong form"},
+        {"\xF0\x8F\xBF\xBF", 4, "0xF0 0x8F starts an overlong form"},
+        {"\xED\xA0\x80", 3, "0xED 0xA0 starts a surrogate (U+D800..U+DFFF)"},
+        {"\xF4\x90\x80\x80", 4, "0xF4 0x90 starts a code point above U+10FFFF"},
+    };
+    char buf[128];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        assert_string_equal(sep_utf8_why(cases[i].s, cases[i].len, buf, sizeof buf),
+                            cases[i].why);
+    /* cut to fit */
+    assert_string_equal(sep_utf8_why("\xC3(", 2, buf, 8), "0xC3 is");
 }
 
 static void test_decode_range(void **state)
@@ -1024,6 +1255,9 @@ int main(void)
         CASE("stream_books-neox-9m_wikitext2_test", test_stream_golden, 8),
         cmocka_unit_test(test_vocab_size),
         cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_utf8_scan),
+        cmocka_unit_test(test_utf8_scan_all),
+        cmocka_unit_test(test_utf8_why),
         cmocka_unit_test(test_decode_range),
         cmocka_unit_test(test_bad_not_json),
         cmocka_unit_test(test_bad_no_model),

@@ -39,7 +39,8 @@ sep_tok_kind_t sep_tok_kind(const sep_tok_t *tok);
 int sep_tok_vocab_size(const sep_tok_t *tok);
 
 /* Encode len bytes of UTF-8 text. *ids is malloc'ed (caller frees), *n
- * its length. Invalid UTF-8: SEP_EUTF8 naming the byte offset. */
+ * its length. Invalid UTF-8 (as sep_utf8_scan defines it, utf8.h):
+ * SEP_EUTF8 naming the byte offset. */
 int sep_tok_encode(const sep_tok_t *tok, const char *text, size_t len,
                    int32_t **ids, size_t *n);
 
@@ -67,7 +68,10 @@ enum {
  * final != 0: the stream ends with text. All of it is encoded (*used ==
  * len) and an incomplete character at its end is SEP_EUTF8; without final
  * that character is held back. Invalid UTF-8 is SEP_EUTF8 naming its byte
- * offset in text. On error nothing is used and *ids is NULL.
+ * offset in text, which is not the stream's once bytes were held back: a
+ * caller that names the stream's offset, or that drops an incomplete
+ * character at the stream's end, checks with sep_utf8_scan first (utf8.h;
+ * the same definition). On error nothing is used and *ids is NULL.
  *
  * The ids of all the calls joined are sep_tok_encode's of the whole
  * stream, however it was cut into pieces, save for one case. What a call
