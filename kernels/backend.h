@@ -151,8 +151,8 @@ struct sep_backend {
     void (*destroy)(sep_backend_t *be);
 };
 
-/* The CPU backend: OpenBLAS for matrix products, OpenMP threads for the
- * rest; n_threads <= 0 means $OMP_NUM_THREADS, else one per core. */
+/* The CPU backend: its own fixed-order kernels (fastmath.h) on OpenMP
+ * threads; n_threads <= 0 means $OMP_NUM_THREADS, else one per core. */
 int sep_backend_cpu_new(sep_backend_t **out, int n_threads);
 
 /* The CUDA backend on GPU `device` (cuBLAS and sepd's kernels), when the

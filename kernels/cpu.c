@@ -1,11 +1,11 @@
-/* cpu.c: the CPU backend. OpenBLAS (single-threaded per call) does the
- * matrix products; OpenMP splits every operation across cores itself, so
- * the two thread pools never compete for the same cores. */
+/* cpu.c: the CPU backend. OpenMP splits every operation across cores;
+ * matrix products and attention run on fastmath.c's fixed-order kernels,
+ * so every row of a forward is bitwise independent of the chunking and of
+ * the other streams of its batch. */
 #include "backend.h"
 #include "err.h"
 #include "fastmath.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -14,13 +14,6 @@
 /* Queries per attention task: small enough to balance threads, large
  * enough that the score and value products are real matrix products. */
 #define ATTN_QBLOCK 64
-/* Keys per value-product call. OpenBLAS splits a product's inner
- * dimension into blocks whose edges depend on its length; tiles this short
- * are never split, and tiles start at fixed key indices, so a query's
- * output does not depend on how many keys its block holds. With that,
- * every row of a forward is bitwise independent of the chunking and of
- * the other streams of its batch. */
-#define ATTN_KTILE 128
 #define ATTN_ROW_STRIDE(n) (((n) + 15) & ~15)
 
 /* The CPU backend with its per-thread attention scratch. */
@@ -28,8 +21,6 @@ typedef struct {
     sep_backend_t base;
     float **scratch;   /* (n_threads) score blocks of scratch_len floats */
     size_t scratch_len;
-    float *pad;        /* (min rows, cols + rows) of the largest weight: short products */
-    size_t pad_len;
 } cpu_backend_t;
 
 static void *cpu_alloc(sep_backend_t *be, size_t bytes)
@@ -79,41 +70,37 @@ static void cpu_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_blo
     }
 }
 
+/* Products do not go through OpenBLAS: its kernels round a row by where
+ * it sits in the call (0.3.21's Haswell sgemm, also chosen on Zen, sums
+ * the first 6 rows of each 12 in another order than the other 6 for some
+ * outputs, and a last, partial group in others again) and take other
+ * kernels for one row and for small products. Here each output is one
+ * chain of multiply-adds over k in order, whatever rows, tile or thread
+ * are around it. */
 struct sep_weight {
-    float *data; /* (rows, cols) */
+    float *panels; /* (ceil(rows / SEP_MM_COLS), cols, SEP_MM_COLS): see fastmath.h */
     int rows, cols;
 };
 
-/* Fewest rows a product runs with. OpenBLAS takes other kernels for one
- * row and for small products (rows * d_out * d_in up to 100^3), and those
- * round differently; from this many rows up a row's result is the same
- * bits whatever the rows around it. */
-static int cpu_matmul_min_rows(int d_out, int d_in)
-{
-    double small = 1e6 / ((double)d_out * d_in);
-    return small >= 2 ? (int)small + 1 : 2;
-}
-
 static sep_weight_t *cpu_weight_new(sep_backend_t *be, const float *host, int rows, int cols)
 {
-    cpu_backend_t *cb = (cpu_backend_t *)be;
-    size_t pad_len = (size_t)cpu_matmul_min_rows(rows, cols) * ((size_t)rows + cols);
-    if (pad_len > cb->pad_len) {
-        float *pad = realloc(cb->pad, pad_len * sizeof *pad);
-        if (!pad)
-            return NULL;
-        cb->pad = pad;
-        cb->pad_len = pad_len;
-    }
+    int n_panels = (rows + SEP_MM_COLS - 1) / SEP_MM_COLS;
     sep_weight_t *w = malloc(sizeof *w);
-    float *data = cpu_alloc(be, (size_t)rows * cols * sizeof(float));
-    if (!w || !data) {
+    float *panels = cpu_alloc(be, (size_t)n_panels * cols * SEP_MM_COLS * sizeof(float));
+    if (!w || !panels) {
         free(w);
-        free(data);
+        free(panels);
         return NULL;
     }
-    memcpy(data, host, (size_t)rows * cols * sizeof(float));
-    *w = (sep_weight_t){ .data = data, .rows = rows, .cols = cols };
+    for (int p = 0; p < n_panels; p++)
+        for (int k = 0; k < cols; k++) {
+            float *dst = panels + ((size_t)p * cols + k) * SEP_MM_COLS;
+            for (int j = 0; j < SEP_MM_COLS; j++) {
+                int o = p * SEP_MM_COLS + j;
+                dst[j] = o < rows ? host[(size_t)o * cols + k] : 0.0f;
+            }
+        }
+    *w = (sep_weight_t){ .panels = panels, .rows = rows, .cols = cols };
     return w;
 }
 
@@ -121,56 +108,42 @@ static void cpu_weight_free(sep_backend_t *be, sep_weight_t *w)
 {
     (void)be;
     if (w)
-        free(w->data);
+        free(w->panels);
     free(w);
 }
 
+/* Row ids[i] of W, read down its panel's column. */
 static void cpu_weight_rows(sep_backend_t *be, float *y, const sep_weight_t *w,
                             const int32_t *ids, int n)
 {
-    sep_gather_t g = { y, w->data, ids, n, w->cols };
-    cpu_gather_rows(be, &g, 1);
-}
-
-/* y (rows, d_out) = x (rows, d_in) W^T + bias, one OpenBLAS call */
-static void cpu_matmul_rows(float *y, const float *x, const sep_weight_t *wt,
-                            const float *bias, int rows)
-{
-    int d_in = wt->cols, d_out = wt->rows;
-    float beta = 0.0f;
-    if (bias) {
-        for (int r = 0; r < rows; r++)
-            memcpy(y + (size_t)r * d_out, bias, (size_t)d_out * sizeof(float));
-        beta = 1.0f;
+    #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *col = w->panels + (size_t)(ids[i] / SEP_MM_COLS) * w->cols * SEP_MM_COLS +
+                           ids[i] % SEP_MM_COLS;
+        for (int k = 0; k < w->cols; k++)
+            y[(size_t)i * w->cols + k] = col[(size_t)k * SEP_MM_COLS];
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, d_out, d_in, 1.0f, x, d_in,
-                wt->data, d_in, beta, y, d_out);
 }
 
-/* Threads take whole rows, at least cpu_matmul_min_rows each, over the
- * full output width (a slice of the columns rounds differently too); a
- * shorter product runs padded with zero rows. So every row's result is
- * the same bits whatever the batch around it. */
+/* y (n, d_out) = x (n, d_in) W^T + bias: threads take tiles of
+ * SEP_MM_ROWS rows by one panel, a panel's tiles in a row so that it
+ * stays in cache. */
 static void cpu_matmul(sep_backend_t *be, float *y, const float *x, const sep_weight_t *wt,
                        const float *bias, int n)
 {
-    cpu_backend_t *cb = (cpu_backend_t *)be;
-    int d_in = wt->cols, d_out = wt->rows, min_rows = cpu_matmul_min_rows(d_out, d_in);
-    if (n < min_rows) {
-        float *xp = cb->pad, *yp = cb->pad + (size_t)min_rows * d_in;
-        memcpy(xp, x, (size_t)n * d_in * sizeof(float));
-        memset(xp + (size_t)n * d_in, 0, (size_t)(min_rows - n) * d_in * sizeof(float));
-        cpu_matmul_rows(yp, xp, wt, bias, min_rows);
-        memcpy(y, yp, (size_t)n * d_out * sizeof(float));
-        return;
-    }
-    int nt = be->n_threads < n / min_rows ? be->n_threads : n / min_rows;
-    #pragma omp parallel num_threads(nt)
-    {
-        int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        int lo = (int)((long)n * t / nth), hi = (int)((long)n * (t + 1) / nth);
-        cpu_matmul_rows(y + (size_t)lo * d_out, x + (size_t)lo * d_in, wt, bias, hi - lo);
-    }
+    int d_in = wt->cols, d_out = wt->rows;
+    int n_panels = (d_out + SEP_MM_COLS - 1) / SEP_MM_COLS;
+    int n_tiles = (n + SEP_MM_ROWS - 1) / SEP_MM_ROWS;
+    #pragma omp parallel for collapse(2) num_threads(be->n_threads) schedule(static)
+    for (int p = 0; p < n_panels; p++)
+        for (int t = 0; t < n_tiles; t++) {
+            int r0 = t * SEP_MM_ROWS, c0 = p * SEP_MM_COLS;
+            int nr = n - r0 < SEP_MM_ROWS ? n - r0 : SEP_MM_ROWS;
+            int nc = d_out - c0 < SEP_MM_COLS ? d_out - c0 : SEP_MM_COLS;
+            sep_matmul_tile(y + (size_t)r0 * d_out + c0, d_out, x + (size_t)r0 * d_in, d_in,
+                            wt->panels + (size_t)p * d_in * SEP_MM_COLS, d_in, nr, nc,
+                            bias ? bias + c0 : NULL);
+        }
 }
 
 /* Row i of x += row i of res, when there is one. */
@@ -397,7 +370,6 @@ static void cpu_destroy(sep_backend_t *be)
         for (int t = 0; t < be->n_threads; t++)
             free(cb->scratch[t]);
     free(cb->scratch);
-    free(cb->pad);
     free(cb);
 }
 
@@ -413,8 +385,6 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
         free(scratch);
         return sep_fail(SEP_ENOMEM, "cpu backend: out of memory");
     }
-    /* our OpenMP loops split the work; OpenBLAS runs inside them */
-    openblas_set_num_threads(1);
     sep_backend_t *be = &cb->base;
     cb->scratch = scratch;
     be->name = "cpu";

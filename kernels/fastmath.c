@@ -156,3 +156,30 @@ void sep_attn_head(float *out, int out_stride, const float *q, int q_stride,
             out[(size_t)r * out_stride + t] = acc;
         }
 }
+
+/* Vectorised across the panel's columns, SEP_MM_ROWS rows per k (the
+ * accumulators fill the vector registers: 12 of AVX-512's). A short tile
+ * repeats its last row and does not store it. */
+SEP_CLONES
+void sep_matmul_tile(float *y, int ldy, const float *x, int ldx, const float *panel, int d,
+                     int nr, int nc, const float *bias)
+{
+    const float *xr[SEP_MM_ROWS];
+    for (int i = 0; i < SEP_MM_ROWS; i++)
+        xr[i] = x + (size_t)(i < nr ? i : nr - 1) * ldx;
+    float acc[SEP_MM_ROWS][SEP_MM_COLS] = { { 0 } };
+    _Static_assert(SEP_MM_ROWS == 6, "the unroll pragma takes no macro: keep it in step");
+    for (int k = 0; k < d; k++) {
+        const float *wk = panel + (size_t)k * SEP_MM_COLS;
+        #pragma GCC unroll 6
+        for (int i = 0; i < SEP_MM_ROWS; i++) {
+            float v = xr[i][k];
+            #pragma omp simd
+            for (int j = 0; j < SEP_MM_COLS; j++)
+                acc[i][j] += v * wk[j];
+        }
+    }
+    for (int i = 0; i < nr; i++)
+        for (int j = 0; j < nc; j++)
+            y[(size_t)i * ldy + j] = bias ? acc[i][j] + bias[j] : acc[i][j];
+}

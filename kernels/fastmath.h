@@ -44,6 +44,19 @@ void sep_attn_head(float *out, int out_stride, const float *q, int q_stride,
                    const float *k, const float *v, int kv_stride, int m, int n0, int d,
                    float scale, float *sc, int ld);
 
+/* A weight packed for products: column panels of SEP_MM_COLS outputs,
+ * panel p holding W^T's columns [p * SEP_MM_COLS, ...) as (d, SEP_MM_COLS)
+ * rows, zero past the weight's last output. */
+#define SEP_MM_COLS 32
+#define SEP_MM_ROWS 6
+
+/* y (nr, nc), row stride ldy, := x (nr, d), row stride ldx, times the
+ * panel [+ bias (nc)]; nr <= SEP_MM_ROWS, nc <= SEP_MM_COLS. Each output
+ * is one multiply-add per k, k in order from zero, so a row's result does
+ * not depend on the rows, columns or threads of its call. */
+void sep_matmul_tile(float *y, int ldy, const float *x, int ldx, const float *panel, int d,
+                     int nr, int nc, const float *bias);
+
 /* y[j] := silu(g[j]) * u[j] for j < n */
 void sep_silu_mul_row(float *y, const float *g, const float *u, int n);
 

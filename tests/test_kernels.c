@@ -116,6 +116,51 @@ static void test_matmul(void **state)
     }
 }
 
+/* The CPU backend's promise: a row of a product is the same bits whatever
+ * rows share the call. For a weight of odd sizes and the bundled model's
+ * (attention, MLP and output head shapes), with a bias and without, each
+ * row of the first n and of the last n of 200 rows against the same row
+ * of the product of all 200: n from 1 to 100 and two beyond, so a row
+ * sits at every place of a tile or a library's row group, alone and with
+ * other rows, on one thread and split between two. */
+static void test_matmul_rows_invariant(void **state)
+{
+    (void)state;
+    if (strcmp(golden_device(), "cpu") != 0)
+        skip(); /* the other backends promise closeness only */
+    enum { ROWS = 200, N_CASES = 102 };
+    static const int shapes[][2] = { { 100, 37 }, { 384, 384 }, { 128, 384 },
+                                     { 1024, 384 }, { 8192, 384 } };
+    for (int s = 0; s < 5; s++) {
+        int dout = shapes[s][0], din = shapes[s][1];
+        size_t row = sizeof(float) * dout;
+        float *x = rand_vec((size_t)ROWS * din, 51 + s), *w = rand_vec((size_t)dout * din, 61 + s);
+        float *b = rand_vec(dout, 71 + s), *want = malloc(row * ROWS), *got = malloc(row * ROWS);
+        float *dx = dev(x, (size_t)ROWS * din), *db = dev(b, dout), *dy = be->alloc(be, row * ROWS);
+        sep_weight_t *dw = be->weight_new(be, w, dout, din);
+        assert_true(want && got && dy && dw);
+        assert_int_equal(be->reserve(be, 1, ROWS, din > dout ? din : dout), 0);
+        for (int biased = 0; biased < 2; biased++) {
+            const float *bias = biased ? db : NULL;
+            be->matmul(be, dy, dx, dw, bias, ROWS);
+            be->download(be, want, dy, row * ROWS);
+            for (int c = 0; c < 2 * N_CASES; c++) {
+                int n = c / 2 < 100 ? c / 2 + 1 : c / 2 == 100 ? 131 : 197;
+                int k = c % 2 ? ROWS - n : 0;
+                be->matmul(be, dy, dx + (size_t)k * din, dw, bias, n);
+                be->download(be, got, dy, row * n);
+                for (int i = 0; i < n; i++)
+                    if (memcmp(got + (size_t)i * dout, want + (size_t)(k + i) * dout, row) != 0)
+                        fail_msg("%dx%d weight%s: row %d of %d (from row %d) differs from the "
+                                 "%d-row product", dout, din, biased ? ", bias" : "", i, n, k,
+                                 ROWS);
+            }
+        }
+        free(x); free(w); free(b); free(want); free(got);
+        be->free(be, dx); be->free(be, db); be->free(be, dy); be->weight_free(be, dw);
+    }
+}
+
 /* want_x := x + y, want_h := its RMSNorm (b NULL) or LayerNorm, n rows of d */
 static void norm_ref(double *want_x, double *want_h, const float *x, const float *y,
                      const float *w, const float *b, int n, int d)
@@ -635,6 +680,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_rows_invariant),
         cmocka_unit_test(test_norms),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_rope_table),
