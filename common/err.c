@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char last_msg[1024];
 
@@ -18,16 +19,21 @@ const char *sep_strerror(int code)
     case SEP_ENOTFOUND: return "not found";
     case SEP_EUTF8: return "invalid UTF-8";
     case SEP_ERANGE: return "out of range";
+    case SEP_ENOSPC: return "no space";
     default: return "unknown error";
     }
 }
 
 int sep_fail(int code, const char *fmt, ...)
 {
+    /* through a copy: the arguments may hold the last message itself, as
+     * in sep_fail(rc, "while X: %s", sep_errmsg()) */
+    char msg[sizeof last_msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_msg, sizeof last_msg, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(last_msg, msg, sizeof msg);
     return code;
 }
 

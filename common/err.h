@@ -21,13 +21,15 @@ enum {
     SEP_ENOTFOUND = -6,   /* a named thing (tensor, file, session) is absent */
     SEP_EUTF8 = -7,       /* text is not valid UTF-8 */
     SEP_ERANGE = -8,      /* a value outside what the model or cache allows */
+    SEP_ENOSPC = -9,      /* a store's map limit is reached, or its disk is full */
 };
 
 /* Name of an error code ("malformed input", ...); never NULL. */
 const char *sep_strerror(int code);
 
 /* Record a printf-style detail message for code and return code, so a
- * failure reads: return sep_fail(SEP_EFORMAT, "%s: ...", path). */
+ * failure reads: return sep_fail(SEP_EFORMAT, "%s: ...", path). The
+ * arguments may include sep_errmsg(), to add context to a failure. */
 int sep_fail(int code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
