@@ -19,6 +19,7 @@ const char *sep_strerror(int code)
     case SEP_ENOTFOUND: return "not found";
     case SEP_EUTF8: return "invalid UTF-8";
     case SEP_ERANGE: return "out of range";
+    case SEP_ENOSPC: return "no space";
     case SEP_EAGAIN: return "would block";
     case SEP_EPEER: return "peer gone";
     default: return "unknown error";

@@ -21,6 +21,7 @@ enum {
     SEP_ENOTFOUND = -6,   /* a named thing (tensor, file, session) is absent */
     SEP_EUTF8 = -7,       /* text is not valid UTF-8 */
     SEP_ERANGE = -8,      /* a value outside what the model or cache allows */
+    SEP_ENOSPC = -9,      /* a store's map limit is reached, or its disk is full */
     SEP_EAGAIN = -10,     /* it would block: nothing was done, try again later */
     SEP_EPEER = -11,      /* the peer of a message is gone */
 };
