@@ -240,12 +240,33 @@ static void op_cancel_for(sepd_t *d, sep_session_t *s, const sep_msg_t *m)
     sep_session_op_end(s);
 }
 
+/* Whether the client of s's op has gone: a heartbeat to it says (ZeroMQ
+ * knows of a closed connection only when something is sent on it). */
+static int op_client_gone(sepd_t *d, sep_session_t *s)
+{
+    if (!s->op.peer_len)
+        return 1;
+    json_t *h = json_pack("{s:s}", "op", SEP_OP_HEARTBEAT);
+    int rc = h ? sepd_outbox_send(d->out, s->op.peer, s->op.peer_len, h, NULL, 0) : SEP_ENOMEM;
+    json_decref(h);
+    if (rc != SEP_EPEER)
+        return 0;
+    uint8_t peer[256];
+    size_t len = s->op.peer_len;
+    memcpy(peer, s->op.peer, len);
+    sepd_peer_gone(d, peer, len);
+    return 1;
+}
+
 /* May m's sender start an op of kind on s now? 1: yes (m's sender is
  * made its client); 0: it waits for the running op, or was refused. */
 static int op_admit(sepd_t *d, sep_session_t *s, const sep_msg_t *m, sep_sop_t kind)
 {
     sep_op_t *op = &s->op;
     int same = op->kind && same_peer(op->peer, op->peer_len, m);
+    if (op->kind && !same && (op->kind == SEP_SOP_FEED || op->kind == SEP_SOP_GENERATE) &&
+        op_client_gone(d, s))
+        same = 0; /* its op ended with it */
     if (op->kind && !same && op->kind == SEP_SOP_FEED && sep_now() - op->seen > SEPD_FEED_LEASE) {
         sep_log(SEP_LOG_WARN, "session '%s': its feeder went silent; another client takes "
                 "it over", s->name);
