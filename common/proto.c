@@ -117,8 +117,71 @@ char *sep_msg_header_text(json_t *hdr)
     return json_dumps(hdr, JSON_COMPACT);
 }
 
-int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char *hdr,
-                      size_t hdr_len, const sep_frame_t *frames, int n, int flags)
+void *sep_msg_take_frame(sep_msg_t *m, int i)
+{
+    zmq_msg_t *zm = m->zmsgs, *held = malloc(sizeof *held);
+    if (!held || !zm || i < 0 || i >= m->n_frames) {
+        free(held);
+        return NULL;
+    }
+    zmq_msg_init(held);
+    zmq_msg_move(held, &zm[i]); /* zm[i] is left empty: closing it frees nothing */
+    m->frames[i] = (sep_frame_t){ "", 0 };
+    return held;
+}
+
+const void *sep_frame_data(void *handle)
+{
+    return zmq_msg_data(handle);
+}
+
+void sep_frame_release(void *handle)
+{
+    if (!handle)
+        return;
+    zmq_msg_close(handle);
+    free(handle);
+}
+
+static void proto_free_owned(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Free the owned frames from i on (those a failed send did not hand over). */
+static void proto_drop_owned(const sep_frame_t *frames, int i, int n, uint32_t owned)
+{
+    for (; i < n; i++)
+        if (owned >> i & 1)
+            free((void *)frames[i].data);
+}
+
+/* One frame; an owned one goes without a copy. */
+static int proto_send_frame(void *sock, const sep_frame_t *f, int owned, int flags)
+{
+    if (!owned || !f->len) {
+        int rc = zmq_send(sock, f->len ? f->data : "", f->len, flags) < 0 ? -1 : 0;
+        if (owned)
+            free((void *)f->data);
+        return rc;
+    }
+    zmq_msg_t msg;
+    if (zmq_msg_init_data(&msg, (void *)f->data, f->len, proto_free_owned, NULL))
+        return -1;
+    if (zmq_msg_send(&msg, sock, flags) < 0) {
+        int e = errno;
+        zmq_msg_close(&msg); /* frees the data */
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+/* sep_msg_send_text with owned frames (sep_msg_send_owned). */
+static int proto_send(void *sock, const void *peer, size_t peer_len, const char *hdr,
+                      size_t hdr_len, const sep_frame_t *frames, int n, int flags,
+                      uint32_t owned)
 {
     int more = n ? ZMQ_SNDMORE : 0, rc;
     if (peer)
@@ -127,17 +190,43 @@ int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char 
         rc = zmq_send(sock, hdr, hdr_len, more | flags);
     if (rc < 0) {
         /* nothing went: the first part decides */
-        if (errno == EAGAIN)
+        int e = errno;
+        proto_drop_owned(frames, 0, n, owned);
+        if (e == EAGAIN)
             return SEP_EAGAIN;
-        if (errno == EHOSTUNREACH)
+        if (e == EHOSTUNREACH)
             return SEP_EPEER;
-        return sep_fail(SEP_EIO, "send: %s", zmq_strerror(errno));
+        return sep_fail(SEP_EIO, "send: %s", zmq_strerror(e));
     }
     rc = peer ? zmq_send(sock, hdr, hdr_len, more) < 0 : 0;
-    for (int i = 0; !rc && i < n; i++)
-        rc = zmq_send(sock, frames[i].len ? frames[i].data : "", frames[i].len,
-                      i + 1 < n ? ZMQ_SNDMORE : 0) < 0;
-    return rc ? sep_fail(SEP_EIO, "send: %s", zmq_strerror(errno)) : SEP_OK;
+    int i = 0;
+    for (; !rc && i < n; i++)
+        rc = proto_send_frame(sock, &frames[i], owned >> i & 1, i + 1 < n ? ZMQ_SNDMORE : 0);
+    if (rc) {
+        int e = errno;
+        proto_drop_owned(frames, i, n, owned);
+        return sep_fail(SEP_EIO, "send: %s", zmq_strerror(e));
+    }
+    return SEP_OK;
+}
+
+int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char *hdr,
+                      size_t hdr_len, const sep_frame_t *frames, int n, int flags)
+{
+    return proto_send(sock, peer, peer_len, hdr, hdr_len, frames, n, flags, 0);
+}
+
+int sep_msg_send_owned(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                       const sep_frame_t *frames, int n, uint32_t owned)
+{
+    char *text = sep_msg_header_text(hdr);
+    if (!text) {
+        proto_drop_owned(frames, 0, n, owned);
+        return sep_fail(SEP_ENOMEM, "send: out of memory");
+    }
+    int rc = proto_send(sock, peer, peer_len, text, strlen(text), frames, n, 0, owned);
+    free(text);
+    return rc;
 }
 
 int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,

@@ -94,6 +94,13 @@ typedef struct {
 int sep_msg_recv(void *sock, int routed, sep_msg_t *m, int flags);
 void sep_msg_close(sep_msg_t *m);
 
+/* Take frame i out of m without a copy: its bytes stay valid after
+ * sep_msg_close(m) until sep_frame_release(the handle returned); NULL when
+ * out of memory. The handle may be released on another thread. */
+void *sep_msg_take_frame(sep_msg_t *m, int i);
+const void *sep_frame_data(void *handle);
+void sep_frame_release(void *handle);
+
 /* Send hdr (its "v" is set here; the reference is kept by the caller)
  * and n frames; peer/peer_len route it on a ROUTER socket (NULL: none).
  * Blocks while the peer's pipe is full. On a ROUTER with
@@ -112,6 +119,13 @@ char *sep_msg_header_text(json_t *hdr);
  * whole or not at all). SEP_EPEER: the peer is gone (ROUTER_MANDATORY). */
 int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char *hdr,
                       size_t hdr_len, const sep_frame_t *frames, int n, int flags);
+
+/* sep_msg_send, where the frames whose bit is set in owned hold malloc'ed
+ * data that passes to ZeroMQ without a copy (a cache state of hundreds of
+ * MB): it is freed once sent, or here if the send fails, and the caller
+ * must not touch it after the call. */
+int sep_msg_send_owned(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                       const sep_frame_t *frames, int n, uint32_t owned);
 
 /* A session name: 1..SEP_NAME_MAX bytes of [A-Za-z0-9._-]. */
 int sep_name_ok(const char *name);

@@ -11,6 +11,7 @@
  */
 #include "daemon.h"
 #include "err.h"
+#include "persist.h"
 #include "grow.h"
 #include "log.h"
 #include "sample.h"
@@ -77,18 +78,28 @@ json_t *sepd_info(const sep_session_t *s)
 {
     double ppl = s->tokens ? exp(s->nll_sum / (double)s->tokens) : 0.0;
     double avg_kv = s->tokens ? (double)s->kv_sum / (double)s->tokens : 0.0;
-    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:b, s:s, s:I, s:f, s:f, s:I, "
-                     "s:I, s:I, s:I, s:I, s:I, s:I}",
-                     "name", s->name, "state", sep_session_state_name(s->state), "running",
-                     sep_sop_name(s->op.kind), "method", sep_method_name(s->policy.method),
-                     "a", s->policy.a, "s", s->policy.s, "w", s->policy.w, "c", s->policy.c,
-                     "shift", s->policy.shift, "separators", s->separators,
-                     "tokens", (json_int_t)s->tokens, "ppl", ppl, "avg_kv", avg_kv,
-                     "max_kv", (json_int_t)s->kv_max, "kv", (json_int_t)s->kv_last,
-                     "bytes_in", (json_int_t)s->bytes_in,
-                     "bytes_committed", (json_int_t)s->bytes_committed,
-                     "held_bytes", (json_int_t)s->held_len, "queued_ids", (json_int_t)s->q_len,
-                     "ids", (json_int_t)s->ids_total);
+    static const char *archive[] = { "off", "f32", "bf16" };
+    json_t *h = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:b, s:s, s:s, s:I, s:f, "
+                          "s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                          "name", s->name, "state", sep_session_state_name(s->state),
+                          "running", sep_sop_name(s->op.kind),
+                          "method", sep_method_name(s->policy.method), "a", s->policy.a,
+                          "s", s->policy.s, "w", s->policy.w, "c", s->policy.c,
+                          "shift", s->policy.shift, "separators", s->separators,
+                          "archive", s->archive <= 2 ? archive[s->archive] : "?",
+                          "tokens", (json_int_t)s->tokens, "ppl", ppl, "avg_kv", avg_kv,
+                          "max_kv", (json_int_t)s->kv_max, "kv", (json_int_t)s->kv_last,
+                          "bytes_in", (json_int_t)s->bytes_in,
+                          "bytes_committed", (json_int_t)s->committed_bytes,
+                          "tokens_committed", (json_int_t)s->committed_tokens,
+                          "checkpoints", (json_int_t)s->checkpoints,
+                          "held_bytes", (json_int_t)s->held_len, "queued_ids", (json_int_t)s->q_len,
+                          "ids", (json_int_t)s->ids_total);
+    if (h && s->ckpt_error[0])
+        json_object_set_new(h, "checkpoint_error", json_string(s->ckpt_error));
+    if (h && s->foreign[0])
+        json_object_set_new(h, "cannot_load", json_string(s->foreign));
+    return h;
 }
 
 void sepd_op_reply(sepd_t *d, sep_session_t *s, const char *op, json_t *extra)
@@ -272,15 +283,14 @@ static int op_admit(sepd_t *d, sep_session_t *s, const sep_msg_t *m, sep_sop_t k
                 "it over", s->name);
         sep_session_op_end(s);
     }
-    if (op->kind == SEP_SOP_NONE && s->ctl.kind == SEP_WAIT_NONE)
+    /* a checkpoint under way is no op: what comes next waits for it in sepd_step */
+    if (op->kind == SEP_SOP_NONE)
         goto take;
     if (op->kind == SEP_SOP_CLOSE) {
         sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_STATE, "session '%s' is closing",
                    s->name);
         return 0;
     }
-    if (op->kind == SEP_SOP_NONE) /* workers finishing an internal step */
-        return op_defer(d, s, m);
     if (kind == SEP_SOP_CLOSE) {
         if (op->kind == SEP_SOP_GENERATE || (!same && (op->kind == SEP_SOP_FEED ||
                                                        op->kind == SEP_SOP_FLUSH))) {
@@ -296,8 +306,6 @@ static int op_admit(sepd_t *d, sep_session_t *s, const sep_msg_t *m, sep_sop_t k
                same ? "this" : "another", sep_sop_name(op->kind));
     return 0;
 take:
-    if (s->ctl.kind != SEP_WAIT_NONE)
-        return op_defer(d, s, m);
     memset(op, 0, sizeof *op);
     op->kind = kind;
     memcpy(op->peer, m->peer, m->peer_len);
@@ -377,23 +385,32 @@ static void op_open(sepd_t *d, const sep_msg_t *m)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_LIMIT,
                           "%zu sessions are open (max_sessions)", d->n_sess);
     if (open_policy(m, &p) ||
-        sep_session_new(&s, name, ++d->next_sid, &p, sep_msg_str(m, "separators", "auto"),
-                        d->tok))
+        sep_session_new(&s, name, 0, &p, sep_msg_str(m, "separators", "auto"), d->tok))
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST, "open: %s",
                           sep_errmsg());
+    const char *archive = sep_msg_str(m, "archive", d->conf.archive);
+    if (!strcmp(archive, "off"))
+        s->archive = SEP_ARCHIVE_OFF;
+    else if (!strcmp(archive, "f32"))
+        s->archive = SEP_ARCHIVE_F32;
+    else if (!strcmp(archive, "bf16"))
+        s->archive = SEP_ARCHIVE_BF16;
+    else {
+        sep_session_destroy(&s);
+        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
+                          "open: archive '%s': expected off, f32 or bf16", sep_clip(archive, clip));
+    }
     if (sepd_add(d, s)) {
         sep_session_destroy(&s);
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_INTERNAL, "open: %s",
                           sep_errmsg());
     }
     op_admit(d, s, m, SEP_SOP_OPEN);
-    sep_log(SEP_LOG_INFO, "session '%s' opened: %s a=%d s=%d w=%d c=%d shift=%d seps=%s",
-            s->name, sep_method_name(p.method), p.a, p.s, p.w, p.c, p.shift, s->separators);
-    if (sepd_ctl_send(d, s, SEP_WAIT_OPEN, ~0ull)) {
-        sepd_op_error(d, s, SEP_ERR_INTERNAL, "open: %s", sep_errmsg());
-        sep_session_op_end(s);
-        s->state = SEP_SS_FAILED; /* close takes back what reached the workers */
-    }
+    sep_log(SEP_LOG_INFO, "session '%s' opened: %s a=%d s=%d w=%d c=%d shift=%d seps=%s "
+            "archive=%s", s->name, sep_method_name(p.method), p.a, p.s, p.w, p.c, p.shift,
+            s->separators, archive);
+    /* its record first: an open that returned survives a crash */
+    sepd_persist_create(d, s);
 }
 
 static void op_feed(sepd_t *d, const sep_msg_t *m)
@@ -542,10 +559,6 @@ static void op_resume(sepd_t *d, const sep_msg_t *m)
     sep_session_t *s = session_for(d, m);
     if (!s || !state_allows(d, s, m, SEP_SS_SUSPENDED) || !op_admit(d, s, m, SEP_SOP_RESUME))
         return;
-    if (sepd_ctl_send(d, s, SEP_WAIT_LOAD, ~0ull)) {
-        sepd_op_error(d, s, SEP_ERR_INTERNAL, "resume: %s", sep_errmsg());
-        sep_session_op_end(s);
-    }
     sepd_step(d, s);
 }
 

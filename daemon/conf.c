@@ -28,6 +28,22 @@ static int conf_int(int *dst, const char *key, const char *value, long lo, long 
     return rc;
 }
 
+static int conf_long(long *dst, const char *key, const char *value, long lo, long hi)
+{
+    return sep_parse_long(key, value, lo, hi, dst);
+}
+
+static int conf_bool(int *dst, const char *key, const char *v)
+{
+    if (!strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "1"))
+        *dst = 1;
+    else if (!strcmp(v, "no") || !strcmp(v, "false") || !strcmp(v, "0"))
+        *dst = 0;
+    else
+        return sep_fail(SEP_EINVAL, "%s: '%.64s' is not yes or no", key, v);
+    return SEP_OK;
+}
+
 int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
 {
     if (!strcmp(key, "socket")) return conf_str(&c->socket, v);
@@ -46,6 +62,18 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
     if (!strcmp(key, "max_sessions")) return conf_int(&c->max_sessions, key, v, 1, 1 << 20);
     if (!strcmp(key, "start_timeout")) return conf_int(&c->start_timeout, key, v, 1, 3600);
     if (!strcmp(key, "worker_timeout")) return conf_int(&c->worker_timeout, key, v, 1, 86400);
+    if (!strcmp(key, "checkpoint_tokens")) return conf_long(&c->checkpoint_tokens, key, v, 1, 1L << 40);
+    if (!strcmp(key, "checkpoint_bytes")) return conf_long(&c->checkpoint_bytes, key, v, 1, 1L << 40);
+    if (!strcmp(key, "checkpoint_seconds")) return conf_int(&c->checkpoint_seconds, key, v, 1, 86400);
+    if (!strcmp(key, "shutdown_timeout")) return conf_int(&c->shutdown_timeout, key, v, 0, 86400);
+    if (!strcmp(key, "store_map_mib")) return conf_long(&c->store_map_mib, key, v, 1, 1L << 30);
+    if (!strcmp(key, "store_max_mib")) return conf_long(&c->store_max_mib, key, v, 1, 1L << 30);
+    if (!strcmp(key, "store_sync")) return conf_bool(&c->store_sync, key, v);
+    if (!strcmp(key, "archive")) {
+        if (strcmp(v, "off") && strcmp(v, "f32") && strcmp(v, "bf16"))
+            return sep_fail(SEP_EINVAL, "archive: '%.64s': expected off, f32 or bf16", v);
+        return conf_str(&c->archive, v);
+    }
     return sep_fail(SEP_EINVAL, "unknown key '%.64s'", key);
 }
 
@@ -104,5 +132,6 @@ void sep_conf_free(sep_conf_t *c)
     free(c->mpirun);
     free(c->mpirun_args);
     free(c->log_level);
+    free(c->archive);
     memset(c, 0, sizeof *c);
 }

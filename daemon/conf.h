@@ -18,6 +18,15 @@ typedef struct {
     int max_sessions;
     int start_timeout;  /* seconds the workers have to start */
     int worker_timeout; /* seconds the workers may owe an answer before sepd gives up */
+    /* durability (persist.h) */
+    long checkpoint_tokens;  /* a checkpoint every so many tokens scored ... */
+    long checkpoint_bytes;   /* ... or bytes fed ... */
+    int checkpoint_seconds;  /* ... or seconds, whichever first */
+    int shutdown_timeout;    /* seconds SIGTERM gives the checkpoints of every session */
+    long store_map_mib;      /* the store's map at first */
+    long store_max_mib;      /* the most it may grow to */
+    int store_sync;          /* 1: a checkpoint is on disk when it is acknowledged */
+    char *archive;           /* a session's separator archive unless open says: off f32 bf16 */
     int foreground;
 } sep_conf_t;
 

@@ -18,6 +18,7 @@
  */
 #include "daemon.h"
 #include "err.h"
+#include "persist.h"
 #include "grow.h"
 #include "log.h"
 #include "util.h"
@@ -95,28 +96,20 @@ int sepd_ctl_send(sepd_t *d, sep_session_t *s, sep_wait_t kind, uint64_t ranks)
         : json_pack("{s:s, s:I}", "op", wait_op(kind), "sid", (json_int_t)s->sid);
     if (!h)
         return sep_fail(SEP_ENOMEM, "out of memory");
-    if (kind == SEP_WAIT_SAVE) {
-        sep_session_state_free(s);
-        s->saved = calloc((size_t)stages, sizeof *s->saved);
-        s->saved_len = calloc((size_t)stages, sizeof *s->saved_len);
-        if (!s->saved || !s->saved_len) {
-            json_decref(h);
-            sep_session_state_free(s);
-            return sep_fail(SEP_ENOMEM, "out of memory");
-        }
-        s->n_state = stages;
-    }
     s->ctl = (sep_ctl_t){ .kind = kind, .asked = ranks & all, .since = sep_now(),
                           .then = SEP_THEN_GONE };
+    sep_ckpt_t *ld = kind == SEP_WAIT_LOAD ? s->loaded : NULL;
     for (int r = 0; !rc && r < stages; r++) {
         if (!(s->ctl.asked >> r & 1))
             continue;
+        /* a loaded state passes to ZeroMQ as it is (it may be hundreds of MB) */
         sep_frame_t f[2] = { { s->sep_ids, s->n_sep_ids * sizeof(int32_t) },
-                             { kind == SEP_WAIT_LOAD ? s->saved[r] : NULL,
-                               kind == SEP_WAIT_LOAD ? s->saved_len[r] : 0 } };
+                             { ld ? ld->buf[r] : NULL, ld ? ld->state[r].len : 0 } };
         int n = kind == SEP_WAIT_OPEN ? 1 : kind == SEP_WAIT_LOAD ? 2 : 0;
-        rc = sep_msg_send(d->pool->sock, d->pool->stage[r].peer, d->pool->stage[r].peer_len,
-                          h, f, n);
+        rc = sep_msg_send_owned(d->pool->sock, d->pool->stage[r].peer,
+                                d->pool->stage[r].peer_len, h, f, n, ld ? 2u : 0u);
+        if (ld)
+            ld->buf[r] = NULL;
     }
     json_decref(h);
     if (rc) {
@@ -137,7 +130,7 @@ static int ctl_close(sepd_t *d, sep_session_t *s, uint64_t ranks, sep_then_t the
     return sepd_step(d, s);
 }
 
-void sepd_control_msg(sepd_t *d, const sep_msg_t *m, int rank)
+void sepd_control_msg(sepd_t *d, sep_msg_t *m, int rank)
 {
     sep_session_t *s = sepd_find_sid(d, (uint32_t)sep_msg_int(m, "sid", 0));
     int err = strcmp(m->op, SEP_OP_W_ERROR) == 0;
@@ -159,14 +152,12 @@ void sepd_control_msg(sepd_t *d, const sep_msg_t *m, int rank)
         sep_log(SEP_LOG_ERROR, "session '%s': stage %d: %s failed: %s", s->name, rank, of,
                 sep_msg_str(m, "error", "?"));
     } else if (s->ctl.kind == SEP_WAIT_SAVE) {
-        if (m->n_frames != 1 || !(s->saved[rank] = malloc(m->frames[0].len + 1))) {
+        if (sepd_ckpt_state(s, (sep_msg_t *)m, rank)) {
             s->ctl.failed |= bit;
-            snprintf(s->ctl.error, sizeof s->ctl.error, "stage %d: %s", rank,
-                     m->n_frames != 1 ? "w_save without its state frame"
-                                      : "no memory in sepd for the cache state");
+            if (!s->ctl.error[0])
+                snprintf(s->ctl.error, sizeof s->ctl.error, "stage %d: %s", rank,
+                         sep_errmsg());
         } else {
-            memcpy(s->saved[rank], m->frames[0].data, m->frames[0].len);
-            s->saved_len[rank] = m->frames[0].len;
             s->ctl.answered |= bit;
         }
     } else {
@@ -182,7 +173,7 @@ int sepd_op_finish(sepd_t *d, sep_session_t *s)
     json_t *next = s->op.next;
     uint8_t peer[256];
     size_t len = s->op.next_peer_len;
-    uint32_t sid = s->sid;
+    sep_session_t *self = s;
     memcpy(peer, s->op.next_peer, len);
     s->op.next = NULL;
     sep_session_op_end(s);
@@ -190,7 +181,10 @@ int sepd_op_finish(sepd_t *d, sep_session_t *s)
         sepd_redo(d, peer, len, next);
         json_decref(next);
     }
-    return sepd_find_sid(d, sid) == NULL;
+    for (size_t i = 0; i < d->n_sess; i++)
+        if (d->sess[i] == self)
+            return 0;
+    return 1;
 }
 
 /* The figure a reply adds when the text ended inside a character. */
@@ -199,27 +193,128 @@ static json_t *dropped_note(const sep_session_t *s)
     return s->op.dropped ? json_pack("{s:I}", "dropped_bytes", (json_int_t)s->op.dropped) : NULL;
 }
 
+/* Whether a checkpoint's cut is due now. */
+static int cut_due(const sep_session_t *s)
+{
+    return s->state == SEP_SS_ACTIVE && s->sent == 0 && !s->gen_inflight && !s->cut &&
+           s->sj == SEP_SJ_NONE &&
+           (s->ckpt_want || (s->op.kind == SEP_SOP_SUSPEND && !s->op.checkpointed));
+}
+
+/* Take a checkpoint's cut when one is due: w_save to every stage.
+ * Returns -1 when the op it was for ended (and 1 from its finish when s
+ * is gone), else 0. */
+static int ckpt_start(sepd_t *d, sep_session_t *s)
+{
+    if (s->ctl.kind != SEP_WAIT_NONE || !cut_due(s))
+        return 0;
+    uint32_t state = s->op.kind == SEP_SOP_SUSPEND ? SEP_STORE_SUSPENDED : SEP_STORE_ACTIVE;
+    s->ckpt_want = 0;
+    if (!sepd_ckpt_cut(d, s, state) && !sepd_ctl_send(d, s, SEP_WAIT_SAVE, ~0ull))
+        return 0;
+    snprintf(s->ckpt_error, sizeof s->ckpt_error, "%s", sep_errmsg());
+    sep_ckpt_free(&s->cut);
+    memset(&s->ctl, 0, sizeof s->ctl);
+    if (s->op.kind != SEP_SOP_SUSPEND)
+        return 0;
+    sepd_op_error(d, s, SEP_ERR_INTERNAL, "suspend: %s", s->ckpt_error);
+    return sepd_op_finish(d, s) ? 1 : -1;
+}
+
+/* The reply that waits for durability (feed_end, flush): once a
+ * checkpoint holds op.durable_at bytes, or one failed. 1: it is due. */
+static int durable_reply(sepd_t *d, sep_session_t *s, const char *op)
+{
+    if (s->committed_bytes < s->op.durable_at && !s->ckpt_error[0]) {
+        if (!s->cut && s->sj != SEP_SJ_WRITE) {
+            s->ckpt_want = 1;
+            ckpt_start(d, s); /* an op that fails here is not this one */
+        }
+        return 0;
+    }
+    json_t *x = dropped_note(s);
+    if (s->committed_bytes < s->op.durable_at) {
+        /* scored, not saved: say so (sepctl exits 1 naming it) */
+        if (!x)
+            x = json_object();
+        json_object_set_new(x, "checkpoint_error", json_string(s->ckpt_error));
+    }
+    sepd_op_reply(d, s, op, x);
+    return 1;
+}
+
 /* Acknowledge the feed pieces whose tokens are all scored (the last id
- * of a piece waits for its successor); answer feed_end once none is left. */
+ * of a piece waits for its successor); answer feed_end once none is left
+ * and a checkpoint holds the text. */
 static int feed_progress(sepd_t *d, sep_session_t *s)
 {
     sep_op_t *op = &s->op;
     int k = 0;
     while (k < op->n_pieces && s->tokens >= op->pieces[k].ids_end - 1)
         k++;
-    for (int i = 0; i < k; i++) {
-        s->bytes_committed = op->pieces[i].bytes_end;
+    for (int i = 0; i < k; i++)
         sepd_op_reply(d, s, SEP_OP_FEED, json_pack("{s:I}", "seq", (json_int_t)op->pieces[i].seq));
-    }
     memmove(op->pieces, op->pieces + k, (size_t)(op->n_pieces - k) * sizeof *op->pieces);
     op->n_pieces -= k;
-    if (op->n_pieces == 0 && (op->ending || op->next)) {
-        /* a request of the same client waited for the pieces: the feed ends */
-        if (op->ending == 1)
-            sepd_op_reply(d, s, SEP_OP_FEED_END, NULL);
-        return sepd_op_finish(d, s);
+    if (op->n_pieces)
+        return 0;
+    if (op->ending == 1) {
+        if (!op->durable_at)
+            op->durable_at = s->bytes_in;
+        return durable_reply(d, s, SEP_OP_FEED_END) ? sepd_op_finish(d, s) : 0;
     }
-    return 0;
+    /* a refused piece, or a request of the same client that waits: the feed ends */
+    return op->ending || op->next ? sepd_op_finish(d, s) : 0;
+}
+
+/* The session is gone: the reply of the op that ended it, then away. */
+static int session_gone(sepd_t *d, sep_session_t *s)
+{
+    sep_op_t *op = &s->op;
+    if (op->kind == SEP_SOP_CLOSE) {
+        json_t *x = dropped_note(s);
+        if (!x)
+            x = json_object();
+        json_object_set_new(x, "state", json_string("closed"));
+        sepd_op_reply(d, s, SEP_OP_CLOSE, x);
+    } else if (op->error[0]) {
+        sepd_op_error(d, s, SEP_ERR_INTERNAL, "%s", op->error);
+    }
+    if (op->next)
+        sepd_error(d, op->next_peer, op->next_peer_len,
+                   sep_msg_str(&(sep_msg_t){ .hdr = op->next }, "op", "error"),
+                   SEP_ERR_NOT_FOUND, "session '%s' was closed", s->name);
+    sepd_remove(d, s);
+    return 1;
+}
+
+/* The suspend is done: its checkpoint is written, the workers let go. */
+static int suspend_done(sepd_t *d, sep_session_t *s)
+{
+    s->state = SEP_SS_SUSPENDED;
+    if (s->op.kind == SEP_SOP_SUSPEND) {
+        sep_log(SEP_LOG_INFO, "session '%s' suspended (%lld bytes of cache state in the store)",
+                s->name, (long long)s->saved_bytes);
+        sepd_op_reply(d, s, SEP_OP_SUSPEND,
+                      json_pack("{s:I}", "state_bytes", (json_int_t)s->saved_bytes));
+    } else if (s->op.error[0]) {
+        sepd_op_error(d, s, SEP_ERR_INTERNAL, "%s", s->op.error);
+    }
+    return sepd_op_finish(d, s);
+}
+
+/* The caches are in the workers again (resume, or an active session
+ * brought back at start). */
+static int resume_done(sepd_t *d, sep_session_t *s)
+{
+    s->state = SEP_SS_ACTIVE;
+    sep_ckpt_free(&s->loaded);
+    sepd_persist_put(d, s, SEP_STORE_ACTIVE);
+    sep_log(SEP_LOG_INFO, "session '%s' %s at %lld tokens", s->name,
+            s->op.peer_len ? "resumed" : "back", (long long)s->tokens);
+    if (s->op.kind == SEP_SOP_RESUME)
+        sepd_op_reply(d, s, SEP_OP_RESUME, NULL);
+    return sepd_op_finish(d, s);
 }
 
 static int ctl_done(sepd_t *d, sep_session_t *s)
@@ -232,119 +327,184 @@ static int ctl_done(sepd_t *d, sep_session_t *s)
         return 0;
     case SEP_WAIT_OPEN:
         if (!c.failed) {
+            if (op->kind == SEP_SOP_RESUME)
+                return resume_done(d, s); /* a session without a snapshot: fresh caches */
             s->state = SEP_SS_ACTIVE;
             if (op->kind != SEP_SOP_OPEN)
                 return sepd_step(d, s);
             sepd_op_reply(d, s, SEP_OP_OPEN, NULL);
             return sepd_op_finish(d, s);
         }
+        if (op->kind == SEP_SOP_RESUME) {
+            snprintf(op->error, sizeof op->error, "resume: %s (the session stays suspended)",
+                     c.error);
+            return ctl_close(d, s, c.answered, SEP_THEN_SUSPENDED);
+        }
         /* the stages that opened it drop it again; then it is gone */
         snprintf(op->error, sizeof op->error, "open: %s", c.error);
         s->state = SEP_SS_FAILED;
         return ctl_close(d, s, c.answered, SEP_THEN_GONE);
     case SEP_WAIT_LOAD:
-        if (!c.failed) {
-            s->state = SEP_SS_ACTIVE;
-            sep_session_state_free(s);
-            sep_log(SEP_LOG_INFO, "session '%s' resumed", s->name);
-            sepd_op_reply(d, s, SEP_OP_RESUME, NULL);
-            return sepd_op_finish(d, s);
-        }
+        if (!c.failed)
+            return resume_done(d, s);
         /* the stages that loaded it drop it again: it stays suspended */
+        sep_ckpt_free(&s->loaded);
         snprintf(op->error, sizeof op->error, "resume: %s (the session stays suspended)",
                  c.error);
         return ctl_close(d, s, c.answered, SEP_THEN_SUSPENDED);
     case SEP_WAIT_SAVE:
         if (c.failed) {
-            /* nothing was dropped: the session runs on */
-            sep_session_state_free(s);
-            sepd_op_error(d, s, SEP_ERR_INTERNAL, "suspend: %s (the session stays active)",
-                          c.error);
+            /* nothing was dropped: the session runs on from its last checkpoint */
+            sep_ckpt_free(&s->cut);
+            snprintf(s->ckpt_error, sizeof s->ckpt_error, "%s", c.error);
+            sep_log(SEP_LOG_ERROR, "session '%s': checkpoint failed: %s", s->name, c.error);
+            if (op->kind == SEP_SOP_SUSPEND) {
+                sepd_op_error(d, s, SEP_ERR_INTERNAL, "suspend: %s (the session stays "
+                              "active)", c.error);
+                return sepd_op_finish(d, s);
+            }
+            return sepd_step(d, s);
+        }
+        sepd_ckpt_write(d, s);
+        return sepd_step(d, s);
+    case SEP_WAIT_CLOSE:
+        if (c.then == SEP_THEN_SUSPENDED) {
+            if (op->kind == SEP_SOP_SUSPEND)
+                return suspend_done(d, s);
+            s->state = SEP_SS_SUSPENDED; /* a resume undone */
+            if (op->error[0])
+                sepd_op_error(d, s, SEP_ERR_INTERNAL, "%s", op->error);
             return sepd_op_finish(d, s);
         }
-        return ctl_close(d, s, ~0ull, SEP_THEN_SUSPENDED);
-    case SEP_WAIT_CLOSE:
-        if (c.then == SEP_THEN_GONE) {
-            if (op->kind == SEP_SOP_CLOSE) {
-                json_t *x = dropped_note(s);
-                if (!x)
-                    x = json_object();
-                json_object_set_new(x, "state", json_string("closed"));
-                sepd_op_reply(d, s, SEP_OP_CLOSE, x);
-            } else if (op->error[0]) {
-                sepd_op_error(d, s, SEP_ERR_INTERNAL, "%s", op->error);
-            }
-            if (op->next)
-                sepd_error(d, op->next_peer, op->next_peer_len,
-                           sep_msg_str(&(sep_msg_t){ .hdr = op->next }, "op", "error"),
-                           SEP_ERR_NOT_FOUND, "session '%s' was closed", s->name);
-            sepd_remove(d, s);
-            return 1;
-        }
-        s->state = SEP_SS_SUSPENDED;
-        if (op->kind == SEP_SOP_SUSPEND) {
-            size_t bytes = 0;
-            for (int r = 0; r < s->n_state; r++)
-                bytes += s->saved_len[r];
-            sep_log(SEP_LOG_INFO, "session '%s' suspended (%zu bytes of cache state)",
-                    s->name, bytes);
-            sepd_op_reply(d, s, SEP_OP_SUSPEND,
-                          json_pack("{s:I}", "state_bytes", (json_int_t)bytes));
-        } else if (op->error[0]) {
-            sepd_op_error(d, s, SEP_ERR_INTERNAL, "%s", op->error);
-        }
-        return sepd_op_finish(d, s);
+        /* the workers let go: now the store */
+        sepd_persist_delete(d, s);
+        return 0;
     }
     return 0;
 }
 
+void sepd_store_answer(sepd_t *d, sep_session_t *s, sep_sj_t kind, int rc, const char *error,
+                       const sep_store_session_t *rec)
+{
+    sep_op_t *op = &s->op;
+    switch (kind) {
+    case SEP_SJ_NONE:
+        break;
+    case SEP_SJ_CREATE:
+        if (rc) {
+            sepd_op_error(d, s, SEP_ERR_INTERNAL, "open: the store: %s", error);
+            sepd_remove(d, s);
+            return;
+        }
+        s->committed_at = sep_now();
+        if (sepd_ctl_send(d, s, SEP_WAIT_OPEN, ~0ull))
+            sep_log(SEP_LOG_ERROR, "session '%s': w_open: %s", s->name, sep_errmsg());
+        break;
+    case SEP_SJ_WRITE:
+        if (rc) {
+            snprintf(s->ckpt_error, sizeof s->ckpt_error, "%s", error);
+            if (op->kind == SEP_SOP_SUSPEND) {
+                sepd_op_error(d, s, SEP_ERR_INTERNAL, "suspend: the checkpoint failed: %s (the "
+                              "session stays active, at its last checkpoint in the store)",
+                              error);
+                if (sepd_op_finish(d, s))
+                    return;
+            }
+            break;
+        }
+        s->ckpt_error[0] = '\0';
+        s->committed_bytes = s->bytes_committed = rec->bytes_in;
+        s->committed_tokens = rec->tokens;
+        s->committed_at = sep_now();
+        s->checkpoints = rec->checkpoints;
+        s->n_stages_saved = (int)rec->n_stages;
+        s->saved_bytes = 0;
+        for (uint32_t i = 0; i < rec->n_stages; i++)
+            s->saved_bytes += (int64_t)rec->state_len[i];
+        if (op->kind == SEP_SOP_SUSPEND && rec->state == SEP_STORE_SUSPENDED)
+            op->checkpointed = 1;
+        break;
+    case SEP_SJ_READ:
+        if (rc) {
+            sepd_op_error(d, s, SEP_ERR_INTERNAL, "resume: its snapshot: %s (the session "
+                          "stays suspended)", error);
+            sep_log(SEP_LOG_ERROR, "session '%s': its snapshot: %s", s->name, error);
+            snprintf(s->foreign, sizeof s->foreign, "its snapshot: %s", error);
+            if (sepd_op_finish(d, s))
+                return;
+            break;
+        }
+        if (sepd_ctl_send(d, s, s->n_stages_saved ? SEP_WAIT_LOAD : SEP_WAIT_OPEN, ~0ull))
+            sep_log(SEP_LOG_ERROR, "session '%s': w_load: %s", s->name, sep_errmsg());
+        break;
+    case SEP_SJ_DELETE:
+        if (rc) {
+            /* the record is still in the store: the session is not closed */
+            s->state = s->n_stages_saved || s->state != SEP_SS_FAILED ? SEP_SS_SUSPENDED
+                                                                      : SEP_SS_FAILED;
+            sepd_op_error(d, s, SEP_ERR_INTERNAL, "close: the store: %s (the session stays, "
+                          "suspended)", error);
+            if (sepd_op_finish(d, s))
+                return;
+            break;
+        }
+        session_gone(d, s);
+        return;
+    }
+    sepd_step(d, s);
+}
+
 int sepd_step(sepd_t *d, sep_session_t *s)
 {
-    if (s->ctl.kind != SEP_WAIT_NONE) {
-        if ((s->ctl.answered | s->ctl.failed) != s->ctl.asked)
-            return 0; /* still waiting */
+    if (s->ctl.kind != SEP_WAIT_NONE && (s->ctl.answered | s->ctl.failed) == s->ctl.asked)
         return ctl_done(d, s);
-    }
+    int rc = ckpt_start(d, s);
+    if (rc)
+        return rc > 0;
+    /* a checkpoint's w_save does not stop the session: the cut was when it went */
+    int waiting = s->ctl.kind != SEP_WAIT_NONE || (s->sj != SEP_SJ_NONE && s->sj != SEP_SJ_WRITE);
     sep_op_t *op = &s->op;
     switch (op->kind) {
     case SEP_SOP_NONE:
-        return op->next ? sepd_op_finish(d, s) : 0;
+        return op->next && !waiting ? sepd_op_finish(d, s) : 0;
     case SEP_SOP_OPEN:
+        return 0; /* its store job and control op are under way */
     case SEP_SOP_RESUME:
-        return 0; /* their control op is under way */
+        if (waiting || s->state != SEP_SS_SUSPENDED)
+            return 0;
+        if (s->foreign[0]) {
+            sepd_op_error(d, s, SEP_ERR_STATE, "resume: session '%s' cannot be resumed here: "
+                          "%s", s->name, s->foreign);
+            return sepd_op_finish(d, s);
+        }
+        sepd_persist_read(d, s);
+        return 0;
     case SEP_SOP_FEED:
         return feed_progress(d, s);
     case SEP_SOP_FLUSH:
         if (!sep_session_idle(s))
             return 0;
-        s->bytes_committed = s->bytes_tokenized;
-        sepd_op_reply(d, s, SEP_OP_FLUSH, dropped_note(s));
-        return sepd_op_finish(d, s);
+        if (!op->durable_at)
+            op->durable_at = s->bytes_in;
+        return durable_reply(d, s, SEP_OP_FLUSH) ? sepd_op_finish(d, s) : 0;
     case SEP_SOP_GENERATE:
         return sepd_gen_progress(d, s);
     case SEP_SOP_SUSPEND:
-        if (s->sent || s->gen_inflight)
-            return 0; /* the batches in flight first: the states are a cut */
-        if (sepd_ctl_send(d, s, SEP_WAIT_SAVE, ~0ull)) {
-            sepd_op_error(d, s, SEP_ERR_INTERNAL, "suspend: %s", sep_errmsg());
-            memset(&s->ctl, 0, sizeof s->ctl);
-            return sepd_op_finish(d, s);
-        }
-        return 0;
-    case SEP_SOP_CLOSE:
-        if (s->state == SEP_SS_SUSPENDED) {
-            /* its caches are here, not in the workers */
-            s->ctl.then = SEP_THEN_GONE;
-            s->ctl.kind = SEP_WAIT_CLOSE;
-            return sepd_step(d, s);
-        }
-        if (s->sent || s->gen_inflight)
+        if (waiting || !op->checkpointed)
             return 0;
+        return ctl_close(d, s, ~0ull, SEP_THEN_SUSPENDED);
+    case SEP_SOP_CLOSE:
+        if (waiting || s->sent || s->gen_inflight || s->sj == SEP_SJ_WRITE)
+            return 0;
+        if (s->state == SEP_SS_SUSPENDED ||
+            (s->state == SEP_SS_FAILED && !s->sid)) {
+            sepd_persist_delete(d, s); /* its caches are in the store, not the workers */
+            return 0;
+        }
         if (s->state == SEP_SS_FAILED)
             s->q_len = 0; /* nothing more runs */
         if (sep_session_runnable(s))
             return 0;
-        s->bytes_committed = s->bytes_tokenized;
         return ctl_close(d, s, ~0ull, SEP_THEN_GONE);
     }
     return 0;
@@ -356,8 +516,10 @@ void sepd_session_failed(sepd_t *d, sep_session_t *s, const char *why)
     s->state = SEP_SS_FAILED;
     s->sent = 0;
     s->gen_inflight = 0;
+    s->ckpt_want = 0;
     if (s->op.kind == SEP_SOP_CLOSE)
         return; /* close goes on: it is what a failed session waits for */
-    sepd_op_error(d, s, SEP_ERR_INTERNAL, "session '%s' failed in a worker: %s", s->name, why);
+    sepd_op_error(d, s, SEP_ERR_INTERNAL, "session '%s' failed in a worker: %s (its last "
+                  "checkpoint holds %lld tokens)", s->name, why, (long long)s->committed_tokens);
     sepd_op_finish(d, s);
 }

@@ -22,6 +22,7 @@
 #include "pool.h"
 #include "proto.h"
 #include "session.h"
+#include "store.h"
 #include "tokenizer.h"
 
 #define SEPD_FEED_LEASE 5.0      /* seconds a silent feeder keeps its session */
@@ -56,8 +57,13 @@ typedef struct {
     json_t *workers;          /* array by rank */
 } sepd_stats_t;
 
+struct sepd_storer;
+
 typedef struct sepd {
     sep_conf_t conf;
+    struct sepd_storer *storer;  /* the store thread (persist.c) */
+    int store_lock_fd;
+    uint8_t model_fp[32];     /* the model's fingerprint (fingerprint.h) */
     char run_dir[4096], lock_path[4200];
     int lock_fd, sig_fd;
     void *zctx, *clients;
@@ -66,7 +72,6 @@ typedef struct sepd {
     sep_tok_t *tok;
     sep_session_t **sess;     /* (n_sess) */
     size_t n_sess, cap_sess;
-    uint32_t next_sid;
     sepd_batch_t *flight;     /* (max_flight) FIFO of batches in flight */
     int n_flight, max_flight;
     int64_t next_seq;
@@ -84,6 +89,8 @@ typedef struct sepd {
     double started, rate_t0, rate;
     int64_t rate_tok0;
     int stop;                 /* 1: leave the loop */
+    int stopping;             /* SIGTERM: checkpointing every session, then stop */
+    double stop_by;           /* when stopping gives up waiting */
     int failed;               /* the workers died or hung: exit 1 */
 } sepd_t;
 
@@ -124,7 +131,11 @@ int sepd_op_finish(sepd_t *d, sep_session_t *s);
 /* Ask the stages in ranks for a control op about s. */
 int sepd_ctl_send(sepd_t *d, sep_session_t *s, sep_wait_t kind, uint64_t ranks);
 /* A worker's answer (or w_error) to a control op. */
-void sepd_control_msg(sepd_t *d, const sep_msg_t *m, int rank);
+void sepd_control_msg(sepd_t *d, sep_msg_t *m, int rank);
+/* The store thread's answer to s's job (persist.h); rec: the record a
+ * checkpoint wrote. */
+void sepd_store_answer(sepd_t *d, sep_session_t *s, sep_sj_t kind, int rc, const char *error,
+                       const sep_store_session_t *rec);
 /* s cannot go on (a failed batch): end its op with why; only close works. */
 void sepd_session_failed(sepd_t *d, sep_session_t *s, const char *why);
 /* Whether work is asked of the workers and not answered (the watchdog). */

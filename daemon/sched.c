@@ -20,8 +20,11 @@
  * and holds the rest of the queue for after). */
 static int sched_may_run(const sep_session_t *s)
 {
-    return s->state == SEP_SS_ACTIVE && s->ctl.kind == SEP_WAIT_NONE &&
-           s->op.kind != SEP_SOP_SUSPEND;
+    /* a checkpoint that is due waits for the batches in flight and holds
+     * the rest: its w_save is the cut; once it went, the session runs on */
+    return s->state == SEP_SS_ACTIVE && !s->ckpt_want &&
+           (s->ctl.kind == SEP_WAIT_NONE || s->ctl.kind == SEP_WAIT_SAVE) &&
+           (s->sj == SEP_SJ_NONE || s->sj == SEP_SJ_WRITE) && s->op.kind != SEP_SOP_SUSPEND;
 }
 
 /* Gather the runnable ids of the sessions into one batch and send it to

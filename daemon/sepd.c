@@ -16,6 +16,8 @@
  */
 #include "conf.h"
 #include "daemon.h"
+#include "persist.h"
+#include "storer.h"
 #include "err.h"
 #include "log.h"
 #include "paths.h"
@@ -110,16 +112,38 @@ static void sepd_farewell(sepd_t *d)
         usleep(10 * 1000);
 }
 
+/* SIGTERM: every active session is checkpointed first (shutdown_timeout
+ * at most), then the loop ends. 1 once nothing is left to wait for. */
+static int sepd_drained(sepd_t *d)
+{
+    int busy = 0;
+    for (size_t i = 0; i < d->n_sess; i++) {
+        sep_session_t *s = d->sess[i];
+        if (s->state != SEP_SS_ACTIVE)
+            continue;
+        if (s->committed_tokens != s->tokens || s->committed_bytes != s->bytes_in ||
+            s->cut || s->sj != SEP_SJ_NONE) {
+            if (!s->ckpt_want && !s->cut && s->sj == SEP_SJ_NONE && !s->ckpt_error[0]) {
+                s->ckpt_want = 1;
+                sepd_step(d, s);
+            }
+            busy += !s->ckpt_error[0] || s->cut || s->sj != SEP_SJ_NONE;
+        }
+    }
+    return !busy || sep_now() > d->stop_by;
+}
+
 static int sepd_loop(sepd_t *d)
 {
     char why[512];
     while (!d->stop) {
         size_t waiting = sepd_outbox_flush(d->out, sepd_gone_cb, d);
-        zmq_pollitem_t it[3] = { { .socket = d->clients, .events = ZMQ_POLLIN },
+        zmq_pollitem_t it[4] = { { .socket = d->clients, .events = ZMQ_POLLIN },
                                  { .socket = d->pool->sock, .events = ZMQ_POLLIN },
-                                 { .fd = d->sig_fd, .events = ZMQ_POLLIN } };
+                                 { .fd = d->sig_fd, .events = ZMQ_POLLIN },
+                                 { .fd = sepd_storer_fd(d->storer), .events = ZMQ_POLLIN } };
         /* replies that wait for a slow client are retried often */
-        if (zmq_poll(it, 3, waiting ? 10 : 200) < 0 && errno != EINTR)
+        if (zmq_poll(it, 4, waiting ? 10 : 200) < 0 && errno != EINTR)
             return sep_fail(SEP_EIO, "poll: %s", zmq_strerror(errno));
         /* worker results first: they free room for the next batch */
         for (int i = 0; i < 256 && (it[1].revents & ZMQ_POLLIN); i++) {
@@ -130,6 +154,8 @@ static int sepd_loop(sepd_t *d)
                 break;
             sepd_worker_msg(d);
         }
+        if (it[3].revents & ZMQ_POLLIN)
+            sepd_persist_finish(d);
         for (int i = 0; i < 256 && (it[0].revents & ZMQ_POLLIN); i++) {
             int ev = 0;
             size_t sz = sizeof ev;
@@ -141,15 +167,23 @@ static int sepd_loop(sepd_t *d)
         if (it[2].revents & ZMQ_POLLIN) {
             struct signalfd_siginfo si;
             while (read(d->sig_fd, &si, sizeof si) == (ssize_t)sizeof si)
-                if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-                    sep_log(SEP_LOG_INFO, "signal %u: shutting down", si.ssi_signo);
+                if ((si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) && !d->stopping) {
+                    sep_log(SEP_LOG_INFO, "signal %u: checkpointing every session, then "
+                            "shutting down", si.ssi_signo);
                     sepd_fail_all(d, SEP_ERR_UNAVAILABLE, "sepd is shutting down");
+                    d->stopping = 1;
+                    d->stop_by = sep_now() + d->conf.shutdown_timeout;
+                } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                    sep_log(SEP_LOG_WARN, "signal %u again: stopping now", si.ssi_signo);
                     d->stop = 1;
                 }
         }
+        if (d->stopping && sepd_drained(d))
+            d->stop = 1;
         if (!d->stop && sepd_workers_lost(d, why, sizeof why)) {
             char msg[700];
-            snprintf(msg, sizeof msg, "%s; sepd stops and the sessions' caches are lost", why);
+            snprintf(msg, sizeof msg, "%s; sepd stops (the sessions are back at their last "
+                     "checkpoint when it restarts)", why);
             sepd_fail_all(d, SEP_ERR_UNAVAILABLE, msg);
             sepd_farewell(d);
             return sep_fail(SEP_EIO, "%s", msg);
@@ -159,6 +193,8 @@ static int sepd_loop(sepd_t *d)
             sepd_farewell(d);
             return sep_fail(SEP_EIO, "the workers failed");
         }
+        if (!d->stopping)
+            sepd_checkpoint_due(d);
         sepd_schedule(d);
         sepd_heartbeats(d);
         sepd_rate(d);
@@ -243,6 +279,8 @@ static int sepd_defaults(sep_conf_t *c, const char *argv0)
     if (!c->model && (rc = sep_conf_set(c, "model", sep_default_model())))
         return rc;
     if (!c->mpirun && (rc = sep_conf_set(c, "mpirun", SEP_MPIRUN)))
+        return rc;
+    if (!c->archive && (rc = sep_conf_set(c, "archive", "f32")))
         return rc;
     if (!c->worker) {
         /* next to sepd when installed, workers/ beside daemon/ in a build */
@@ -378,6 +416,8 @@ static int sepd_start(sepd_t *d)
                            .start_timeout_s = d->conf.start_timeout };
     if ((rc = sep_pool_start(&d->pool, d->zctx, d->run_dir, &po)))
         return rc;
+    if (d->pool->stages > SEP_MAX_STAGES)
+        return sep_fail(SEP_EINVAL, "%d stages (at most %d)", d->pool->stages, SEP_MAX_STAGES);
     if (d->pool->vocab != sep_tok_vocab_size(d->tok))
         return sep_fail(SEP_EFORMAT, "%s: the tokenizer has %d ids, the model %d", d->conf.model,
                         sep_tok_vocab_size(d->tok), d->pool->vocab);
@@ -391,13 +431,17 @@ static int sepd_start(sepd_t *d)
     for (int i = 0; i < d->max_flight; i++)
         if (!(d->flight[i].ch = malloc((size_t)d->conf.max_batch * sizeof *d->flight[i].ch)))
             return sep_fail(SEP_ENOMEM, "out of memory");
-    if ((rc = sepd_bind(d)))
+    /* the sessions of the store come back before clients can reach them */
+    d->workers_heard = sep_now();
+    if ((rc = sepd_persist_open(d)) || (rc = sepd_bind(d)))
         return rc;
     return sepd_outbox_new(&d->out, d->clients, SEPD_OUTBOX_MAX);
 }
 
 static void sepd_cleanup(sepd_t *d)
 {
+    if (d->storer)
+        sepd_persist_close(d); /* what the store thread has is finished first */
     while (d->n_sess)
         sep_session_destroy(&d->sess[--d->n_sess]);
     free(d->sess);
@@ -431,8 +475,11 @@ static void sepd_cleanup(sepd_t *d)
 int main(int argc, char **argv)
 {
     sepd_t d = { .conf = { .stages = 1, .max_batch = 2048, .chunk = 512, .max_sessions = 1024,
-                           .start_timeout = 120, .worker_timeout = 300 },
-                 .lock_fd = -1, .sig_fd = -1 };
+                           .start_timeout = 120, .worker_timeout = 300,
+                           .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
+                           .checkpoint_seconds = 30, .shutdown_timeout = 30,
+                           .store_map_mib = 1024, .store_max_mib = 65536, .store_sync = 1 },
+                 .lock_fd = -1, .sig_fd = -1, .store_lock_fd = -1 };
     int urc = sepd_parse(argc, argv, &d.conf), ready_fd = -1, rc;
     if (urc) {
         sep_conf_free(&d.conf);

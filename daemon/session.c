@@ -67,17 +67,6 @@ fail:
     return rc;
 }
 
-void sep_session_state_free(sep_session_t *s)
-{
-    for (int i = 0; s->saved && i < s->n_state; i++)
-        free(s->saved[i]);
-    free(s->saved);
-    free(s->saved_len);
-    s->saved = NULL;
-    s->saved_len = NULL;
-    s->n_state = 0;
-}
-
 void sep_session_destroy(sep_session_t **self_p)
 {
     sep_session_t *s = *self_p;
@@ -85,7 +74,6 @@ void sep_session_destroy(sep_session_t **self_p)
         return;
     sep_session_op_end(s);
     sep_sepset_free(&s->seps);
-    sep_session_state_free(s);
     free(s->separators);
     free(s->sep_ids);
     free(s->held);

@@ -58,6 +58,15 @@ typedef enum {
     SEP_WAIT_CLOSE,
 } sep_wait_t;
 
+/* What the session waits for from the store thread (persist.c). */
+typedef enum {
+    SEP_SJ_NONE = 0,
+    SEP_SJ_CREATE,      /* a sid and the empty session's record */
+    SEP_SJ_WRITE,       /* a checkpoint: record and states of a cut */
+    SEP_SJ_READ,        /* the states of the last checkpoint, for w_load */
+    SEP_SJ_DELETE,      /* record, snapshot and archive: the session is closed */
+} sep_sj_t;
+
 /* After a w_close: what the session becomes. */
 typedef enum {
     SEP_THEN_GONE = 0,  /* removed (close, or an open that failed) */
@@ -91,6 +100,9 @@ typedef struct {
     int64_t dropped;              /* bytes dropped at the text's end */
     /* an error for the client once the workers have undone the op's half */
     char error[512];
+    /* feed_end, flush: the reply waits until a checkpoint holds this many bytes */
+    int64_t durable_at;
+    int checkpointed;             /* suspend: its checkpoint is written */
     /* a request of the same client that waits for this op to end */
     json_t *next;
     uint8_t next_peer[256];
@@ -137,10 +149,21 @@ typedef struct {
     float temperature, top_p;
     int gen_inflight;             /* a generation step is in a batch (its token is
                                      the stream's even if nobody waits for it) */
-    /* suspended caches, one per stage */
-    uint8_t **saved;              /* (n_state) */
-    size_t *saved_len;
-    int n_state;
+    /* durability (persist.c) */
+    uint32_t archive;             /* SEP_ARCHIVE_* of store.h */
+    sep_sj_t sj;                  /* the store job under way */
+    int ckpt_want;                /* a checkpoint is due: batches wait for its cut */
+    struct sep_ckpt *cut;         /* the checkpoint being taken: its record and the
+                                     stages' states as they arrive */
+    struct sep_ckpt *loaded;      /* resume: the states read back, until w_load goes */
+    int64_t committed_bytes;      /* bytes_in at the last durable checkpoint */
+    int64_t committed_tokens;     /* tokens then */
+    double committed_at;          /* when it was taken (monotonic); 0: never */
+    int64_t checkpoints;          /* checkpoints written over the session's life */
+    int n_stages_saved;           /* stages in the store's snapshot (0: none) */
+    int64_t saved_bytes;          /* bytes of its cache states there */
+    char ckpt_error[512];         /* the last checkpoint that failed, "" if none */
+    char foreign[300];            /* why this sepd cannot load its snapshot, "" if it can */
 } sep_session_t;
 
 /* A session named name (checked with sep_name_ok) under policy numbers p
@@ -177,7 +200,5 @@ int sep_session_scored(sep_session_t *s, size_t k, const float *nll, const int32
 /* End the op: forget its client, what is owed to it, a waiting request. */
 void sep_session_op_end(sep_session_t *s);
 
-/* Free the suspended state. */
-void sep_session_state_free(sep_session_t *s);
 
 #endif

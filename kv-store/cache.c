@@ -362,6 +362,14 @@ int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len)
     return SEP_OK;
 }
 
+int sep_cache_state_seen(const uint8_t *buf, size_t len, int64_t *n_seen)
+{
+    if (len < STATE_HEADER || memcmp(buf, STATE_MAGIC, 4) != 0)
+        return sep_fail(SEP_EFORMAT, "cache state: %zu bytes without its header", len);
+    memcpy(n_seen, buf + 4 + H_COUNT * 4, sizeof *n_seen);
+    return SEP_OK;
+}
+
 int sep_cache_restore(sep_cache_t *c, const uint8_t *buf, size_t len)
 {
     /* everything is checked before c is touched, so a failure leaves it as it was */

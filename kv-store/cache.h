@@ -131,6 +131,10 @@ void sep_cache_commit(sep_cache_t *c, const sep_plan_t *plan);
  * malloc'ed buffer *buf of *len bytes (the caller frees it). */
 int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len);
 
+/* The n_seen of a state written by sep_cache_save (its header alone is
+ * read); SEP_EFORMAT when buf is not such a state. */
+int sep_cache_state_seen(const uint8_t *buf, size_t len, int64_t *n_seen);
+
 /* Restore a state written by sep_cache_save into c, which must have been
  * made with the same policy numbers (method, a, s, w, c, shift), n_layers
  * and kv_dim. A state that does not fit c, or is truncated, oversized or

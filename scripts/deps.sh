@@ -3,7 +3,7 @@
 # Runs apt-get directly as root, through sudo otherwise.
 set -eu
 pkgs="build-essential autoconf automake pkg-config gawk
-  libopenblas-dev libpcre2-dev libjansson-dev libzmq3-dev liblmdb-dev
+  libopenblas-dev libpcre2-dev libjansson-dev libzmq3-dev liblmdb-dev libsodium-dev
   libopenmpi-dev openmpi-bin libcmocka-dev libunistring-dev"
 sudo=
 [ "$(id -u)" -eq 0 ] || sudo=sudo

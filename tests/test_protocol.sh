@@ -296,17 +296,19 @@ mpirun_args = --allow-run-as-root --oversubscribe -x SEPD_WORKER_FAULT
 EOF
 SEPD_WORKER_FAULT=w_load@1
 export SEPD_WORKER_FAULT
+rm -rf "$tmp/store" # one-stage sessions would not fit
 ok "two stages start" 'start_daemon --config "$tmp/two.conf"'
 unset SEPD_WORKER_FAULT
 "$SEPCTL" eval --threads 1 --nll-out "$tmp/r.eval" <"$tmp/short.txt" >/dev/null 2>&1
 "$SEPCTL" open r >/dev/null
 head -c 3000 "$tmp/short.txt" | "$SEPCTL" feed r --nll-out "$tmp/r.a" >/dev/null
 "$SEPCTL" suspend r >/dev/null
+worker_sessions() { "$SEPCTL" stats --json | grep -o '"sessions": *[0-9]*' | sed -n '2p;3p' | tr -d ' \n'; }
+before=$(worker_sessions)
 run "$SEPCTL" resume r
 ok "a w_load that fails on stage 1: resume fails, naming it" \
     'test $rc = 1 && grep -q "stage 1" "$tmp/err" && grep -q "stays suspended" "$tmp/err"'
-run "$SEPCTL" stats --json
-ok "no stage keeps the cache" 'test "$(grep -o "\"sessions\": *[0-9]*" "$tmp/out" | sed -n "2p;3p" | grep -c ": *0")" = 2'
+ok "no stage keeps the cache" 'test -n "$before" && test "$(worker_sessions)" = "$before"'
 run "$SEPCTL" resume r
 ok "the next resume works" 'test $rc = 0'
 tail -c +3001 "$tmp/short.txt" | "$SEPCTL" feed r --nll-out "$tmp/r.b" >/dev/null

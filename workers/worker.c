@@ -166,9 +166,13 @@ static int worker_save(worker_t *w, const sep_msg_t *m)
     int rc = sep_cache_save(s->cache, &buf, &len);
     if (rc)
         return rc;
+    /* hundreds of MB for a large model: the buffer goes to ZeroMQ as it is */
     sep_frame_t f = { buf, len };
-    rc = worker_reply(w, json_pack("{s:s, s:I}", "op", m->op, "sid", (json_int_t)s->sid), &f, 1);
-    free(buf);
+    json_t *h = json_pack("{s:s, s:I, s:i}", "op", m->op, "sid", (json_int_t)s->sid, "rank",
+                          w->rank);
+    rc = h ? sep_msg_send_owned(w->sock, NULL, 0, h, &f, 1, 1u)
+           : (free(buf), sep_fail(SEP_ENOMEM, "w_save: out of memory"));
+    json_decref(h);
     if (!rc && json_is_true(json_object_get(m->hdr, "drop")))
         worker_drop(w, s);
     return rc;
