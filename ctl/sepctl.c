@@ -34,8 +34,8 @@ static const char *usage_text =
     "commands:\n"
     "  tokenize [--model DIR]        encode stdin, print the ids on one line\n"
     "  eval [--model DIR] [cache options] [--max-tokens N] [--ids FILE]\n"
-    "       [--nll-out FILE] [--kv-out FILE] [--json] [--threads T] [--chunk K]\n"
-    "       [--per-token] [--device cpu|cuda|auto] [--precision fp32|bf16]\n"
+    "       [--nll-out FILE] [--kv-out FILE] [--seps-out FILE] [--json] [--threads T]\n"
+    "       [--chunk K] [--per-token] [--device cpu|cuda|auto] [--precision fp32|bf16]\n"
     "                                score a text (stdin, or ids from FILE)\n"
     "  separators [--model DIR] [--separators X]\n"
     "                                print the separator ids, ascending\n"
@@ -206,7 +206,8 @@ int ctl_int_opt(const char *name, const char *arg, long lo, long hi, long *out)
 }
 
 typedef struct {
-    const char *model, *ids_path, *nll_out, *kv_out, *separators, *device, *precision;
+    const char *model, *ids_path, *nll_out, *kv_out, *seps_out, *separators, *device,
+        *precision;
     long max_tokens, threads, chunk;
     int json;
     sep_policy_t policy;
@@ -260,7 +261,7 @@ static int eval_parse(int argc, char **argv, eval_opts_t *o)
         { "threads", required_argument, 0, 't' }, { "chunk", required_argument, 0, 'c' },
         { "per-token", no_argument, 0, 'p' }, { "kv-out", required_argument, 0, 'k' },
         { "device", required_argument, 0, 'd' }, { "precision", required_argument, 0, 'P' },
-        { 0, 0, 0, 0 } };
+        { "seps-out", required_argument, 0, 'e' }, { 0, 0, 0, 0 } };
     int c, window_given = 0, r;
     *o = (eval_opts_t){ .max_tokens = -1, .threads = 0, .chunk = 512,
                         .policy = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64, .w = 256,
@@ -275,6 +276,7 @@ static int eval_parse(int argc, char **argv, eval_opts_t *o)
         case 'i': o->ids_path = optarg; break;
         case 'o': o->nll_out = optarg; break;
         case 'k': o->kv_out = optarg; break;
+        case 'e': o->seps_out = optarg; break;
         case 'd': o->device = optarg; break;
         case 'P': o->precision = optarg; break;
         case 'j': o->json = 1; break;
@@ -402,10 +404,57 @@ static int eval_close_out(const char *path, FILE **f)
     return bad ? sep_fail(SEP_EIO, "%s: %s", path, strerror(errno)) : SEP_OK;
 }
 
+/* sep_stream_feed for --seps-out: the same chunks of the stream (every id
+ * but the last runs, the next id its target) with the same counters, each
+ * chunk archiving; the separators its compactions evict go to sf as lines
+ * "POSITION ID", in stream order. */
+static int eval_feed_archive(sep_model_t *m, sep_stream_t *s, const int32_t *ids, size_t n,
+                             float *nll, int32_t *kv, size_t *n_scored, FILE *sf)
+{
+    *n_scored = 0;
+    size_t held = s->has_pending ? 1 : 0, total = held + n, done = 0;
+    if (n == 0)
+        return SEP_OK;
+    int32_t *seq = malloc(total * sizeof *seq);
+    if (!seq)
+        return sep_fail(SEP_ENOMEM, "eval: out of memory for %zu ids", n);
+    if (held)
+        seq[0] = s->pending;
+    memcpy(seq + held, ids, n * sizeof *ids);
+    int rc = SEP_OK;
+    for (int k; done + 1 < total; done += (size_t)k) {
+        size_t left = total - 1 - done;
+        k = left < (size_t)m->run.max_tokens ? (int)left : m->run.max_tokens;
+        sep_chunk_t ch = { .cache = s->cache, .ids = seq + done, .n = k,
+                           .targets = seq + done + 1, .nll = nll + done, .kv = kv + done,
+                           .archive = 1 };
+        if ((rc = sep_model_forward(m, &ch, 1)))
+            break;
+        const sep_evicted_t *ev = sep_model_evicted(m);
+        for (int e = 0; e < ev->n; e++)
+            fprintf(sf, "%lld %d\n", (long long)ev->pos[e], ev->id[e]);
+        /* the counters as the stream keeps them, in the same order */
+        for (int i = 0; i < k; i++) {
+            s->nll_sum += nll[done + i];
+            s->kv_sum += kv[done + i];
+            s->kv_max = kv[done + i] > s->kv_max ? kv[done + i] : s->kv_max;
+        }
+        s->tokens += k;
+    }
+    /* as sep_stream_feed: what ran stays run, the next id waits */
+    if (!rc || done > 0) {
+        s->pending = seq[rc ? done : total - 1];
+        s->has_pending = 1;
+    }
+    *n_scored = done;
+    free(seq);
+    return rc;
+}
+
 /* Score ids in pieces as the source yields them, writing each piece's
- * NLLs and cache sizes as it goes. */
+ * NLLs, cache sizes and (sf) evicted separators as it goes. */
 static int eval_run(const eval_opts_t *o, eval_src_t *src, sep_model_t *m, sep_stream_t *s,
-                    FILE *nf, FILE *kf)
+                    FILE *nf, FILE *kf, FILE *sf)
 {
     size_t limit = o->max_tokens >= 0 ? (size_t)o->max_tokens + 1 : SIZE_MAX, total = 0;
     size_t cap = 0;
@@ -432,7 +481,9 @@ static int eval_run(const eval_opts_t *o, eval_src_t *src, sep_model_t *m, sep_s
             }
             cap = n;
         }
-        if ((rc = sep_stream_feed(m, s, ids, n, nll, kv, &scored)))
+        rc = sf ? eval_feed_archive(m, s, ids, n, nll, kv, &scored, sf)
+                : sep_stream_feed(m, s, ids, n, nll, kv, &scored);
+        if (rc)
             break;
         for (size_t i = 0; nf && i < scored; i++)
             fprintf(nf, "%.9g\n", nll[i]); /* 9 digits: the float exactly */
@@ -460,7 +511,7 @@ static int cmd_eval(int argc, char **argv)
     sep_tok_t *tok = NULL;
     sep_sepset_t seps = { 0 };
     eval_src_t src = { 0 };
-    FILE *nf = NULL, *kf = NULL;
+    FILE *nf = NULL, *kf = NULL, *sf = NULL;
     int rc;
     if ((rc = ctl_tok_load(model_dir, &tok)) || (rc = eval_src_open(&src, &o, tok)) ||
         (rc = sep_sepset_build(&seps, tok, o.separators)))
@@ -470,11 +521,12 @@ static int cmd_eval(int argc, char **argv)
     if ((rc = sep_backend_new(&be, o.device, o.precision, (int)o.threads)) ||
         (rc = sep_model_load(&m, model_dir, be, (int)o.chunk)) ||
         (rc = sep_stream_new(&s, m, &o.policy)) ||
-        (rc = eval_open_out(o.nll_out, &nf)) || (rc = eval_open_out(o.kv_out, &kf)))
+        (rc = eval_open_out(o.nll_out, &nf)) || (rc = eval_open_out(o.kv_out, &kf)) ||
+        (rc = eval_open_out(o.seps_out, &sf)))
         goto fail;
     double t0 = sep_now();
-    if ((rc = eval_run(&o, &src, m, s, nf, kf)) || (rc = eval_close_out(o.nll_out, &nf)) ||
-        (rc = eval_close_out(o.kv_out, &kf)))
+    if ((rc = eval_run(&o, &src, m, s, nf, kf, sf)) || (rc = eval_close_out(o.nll_out, &nf)) ||
+        (rc = eval_close_out(o.kv_out, &kf)) || (rc = eval_close_out(o.seps_out, &sf)))
         goto fail;
     double secs = sep_now() - t0;
     if (src.dropped)
@@ -498,6 +550,8 @@ fail:
         fclose(nf);
     if (kf)
         fclose(kf);
+    if (sf)
+        fclose(sf);
     eval_src_close(&src);
     sep_stream_destroy(&s);
     sep_model_destroy(&m);

@@ -169,35 +169,72 @@ static int plan_grow(void **buf, int *cap, int n, size_t sz)
     return SEP_OK;
 }
 
-/* The compaction of m entries (ids), by the policy: the kept indices into
- * keep, their count returned; *n_sep updated (sepllm). */
-static int plan_keep(const sep_policy_t *po, const int32_t *ids, int m, int *n_sep,
-                     int32_t *keep)
+/* Grow arrays that share the capacity *cap to n elements each: all grow
+ * from the same old capacity, so to the same new one. */
+static int plan_grow_shared(int *cap, int n, int n_bufs, void **bufs[], const size_t sz[])
 {
+    int nc = *cap;
+    for (int b = 0; b < n_bufs; b++) {
+        nc = *cap;
+        int rc = plan_grow(bufs[b], &nc, n, sz[b]);
+        if (rc)
+            return rc;
+    }
+    *cap = nc;
+    return SEP_OK;
+}
+
+/* The compaction of the plan's m entries by the policy: the kept indices
+ * into keep, their count in *nk; *n_sep updated and the separators it
+ * evicts appended to the plan's evict arrays (sepllm). */
+static int plan_keep(const sep_policy_t *po, sep_plan_t *p, int m, int *n_sep, int32_t *keep,
+                     int *nk)
+{
+    const int32_t *ids = p->ids;
     int k = 0;
     for (int i = 0; i < po->a; i++)
         keep[k++] = i;
     if (po->method == SEP_METHOD_STREAMING) {
         for (int i = m - (po->c - po->a); i < m; i++)
             keep[k++] = i;
-        return k;
+        *nk = k;
+        return SEP_OK;
     }
     /* sepllm: the separator region, then the separators of the past
      * window, the newest s of them */
     int win = m - po->w, total = *n_sep;
     for (int i = po->a + *n_sep; i < win; i++)
         total += ids[i] >= 0 && ids[i] < po->n_vocab && po->is_sep[ids[i]];
-    int skip = total > po->s ? total - po->s : 0, seen = 0;
+    int skip = total > po->s ? total - po->s : 0, seen = 0, e = p->n_evict;
+    /* the oldest skip separators go: exactly skip of them, room first */
+    if (skip) {
+        void **bufs[] = { (void **)&p->evict_idx, (void **)&p->evict_id,
+                          (void **)&p->evict_pos };
+        const size_t sz[] = { sizeof *p->evict_idx, sizeof *p->evict_id,
+                              sizeof *p->evict_pos };
+        int rc = plan_grow_shared(&p->evict_cap, e + skip, 3, bufs, sz);
+        if (rc)
+            return rc;
+    }
     for (int i = po->a; i < win; i++) {
         int is = i < po->a + *n_sep ||
                  (ids[i] >= 0 && ids[i] < po->n_vocab && po->is_sep[ids[i]]);
-        if (is && seen++ >= skip)
+        if (!is)
+            continue;
+        if (seen++ >= skip) {
             keep[k++] = i;
+        } else {
+            p->evict_idx[e] = i;
+            p->evict_id[e] = ids[i];
+            p->evict_pos[e++] = p->pos[i];
+        }
     }
+    p->n_evict = e;
     *n_sep = total - skip;
     for (int i = win; i < m; i++)
         keep[k++] = i;
-    return k;
+    *nk = k;
+    return SEP_OK;
 }
 
 int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *p)
@@ -211,20 +248,17 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
     if ((rc = plan_grow((void **)&p->rope_pos, &p->tok_cap, n, sizeof *p->rope_pos)) ||
         (rc = plan_grow((void **)&p->seg, &p->seg_cap, evict ? n : 1, sizeof *p->seg)))
         return rc;
-    /* ids and pos share meta_cap: grow both before recording it */
-    int cap = p->meta_cap;
-    if ((rc = plan_grow((void **)&p->ids, &cap, meta, sizeof *p->ids)))
+    void **meta_bufs[] = { (void **)&p->ids, (void **)&p->pos };
+    const size_t meta_sz[] = { sizeof *p->ids, sizeof *p->pos };
+    if ((rc = plan_grow_shared(&p->meta_cap, meta, 2, meta_bufs, meta_sz)))
         return rc;
-    cap = p->meta_cap;
-    if ((rc = plan_grow((void **)&p->pos, &cap, meta, sizeof *p->pos)))
-        return rc;
-    p->meta_cap = cap;
     memcpy(p->ids, c->ids, (size_t)c->n * sizeof *p->ids);
     memcpy(p->pos, c->pos, (size_t)c->n * sizeof *p->pos);
 
     int m = c->n, n_sep = c->n_sep, used_keep = 0;
     p->n_tokens = n;
     p->n_seg = 0;
+    p->n_evict = 0;
     p->max_entries = m;
     for (int t = 0; t < n;) {
         int k = n - t;
@@ -250,7 +284,11 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
                             sizeof *p->keep_buf)))
             return rc;
         int32_t *keep = p->keep_buf + used_keep;
-        int nk = plan_keep(po, p->ids, m, &n_sep, keep);
+        int nk;
+        sg->evict_at = p->n_evict;
+        if ((rc = plan_keep(po, p, m, &n_sep, keep, &nk)))
+            return rc;
+        sg->n_evict = p->n_evict - sg->evict_at;
         int moved = 0;
         while (moved < nk && keep[moved] == moved)
             moved++;
@@ -278,6 +316,9 @@ void sep_plan_free(sep_plan_t *p)
     free(p->ids);
     free(p->pos);
     free(p->keep_buf);
+    free(p->evict_idx);
+    free(p->evict_id);
+    free(p->evict_pos);
     memset(p, 0, sizeof *p);
 }
 

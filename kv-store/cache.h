@@ -15,7 +15,9 @@
  * chunk of ids as segments: tokens between two compactions, each followed
  * by the compaction that ends it. The model runs a segment's queries
  * against the cache as it is, appends the segment's K/V, then applies the
- * compaction; every result equals the one-token-per-step loop.
+ * compaction; every result equals the one-token-per-step loop. The plan
+ * also lists the separators each compaction evicts, whose rows the model
+ * copies out for the separator archive before the compaction moves them.
  *
  * All of a cache's state is in the fields below (plain arrays and
  * counters), so it can be written out and read back exactly.
@@ -78,6 +80,9 @@ typedef struct {
     const int32_t *keep; /* (n_keep) ascending indices of the kept entries */
     int first_moved;     /* first kept slot whose entry moved (n_keep: none) */
     int keep_at;         /* offset of keep in the plan's keep_buf */
+    int n_evict;         /* separators the compaction evicts (sepllm: those beyond
+                            the newest s) */
+    int evict_at;        /* offset of them in the plan's evict_idx, _id and _pos */
 } sep_segment_t;
 
 /* The plan of one chunk, and the cache's metadata after it. */
@@ -90,9 +95,17 @@ typedef struct {
     int n, n_sep;         /* after the chunk */
     int32_t *ids;         /* (n) ids of the entries after the chunk */
     int64_t *pos;         /* (n) their stream positions */
+    /* The separators the chunk's compactions evict, segment after segment
+     * (so in stream order); only sepllm evicts any. The arrays stay
+     * unallocated while nothing is evicted. */
+    int n_evict;
+    int32_t *evict_idx;   /* (n_evict) entry index before its compaction, the row
+                             to read it from then */
+    int32_t *evict_id;    /* (n_evict) token id */
+    int64_t *evict_pos;   /* (n_evict) stream position, ascending */
     /* storage */
     int32_t *keep_buf;
-    int seg_cap, keep_cap, meta_cap, tok_cap;
+    int seg_cap, keep_cap, meta_cap, tok_cap, evict_cap;
 } sep_plan_t;
 
 int sep_cache_new(sep_cache_t **out, sep_backend_t *be, int n_layers, int kv_dim,

@@ -23,11 +23,19 @@ typedef struct {
     int64_t pos[4096];
     int n, sep_ex;
     int64_t t;
+    /* the separators evicted: by the last step (their indices before it
+     * compacted) and over the whole stream (ids and positions, in order) */
+    int32_t step_ev[4096];
+    int step_n_ev;
+    int32_t ev_id[4096];
+    int64_t ev_pos[4096];
+    int n_ev;
 } ref_t;
 
 /* Append token id, return the cache size after it, then evict. */
 static int ref_step(ref_t *r, const sep_policy_t *p, int32_t id, int64_t *rope_pos)
 {
+    r->step_n_ev = 0;
     *rope_pos = p->shift ? r->n : r->t;
     r->ids[r->n] = id;
     r->pos[r->n++] = r->t++;
@@ -51,6 +59,13 @@ static int ref_step(ref_t *r, const sep_policy_t *p, int32_t id, int64_t *rope_p
             if (p->is_sep[r->ids[i]])
                 sep[ns++] = i;
         int skip = ns > p->s ? ns - p->s : 0;
+        /* the oldest separators beyond s are dropped for good */
+        for (int i = 0; i < skip; i++) {
+            assert_true(r->n_ev < 4096);
+            r->step_ev[r->step_n_ev++] = sep[i];
+            r->ev_id[r->n_ev] = r->ids[sep[i]];
+            r->ev_pos[r->n_ev++] = r->pos[sep[i]];
+        }
         for (int i = skip; i < ns; i++)
             keep[k++] = sep[i];
         r->sep_ex = p->a + (ns - skip);
@@ -67,8 +82,6 @@ static int ref_step(ref_t *r, const sep_policy_t *p, int32_t id, int64_t *rope_p
 
 static uint8_t is_sep[VOCAB];
 
-/* Plan a stream of n random ids in chunks of `chunk` against the
- * reference; check rope positions, sizes and the metadata after each. */
 /* k pseudo-random ids below VOCAB from the generator state *seed */
 static void rand_ids(int32_t *ids, int k, unsigned *seed)
 {
@@ -78,15 +91,41 @@ static void rand_ids(int32_t *ids, int k, unsigned *seed)
     }
 }
 
-static void check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
+/* The separators segment sg of plan evicts: what the reference's step
+ * that ended it evicted, each a separator from between the initial region
+ * and the window, in order. */
+static void check_evicted(const sep_policy_t *p, const sep_plan_t *plan, const sep_segment_t *sg,
+                          const ref_t *ref)
+{
+    int m = sg->n_past + sg->len; /* entries before the compaction */
+    assert_int_equal(sg->n_evict, ref->step_n_ev);
+    assert_true(sg->evict_at >= 0 && sg->evict_at + sg->n_evict <= plan->n_evict);
+    for (int e = 0; e < sg->n_evict; e++) {
+        int at = sg->evict_at + e, idx = plan->evict_idx[at];
+        assert_int_equal(idx, ref->step_ev[e]);
+        assert_true(idx >= p->a && idx < m - p->w);
+        assert_true(p->is_sep[plan->evict_id[at]]);
+        if (e)
+            assert_true(idx > plan->evict_idx[at - 1]);
+    }
+}
+
+/* Plan a stream of n random ids in chunks of `chunk` against the
+ * reference; check rope positions, sizes, the separators evicted and the
+ * metadata after each; return how many separators the stream evicted. */
+static int check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
 {
     sep_cache_t *c;
     sep_backend_t *be;
     assert_int_equal(sep_backend_cpu_new(&be, 1), 0);
     assert_int_equal(sep_cache_new(&c, be, 1, 1, &p), 0);
     ref_t *ref = calloc(1, sizeof *ref);
+    assert_non_null(ref);
     sep_plan_t plan = { 0 };
-    int32_t ids[600];
+    int32_t ids[600], *got_id = malloc(sizeof *got_id * n);
+    int64_t *got_pos = malloc(sizeof *got_pos * n);
+    int n_got = 0;
+    assert_true(got_id && got_pos);
     for (int done = 0; done < n; done += chunk) {
         int k = n - done < chunk ? n - done : chunk;
         rand_ids(ids, k, &seed);
@@ -110,6 +149,9 @@ static void check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
                         assert_int_equal(sg->keep[j], j);
                     if (sg->first_moved < sg->n_keep)
                         assert_true(sg->keep[sg->first_moved] != sg->first_moved);
+                    check_evicted(&p, &plan, sg, ref);
+                } else if (i == sg->len - 1) {
+                    assert_int_equal(sg->n_evict, 0);
                 }
             }
             covered += sg->len;
@@ -117,6 +159,13 @@ static void check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
         assert_int_equal(covered, k);
         assert_int_equal(plan.n, ref->n);
         assert_true(plan.max_entries <= (p.method == SEP_METHOD_FULL ? done + k : p.c + 1));
+        /* nothing evicted yet: the evict arrays were never allocated */
+        if (ref->n_ev == 0)
+            assert_int_equal(plan.evict_cap, 0);
+        assert_true(n_got + plan.n_evict <= ref->n_ev);
+        memcpy(got_id + n_got, plan.evict_id, sizeof *got_id * plan.n_evict);
+        memcpy(got_pos + n_got, plan.evict_pos, sizeof *got_pos * plan.n_evict);
+        n_got += plan.n_evict;
         assert_int_equal(sep_cache_reserve(c, plan.max_entries), 0);
         sep_cache_commit(c, &plan);
         assert_int_equal(c->n, ref->n);
@@ -124,10 +173,25 @@ static void check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
         assert_memory_equal(c->pos, ref->pos, sizeof(int64_t) * ref->n);
         assert_int_equal(c->n_seen, done + k);
     }
+    /* the union of every compaction's evicted separators is the
+     * reference's, in order; none of them is still held */
+    assert_int_equal(n_got, ref->n_ev);
+    if (n_got) {
+        assert_memory_equal(got_id, ref->ev_id, sizeof *got_id * n_got);
+        assert_memory_equal(got_pos, ref->ev_pos, sizeof *got_pos * n_got);
+    }
+    for (int e = 0; e < n_got; e++) {
+        assert_true(e == 0 || got_pos[e] > got_pos[e - 1]);
+        for (int i = 0; i < c->n; i++)
+            assert_true(c->pos[i] != got_pos[e]);
+    }
     sep_plan_free(&plan);
+    free(got_id);
+    free(got_pos);
     free(ref);
     sep_cache_destroy(&c);
     sep_backend_destroy(&be);
+    return n_got;
 }
 
 static sep_policy_t sepllm(int a, int s, int w, int c, int shift)
@@ -149,22 +213,45 @@ static void test_sepllm_plans(void **state)
     }
 }
 
+/* The separators the plans evict, chunk by chunk: each compaction's are
+ * the reference's (by index before it, id and position), and over the
+ * stream they are every separator the reference dropped, in order. */
+static void test_sepllm_evicted(void **state)
+{
+    (void)state;
+    static const int shapes[][4] = { /* a, s, w, c */
+        { 2, 8, 16, 40 }, { 4, 16, 32, 64 }, { 0, 3, 5, 11 }, { 2, 1, 3, 7 }, { 1, 40, 8, 50 },
+    };
+    const int chunks[] = { 1, 7, 512 };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+        for (int shift = 0; shift < 2; shift++)
+            for (size_t k = 0; k < sizeof chunks / sizeof chunks[0]; k++) {
+                const int *x = shapes[i];
+                int got = check_stream(sepllm(x[0], x[1], x[2], x[3], shift), 1500, chunks[k],
+                                       (unsigned)(100 + 10 * i + k));
+                if (got == 0)
+                    fail_msg("a=%d s=%d w=%d c=%d: nothing evicted, nothing checked", x[0],
+                             x[1], x[2], x[3]);
+            }
+}
+
 static void test_streaming_plans(void **state)
 {
     (void)state;
     sep_policy_t p = { .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 };
-    check_stream(p, 1000, 1, 5);
-    check_stream(p, 1000, 77, 6);
+    /* StreamingLLM drops tokens, separators or not, and archives none */
+    assert_int_equal(check_stream(p, 1000, 1, 5), 0);
+    assert_int_equal(check_stream(p, 1000, 77, 6), 0);
     p.shift = 0;
-    check_stream(p, 1000, 500, 7);
+    assert_int_equal(check_stream(p, 1000, 500, 7), 0);
 }
 
 static void test_full_plans(void **state)
 {
     (void)state;
     sep_policy_t p = { .method = SEP_METHOD_FULL, .shift = 1 };
-    check_stream(p, 2000, 500, 8);
-    check_stream(p, 300, 1, 9);
+    assert_int_equal(check_stream(p, 2000, 500, 8), 0);
+    assert_int_equal(check_stream(p, 300, 1, 9), 0);
 }
 
 static void expect_policy_error(sep_policy_t p, const char *needle)
@@ -528,6 +615,7 @@ int main(void)
         is_sep[id] = id % 7 == 0; /* one id in seven */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sepllm_plans),
+        cmocka_unit_test(test_sepllm_evicted),
         cmocka_unit_test(test_streaming_plans),
         cmocka_unit_test(test_full_plans),
         cmocka_unit_test(test_policy_checks),

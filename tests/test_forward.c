@@ -6,7 +6,8 @@
  * 0.1%, average and largest cache size exact. Runs again one token per
  * step (--per-token) must give the chunked NLLs within 1e-4. Then the
  * invariances chunked execution relies on, a model split into pipeline
- * stages against the whole one, and bad checkpoints. */
+ * stages against the whole one, the separator archive's rows, and bad
+ * checkpoints. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -646,6 +647,369 @@ static void test_greedy_next(void **state)
     sep_model_destroy(&m);
 }
 
+/* ---- the separator archive ----------------------------------------------- */
+
+#define ARCH_TOKENS 2000 /* tokens of an archive stream */
+
+/* The separators a stream's forwards handed out, entry after entry. */
+typedef struct {
+    int n, cap, n_layers, kv_dim;
+    int64_t *pos; /* (cap) */
+    int32_t *id;  /* (cap) */
+    float *k, *v; /* (cap, n_layers, kv_dim): entry-major, so that forwards append */
+} archive_t;
+
+static void archive_init(archive_t *a, int cap, int n_layers, int kv_dim)
+{
+    size_t rows = (size_t)cap * n_layers * kv_dim;
+    *a = (archive_t){ .cap = cap, .n_layers = n_layers, .kv_dim = kv_dim,
+                      .pos = malloc(sizeof *a->pos * cap), .id = malloc(sizeof *a->id * cap),
+                      .k = malloc(sizeof *a->k * rows), .v = malloc(sizeof *a->v * rows) };
+    assert_true(a->pos && a->id && a->k && a->v);
+}
+
+static void archive_free(archive_t *a)
+{
+    free(a->pos);
+    free(a->id);
+    free(a->k);
+    free(a->v);
+}
+
+/* Append the entries of chunk `chunk` in the last forward's list, which
+ * must be in order: by chunk, then ascending stream position. */
+static void archive_add(archive_t *a, const sep_evicted_t *ev, int chunk)
+{
+    int kv = a->kv_dim;
+    assert_true(ev->n == 0 || (ev->n_layers == a->n_layers && ev->kv_dim == kv));
+    for (int e = 0; e < ev->n; e++) {
+        if (e)
+            assert_true(ev->chunk[e] > ev->chunk[e - 1] ||
+                        (ev->chunk[e] == ev->chunk[e - 1] && ev->pos[e] > ev->pos[e - 1]));
+        if (ev->chunk[e] != chunk)
+            continue;
+        assert_true(a->n < a->cap);
+        assert_true(a->n == 0 || ev->pos[e] > a->pos[a->n - 1]);
+        a->pos[a->n] = ev->pos[e];
+        a->id[a->n] = ev->id[e];
+        for (int l = 0; l < a->n_layers; l++) {
+            size_t from = ((size_t)l * ev->n + e) * kv, to = ((size_t)a->n * a->n_layers + l) * kv;
+            memcpy(a->k + to, ev->k + from, sizeof *a->k * kv);
+            memcpy(a->v + to, ev->v + from, sizeof *a->v * kv);
+        }
+        a->n++;
+    }
+}
+
+/* The same entries, with b's layers equal to a's layers [l0, l0 +
+ * b->n_layers): bitwise on the CPU, else within 1e-4. */
+static void assert_archives_equal(const archive_t *a, const archive_t *b, int l0, const char *what)
+{
+    assert_int_equal(a->n, b->n);
+    assert_memory_equal(a->pos, b->pos, sizeof *a->pos * a->n);
+    assert_memory_equal(a->id, b->id, sizeof *a->id * a->n);
+    int kv = a->kv_dim;
+    char msg[160];
+    for (int e = 0; e < a->n; e++)
+        for (int l = 0; l < b->n_layers; l++) {
+            size_t at = ((size_t)e * a->n_layers + l0 + l) * kv;
+            size_t bt = ((size_t)e * b->n_layers + l) * kv;
+            snprintf(msg, sizeof msg, "%s: position %lld, layer %d, K", what,
+                     (long long)a->pos[e], l0 + l);
+            assert_invariant(a->k + at, b->k + bt, kv, msg);
+            msg[strlen(msg) - 1] = 'V';
+            assert_invariant(a->v + at, b->v + bt, kv, msg);
+        }
+}
+
+/* A cache's rows in host memory, as the archive takes them: the raw keys
+ * where it keeps them, else the keys; the values; with ids and positions. */
+typedef struct {
+    int n, cap;
+    int32_t *ids;
+    int64_t *pos;
+    float *k, *v; /* (n_layers, cap, kv_dim) */
+} snapshot_t;
+
+static void snapshot_take(snapshot_t *s, const sep_cache_t *c)
+{
+    size_t kv = (size_t)c->kv_dim;
+    if (c->cap > s->cap) {
+        free(s->ids);
+        free(s->pos);
+        free(s->k);
+        free(s->v);
+        *s = (snapshot_t){ .cap = c->cap, .ids = malloc(sizeof *s->ids * c->cap),
+                           .pos = malloc(sizeof *s->pos * c->cap),
+                           .k = malloc(sizeof *s->k * c->n_layers * c->cap * kv),
+                           .v = malloc(sizeof *s->v * c->n_layers * c->cap * kv) };
+        assert_true(s->ids && s->pos && s->k && s->v);
+    }
+    s->n = c->n;
+    if (!c->n)
+        return;
+    memcpy(s->ids, c->ids, sizeof *s->ids * c->n);
+    memcpy(s->pos, c->pos, sizeof *s->pos * c->n);
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t at = (size_t)l * s->cap * kv, bytes = sizeof(float) * c->n * kv;
+        be->download(be, s->k + at, c->k_raw ? c->k_raw[l] : c->k[l], bytes);
+        be->download(be, s->v + at, c->v[l], bytes);
+    }
+}
+
+static void snapshot_free(snapshot_t *s)
+{
+    free(s->ids);
+    free(s->pos);
+    free(s->k);
+    free(s->v);
+}
+
+/* Each separator the last forward evicted from chunk 0 of cache c: an
+ * entry of the snapshot taken before it, no longer in c, its K and V rows
+ * of every layer the snapshot's to the bit. */
+static void assert_evicted_rows(const sep_evicted_t *ev, const snapshot_t *s,
+                                const sep_cache_t *c, const uint8_t *is_sep)
+{
+    size_t kv = (size_t)c->kv_dim;
+    for (int e = 0; e < ev->n; e++) {
+        int i = 0;
+        while (i < s->n && s->pos[i] != ev->pos[e])
+            i++;
+        if (i == s->n)
+            fail_msg("evicted position %lld was not in the cache", (long long)ev->pos[e]);
+        assert_int_equal(ev->chunk[e], 0);
+        assert_int_equal(ev->id[e], s->ids[i]);
+        assert_true(is_sep[ev->id[e]]);
+        for (int j = 0; j < c->n; j++)
+            assert_true(c->pos[j] != ev->pos[e]);
+        for (int l = 0; l < c->n_layers; l++) {
+            size_t got = ((size_t)l * ev->n + e) * kv, want = ((size_t)l * s->cap + i) * kv;
+            if (memcmp(ev->k + got, s->k + want, sizeof(float) * kv) ||
+                memcmp(ev->v + got, s->v + want, sizeof(float) * kv))
+                fail_msg("position %lld, layer %d: rows other than the cache's",
+                         (long long)ev->pos[e], l);
+        }
+    }
+}
+
+/* The separator set and ids the archive tests share. */
+typedef struct {
+    sep_tok_t *tok;
+    sep_sepset_t seps;
+    int32_t *ids;
+    size_t n_ids;
+    char dir[600];
+} arch_fx_t;
+
+static void arch_fx_open(arch_fx_t *f)
+{
+    char path[700];
+    snprintf(f->dir, sizeof f->dir, "%s", golden_path("models/books-llama-16m"));
+    snprintf(path, sizeof path, "%s/tokenizer.json", f->dir);
+    assert_int_equal(sep_tok_load(&f->tok, path), 0);
+    assert_int_equal(sep_sepset_build(&f->seps, f->tok, "auto"), 0);
+    assert_int_equal(golden_read_ids(golden_path("golden/ids.books-llama-16m.persuasion.txt"),
+                                     &f->ids, &f->n_ids), 0);
+    assert_true(f->n_ids > 2 * ARCH_TOKENS + 1);
+}
+
+static void arch_fx_close(arch_fx_t *f)
+{
+    free(f->ids);
+    sep_sepset_free(&f->seps);
+    sep_tok_destroy(&f->tok);
+}
+
+static sep_policy_t arch_policy(const arch_fx_t *f, int shift)
+{
+    return (sep_policy_t){ .method = SEP_METHOD_SEPLLM, .a = 2, .s = 8, .w = 16, .c = 40,
+                           .shift = shift, .is_sep = f->seps.is_sep, .n_vocab = f->seps.n_vocab };
+}
+
+/* Run tokens ids[0..n) (targets after them) through m in chunks of the
+ * model's max_tokens, one stream alone, archiving or not; the NLLs to nll,
+ * the archive to a. With rows set, every forward's evicted rows are held
+ * to a snapshot of the cache taken before it. */
+static void archive_stream(sep_model_t *m, const sep_policy_t *pol, const int32_t *ids, int n,
+                           int archive, int rows, float *nll, archive_t *a)
+{
+    sep_cache_t *c;
+    snapshot_t snap = { 0 };
+    assert_int_equal(sep_model_cache_new(m, pol, &c), 0);
+    archive_init(a, n, c->n_layers, c->kv_dim);
+    for (int done = 0, k; done < n; done += k) {
+        k = n - done < m->run.max_tokens ? n - done : m->run.max_tokens;
+        if (rows)
+            snapshot_take(&snap, c);
+        sep_chunk_t ch = { .cache = c, .ids = ids + done, .n = k, .targets = ids + done + 1,
+                           .nll = nll + done, .archive = archive };
+        if (sep_model_forward(m, &ch, 1))
+            fail_msg("forward at %d: %s", done, sep_errmsg());
+        const sep_evicted_t *ev = sep_model_evicted(m);
+        if (!archive)
+            assert_int_equal(ev->n, 0);
+        if (rows)
+            assert_evicted_rows(ev, &snap, c, pol->is_sep);
+        archive_add(a, ev, 0);
+    }
+    snapshot_free(&snap);
+    sep_cache_destroy(&c);
+}
+
+/* One token a step (a model of max_tokens 1, as --per-token), with shift
+ * on (raw keys) and off (keys rotated at their stream positions): each
+ * evicted separator carries its cache rows as they were just before the
+ * compaction, bit for bit. Chunks of 512 hand out the same archive, and
+ * archiving changes no NLL. */
+static void test_archive_rows(void **state)
+{
+    (void)state;
+    arch_fx_t f;
+    arch_fx_open(&f);
+    sep_model_t *one, *big;
+    assert_int_equal(sep_model_load(&one, f.dir, be, 1), 0);
+    assert_int_equal(sep_model_load(&big, f.dir, be, 512), 0);
+    float *nll[3];
+    for (int i = 0; i < 3; i++)
+        assert_non_null(nll[i] = malloc(sizeof(float) * ARCH_TOKENS));
+    for (int shift = 0; shift < 2; shift++) {
+        sep_policy_t pol = arch_policy(&f, shift);
+        archive_t per_token, chunked, none;
+        archive_stream(one, &pol, f.ids, ARCH_TOKENS, 1, 1, nll[0], &per_token);
+        archive_stream(big, &pol, f.ids, ARCH_TOKENS, 1, 0, nll[1], &chunked);
+        archive_stream(big, &pol, f.ids, ARCH_TOKENS, 0, 0, nll[2], &none);
+        /* the separator region overflowed often: most separators went */
+        if (per_token.n < 100)
+            fail_msg("shift %d: %d separators evicted, too few to tell", shift, per_token.n);
+        assert_archives_equal(&per_token, &chunked, 0, shift ? "chunked, shift" : "chunked");
+        assert_int_equal(none.n, 0);
+        assert_invariant(nll[1], nll[2], ARCH_TOKENS, "NLLs archiving or not");
+        assert_close(nll[0], nll[1], ARCH_TOKENS, 1e-4, "per-token NLLs");
+        archive_free(&per_token);
+        archive_free(&chunked);
+        archive_free(&none);
+    }
+    for (int i = 0; i < 3; i++)
+        free(nll[i]);
+    sep_model_destroy(&one);
+    sep_model_destroy(&big);
+    arch_fx_close(&f);
+}
+
+/* Two stages list the whole model's entries, each with the whole model's
+ * rows of its own layers. */
+static void test_archive_stage_split(void **state)
+{
+    (void)state;
+    arch_fx_t f;
+    arch_fx_open(&f);
+    sep_policy_t pol = arch_policy(&f, 1);
+    sep_model_t *whole, *st[2];
+    sep_cache_t *c[2];
+    archive_t want, got[2];
+    float *nll = malloc(sizeof *nll * ARCH_TOKENS), *split_nll = malloc(sizeof *nll * ARCH_TOKENS);
+    assert_true(nll && split_nll);
+    assert_int_equal(sep_model_load(&whole, f.dir, be, 512), 0);
+    archive_stream(whole, &pol, f.ids, ARCH_TOKENS, 1, 0, nll, &want);
+    const int cuts[] = { 0, 3, 8 };
+    for (int s = 0; s < 2; s++) {
+        assert_int_equal(sep_model_load_stage(&st[s], f.dir, be, 512, cuts[s], cuts[s + 1]), 0);
+        assert_int_equal(sep_model_cache_new(st[s], &pol, &c[s]), 0);
+        archive_init(&got[s], ARCH_TOKENS, c[s]->n_layers, c[s]->kv_dim);
+    }
+    float *x = malloc(sizeof *x * 512 * whole->cfg.dim);
+    assert_non_null(x);
+    for (int done = 0, k; done < ARCH_TOKENS; done += k) {
+        k = ARCH_TOKENS - done < 512 ? ARCH_TOKENS - done : 512;
+        for (int s = 0; s < 2; s++) {
+            sep_chunk_t ch = { .cache = c[s], .ids = f.ids + done, .n = k,
+                               .targets = f.ids + done + 1, .nll = split_nll + done,
+                               .archive = 1 };
+            assert_int_equal(sep_model_forward_stage(st[s], &ch, 1, s ? x : NULL, s ? NULL : x),
+                             0);
+            archive_add(&got[s], sep_model_evicted(st[s]), 0);
+        }
+    }
+    assert_true(want.n >= 100);
+    assert_archives_equal(&want, &got[0], 0, "stage [0, 3)");
+    assert_archives_equal(&want, &got[1], 3, "stage [3, 8)");
+    assert_invariant(split_nll, nll, ARCH_TOKENS, "NLLs through two stages");
+    for (int s = 0; s < 2; s++) {
+        archive_free(&got[s]);
+        sep_cache_destroy(&c[s]);
+        sep_model_destroy(&st[s]);
+    }
+    archive_free(&want);
+    free(x);
+    free(nll);
+    free(split_nll);
+    sep_model_destroy(&whole);
+    arch_fx_close(&f);
+}
+
+/* A batch of three streams, the middle one not archiving though it evicts
+ * separators too: the archive holds the other two's entries only, each
+ * what that stream gives alone, and every NLL of the batch is the same
+ * archiving or not. A forward without an archiving chunk lists nothing. */
+static void test_archive_batch(void **state)
+{
+    (void)state;
+    arch_fx_t f;
+    arch_fx_open(&f);
+    enum { STEPS = 4, LEN = 300 };
+    sep_policy_t pol[3] = { arch_policy(&f, 1), arch_policy(&f, 1), arch_policy(&f, 0) };
+    const int32_t *ids[3] = { f.ids, f.ids + 7, f.ids + ARCH_TOKENS };
+    sep_model_t *m;
+    assert_int_equal(sep_model_load(&m, f.dir, be, 3 * LEN), 0);
+    static float nll[2][3][STEPS * LEN], alone_nll[STEPS * LEN];
+    archive_t got[3], alone[3];
+    int middle_evicted = 0;
+    for (int run = 0; run < 2; run++) { /* run 0 archives chunks 0 and 2, run 1 none */
+        sep_cache_t *c[3];
+        for (int j = 0; j < 3; j++) {
+            assert_int_equal(sep_model_cache_new(m, &pol[j], &c[j]), 0);
+            if (run == 0)
+                archive_init(&got[j], STEPS * LEN, c[j]->n_layers, c[j]->kv_dim);
+        }
+        for (int step = 0; step < STEPS; step++) {
+            sep_chunk_t b[3];
+            for (int j = 0; j < 3; j++)
+                b[j] = (sep_chunk_t){ .cache = c[j], .ids = ids[j] + step * LEN, .n = LEN,
+                                      .targets = ids[j] + step * LEN + 1,
+                                      .nll = nll[run][j] + step * LEN,
+                                      .archive = run == 0 && j != 1 };
+            assert_int_equal(sep_model_forward(m, b, 3), 0);
+            const sep_evicted_t *ev = sep_model_evicted(m);
+            middle_evicted += m->run.plans[1].n_evict;
+            if (run == 1) {
+                assert_int_equal(ev->n, 0);
+                continue;
+            }
+            for (int e = 0; e < ev->n; e++)
+                assert_true(ev->chunk[e] == 0 || ev->chunk[e] == 2);
+            for (int j = 0; j < 3; j++)
+                archive_add(&got[j], ev, j);
+        }
+        for (int j = 0; j < 3; j++)
+            sep_cache_destroy(&c[j]);
+    }
+    assert_true(middle_evicted > 0);
+    assert_int_equal(got[1].n, 0);
+    assert_invariant(nll[0][0], nll[1][0], 3 * STEPS * LEN, "NLLs of the batch archiving or not");
+    for (int j = 0; j < 3; j += 2) {
+        archive_stream(m, &pol[j], ids[j], STEPS * LEN, 1, 0, alone_nll, &alone[j]);
+        assert_true(alone[j].n > 0);
+        assert_invariant(alone_nll, nll[0][j], STEPS * LEN, "NLLs of a stream alone");
+        assert_archives_equal(&alone[j], &got[j], 0, j ? "stream 2 in a batch" : "stream 0 in a batch");
+        archive_free(&alone[j]);
+    }
+    for (int j = 0; j < 3; j++)
+        archive_free(&got[j]);
+    sep_model_destroy(&m);
+    arch_fx_close(&f);
+}
+
 /* Loading a stage outside the checkpoint's layers, or running one with
  * hidden states where there are none (or none where needed) or with
  * another stage's caches, fails with SEP_EINVAL before a cache changes. */
@@ -912,6 +1276,9 @@ int main(void)
         cmocka_unit_test(test_stage_split),
         cmocka_unit_test(test_stage_logits),
         cmocka_unit_test(test_greedy_next),
+        cmocka_unit_test(test_archive_rows),
+        cmocka_unit_test(test_archive_stage_split),
+        cmocka_unit_test(test_archive_batch),
         cmocka_unit_test(test_stage_bad_ranges),
         cmocka_unit_test(test_auto_separators),
         cmocka_unit_test(test_preset_detection),

@@ -9,7 +9,7 @@ tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 n=0
 failed=0
-echo "1..30"
+echo "1..37"
 
 # ok NAME CONDITION: one TAP line for a shell condition evaluated here;
 # on failure show stderr of the last run
@@ -161,5 +161,39 @@ ok "eval of a text ending in 3 bytes of a 4-byte character: they are the note's"
 run "$SEPCTL" eval --threads 1 --nll-out "$tmp/whole.nll" <"$tmp/whole"
 ok "eval of a text ending in half of an é: the NLLs of the text without that byte" \
     'test $rc -eq 0 && test -s "$tmp/whole.nll" && cmp -s "$tmp/cut1.nll" "$tmp/whole.nll"'
+
+# --seps-out: the separators the compactions evict, "POSITION ID" a line
+IDS=$G/ids.books-llama-16m.persuasion.txt
+tr ' ' '\n' <"$IDS" | head -n 2000 >"$tmp/ids.col"
+"$SEPCTL" separators --model "$L" | tr ' ' '\n' >"$tmp/sepset"
+SMALL="--init 2 --seps 8 --window 16 --capacity 40 --max-tokens 2000 --ids $IDS"
+run "$SEPCTL" eval $SMALL --json --nll-out "$tmp/arch.nll" --seps-out "$tmp/seps"
+sed 's/"seconds".*//' "$tmp/out" >"$tmp/arch.json"
+ok "eval --seps-out: positions ascend past the initial 2, each line's id the text's token there, a separator" \
+    'test $rc -eq 0 && test -s "$tmp/seps" && awk "FILENAME == ARGV[1] { sep[\$1] = 1; next }
+        FILENAME == ARGV[2] { tok[FNR - 1] = \$1; next }
+        { if (\$1 <= last || \$1 < 2 || tok[\$1] != \$2 || !sep[\$2] || NF != 2) bad = 1; last = \$1 }
+        END { exit bad }" "$tmp/sepset" "$tmp/ids.col" "$tmp/seps"'
+# every separator run is evicted or still in the cache, which holds at most c = 40
+ok "eval --seps-out: all separators run but at most the 40 the cache still holds" \
+    'total=$(awk "FILENAME == ARGV[1] { sep[\$1] = 1; next } sep[\$1] { n++ } END { print n }" "$tmp/sepset" "$tmp/ids.col")
+     got=$(wc -l <"$tmp/seps")
+     test "$got" -le "$total" && test "$got" -ge $((total - 40))'
+run "$SEPCTL" eval $SMALL --json --nll-out "$tmp/plain.nll"
+ok "eval --seps-out: the NLLs, perplexity and cache sizes of a run without it, bitwise" \
+    'test $rc -eq 0 && cmp -s "$tmp/arch.nll" "$tmp/plain.nll" && sed "s/\"seconds\".*//" "$tmp/out" | cmp -s - "$tmp/arch.json"'
+run "$SEPCTL" eval $SMALL --per-token --seps-out "$tmp/seps.one"
+ok "eval --seps-out: --per-token writes the same file" 'test $rc -eq 0 && cmp -s "$tmp/seps" "$tmp/seps.one"'
+run "$SEPCTL" eval --method streaming --init 2 --capacity 40 --max-tokens 2000 --ids "$IDS" --seps-out "$tmp/seps.st"
+ok "eval --seps-out under streaming: an empty file" 'test $rc -eq 0 && test -f "$tmp/seps.st" && ! test -s "$tmp/seps.st"'
+# text read in 64 KiB pieces: the id held back between pieces runs in the next
+"$SEPCTL" eval --max-tokens 20000 --nll-out "$tmp/stream.arch" --seps-out "$tmp/seps.stream" \
+    <"$T/persuasion.txt" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+ok "eval --seps-out of streamed text: the NLLs of the run without it" \
+    'test $rc -eq 0 && cmp -s "$tmp/stream.arch" "$tmp/stream"'
+run "$SEPCTL" eval --max-tokens 20000 --ids "$IDS" --seps-out "$tmp/seps.byids"
+ok "eval --seps-out of streamed text: the file of the golden ids" \
+    'test $rc -eq 0 && test -s "$tmp/seps.byids" && cmp -s "$tmp/seps.stream" "$tmp/seps.byids"'
 
 exit 0

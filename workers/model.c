@@ -2,6 +2,7 @@
  * GPT-NeoX decoders, written once against the backend interface. */
 #include "model.h"
 #include "err.h"
+#include "grow.h"
 #include "safetensors.h"
 
 #include <math.h>
@@ -410,7 +411,7 @@ void sep_model_destroy(sep_model_t **self_p)
     be->free(be, m->norm_b);
     sep_run_t *r = &m->run;
     float *bufs[] = { r->x, r->h, r->o, r->qkv, r->att, r->ff, r->act, r->logits, r->cs,
-                      r->k_raw, r->slot_cs };
+                      r->k_raw, r->slot_cs, r->arch_k, r->arch_v };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         be->free(be, bufs[i]);
     for (int i = 0; i < r->n_plans; i++)
@@ -420,6 +421,12 @@ void sep_model_destroy(sep_model_t **self_p)
     free(r->appends);
     free(r->gathers);
     free(r->rotations);
+    free(r->arch_at);
+    free(r->evicted.chunk);
+    free(r->evicted.pos);
+    free(r->evicted.id);
+    free(r->evicted.k);
+    free(r->evicted.v);
     free(r->pos);
     free(r->rows);
     free(r->nll);
@@ -580,13 +587,16 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
         sep_rows_t *ap = realloc(r->appends, (size_t)3 * nc * sizeof *ap);
         if (ap)
             r->appends = ap;
-        sep_gather_t *gp = realloc(r->gathers, (size_t)2 * nc * sizeof *gp);
+        sep_gather_t *gp = realloc(r->gathers, (size_t)4 * nc * sizeof *gp);
         if (gp)
             r->gathers = gp;
         sep_rope_t *rp = realloc(r->rotations, (size_t)nc * sizeof *rp);
         if (rp)
             r->rotations = rp;
-        if (!np || !pp || !ap || !gp || !rp)
+        int32_t *at = realloc(r->arch_at, (size_t)nc * sizeof *at);
+        if (at)
+            r->arch_at = at;
+        if (!np || !pp || !ap || !gp || !rp || !at)
             return sep_fail(SEP_ENOMEM, "forward: no memory to plan %d chunks", nc);
         memset(r->plans + r->n_plans, 0, (size_t)(nc - r->n_plans) * sizeof *np);
         r->n_plans = nc;
@@ -629,6 +639,79 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
     return SEP_OK;
 }
 
+/* The archiving chunks' evicted separators, numbered in batch order, room
+ * for their rows (backend staging, host copies) and their chunks, ids and
+ * positions filled in: all before any cache changes, so that running out
+ * of memory fails the forward cleanly. Nothing when no chunk archives. */
+static int model_archive_plan(sep_model_t *m, const sep_chunk_t *ch, int nc)
+{
+    sep_backend_t *be = m->be;
+    sep_run_t *r = &m->run;
+    sep_evicted_t *ev = &r->evicted;
+    int n = 0;
+    for (int j = 0; j < nc; j++) {
+        r->arch_at[j] = ch[j].archive ? n : -1;
+        if (!ch[j].archive)
+            continue;
+        if (r->plans[j].n_evict > INT32_MAX / 2 - n)
+            return sep_fail(SEP_ERANGE, "forward: more than %d evicted separators in a batch",
+                            INT32_MAX / 2);
+        n += r->plans[j].n_evict;
+    }
+    r->arch_n = n;
+    ev->n_layers = m->layer1 - m->layer0;
+    ev->kv_dim = m->kv_dim;
+    if (n == 0)
+        return SEP_OK;
+    size_t rows = (size_t)n * ev->n_layers * m->kv_dim; /* floats of k, of v */
+    if (n > r->arch_cap) {
+        /* the rows of a forward are not kept: free first, so that device
+         * memory never holds both sizes */
+        int cap = 2 * n; /* n <= INT32_MAX / 2 */
+        size_t bytes = (size_t)cap * ev->n_layers * m->kv_dim * sizeof(float);
+        be->free(be, r->arch_k);
+        be->free(be, r->arch_v);
+        r->arch_k = be->alloc(be, bytes);
+        r->arch_v = be->alloc(be, bytes);
+        r->arch_cap = r->arch_k && r->arch_v ? cap : 0;
+        if (!r->arch_cap)
+            return sep_fail(SEP_ENOMEM, "forward: no %s memory for %d evicted separators",
+                            be->name, n);
+    }
+    size_t *cap = r->host_caps;
+    if (SEP_GROW(ev->chunk, cap[0], (size_t)n) || SEP_GROW(ev->pos, cap[1], (size_t)n) ||
+        SEP_GROW(ev->id, cap[2], (size_t)n) || SEP_GROW(ev->k, cap[3], rows) ||
+        SEP_GROW(ev->v, cap[4], rows))
+        return sep_fail(SEP_ENOMEM, "forward: no memory for %d evicted separators", n);
+    for (int j = 0; j < nc; j++) {
+        const sep_plan_t *p = &r->plans[j];
+        for (int e = 0, at = r->arch_at[j]; at >= 0 && e < p->n_evict; e++) {
+            ev->chunk[at + e] = j;
+            ev->pos[at + e] = p->evict_pos[e];
+            ev->id[at + e] = p->evict_id[e];
+        }
+    }
+    return SEP_OK;
+}
+
+/* The gathers that copy the separators seg's compaction evicts from
+ * layer l of chunk j's cache, its raw keys where it keeps them and its
+ * values, to their rows in the staging buffers; returns how many. */
+static int model_archive_gathers(const sep_model_t *m, const sep_chunk_t *ch, int j, int l,
+                                 const sep_segment_t *seg, sep_gather_t out[2])
+{
+    const sep_run_t *r = &m->run;
+    const sep_cache_t *kc = ch[j].cache;
+    if (!seg->n_evict || r->arch_at[j] < 0)
+        return 0;
+    size_t row = ((size_t)l * r->arch_n + r->arch_at[j] + seg->evict_at) * m->kv_dim;
+    const int32_t *idx = r->plans[j].evict_idx + seg->evict_at;
+    out[0] = (sep_gather_t){ r->arch_k + row, kc->k_raw ? kc->k_raw[l] : kc->k[l], idx,
+                             seg->n_evict, m->kv_dim };
+    out[1] = (sep_gather_t){ r->arch_v + row, kc->v[l], idx, seg->n_evict, m->kv_dim };
+    return 2;
+}
+
 /* After round `round` of layer l's attention: the compactions that end
  * the round's segments, all chunks' at once, and the re-rotation of moved
  * keys at their new slots (shift on). */
@@ -637,12 +720,14 @@ static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int ro
     sep_backend_t *be = m->be;
     sep_run_t *r = &m->run;
     const sep_config_t *c = &m->cfg;
-    int ng = 0, nr = 0;
+    sep_gather_t *arch = r->gathers + 2 * nc;
+    int ng = 0, nr = 0, na = 0;
     for (int j = 0; j < nc; j++) {
         if (round >= r->plans[j].n_seg || !r->plans[j].seg[round].n_keep)
             continue;
         const sep_segment_t *seg = &r->plans[j].seg[round];
         sep_cache_t *kc = ch[j].cache;
+        na += model_archive_gathers(m, ch, j, l, seg, arch + na);
         ng += sep_cache_compact_gathers(kc, l, seg, r->gathers + ng);
         int from = seg->first_moved, n = seg->n_keep - from;
         if (!kc->k_raw || n <= 0)
@@ -653,6 +738,11 @@ static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int ro
         r->rotations[nr++] = (sep_rope_t){ k, r->slot_cs + (size_t)from * c->rot_dim, n,
                                            NULL, 0, 0 };
     }
+    /* the evicted rows leave before the compactions overwrite them: a call
+     * of their own, since no gather of one call may read rows another
+     * writes (one more launch, queued, on a GPU) */
+    if (na)
+        be->gather_rows(be, arch, na);
     be->gather_rows(be, r->gathers, ng);
     be->copy_rows(be, r->appends, nr);
     be->rope(be, r->rotations, nr, m->kv_dim, c->n_kv_heads, c->head_dim, c->rot_dim);
@@ -734,7 +824,9 @@ int sep_model_forward_stage(sep_model_t *m, sep_chunk_t *ch, int nc, const float
                                            "be NULL"
                                          : "forward: stage [%d, %d) needs x_out",
                         m->layer0, m->layer1);
-    if ((rc = model_check_batch(m, ch, nc, &n)) || (rc = model_plan(m, ch, nc)))
+    r->evicted.n = 0;
+    if ((rc = model_check_batch(m, ch, nc, &n)) || (rc = model_plan(m, ch, nc)) ||
+        (rc = model_archive_plan(m, ch, nc)))
         return rc;
 
     /* the rotary table at each token's planned position, and the
@@ -784,10 +876,23 @@ int sep_model_forward_stage(sep_model_t *m, sep_chunk_t *ch, int nc, const float
     } else {
         be->download(be, x_out, r->x, (size_t)n * c->dim * sizeof(float));
     }
+    /* the archive's rows in one download each, where the forward waits
+     * for the device anyway */
+    size_t arch_bytes = (size_t)r->arch_n * n_layers * m->kv_dim * sizeof(float);
+    if (arch_bytes) {
+        be->download(be, r->evicted.k, r->arch_k, arch_bytes);
+        be->download(be, r->evicted.v, r->arch_v, arch_bytes);
+    }
     if ((rc = be->sync(be)))
         return rc;
+    r->evicted.n = r->arch_n;
     model_kv_counts(m, ch, nc);
     for (int j = 0; j < nc; j++)
         sep_cache_commit(ch[j].cache, &r->plans[j]);
     return SEP_OK;
+}
+
+const sep_evicted_t *sep_model_evicted(const sep_model_t *m)
+{
+    return &m->run.evicted;
 }

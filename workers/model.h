@@ -15,6 +15,10 @@
  * states pass through host memory. Every stage plans the chunks against
  * its own caches from the ids alone, so the stages agree, and a split
  * model computes bit for bit what the whole one does on the same backend.
+ *
+ * A chunk may ask for the separators its compactions evict (archive):
+ * after the forward, sep_model_evicted() lists them with their K and V
+ * rows of the stage's layers, for the separator archive.
  */
 #ifndef SEP_MODEL_H
 #define SEP_MODEL_H
@@ -37,6 +41,22 @@ typedef struct {
     sep_weight_t *w_down;     /* (dim, ffn) */
     float *b_down;            /* (dim) or NULL */
 } sep_layer_t;
+
+/* The separators the compactions of one forward evicted, for the chunks
+ * that asked (sep_chunk_t.archive), with their rows of every layer the
+ * model (the stage) holds as they were at the eviction: the unrotated key
+ * when the cache keeps one (shift on), else the stored key, rotated at the
+ * entry's stream position; and the value. Entries ordered by chunk, then
+ * stream position. Layer l is the checkpoint's layer layer0 + l. */
+typedef struct {
+    int n;            /* separators evicted by the last forward, over its archiving chunks */
+    int n_layers;     /* layers of k and v: the stage's */
+    int kv_dim;       /* floats a row */
+    int32_t *chunk;   /* (n) the chunk of the batch each came from */
+    int64_t *pos;     /* (n) stream position */
+    int32_t *id;      /* (n) token id */
+    float *k, *v;     /* (n_layers, n, kv_dim) host: layer l's rows at k + (l * n + e) * kv_dim */
+} sep_evicted_t;
 
 /* Scratch of one forward, sized for max_tokens rows. */
 typedef struct {
@@ -63,8 +83,20 @@ typedef struct {
     sep_attn_t *probs; /* (n_plans) attention problems of one round */
     sep_rows_t *appends; /* (3 * n_plans) K, V and raw-K rows a round appends,
                             or the moved raw keys a compaction re-rotates */
-    sep_gather_t *gathers; /* (2 * n_plans) the compactions that end a round */
+    sep_gather_t *gathers; /* (4 * n_plans) the compactions that end a round, then
+                              the copies of the separators they evict */
     sep_rope_t *rotations; /* (n_plans) their moved keys at their new slots */
+    /* the separator archive: what a forward's compactions evict from the
+     * chunks that archive, copied out on the backend before each
+     * compaction moves rows, downloaded once at the end */
+    int32_t *arch_at;      /* (n_plans) each chunk's first entry in the forward's list,
+                              -1 when it does not archive */
+    int arch_n;            /* entries of the forward in flight */
+    int arch_cap;          /* entries per layer arch_k and arch_v hold */
+    float *arch_k, *arch_v; /* (n_layers, arch_cap, kv_dim) backend: the rows of the
+                               forward in flight, layer l's at (l * arch_n + e) * kv_dim */
+    size_t host_caps[5];   /* elements evicted's chunk, pos, id, k and v hold */
+    sep_evicted_t evicted; /* what the last forward evicted */
 } sep_run_t;
 
 typedef struct {
@@ -97,6 +129,8 @@ typedef struct {
                                they are computed; -1 when they hold a NaN or +inf or
                                are all -inf (last stage only, as logits) */
     float *next_nll;        /* (1) out, with next: -log p(next) */
+    int archive;            /* 1: collect the separators this chunk's compactions evict
+                               (sep_model_evicted) */
 } sep_chunk_t;
 
 /* Load dir; max_tokens bounds the rows of one forward. */
@@ -140,5 +174,11 @@ int sep_model_forward(sep_model_t *m, sep_chunk_t *chunks, int n_chunks);
  * cache changes. sep_model_forward() is this on a whole model. */
 int sep_model_forward_stage(sep_model_t *m, sep_chunk_t *chunks, int n_chunks,
                             const float *x_in, float *x_out);
+
+/* What the last forward (stage) evicted from its archiving chunks, valid
+ * until the next forward; n is 0 after a forward that failed. The list
+ * comes from the plans, so every stage of a split model lists the same
+ * entries, each with its own layers' rows. */
+const sep_evicted_t *sep_model_evicted(const sep_model_t *m);
 
 #endif
