@@ -40,6 +40,10 @@
 #define SEP_OP_RESUME "resume"
 #define SEP_OP_FLUSH "flush"
 #define SEP_OP_CLOSE "close"
+#define SEP_OP_SEPS "seps"           /* the separator archive */
+#define SEP_OP_EXPORT "export"       /* a suspended session, as one stream */
+#define SEP_OP_IMPORT "import"       /* such a stream, as a new session */
+#define SEP_OP_IMPORT_END "import_end"
 #define SEP_OP_CANCEL "cancel"       /* stop the sender's operation on its session */
 #define SEP_OP_ACK "ack"             /* generate: "tokens" received so far */
 #define SEP_OP_HEARTBEAT "heartbeat" /* sepd -> client, unasked: ignore it */
@@ -51,6 +55,8 @@
 #define SEP_OP_W_DONE "w_done"       /* frames: nll (f32), kv (int32), logits (f32),
                                         next token (int32), its nll (f32) */
 #define SEP_OP_W_SAVE "w_save"       /* reply frame: the cache state */
+#define SEP_OP_W_ARCHIVE "w_archive" /* worker -> sepd: evicted separators (frames:
+                                        sid, pos, id, K, V) */
 #define SEP_OP_W_LOAD "w_load"       /* frames: separator ids, cache state */
 #define SEP_OP_W_CLOSE "w_close"
 #define SEP_OP_W_STATS "w_stats"

@@ -14,12 +14,14 @@
  */
 #include "ctl.h"
 #include "err.h"
+#include "grow.h"
 #include "paths.h"
 #include "proto.h"
 #include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <getopt.h>
 #include <math.h>
 #include <poll.h>
@@ -477,89 +479,359 @@ static void ctl_progress(const sep_msg_t *m, double t0, int final)
             final ? "\n" : "   ");
 }
 
-static int ctl_feed(const ctl_common_t *o, const char *session)
+/* A feed's memory of what sepd may not have saved yet (--retry): the
+ * text it sent past the last checkpoint, and the NLLs of the tokens past
+ * it, so that after sepd restarts (back at that checkpoint) the text is
+ * sent again and the NLL file holds each token's NLL once. */
+typedef struct {
+    char *kept;                 /* (kept_len) session bytes [kept_at, kept_at + kept_len) */
+    size_t kept_len, kept_cap;
+    int64_t kept_at;
+    float *nll;                 /* (nll_n) NLLs of tokens nll_at + 1 .. nll_at + nll_n */
+    size_t nll_n, nll_cap;
+    int64_t nll_at;             /* tokens whose NLLs are in the file */
+} feed_keep_t;
+
+typedef struct {
+    const ctl_common_t *o;
+    const char *session;
+    int retry, from_committed;
+    FILE *nf;
+    feed_keep_t k;
+    int64_t sent_to;            /* the session's bytes once what was sent arrives */
+    int eof, progress;
+    double t0;
+} feed_t;
+
+/* Keep the bytes just sent (--retry). */
+static int feed_keep_bytes(feed_t *f, const char *buf, size_t n)
 {
-    ctl_conn_t c;
-    sep_msg_t m = { 0 };
-    FILE *nf = NULL;
-    char *buf = malloc(SEP_FEED_PIECE);
-    int code = buf ? ctl_session_open(o, session, "w", &c, &nf)
-                   : ctl_conn_error(sep_fail(SEP_ENOMEM, "out of memory"));
-    if (code) {
-        free(buf);
-        return code;
+    feed_keep_t *k = &f->k;
+    if (SEP_GROW(k->kept, k->kept_cap, k->kept_len + n))
+        return -1;
+    memcpy(k->kept + k->kept_len, buf, n);
+    k->kept_len += n;
+    return 0;
+}
+
+/* sepd says a checkpoint holds `bytes` bytes and `tokens` tokens: forget
+ * the text before, write the NLLs up to it. */
+static int feed_committed(feed_t *f, int64_t bytes, int64_t tokens)
+{
+    feed_keep_t *k = &f->k;
+    if (bytes > k->kept_at) {
+        size_t drop = (size_t)(bytes - k->kept_at) < k->kept_len ? (size_t)(bytes - k->kept_at)
+                                                                  : k->kept_len;
+        memmove(k->kept, k->kept + drop, k->kept_len - drop);
+        k->kept_len -= drop;
+        k->kept_at += (int64_t)drop;
     }
-    int rc, progress = isatty(2), eof = 0, ended = 0, sent_any = 0;
+    size_t w = 0;
+    while (w < k->nll_n && k->nll_at + (int64_t)w < tokens)
+        w++;
+    for (size_t i = 0; f->nf && i < w; i++)
+        fprintf(f->nf, "%.9g\n", k->nll[i]);
+    memmove(k->nll, k->nll + w, (k->nll_n - w) * sizeof *k->nll);
+    k->nll_n -= w;
+    k->nll_at += (int64_t)w;
+    return f->nf && ferror(f->nf) ? -1 : 0;
+}
+
+/* The NLLs of a reply: written at once, or (--retry) kept until saved. */
+static int feed_nlls(feed_t *f, const sep_msg_t *m)
+{
+    if (!f->retry)
+        return ctl_write_nlls(f->nf, m, 0);
+    if (m->n_frames < 1)
+        return 0;
+    feed_keep_t *k = &f->k;
+    size_t n = m->frames[0].len / sizeof(float);
+    if (SEP_GROW(k->nll, k->nll_cap, k->nll_n + n))
+        return -1;
+    memcpy(k->nll + k->nll_n, m->frames[0].data, n * sizeof(float));
+    k->nll_n += n;
+    return feed_committed(f, sep_msg_int(m, "bytes_committed", 0),
+                          sep_msg_int(m, "tokens_committed", 0));
+}
+
+/* The session's figures (info). */
+static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t *committed)
+{
+    sep_msg_t m;
+    int woke, rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_INFO), NULL, 0);
+    if (!rc)
+        rc = ctl_recv(c, &m, -1, &woke);
+    if (rc)
+        return rc;
+    if (woke == CTL_GOT_SIGNAL)
+        return SEP_EAGAIN;
+    if (json_is_false(json_object_get(m.hdr, "ok"))) {
+        rc = sep_fail(SEP_EINVAL, "%s", sep_msg_str(&m, "error", "info refused"));
+        sep_msg_close(&m);
+        return rc;
+    }
+    *bytes_in = sep_msg_int(&m, "bytes_in", 0);
+    *tokens = sep_msg_int(&m, "tokens", 0);
+    *committed = sep_msg_int(&m, "bytes_committed", 0);
+    sep_msg_close(&m);
+    return SEP_OK;
+}
+
+/* --from-committed: read and drop the first n bytes of stdin. */
+static int feed_skip(int64_t n, char *buf)
+{
+    while (n > 0) {
+        ssize_t got = read(0, buf, n < SEP_FEED_PIECE ? (size_t)n : SEP_FEED_PIECE);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return sep_fail(SEP_EINVAL, "--from-committed: stdin ended %lld bytes before the "
+                            "text the session holds", (long long)n);
+        n -= got;
+    }
+    return SEP_OK;
+}
+
+/* --from-committed with --nll-out: keep the first `lines` lines of the
+ * file (the NLLs of the tokens scored), append from there. */
+static int feed_nll_resume(const char *path, int64_t lines, FILE **nf)
+{
+    FILE *f = fopen(path, "r+");
+    if (!f && errno == ENOENT && lines == 0)
+        f = fopen(path, "w");
+    if (!f)
+        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
+    int64_t seen = 0;
+    int ch;
+    while (seen < lines && (ch = getc(f)) != EOF)
+        seen += ch == '\n';
+    if (seen < lines) {
+        fclose(f);
+        return sep_fail(SEP_EINVAL, "%s: %lld NLLs, the session has scored %lld tokens", path,
+                        (long long)seen, (long long)lines);
+    }
+    long at = ftell(f);
+    if (at < 0 || fflush(f) || ftruncate(fileno(f), at) || fseek(f, at, SEEK_SET)) {
+        fclose(f);
+        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
+    }
+    *nf = f;
+    return SEP_OK;
+}
+
+/* Wait for sepd to come back (--retry), then connect. */
+static int feed_reconnect(feed_t *f, ctl_conn_t *c, const char *why)
+{
+    fprintf(stderr, "\nsepctl: %s; waiting for sepd to come back (SIGINT stops)\n", why);
+    ctl_disconnect(c);
+    for (;;) {
+        if (ctl_signal)
+            return SEP_EAGAIN;
+        if (!ctl_connect(c, f->o->socket)) {
+            c->session = f->session;
+            return SEP_OK;
+        }
+        ctl_disconnect(c);
+        usleep(200 * 1000);
+    }
+}
+
+/* One connection's share of the feed: resend what sepd lost (after a
+ * restart), then stream stdin, until feed_end is answered. Returns 0, an
+ * exit code, or -1 when the connection broke and --retry goes on. */
+static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
+{
+    sep_msg_t m = { 0 };
+    int rc, code = 0, sent_any = 0;
     int64_t seq = 0, acked = 0;
-    double t0 = sep_now();
+    size_t resend = 0; /* bytes of f->k.kept still to send again */
+    if (resume) {
+        int64_t bytes_in, tokens, committed;
+        if ((rc = feed_info(c, &bytes_in, &tokens, &committed)))
+            return rc == SEP_EAGAIN ? ctl_signal_code(ctl_signal)
+                   : f->retry && rc != SEP_EINVAL ? -1 : ctl_conn_error(rc);
+        feed_keep_t *k = &f->k;
+        if (bytes_in < k->kept_at || bytes_in > f->sent_to) {
+            fprintf(stderr, "sepctl: session '%s' holds %lld bytes; this feed kept %lld..%lld: "
+                    "another client fed it meanwhile\n", f->session, (long long)bytes_in,
+                    (long long)k->kept_at, (long long)f->sent_to);
+            return EXIT_RUNTIME;
+        }
+        if (tokens < k->nll_at || tokens > k->nll_at + (int64_t)k->nll_n) {
+            fprintf(stderr, "sepctl: session '%s' has scored %lld tokens; this feed has the "
+                    "NLLs of %lld: the NLLs between were lost\n", f->session, (long long)tokens,
+                    (long long)(k->nll_at + (int64_t)k->nll_n));
+            return EXIT_RUNTIME;
+        }
+        /* what sepd has is final; what it lost comes again */
+        k->nll_n = (size_t)(tokens - k->nll_at);
+        if (feed_committed(f, committed, tokens))
+            return EXIT_RUNTIME;
+        resend = (size_t)(f->sent_to - bytes_in);
+        fprintf(stderr, "sepctl: sepd is back: session '%s' at %lld bytes; sending %zu again\n",
+                f->session, (long long)bytes_in, resend);
+        if (f->eof && !resend) {
+            /* all was sent: the feed's end again, on a feed of its own */
+            sep_frame_t none = { "", 0 };
+            if ((rc = ctl_send(c, json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
+                                            (json_int_t)seq++, "nll", f->nf != NULL),
+                               &none, 1)) ||
+                (rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_FEED_END), NULL, 0)))
+                return -1;
+            sent_any = 1;
+        }
+    }
     while (!code) {
         /* read more while the window has room */
-        int want_stdin = !eof && seq - acked < SEP_FEED_WINDOW;
+        int want_more = (!f->eof || resend) && seq - acked < SEP_FEED_WINDOW;
         int woke = CTL_GOT_MSG;
-        if (want_stdin) {
+        if (want_more && resend) {
+            woke = CTL_GOT_FD; /* the kept bytes first */
+        } else if (want_more) {
             struct pollfd p = { .fd = 0, .events = POLLIN };
             if (poll(&p, 1, 0) > 0)
                 woke = CTL_GOT_FD;
         }
-        if (woke == CTL_GOT_MSG && (rc = ctl_recv(&c, &m, want_stdin ? 0 : -1, &woke))) {
-            code = ctl_conn_error(rc);
-            break;
+        if (woke == CTL_GOT_MSG &&
+            (rc = ctl_recv(c, &m, want_more && !resend ? 0 : -1, &woke))) {
+            if (f->retry)
+                return -1;
+            return ctl_conn_error(rc);
         }
         if (woke == CTL_GOT_SIGNAL) {
             /* what was sent stays the session's text */
-            ctl_cancel(&c, nf, NULL);
-            code = ctl_signal_code(ctl_signal);
-            break;
+            ctl_cancel(c, f->retry ? NULL : f->nf, NULL);
+            return ctl_signal_code(ctl_signal);
         }
         if (woke == CTL_GOT_FD) {
-            ssize_t got = read(0, buf, SEP_FEED_PIECE);
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got < 0) {
-                fprintf(stderr, "sepctl: stdin: %s\n", strerror(errno));
-                code = EXIT_RUNTIME;
-                break;
+            ssize_t got;
+            const char *piece = buf;
+            if (resend) {
+                feed_keep_t *k = &f->k;
+                got = resend < SEP_FEED_PIECE ? (ssize_t)resend : SEP_FEED_PIECE;
+                piece = k->kept + (k->kept_len - resend);
+                resend -= (size_t)got;
+            } else {
+                got = read(0, buf, SEP_FEED_PIECE);
+                if (got < 0 && errno == EINTR)
+                    continue;
+                if (got < 0) {
+                    fprintf(stderr, "sepctl: stdin: %s\n", strerror(errno));
+                    return EXIT_RUNTIME;
+                }
+                if (f->retry && got > 0 && feed_keep_bytes(f, buf, (size_t)got)) {
+                    fprintf(stderr, "sepctl: out of memory for the text to resend\n");
+                    return EXIT_RUNTIME;
+                }
+                if (got > 0)
+                    f->sent_to += got;
+                f->eof = got == 0;
             }
             if (got > 0 || !sent_any) {
-                sep_frame_t f = { buf, (size_t)got };
+                sep_frame_t fr = { piece, (size_t)got };
                 json_t *h = json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
-                                      (json_int_t)seq++, "nll", nf != NULL);
-                if ((rc = ctl_send(&c, h, &f, 1))) {
-                    code = ctl_conn_error(rc);
-                    break;
-                }
+                                      (json_int_t)seq++, "nll", f->nf != NULL);
+                if ((rc = ctl_send(c, h, &fr, 1)))
+                    return f->retry ? -1 : ctl_conn_error(rc);
                 sent_any = 1;
             }
-            if (got == 0) {
-                eof = 1;
-                if ((rc = ctl_send(&c, json_pack("{s:s}", "op", SEP_OP_FEED_END), NULL, 0))) {
-                    code = ctl_conn_error(rc);
-                    break;
-                }
-            }
+            if (f->eof && !resend &&
+                (rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_FEED_END), NULL, 0)))
+                return f->retry ? -1 : ctl_conn_error(rc);
             continue;
         }
-        if ((code = ctl_reply_error(&m))) {
+        if (json_is_false(json_object_get(m.hdr, "ok"))) {
+            int lost = !strcmp(sep_msg_str(&m, "code", ""), SEP_ERR_UNAVAILABLE);
+            if (f->retry && lost) {
+                sep_msg_close(&m);
+                return -1;
+            }
+            code = ctl_reply_error(&m);
             sep_msg_close(&m);
             break;
         }
-        if (ctl_write_nlls(nf, &m, 0)) {
-            fprintf(stderr, "sepctl: %s: write error\n", o->nll_out);
+        if (feed_nlls(f, &m)) {
+            fprintf(stderr, "sepctl: %s: write error\n", f->o->nll_out);
             code = EXIT_RUNTIME;
         }
-        ended = strcmp(m.op, SEP_OP_FEED_END) == 0;
+        int ended = strcmp(m.op, SEP_OP_FEED_END) == 0;
         if (strcmp(m.op, SEP_OP_FEED) == 0)
             acked++;
-        if (progress)
-            ctl_progress(&m, t0, ended);
-        if (ended && !code)
-            ctl_print_session(&m, o->json, stdout);
+        if (f->progress)
+            ctl_progress(&m, f->t0, ended);
+        if (ended && !code) {
+            const char *lost = sep_msg_str(&m, "checkpoint_error", NULL);
+            ctl_print_session(&m, f->o->json, stdout);
+            if (lost) {
+                fprintf(stderr, "sepctl: session '%s': the text is scored but not saved: %s\n",
+                        f->session, lost);
+                code = EXIT_RUNTIME;
+            } else if (f->retry && feed_committed(f, sep_msg_int(&m, "bytes_committed", 0),
+                                                  sep_msg_int(&m, "tokens_committed", 0))) {
+                code = EXIT_RUNTIME;
+            }
+        }
         sep_msg_close(&m);
         if (ended)
             break;
     }
-    if (nf && ctl_nll_close(o->nll_out, &nf) && !code)
+    return code;
+}
+
+static int ctl_feed(const ctl_common_t *o, const char *session, int retry, int from_committed)
+{
+    ctl_conn_t c;
+    char *buf = malloc(SEP_FEED_PIECE);
+    feed_t f = { .o = o, .session = session, .retry = retry, .from_committed = from_committed,
+                 .progress = isatty(2), .t0 = sep_now() };
+    int rc, code = 0;
+    if (!buf)
+        return ctl_conn_error(sep_fail(SEP_ENOMEM, "out of memory"));
+    /* the file is opened after the session's figures are known */
+    ctl_common_t no_nll = *o;
+    no_nll.nll_out = NULL;
+    if ((code = ctl_session_open(&no_nll, session, "w", &c, &f.nf))) {
+        free(buf);
+        return code;
+    }
+    int64_t bytes_in = 0, tokens = 0, committed = 0;
+    if ((retry || from_committed) && (rc = feed_info(&c, &bytes_in, &tokens, &committed))) {
+        code = rc == SEP_EAGAIN ? ctl_signal_code(ctl_signal) : ctl_conn_error(rc);
+        goto done;
+    }
+    /* --from-committed: stdin is the session's whole text; what the
+     * session has (after a restart: what its last checkpoint holds) is
+     * skipped, and the NLL file goes on from its tokens */
+    if (from_committed && (rc = feed_skip(bytes_in, buf))) {
+        code = ctl_conn_error(rc);
+        goto done;
+    }
+    if (o->nll_out) {
+        rc = from_committed ? feed_nll_resume(o->nll_out, tokens, &f.nf)
+                            : (ctl_nll_open(o->nll_out, "w", &f.nf) ? SEP_EIO : SEP_OK);
+        if (rc) {
+            if (from_committed)
+                fprintf(stderr, "sepctl: %s\n", sep_errmsg());
+            code = EXIT_RUNTIME;
+            goto done;
+        }
+    }
+    f.sent_to = f.k.kept_at = bytes_in;
+    f.k.nll_at = tokens;
+    for (int resume = 0;; resume = 1) {
+        code = feed_run(&f, &c, buf, resume);
+        if (code != -1)
+            break;
+        if ((rc = feed_reconnect(&f, &c, "sepd went away"))) {
+            code = ctl_signal_code(ctl_signal);
+            break;
+        }
+    }
+done:
+    if (f.nf && ctl_nll_close(o->nll_out, &f.nf) && !code)
         code = EXIT_RUNTIME;
+    free(f.k.kept);
+    free(f.k.nll);
     free(buf);
     ctl_disconnect(&c);
     return code;
@@ -662,6 +934,393 @@ done:
     return code;
 }
 
+/* ---- seps, export, import ---------------------------------------------- */
+
+/* Send one request of verb on c's session and take its reply (an error
+ * reply is printed: its exit code in *code). */
+static int ctl_ask(ctl_conn_t *c, json_t *req, const sep_frame_t *f, int n, sep_msg_t *m,
+                   int *code)
+{
+    int woke, rc;
+    *code = 0;
+    if ((rc = ctl_send(c, req, f, n)) || (rc = ctl_recv(c, m, -1, &woke))) {
+        *code = ctl_conn_error(rc);
+        return -1;
+    }
+    if (woke == CTL_GOT_SIGNAL) {
+        *code = ctl_signal_code(ctl_signal);
+        return -1;
+    }
+    if ((*code = ctl_reply_error(m))) {
+        sep_msg_close(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* A token's text on one line: control bytes escaped as C does. */
+static void ctl_print_text(const char *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)t[i];
+        if (ch == '\n')
+            fputs("\\n", stdout);
+        else if (ch == '\t')
+            fputs("\\t", stdout);
+        else if (ch == '\\')
+            fputs("\\\\", stdout);
+        else if (ch < 0x20 || ch == 0x7f)
+            printf("\\x%02x", ch);
+        else
+            putchar(ch);
+    }
+}
+
+/* seps NAME: the archived separators, a page at a time. */
+static int ctl_seps_list(ctl_conn_t *c, const ctl_common_t *o, int64_t from, int64_t to)
+{
+    int code = 0;
+    while (from >= 0 && from < to) {
+        sep_msg_t m;
+        json_t *req = json_pack("{s:s, s:I, s:I, s:i}", "op", SEP_OP_SEPS, "from",
+                                (json_int_t)from, "to", (json_int_t)to, "limit", 4096);
+        if (ctl_ask(c, req, NULL, 0, &m, &code))
+            return code;
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(m.hdr, "entries"), i, e) {
+            long long pos = (long long)json_integer_value(json_array_get(e, 0));
+            int id = (int)json_integer_value(json_array_get(e, 1));
+            json_t *t = json_array_get(e, 2);
+            if (o->json) {
+                json_t *line = json_pack("{s:I, s:i, s:O}", "pos", (json_int_t)pos, "id", id,
+                                         "text", t);
+                json_dumpf(line, stdout, JSON_COMPACT);
+                fputc('\n', stdout);
+                json_decref(line);
+            } else {
+                printf("%lld\t%d\t", pos, id);
+                ctl_print_text(json_string_value(t) ? json_string_value(t) : "",
+                               json_string_length(t));
+                putchar('\n');
+            }
+        }
+        from = sep_msg_int(&m, "next", -1);
+        sep_msg_close(&m);
+        if (ferror(stdout))
+            return EXIT_RUNTIME;
+    }
+    return code;
+}
+
+static int ctl_pwrite(int fd, const void *buf, size_t n, off_t at)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+        at += w;
+    }
+    return 0;
+}
+
+/* seps NAME --export FILE: the archive as a safetensors file: positions
+ * (I64 [N]), ids (I32 [N]) and for each layer l layers.l.k and layers.l.v
+ * ([N, kv_dim], F32 or BF16 as stored). */
+static int ctl_seps_export(ctl_conn_t *c, const char *path, int64_t from, int64_t to,
+                           const char *session)
+{
+    sep_msg_t m;
+    int code = 0, fd = -1;
+    char *hdr = NULL;
+    json_t *req = json_pack("{s:s, s:I, s:I, s:b}", "op", SEP_OP_SEPS, "from", (json_int_t)from,
+                            "to", (json_int_t)to, "count", 1);
+    if (ctl_ask(c, req, NULL, 0, &m, &code))
+        return code;
+    int64_t total = sep_msg_int(&m, "total", 0);
+    int layers = (int)sep_msg_int(&m, "n_layers", 0);
+    sep_msg_close(&m);
+    /* the first page tells the rows' shape */
+    int64_t next = from;
+    int kv_dim = 0, dtype = 1;
+    sep_msg_t page = { 0 };
+    int have_page = 0;
+    if (total > 0) {
+        req = json_pack("{s:s, s:I, s:I, s:b}", "op", SEP_OP_SEPS, "from", (json_int_t)next,
+                        "to", (json_int_t)to, "data", 1);
+        if (ctl_ask(c, req, NULL, 0, &page, &code))
+            return code;
+        have_page = 1;
+        kv_dim = (int)sep_msg_int(&page, "kv_dim", 0);
+        dtype = (int)sep_msg_int(&page, "dtype", 1);
+    }
+    size_t elem = dtype == 2 ? 2 : 4, row = (size_t)kv_dim * elem;
+    json_t *h = json_object();
+    uint64_t at = 0;
+    json_object_set_new(h, "__metadata__", json_pack("{s:s, s:s}", "session", session,
+                                                     "format", "sepd separator archive"));
+    json_object_set_new(h, "positions", json_pack("{s:s, s:[I], s:[I, I]}", "dtype", "I64",
+                                                  "shape", (json_int_t)total, "data_offsets",
+                                                  (json_int_t)at, (json_int_t)(at + 8 * total)));
+    at += 8 * (uint64_t)total;
+    json_object_set_new(h, "ids", json_pack("{s:s, s:[I], s:[I, I]}", "dtype", "I32", "shape",
+                                            (json_int_t)total, "data_offsets", (json_int_t)at,
+                                            (json_int_t)(at + 4 * total)));
+    at += 4 * (uint64_t)total;
+    uint64_t kv_at = at, plane = (uint64_t)total * row;
+    for (int l = 0; total > 0 && l < layers; l++)
+        for (int kv = 0; kv < 2; kv++) {
+            char name[32];
+            snprintf(name, sizeof name, "layers.%d.%s", l, kv ? "v" : "k");
+            json_object_set_new(h, name, json_pack("{s:s, s:[I, i], s:[I, I]}", "dtype",
+                                                   dtype == 2 ? "BF16" : "F32", "shape",
+                                                   (json_int_t)total, kv_dim, "data_offsets",
+                                                   (json_int_t)at, (json_int_t)(at + plane)));
+            at += plane;
+        }
+    hdr = json_dumps(h, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(h);
+    size_t hlen = hdr ? strlen(hdr) : 0, padded = (hlen + 7) / 8 * 8;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.part", path);
+    if (!hdr || (fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0) {
+        fprintf(stderr, "sepctl: %s: %s\n", tmp, hdr ? strerror(errno) : "out of memory");
+        code = EXIT_RUNTIME;
+        goto done;
+    }
+    uint64_t hl = padded;
+    char *pad = calloc(1, padded + 8);
+    if (!pad) {
+        code = EXIT_RUNTIME;
+        goto done;
+    }
+    memcpy(pad, &hl, 8);
+    memcpy(pad + 8, hdr, hlen);
+    memset(pad + 8 + hlen, ' ', padded - hlen);
+    int bad = ctl_pwrite(fd, pad, padded + 8, 0);
+    free(pad);
+    off_t base = (off_t)(8 + padded);
+    int64_t idx = 0;
+    while (!bad && have_page) {
+        int n = (int)sep_msg_int(&page, "n", 0);
+        if (idx + n > total || page.n_frames != 4 || page.frames[0].len != (size_t)n * 8 ||
+            page.frames[2].len != (size_t)layers * n * row) {
+            fprintf(stderr, "sepctl: seps: a page that does not fit the archive's count\n");
+            code = EXIT_RUNTIME;
+            goto done;
+        }
+        bad = ctl_pwrite(fd, page.frames[0].data, (size_t)n * 8, base + 8 * idx) ||
+              ctl_pwrite(fd, page.frames[1].data, (size_t)n * 4, base + 8 * total + 4 * idx);
+        for (int l = 0; !bad && l < layers; l++)
+            for (int kv = 0; !bad && kv < 2; kv++)
+                bad = ctl_pwrite(fd, (const uint8_t *)page.frames[2 + kv].data +
+                                         (size_t)l * n * row, (size_t)n * row,
+                                 base + (off_t)(kv_at + (2 * (uint64_t)l + kv) * plane +
+                                                (uint64_t)idx * row));
+        idx += n;
+        next = sep_msg_int(&page, "next", -1);
+        sep_msg_close(&page);
+        have_page = 0;
+        if (next < 0 || idx >= total)
+            break;
+        req = json_pack("{s:s, s:I, s:I, s:b}", "op", SEP_OP_SEPS, "from", (json_int_t)next,
+                        "to", (json_int_t)to, "data", 1);
+        if (ctl_ask(c, req, NULL, 0, &page, &code))
+            goto done;
+        have_page = 1;
+    }
+    if (!bad && idx != total) {
+        fprintf(stderr, "sepctl: seps: the archive holds %lld entries now, %lld were counted\n",
+                (long long)idx, (long long)total);
+        code = EXIT_RUNTIME;
+    } else if (bad || fsync(fd) != 0 || close(fd) != 0 || (fd = -1, rename(tmp, path) != 0)) {
+        fprintf(stderr, "sepctl: %s: %s\n", path, strerror(errno));
+        code = EXIT_RUNTIME;
+    } else {
+        fprintf(stderr, "sepctl: %s: %lld separators, %d layers, kv_dim %d, %s\n", path,
+                (long long)total, layers, kv_dim, dtype == 2 ? "bf16" : "f32");
+    }
+done:
+    if (have_page)
+        sep_msg_close(&page);
+    if (fd >= 0)
+        close(fd);
+    if (code)
+        unlink(tmp);
+    free(hdr);
+    return code;
+}
+
+/* export NAME FILE: the suspended session as one file. */
+static int ctl_export(ctl_conn_t *c, const char *path)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.part", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        fprintf(stderr, "sepctl: %s: %s\n", tmp, strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    int code = 0, done = 0;
+    int64_t bytes = 0;
+    while (!code && !done) {
+        sep_msg_t m;
+        if (ctl_ask(c, json_pack("{s:s}", "op", SEP_OP_EXPORT), NULL, 0, &m, &code))
+            break;
+        done = json_is_true(json_object_get(m.hdr, "done"));
+        if (m.n_frames == 1 && m.frames[0].len &&
+            fwrite(m.frames[0].data, 1, m.frames[0].len, f) != m.frames[0].len)
+            code = EXIT_RUNTIME;
+        bytes += m.n_frames == 1 ? (int64_t)m.frames[0].len : 0;
+        sep_msg_close(&m);
+    }
+    if (code == ctl_signal_code(SIGINT) || code == ctl_signal_code(SIGTERM))
+        ctl_cancel(c, NULL, SEP_OP_EXPORT);
+    if (fflush(f) || fsync(fileno(f)) || ferror(f)) {
+        if (!code)
+            fprintf(stderr, "sepctl: %s: %s\n", tmp, strerror(errno));
+        code = code ? code : EXIT_RUNTIME;
+    }
+    fclose(f);
+    if (!code && rename(tmp, path) != 0) {
+        fprintf(stderr, "sepctl: %s: %s\n", path, strerror(errno));
+        code = EXIT_RUNTIME;
+    }
+    if (code)
+        unlink(tmp);
+    else
+        fprintf(stderr, "sepctl: %s: %lld bytes\n", path, (long long)bytes);
+    return code;
+}
+
+/* The name an export stream was made under: its first item's key. */
+static int ctl_export_name(FILE *f, const char *path, char *name)
+{
+    unsigned char head[16 + 12];
+    if (fread(head, 1, sizeof head, f) != sizeof head || memcmp(head, "SEPDEXPT", 8) != 0 ||
+        head[16] != 1) {
+        fprintf(stderr, "sepctl: %s: not a sepd export\n", path);
+        return -1;
+    }
+    uint32_t klen;
+    memcpy(&klen, head + 20, 4);
+    if (klen < 1 || klen > SEP_NAME_MAX || fread(name, 1, klen, f) != klen) {
+        fprintf(stderr, "sepctl: %s: not a sepd export\n", path);
+        return -1;
+    }
+    name[klen] = '\0';
+    rewind(f);
+    return 0;
+}
+
+/* import FILE [NAME]: an export as a new session, suspended. */
+static int ctl_import(const ctl_common_t *o, const char *path, const char *name_opt)
+{
+    char name[SEP_NAME_MAX + 1];
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "sepctl: %s: %s\n", path, strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    if (name_opt)
+        snprintf(name, sizeof name, "%s", name_opt);
+    else if (ctl_export_name(f, path, name)) {
+        fclose(f);
+        return EXIT_RUNTIME;
+    }
+    ctl_conn_t c;
+    FILE *nf = NULL;
+    int code = ctl_session_open(o, name, "w", &c, &nf), rc, woke;
+    char *buf = code ? NULL : malloc(SEP_FEED_PIECE);
+    if (code || !buf) {
+        fclose(f);
+        free(buf);
+        return code ? code : EXIT_RUNTIME;
+    }
+    int64_t seq = 0, acked = 0;
+    int eof = 0;
+    while (!code) {
+        if (!eof && seq - acked < SEP_FEED_WINDOW) {
+            size_t got = fread(buf, 1, SEP_FEED_PIECE, f);
+            if (got == 0 && ferror(f)) {
+                fprintf(stderr, "sepctl: %s: read error\n", path);
+                code = EXIT_RUNTIME;
+                break;
+            }
+            if (got) {
+                sep_frame_t fr = { buf, got };
+                if ((rc = ctl_send(&c, json_pack("{s:s, s:I}", "op", SEP_OP_IMPORT, "seq",
+                                                 (json_int_t)seq++), &fr, 1))) {
+                    code = ctl_conn_error(rc);
+                    break;
+                }
+                continue;
+            }
+            eof = 1;
+            if ((rc = ctl_send(&c, json_pack("{s:s}", "op", SEP_OP_IMPORT_END), NULL, 0))) {
+                code = ctl_conn_error(rc);
+                break;
+            }
+        }
+        sep_msg_t m;
+        if ((rc = ctl_recv(&c, &m, -1, &woke))) {
+            code = ctl_conn_error(rc);
+            break;
+        }
+        if (woke == CTL_GOT_SIGNAL) {
+            code = ctl_signal_code(ctl_signal); /* closing the connection takes it back */
+            break;
+        }
+        if ((code = ctl_reply_error(&m))) {
+            sep_msg_close(&m);
+            break;
+        }
+        if (strcmp(m.op, SEP_OP_IMPORT_END) == 0) {
+            ctl_print_session(&m, o->json, stdout);
+            const char *why = sep_msg_str(&m, "cannot_load", NULL);
+            if (why)
+                fprintf(stderr, "sepctl: note: session '%s' cannot be resumed by this sepd: "
+                        "%s\n", name, why);
+            sep_msg_close(&m);
+            break;
+        }
+        acked++;
+        sep_msg_close(&m);
+    }
+    fclose(f);
+    free(buf);
+    ctl_disconnect(&c);
+    return code;
+}
+
+/* seps, export, import: connect, then the verb. */
+static int ctl_transfer(const ctl_common_t *o, const char *verb, const char *name,
+                        const char *file, int64_t from, int64_t to)
+{
+    if (!strcmp(verb, SEP_OP_IMPORT))
+        return ctl_import(o, file, name);
+    ctl_conn_t c;
+    FILE *nf = NULL;
+    int code = ctl_session_open(o, name, "w", &c, &nf);
+    if (code)
+        return code;
+    if (!strcmp(verb, SEP_OP_EXPORT))
+        code = ctl_export(&c, file);
+    else if (file)
+        code = ctl_seps_export(&c, file, from, to, name);
+    else
+        code = ctl_seps_list(&c, o, from, to);
+    ctl_disconnect(&c);
+    if (!code && fflush(stdout) != 0)
+        code = EXIT_RUNTIME;
+    return code;
+}
+
 /* ---- the verbs ---------------------------------------------------------- */
 
 int ctl_remote(const char *verb, int argc, char **argv)
@@ -671,6 +1330,9 @@ int ctl_remote(const char *verb, int argc, char **argv)
         { "nll-out", required_argument, 0, 'o' }, CTL_CACHE_OPTIONS,
         { "n", required_argument, 0, 'n' }, { "temperature", required_argument, 0, 'T' },
         { "top-p", required_argument, 0, 'p' }, { "seed", required_argument, 0, 'e' },
+        { "retry", no_argument, 0, 'R' }, { "from-committed", no_argument, 0, 'F' },
+        { "from", required_argument, 0, 'f' }, { "to", required_argument, 0, 't' },
+        { "export", required_argument, 0, 'x' }, { "archive", required_argument, 0, 'a' },
         { 0, 0, 0, 0 } };
     ctl_common_t o = { 0 };
     sep_policy_t pol = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64, .w = 256, .c = 800,
@@ -682,6 +1344,10 @@ int ctl_remote(const char *verb, int argc, char **argv)
                     !strcmp(verb, SEP_OP_CLOSE);
     long n = -1, seed = -1;
     double temperature = 1.0, top_p = 1.0;
+    int retry = 0, from_committed = 0, is_feed = !strcmp(verb, SEP_OP_FEED);
+    int is_seps = !strcmp(verb, SEP_OP_SEPS);
+    long from = 0, to = LONG_MAX;
+    const char *export_to = NULL, *archive = NULL;
     while ((c = getopt_long(argc, argv, "n:", opts, NULL)) != -1) {
         if (is_open && (r = ctl_cache_opt(c, optarg, &pol, &window_given, &separators)) <= 0) {
             if (r < 0)
@@ -692,6 +1358,31 @@ int ctl_remote(const char *verb, int argc, char **argv)
         switch (c) {
         case 'k': o.socket = optarg; break;
         case 'j': o.json = 1; break;
+        case 'R':
+        case 'F':
+            if (!is_feed)
+                goto bad;
+            *(c == 'R' ? &retry : &from_committed) = 1;
+            break;
+        case 'f':
+        case 't':
+            if (!is_seps || ctl_int_opt(c == 'f' ? "from" : "to", optarg, 0, LONG_MAX,
+                                        c == 'f' ? &from : &to))
+                goto bad;
+            break;
+        case 'x':
+            if (!is_seps)
+                goto bad;
+            export_to = optarg;
+            break;
+        case 'a':
+            if (!is_open || (strcmp(optarg, "off") && strcmp(optarg, "f32") &&
+                             strcmp(optarg, "bf16"))) {
+                fprintf(stderr, "sepctl: --archive: expected off, f32 or bf16\n");
+                return EXIT_USAGE;
+            }
+            archive = optarg;
+            break;
         case 'o':
             if (!takes_nll)
                 goto bad;
@@ -724,13 +1415,25 @@ int ctl_remote(const char *verb, int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    int needs_name = strcmp(verb, SEP_OP_LS) && strcmp(verb, SEP_OP_STATS);
-    if (argc - optind != needs_name) {
+    /* the words after the options: NAME, none (ls, stats), NAME FILE
+     * (export), FILE [NAME] (import) */
+    int is_export = !strcmp(verb, SEP_OP_EXPORT), is_import = !strcmp(verb, SEP_OP_IMPORT);
+    int needs_name = strcmp(verb, SEP_OP_LS) && strcmp(verb, SEP_OP_STATS), left = argc - optind;
+    const char *name = NULL, *file = NULL;
+    if (is_export && left == 2) {
+        name = argv[optind];
+        file = argv[optind + 1];
+    } else if (is_import && (left == 1 || left == 2)) {
+        file = argv[optind];
+        name = left == 2 ? argv[optind + 1] : NULL;
+    } else if (!is_export && !is_import && left == needs_name) {
+        name = needs_name ? argv[optind] : NULL;
+    } else {
         fprintf(stderr, "sepctl: %s: %s\n", verb,
-                needs_name ? "expected one session NAME" : "takes no arguments");
+                is_export ? "expected NAME FILE" : is_import ? "expected FILE [NAME]"
+                : needs_name ? "expected one session NAME" : "takes no arguments");
         return EXIT_USAGE;
     }
-    const char *name = needs_name ? argv[optind] : NULL;
     if (name && !sep_name_ok(name)) {
         fprintf(stderr, "sepctl: session name '%s': 1 to %d characters of A-Z a-z 0-9 . _ -\n",
                 name, SEP_NAME_MAX);
@@ -747,10 +1450,14 @@ int ctl_remote(const char *verb, int argc, char **argv)
                                 "method", sep_method_name(pol.method), "a", pol.a, "s", pol.s,
                                 "w", pol.w, "c", pol.c, "shift", pol.shift, "separators",
                                 separators);
+        if (req && archive)
+            json_object_set_new(req, "archive", json_string(archive));
         return ctl_simple(&o, name, req);
     }
-    if (!strcmp(verb, SEP_OP_FEED))
-        return ctl_feed(&o, name);
+    if (is_seps || is_export || is_import)
+        return ctl_transfer(&o, verb, name, is_seps ? export_to : file, from, to);
+    if (is_feed)
+        return ctl_feed(&o, name, retry, from_committed);
     if (is_gen) {
         json_t *req = json_pack("{s:s, s:I, s:f, s:f, s:b, s:i}", "op", verb, "n", (json_int_t)n,
                                 "temperature", temperature, "top_p", top_p, "nll",

@@ -43,14 +43,20 @@ static const char *usage_text =
     "\n"
     "session commands (a running sepd; --socket ENDPOINT, else $SEPD_SOCKET, else\n"
     "the default ipc socket; --json on each for scripts):\n"
-    "  open NAME [cache options]     open a session\n"
-    "  feed NAME [--nll-out FILE]    stream stdin into it (progress on a terminal)\n"
+    "  open NAME [cache options] [--archive off|f32|bf16]\n"
+    "                                open a session\n"
+    "  feed NAME [--nll-out FILE] [--from-committed] [--retry]\n"
+    "                                stream stdin into it (progress on a terminal)\n"
     "  generate NAME -n N [--temperature T] [--top-p P] [--seed S] [--nll-out FILE]\n"
     "                                continue its text, streaming it out\n"
     "  ls | info NAME | stats        sessions, one session, the daemon\n"
     "  suspend NAME | resume NAME    move its caches out of the workers and back\n"
     "  flush NAME | close NAME [--nll-out FILE]\n"
     "                                score the held-back tail now / and end it\n"
+    "  seps NAME [--from P] [--to Q] [--export FILE]\n"
+    "                                its archive of evicted separators\n"
+    "  export NAME FILE | import FILE [NAME]\n"
+    "                                a suspended session to a file, and back\n"
     "\n"
     "cache options: --method full|streaming|sepllm (sepllm) --init A (4)\n"
     "  --seps S (64) --window W (256; streaming: C - A) --capacity C (800)\n"
@@ -404,51 +410,11 @@ static int eval_close_out(const char *path, FILE **f)
     return bad ? sep_fail(SEP_EIO, "%s: %s", path, strerror(errno)) : SEP_OK;
 }
 
-/* sep_stream_feed for --seps-out: the same chunks of the stream (every id
- * but the last runs, the next id its target) with the same counters, each
- * chunk archiving; the separators its compactions evict go to sf as lines
- * "POSITION ID", in stream order. */
-static int eval_feed_archive(sep_model_t *m, sep_stream_t *s, const int32_t *ids, size_t n,
-                             float *nll, int32_t *kv, size_t *n_scored, FILE *sf)
+/* --seps-out: a line "POSITION ID" for each separator a chunk evicted. */
+static void eval_evicted(const sep_evicted_t *ev, void *arg)
 {
-    *n_scored = 0;
-    size_t held = s->has_pending ? 1 : 0, total = held + n, done = 0;
-    if (n == 0)
-        return SEP_OK;
-    int32_t *seq = malloc(total * sizeof *seq);
-    if (!seq)
-        return sep_fail(SEP_ENOMEM, "eval: out of memory for %zu ids", n);
-    if (held)
-        seq[0] = s->pending;
-    memcpy(seq + held, ids, n * sizeof *ids);
-    int rc = SEP_OK;
-    for (int k; done + 1 < total; done += (size_t)k) {
-        size_t left = total - 1 - done;
-        k = left < (size_t)m->run.max_tokens ? (int)left : m->run.max_tokens;
-        sep_chunk_t ch = { .cache = s->cache, .ids = seq + done, .n = k,
-                           .targets = seq + done + 1, .nll = nll + done, .kv = kv + done,
-                           .archive = 1 };
-        if ((rc = sep_model_forward(m, &ch, 1)))
-            break;
-        const sep_evicted_t *ev = sep_model_evicted(m);
-        for (int e = 0; e < ev->n; e++)
-            fprintf(sf, "%lld %d\n", (long long)ev->pos[e], ev->id[e]);
-        /* the counters as the stream keeps them, in the same order */
-        for (int i = 0; i < k; i++) {
-            s->nll_sum += nll[done + i];
-            s->kv_sum += kv[done + i];
-            s->kv_max = kv[done + i] > s->kv_max ? kv[done + i] : s->kv_max;
-        }
-        s->tokens += k;
-    }
-    /* as sep_stream_feed: what ran stays run, the next id waits */
-    if (!rc || done > 0) {
-        s->pending = seq[rc ? done : total - 1];
-        s->has_pending = 1;
-    }
-    *n_scored = done;
-    free(seq);
-    return rc;
+    for (int e = 0; e < ev->n; e++)
+        fprintf(arg, "%lld %d\n", (long long)ev->pos[e], ev->id[e]);
 }
 
 /* Score ids in pieces as the source yields them, writing each piece's
@@ -481,8 +447,9 @@ static int eval_run(const eval_opts_t *o, eval_src_t *src, sep_model_t *m, sep_s
             }
             cap = n;
         }
-        rc = sf ? eval_feed_archive(m, s, ids, n, nll, kv, &scored, sf)
-                : sep_stream_feed(m, s, ids, n, nll, kv, &scored);
+        s->on_evict = sf ? eval_evicted : NULL;
+        s->evict_arg = sf;
+        rc = sep_stream_feed(m, s, ids, n, nll, kv, &scored);
         if (rc)
             break;
         for (size_t i = 0; nf && i < scored; i++)
@@ -613,7 +580,8 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "separators") == 0)
         return cmd_separators(argc, argv);
     static const char *remote[] = { "open", "feed", "generate", "ls", "info", "stats",
-                                    "suspend", "resume", "flush", "close" };
+                                    "suspend", "resume", "flush", "close", "seps",
+                                    "export", "import" };
     for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
         if (strcmp(cmd, remote[i]) == 0)
             return ctl_remote(cmd, argc, argv);

@@ -137,8 +137,11 @@ void sepd_peer_gone(sepd_t *d, const uint8_t *peer, size_t peer_len)
             continue;
         sep_log(SEP_LOG_INFO, "session '%s': the client of its %s went away", s->name,
                 sep_sop_name(s->op.kind));
-        if (s->op.kind == SEP_SOP_FEED || s->op.kind == SEP_SOP_GENERATE) {
+        if (s->op.kind == SEP_SOP_FEED || s->op.kind == SEP_SOP_GENERATE ||
+            s->op.kind == SEP_SOP_EXPORT) {
             /* what it sent is the session's text; nobody waits for the rest */
+            if (s->op.kind == SEP_SOP_EXPORT)
+                sepd_export_drop(d, s);
             sep_session_op_end(s);
             if (sepd_step(d, s))
                 i--;
@@ -150,6 +153,7 @@ void sepd_peer_gone(sepd_t *d, const uint8_t *peer, size_t peer_len)
         if (d->stats.waiting[i].len == peer_len &&
             memcmp(d->stats.waiting[i].id, peer, peer_len) == 0)
             d->stats.waiting[i].len = 0;
+    sepd_import_gone(d, peer, peer_len);
 }
 
 void sepd_heartbeats(sepd_t *d)
@@ -306,6 +310,7 @@ static int op_admit(sepd_t *d, sep_session_t *s, const sep_msg_t *m, sep_sop_t k
                same ? "this" : "another", sep_sop_name(op->kind));
     return 0;
 take:
+    s->hold = 0;
     memset(op, 0, sizeof *op);
     op->kind = kind;
     memcpy(op->peer, m->peer, m->peer_len);
@@ -378,9 +383,10 @@ static void op_open(sepd_t *d, const sep_msg_t *m)
     if (!name)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
                           "open: no \"session\" name");
-    if (sepd_find(d, name))
+    if (sepd_find(d, name) || sepd_import_find(d, name))
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_EXISTS,
-                          "session '%s' exists already", sep_clip(name, clip));
+                          "session '%s' exists already%s", sep_clip(name, clip),
+                          sepd_find(d, name) ? "" : " (it is being imported)");
     if (d->n_sess >= (size_t)d->conf.max_sessions)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_LIMIT,
                           "%zu sessions are open (max_sessions)", d->n_sess);
@@ -604,6 +610,33 @@ static void op_ack(sepd_t *d, const sep_msg_t *m)
     s->op.acked = got; /* no reply: the next tokens are the answer */
 }
 
+static void op_seps(sepd_t *d, const sep_msg_t *m)
+{
+    sep_session_t *s = session_for(d, m);
+    if (!s)
+        return;
+    if (!s->sid)
+        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_STATE,
+                          "session '%s' has no archive (%s)", s->name,
+                          s->foreign[0] ? s->foreign : "it is opening");
+    sepd_seps(d, m, s);
+}
+
+static void op_export(sepd_t *d, const sep_msg_t *m)
+{
+    sep_session_t *s = session_for(d, m);
+    if (!s)
+        return;
+    int continuing = s->op.kind == SEP_SOP_EXPORT && same_peer(s->op.peer, s->op.peer_len, m);
+    if (!continuing && (!state_allows(d, s, m, SEP_SS_SUSPENDED) ||
+                        !op_admit(d, s, m, SEP_SOP_EXPORT)))
+        return;
+    if (continuing && s->export_reading)
+        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BUSY,
+                          "export: ask for the next chunk once the last has come");
+    sepd_export_next(d, s);
+}
+
 static void op_ping(sepd_t *d, const sep_msg_t *m)
 {
     sepd_send(d, m->peer, m->peer_len, json_pack("{s:s}", "op", SEP_OP_PONG), NULL, 0);
@@ -714,7 +747,9 @@ static const struct {
               { SEP_OP_INFO, op_info }, { SEP_OP_STATS, op_stats },
               { SEP_OP_SUSPEND, op_suspend }, { SEP_OP_RESUME, op_resume },
               { SEP_OP_FLUSH, op_flush }, { SEP_OP_CLOSE, op_close },
-              { SEP_OP_CANCEL, op_cancel }, { SEP_OP_ACK, op_ack } };
+              { SEP_OP_CANCEL, op_cancel }, { SEP_OP_ACK, op_ack },
+              { SEP_OP_SEPS, op_seps }, { SEP_OP_EXPORT, op_export },
+              { SEP_OP_IMPORT, sepd_import_piece }, { SEP_OP_IMPORT_END, sepd_import_piece } };
 
 static void sepd_request(sepd_t *d, const sep_msg_t *m)
 {

@@ -468,7 +468,8 @@ int sepd_step(sepd_t *d, sep_session_t *s)
     case SEP_SOP_NONE:
         return op->next && !waiting ? sepd_op_finish(d, s) : 0;
     case SEP_SOP_OPEN:
-        return 0; /* its store job and control op are under way */
+    case SEP_SOP_EXPORT:
+        return 0; /* its store jobs (and control op) are under way */
     case SEP_SOP_RESUME:
         if (waiting || s->state != SEP_SS_SUSPENDED)
             return 0;

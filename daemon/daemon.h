@@ -29,6 +29,10 @@
 #define SEPD_HEARTBEAT_S 2.0     /* a waiting client hears from sepd this often */
 #define SEPD_MAX_GENERATE 1000000
 #define SEPD_OUTBOX_MAX 1024     /* replies a client may leave unread */
+#define SEPD_ARCHIVE_BATCH (16u << 20) /* bytes of archive rows one job writes at most */
+#define SEPD_ARCHIVE_DELAY_S 0.25      /* how long they wait for more */
+#define SEPD_SEPS_MAX 65536     /* positions of one seps listing reply */
+#define SEPD_SEPS_PAGE (16 << 20) /* bytes of rows one seps data reply holds at most */
 #define SEPD_FEED_BROKEN 2       /* op.ending: a piece was refused, no feed_end reply */
 
 typedef struct {
@@ -36,6 +40,7 @@ typedef struct {
     int off, n;       /* rows [off, off + n) of the batch */
     int gen;          /* a generation step: logits of its one row ... */
     int greedy;       /* ... or, at temperature 0, the token the last stage chose */
+    int archive;      /* SEP_ARCHIVE_*: the stages ship the separators it evicts */
 } sepd_bchunk_t;
 
 typedef struct {
@@ -62,6 +67,11 @@ struct sepd_storer;
 typedef struct sepd {
     sep_conf_t conf;
     struct sepd_storer *storer;  /* the store thread (persist.c) */
+    struct arch_job *arch;    /* archive rows waiting for their job */
+    struct sepd_import **imports; /* (n_imports) imports under way (transfer.c) */
+    size_t n_imports, cap_imports;
+    uint64_t arch_entries, arch_bytes;  /* written to the archive so far */
+    double arch_seconds;      /* the store thread's time on them */
     int store_lock_fd;
     uint8_t model_fp[32];     /* the model's fingerprint (fingerprint.h) */
     char run_dir[4096], lock_path[4200];

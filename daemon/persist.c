@@ -2,6 +2,7 @@
 #include "persist.h"
 #include "err.h"
 #include "fingerprint.h"
+#include "grow.h"
 #include "log.h"
 #include "paths.h"
 #include "storer.h"
@@ -131,6 +132,9 @@ static int persist_session(sepd_t *d, const sep_store_session_t *r, sep_session_
                         "(at most %d)", r->name, r->held_len, SEP_TOK_HOLD_MAX);
     }
     s->state = SEP_SS_SUSPENDED;
+    /* its queued ids wait for a client: their NLLs are that client's (a
+     * feed --retry resending from bytes_committed gets every one) */
+    s->hold = 1;
     memcpy(s->held, r->held, r->held_len);
     s->held_len = r->held_len;
     s->tok_at = r->tok_at;
@@ -181,6 +185,16 @@ static int persist_damaged(sepd_t *d, const sep_store_session_t *r)
     snprintf(s->foreign, sizeof s->foreign, "its record is damaged: %s", r->damage);
     if ((rc = sepd_add(d, s)))
         sep_session_destroy(&s);
+    return rc;
+}
+
+int sepd_persist_adopt(sepd_t *d, const sep_store_session_t *r, sep_session_t **out)
+{
+    sep_session_t *s = NULL;
+    int rc = persist_session(d, r, &s);
+    if (!rc && (rc = sepd_add(d, s)))
+        sep_session_destroy(&s);
+    *out = s;
     return rc;
 }
 
@@ -259,6 +273,7 @@ fail:
 
 void sepd_persist_close(sepd_t *d)
 {
+    sepd_archive_flush(d);
     sepd_storer_stop(&d->storer, d);
     if (d->store_lock_fd >= 0)
         close(d->store_lock_fd);
@@ -378,6 +393,9 @@ static void job_submit(sepd_t *d, sep_session_t *s, persist_job_t *j, int rc)
         return;
     }
     s->sj = j->kind;
+    /* the archive of what was evicted before goes first: a checkpoint never
+     * holds a cut whose evicted separators the store does not have */
+    sepd_archive_flush(d);
     sepd_storer_submit(d->storer, &j->job);
 }
 

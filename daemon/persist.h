@@ -56,6 +56,17 @@ void sepd_persist_close(sepd_t *d);
 /* The loop: the store thread finished jobs (its fd is readable). */
 void sepd_persist_finish(sepd_t *d);
 
+/* A record the store holds now (an import's): its session, suspended,
+ * into d's table (*out). */
+int sepd_persist_adopt(sepd_t *d, const sep_store_session_t *r, sep_session_t **out);
+
+/* transfer.c: export and import. */
+void sepd_export_next(sepd_t *d, sep_session_t *s);
+void sepd_export_drop(sepd_t *d, sep_session_t *s);
+void sepd_import_piece(sepd_t *d, const sep_msg_t *m);
+struct sepd_import *sepd_import_find(sepd_t *d, const char *name);
+void sepd_import_gone(sepd_t *d, const uint8_t *peer, size_t peer_len);
+
 /* Jobs about s; each sets s->sj, and its answer steps s. */
 void sepd_persist_create(sepd_t *d, sep_session_t *s);
 void sepd_persist_read(sepd_t *d, sep_session_t *s);
@@ -74,6 +85,19 @@ void sepd_ckpt_write(sepd_t *d, sep_session_t *s);
 /* The record of s alone, with state, written when the thread gets to it
  * (a state change that needs no new snapshot); nothing waits for it. */
 void sepd_persist_put(sepd_t *d, sep_session_t *s, uint32_t state);
+
+/* archive.c. A stage's w_archive: the separators a batch evicted, kept for the next
+ * archive job (which holds a few batches: SEPD_ARCHIVE_BATCH bytes or
+ * SEPD_ARCHIVE_DELAY_S seconds, whichever first, and always goes before
+ * any other job so a checkpoint never runs ahead of the archive). */
+void sepd_archive_msg(sepd_t *d, sep_msg_t *m, int rank);
+void sepd_archive_due(sepd_t *d);
+void sepd_archive_flush(sepd_t *d);
+
+/* archive.c. The seps verb on s: its archive's positions and ids (with
+ * their text), or with "data" their K and V rows of every layer, a page
+ * at a time ("next"); "count": how many. */
+void sepd_seps(sepd_t *d, const sep_msg_t *m, sep_session_t *s);
 
 /* The loop: mark the sessions a checkpoint is due for (ckpt_want). */
 void sepd_checkpoint_due(sepd_t *d);

@@ -22,7 +22,7 @@ static int sched_may_run(const sep_session_t *s)
 {
     /* a checkpoint that is due waits for the batches in flight and holds
      * the rest: its w_save is the cut; once it went, the session runs on */
-    return s->state == SEP_SS_ACTIVE && !s->ckpt_want &&
+    return s->state == SEP_SS_ACTIVE && !s->ckpt_want && !s->hold &&
            (s->ctl.kind == SEP_WAIT_NONE || s->ctl.kind == SEP_WAIT_SAVE) &&
            (s->sj == SEP_SJ_NONE || s->sj == SEP_SJ_WRITE) && s->op.kind != SEP_SOP_SUSPEND;
 }
@@ -55,8 +55,9 @@ static int sched_one(sepd_t *d)
             d->targets[total] = -1;
         else
             memcpy(d->targets + total, s->q + s->sent + 1, (size_t)n * sizeof(int32_t));
-        b->ch[b->nc++] = (sepd_bchunk_t){ .sid = s->sid, .off = total, .n = n, .gen = gen,
-                                          .greedy = gen && s->temperature <= 0 };
+        b->ch[b->nc++] = (sepd_bchunk_t){
+            .sid = s->sid, .off = total, .n = n, .gen = gen, .greedy = gen && s->temperature <= 0,
+            .archive = s->policy.method == SEP_METHOD_SEPLLM ? (int)s->archive : 0 };
         s->sent += (size_t)n;
         s->gen_inflight |= gen;
         total += n;
@@ -66,10 +67,11 @@ static int sched_one(sepd_t *d)
     d->rr++;
     json_t *chunks = json_array();
     for (int j = 0; chunks && j < b->nc; j++)
-        json_array_append_new(chunks, json_pack("{s:I, s:i, s:b, s:b}", "sid",
+        json_array_append_new(chunks, json_pack("{s:I, s:i, s:b, s:b, s:i}", "sid",
                                                 (json_int_t)b->ch[j].sid, "n", b->ch[j].n,
                                                 "logits", b->ch[j].gen && !b->ch[j].greedy,
-                                                "greedy", b->ch[j].greedy));
+                                                "greedy", b->ch[j].greedy,
+                                                "archive", b->ch[j].archive));
     b->seq = d->next_seq++;
     json_t *h = chunks ? json_pack("{s:s, s:I, s:o}", "op", SEP_OP_W_BATCH, "seq",
                                    (json_int_t)b->seq, "chunks", chunks) : NULL;

@@ -59,6 +59,8 @@ static void sepd_worker_msg(sepd_t *d)
         sepd_batch_failed(d, &m);
     } else if (strcmp(m.op, SEP_OP_W_STATS) == 0) {
         sepd_stats_ack(d, &m, rank);
+    } else if (strcmp(m.op, SEP_OP_W_ARCHIVE) == 0) {
+        sepd_archive_msg(d, &m, rank);
     } else {
         sepd_control_msg(d, &m, rank);
     }
@@ -195,6 +197,7 @@ static int sepd_loop(sepd_t *d)
         }
         if (!d->stopping)
             sepd_checkpoint_due(d);
+        sepd_archive_due(d);
         sepd_schedule(d);
         sepd_heartbeats(d);
         sepd_rate(d);

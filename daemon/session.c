@@ -19,7 +19,7 @@ const char *sep_sop_name(sep_sop_t op)
 {
     static const char *names[] = { "none", SEP_OP_OPEN, SEP_OP_FEED, SEP_OP_FLUSH,
                                    SEP_OP_GENERATE, SEP_OP_SUSPEND, SEP_OP_RESUME,
-                                   SEP_OP_CLOSE };
+                                   SEP_OP_CLOSE, SEP_OP_EXPORT };
     return names[op];
 }
 

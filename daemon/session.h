@@ -47,6 +47,7 @@ typedef enum {
     SEP_SOP_SUSPEND,    /* w_save everywhere, then w_close */
     SEP_SOP_RESUME,     /* w_load everywhere */
     SEP_SOP_CLOSE,      /* the tail scored, then w_close everywhere, then gone */
+    SEP_SOP_EXPORT,     /* its store data streamed out, a chunk per request */
 } sep_sop_t;
 
 /* What the session waits for from the workers. */
@@ -153,6 +154,8 @@ typedef struct {
     uint32_t archive;             /* SEP_ARCHIVE_* of store.h */
     sep_sj_t sj;                  /* the store job under way */
     int ckpt_want;                /* a checkpoint is due: batches wait for its cut */
+    int hold;                     /* brought back from the store: runs nothing until a
+                                     client's op begins */
     struct sep_ckpt *cut;         /* the checkpoint being taken: its record and the
                                      stages' states as they arrive */
     struct sep_ckpt *loaded;      /* resume: the states read back, until w_load goes */
@@ -164,6 +167,9 @@ typedef struct {
     int64_t saved_bytes;          /* bytes of its cache states there */
     char ckpt_error[512];         /* the last checkpoint that failed, "" if none */
     char foreign[300];            /* why this sepd cannot load its snapshot, "" if it can */
+    void *exporting;              /* export: the store's cursor between chunks */
+    int64_t export_at;            /* bytes of the export sent */
+    int export_reading;           /* a chunk is being read */
 } sep_session_t;
 
 /* A session named name (checked with sep_name_ok) under policy numbers p

@@ -39,10 +39,12 @@ static int stream_run(sep_model_t *m, sep_stream_t *s, const int32_t *seq, int k
                       int32_t *kv)
 {
     sep_chunk_t ch = { .cache = s->cache, .ids = seq, .n = k, .targets = seq + 1,
-                       .nll = nll, .kv = kv };
+                       .nll = nll, .kv = kv, .archive = s->on_evict != NULL };
     int rc = sep_model_forward(m, &ch, 1);
     if (rc)
         return rc;
+    if (s->on_evict)
+        s->on_evict(sep_model_evicted(m), s->evict_arg);
     for (int i = 0; i < k; i++) {
         s->nll_sum += nll[i];
         s->kv_sum += kv[i];

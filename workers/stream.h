@@ -28,6 +28,10 @@ typedef struct {
     double nll_sum;      /* sum of their NLLs */
     int64_t kv_sum;      /* sum over scored tokens of the cache size */
     int64_t kv_max;      /* largest cache size seen */
+    /* set to get the separators the compactions evict: called after each
+     * chunk with what it evicted (sep_model_evicted) */
+    void (*on_evict)(const sep_evicted_t *ev, void *arg);
+    void *evict_arg;
 } sep_stream_t;
 
 /* A stream under policy (whose separator set must outlive the stream). */

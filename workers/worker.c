@@ -54,6 +54,10 @@ typedef struct {
     size_t logits_cap;
     int32_t *next;        /* (max_tokens) greedy tokens of a batch's chunks that ask */
     float *next_nll;      /* (max_tokens) their nlls */
+    int *archive;         /* (max_tokens) a batch's chunks: 0, or the dtype of their archive */
+    uint32_t *chunk_sid;  /* (max_tokens) a batch's chunks: their sessions */
+    void *arch;           /* w_archive frames being built, grown on demand */
+    size_t arch_cap;
 } worker_t;
 
 static const char *usage_text =
@@ -277,6 +281,10 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
             if (w->chunks[k].cache == s->cache)
                 return sep_fail(SEP_EFORMAT, "w_batch: session %u twice in one batch", sid);
         int want = json_is_true(json_object_get(c, "logits"));
+        int archive = (int)json_integer_value(json_object_get(c, "archive"));
+        if (archive < 0 || archive > 2)
+            return sep_fail(SEP_EFORMAT, "w_batch: archive %d for session %u", archive, sid);
+        w->archive[j] = archive;
         int greedy = json_is_true(json_object_get(c, "greedy")) && last;
         w->chunks[j] = (sep_chunk_t){ .cache = s->cache, .ids = ids + at, .n = (int)n,
                                       .targets = targets + at, .nll = w->nll + at,
@@ -284,7 +292,9 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
                                       .logits = want && last ? w->logits + (size_t)g * vocab
                                                              : NULL,
                                       .next = greedy ? w->next + gn : NULL,
-                                      .next_nll = greedy ? w->next_nll + gn : NULL };
+                                      .next_nll = greedy ? w->next_nll + gn : NULL,
+                                      .archive = archive != 0 };
+        w->chunk_sid[j] = sid;
         g += want;
         gn += greedy;
         at += (size_t)n;
@@ -296,6 +306,70 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
         w->nll[i] = NAN;
     return sep_model_forward_stage(w->m, w->chunks, (int)nc, w->m->layer0 ? w->x : NULL,
                                    last ? NULL : w->x);
+}
+
+/* bf16 of an fp32, rounded to nearest even (NaN stays a quiet NaN). */
+static uint16_t worker_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)(u >> 16 | 0x40);
+    return (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+}
+
+/* The separators the batch evicted from the chunks of archive dtype dt
+ * (1 f32, 2 bf16), to the daemon for the archive: w_archive {seq rank
+ * layer0 n_layers kv_dim dtype n}, frames sid (uint32), pos (int64), id
+ * (int32) per entry, then K and V (n_layers, n, kv_dim) in dt. */
+static int worker_archive_send(worker_t *w, int64_t seq, const sep_evicted_t *ev, int dt)
+{
+    int n = 0, L = ev->n_layers, kd = ev->kv_dim;
+    for (int e = 0; e < ev->n; e++)
+        n += w->archive[ev->chunk[e]] == dt;
+    if (n == 0)
+        return SEP_OK;
+    size_t elem = dt == 2 ? 2 : 4, rows = (size_t)L * n * kd * elem;
+    size_t need = (size_t)n * (4 + 8 + 4) + 2 * rows;
+    if (need > w->arch_cap) {
+        void *p = realloc(w->arch, need);
+        if (!p)
+            return sep_fail(SEP_ENOMEM, "w_archive: no memory for %zu bytes", need);
+        w->arch = p;
+        w->arch_cap = need;
+    }
+    uint32_t *sid = w->arch;
+    int64_t *pos = (int64_t *)(sid + n);
+    int32_t *id = (int32_t *)(pos + n);
+    uint8_t *k = (uint8_t *)(id + n), *v = k + rows;
+    for (int e = 0, o = 0; e < ev->n; e++) {
+        if (w->archive[ev->chunk[e]] != dt)
+            continue;
+        sid[o] = w->chunk_sid[ev->chunk[e]];
+        pos[o] = ev->pos[e];
+        id[o] = ev->id[e];
+        for (int l = 0; l < L; l++) {
+            const float *ks = ev->k + ((size_t)l * ev->n + e) * kd;
+            const float *vs = ev->v + ((size_t)l * ev->n + e) * kd;
+            size_t at = ((size_t)l * n + o) * kd;
+            if (dt == 1) {
+                memcpy((float *)k + at, ks, (size_t)kd * 4);
+                memcpy((float *)v + at, vs, (size_t)kd * 4);
+            } else {
+                for (int i = 0; i < kd; i++) {
+                    ((uint16_t *)k)[at + i] = worker_bf16(ks[i]);
+                    ((uint16_t *)v)[at + i] = worker_bf16(vs[i]);
+                }
+            }
+        }
+        o++;
+    }
+    sep_frame_t f[5] = { { sid, (size_t)n * 4 }, { pos, (size_t)n * 8 }, { id, (size_t)n * 4 },
+                         { k, rows }, { v, rows } };
+    json_t *h = json_pack("{s:s, s:I, s:i, s:i, s:i, s:i, s:i}", "op", SEP_OP_W_ARCHIVE, "seq",
+                          (json_int_t)seq, "layer0", w->m->layer0, "n_layers", L, "kv_dim", kd,
+                          "dtype", dt, "n", n);
+    return h ? worker_reply(w, h, f, 5) : sep_fail(SEP_ENOMEM, "w_archive: out of memory");
 }
 
 static int worker_batch(worker_t *w, const sep_msg_t *m)
@@ -323,6 +397,12 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
     }
     if (rc)
         return failed ? SEP_OK : worker_error(w, m); /* the failing stage reports */
+    /* every stage ships the separators its layers evicted */
+    const sep_evicted_t *ev = sep_model_evicted(w->m);
+    for (int dt = 1; ev->n && dt <= 2; dt++)
+        if ((rc = worker_archive_send(w, seq, ev, dt)))
+            sep_log(SEP_LOG_ERROR, "rank %d: batch %lld: %s", w->rank, (long long)seq,
+                    sep_errmsg());
     if (!last)
         return SEP_OK;
     sep_frame_t f[5] = { { w->nll, total * sizeof(float) }, { w->kv, total * sizeof(int32_t) },
@@ -491,7 +571,10 @@ int main(int argc, char **argv)
     w.kv = malloc(rows * sizeof *w.kv);
     w.next = malloc(rows * sizeof *w.next);
     w.next_nll = malloc(rows * sizeof *w.next_nll);
-    if (!w.x || !w.chunks || !w.nll || !w.kv || !w.next || !w.next_nll) {
+    w.archive = malloc(rows * sizeof *w.archive);
+    w.chunk_sid = malloc(rows * sizeof *w.chunk_sid);
+    if (!w.x || !w.chunks || !w.nll || !w.kv || !w.next || !w.next_nll || !w.archive ||
+        !w.chunk_sid) {
         rc = sep_fail(SEP_ENOMEM, "out of memory for %zu rows", rows);
         goto fail;
     }
@@ -529,6 +612,9 @@ fail:
     free(w.kv);
     free(w.next);
     free(w.next_nll);
+    free(w.archive);
+    free(w.chunk_sid);
+    free(w.arch);
     free(w.logits);
     sep_model_destroy(&w.m);
     sep_backend_destroy(&w.be);
