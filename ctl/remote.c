@@ -554,6 +554,16 @@ static int feed_nlls(feed_t *f, const sep_msg_t *m)
                           sep_msg_int(m, "tokens_committed", 0));
 }
 
+/* --retry with --nll-out: each piece says which NLLs this client has, so
+ * sepd keeps the rest for it (and sends them again after a restart). */
+static void feed_confirm(feed_t *f, json_t *h)
+{
+    if (!h || !f->retry || !f->nf)
+        return;
+    json_object_set_new(h, "nll_keep", json_true());
+    json_object_set_new(h, "nll_have", json_integer(f->k.nll_at + (json_int_t)f->k.nll_n));
+}
+
 /* The session's figures (info). */
 static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t *committed)
 {
@@ -657,15 +667,16 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
                     (long long)k->kept_at, (long long)f->sent_to);
             return EXIT_RUNTIME;
         }
-        if (tokens < k->nll_at || tokens > k->nll_at + (int64_t)k->nll_n) {
-            fprintf(stderr, "sepctl: session '%s' has scored %lld tokens; this feed has the "
-                    "NLLs of %lld: the NLLs between were lost\n", f->session, (long long)tokens,
-                    (long long)(k->nll_at + (int64_t)k->nll_n));
+        if (tokens < k->nll_at) {
+            fprintf(stderr, "sepctl: session '%s' is back at %lld tokens; this feed wrote the "
+                    "NLLs of %lld\n", f->session, (long long)tokens, (long long)k->nll_at);
             return EXIT_RUNTIME;
         }
-        /* what sepd has is final; what it lost comes again */
-        k->nll_n = (size_t)(tokens - k->nll_at);
-        if (feed_committed(f, committed, tokens))
+        /* NLLs past the restart point come again; those before it that this
+         * client lacks, sepd kept for it (nll_have tells it where to start) */
+        if (k->nll_at + (int64_t)k->nll_n > tokens)
+            k->nll_n = (size_t)(tokens - k->nll_at);
+        if (feed_committed(f, committed, k->nll_at + (int64_t)k->nll_n))
             return EXIT_RUNTIME;
         resend = (size_t)(f->sent_to - bytes_in);
         fprintf(stderr, "sepctl: sepd is back: session '%s' at %lld bytes; sending %zu again\n",
@@ -673,9 +684,10 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
         if (f->eof && !resend) {
             /* all was sent: the feed's end again, on a feed of its own */
             sep_frame_t none = { "", 0 };
-            if ((rc = ctl_send(c, json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
-                                            (json_int_t)seq++, "nll", f->nf != NULL),
-                               &none, 1)) ||
+            json_t *h = json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
+                                  (json_int_t)seq++, "nll", f->nf != NULL);
+            feed_confirm(f, h);
+            if ((rc = ctl_send(c, h, &none, 1)) ||
                 (rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_FEED_END), NULL, 0)))
                 return -1;
             sent_any = 1;
@@ -731,6 +743,7 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
                 sep_frame_t fr = { piece, (size_t)got };
                 json_t *h = json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
                                       (json_int_t)seq++, "nll", f->nf != NULL);
+                feed_confirm(f, h);
                 if ((rc = ctl_send(c, h, &fr, 1)))
                     return f->retry ? -1 : ctl_conn_error(rc);
                 sent_any = 1;

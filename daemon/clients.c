@@ -118,6 +118,8 @@ void sepd_op_reply(sepd_t *d, sep_session_t *s, const char *op, json_t *extra)
     }
     json_decref(extra);
     sep_frame_t f = { s->out_nll, s->out_n * sizeof(float) };
+    if (s->op.want_nll && sep_session_nll_sent(s))
+        sep_log(SEP_LOG_ERROR, "session '%s': no memory to keep %zu NLLs", s->name, s->out_n);
     sepd_send(d, s->op.peer, s->op.peer_len, h, &f, s->op.want_nll ? 1 : 0);
     s->out_n = 0;
 }
@@ -352,6 +354,18 @@ static int end_text(sepd_t *d, sep_session_t *s, const sep_msg_t *m)
 
 /* ---- the verbs ---------------------------------------------------------- */
 
+/* The kept NLLs go out again, ahead of what is scored next. */
+static int rc_replay(sep_session_t *s)
+{
+    int rc = SEP_GROW(s->out_nll, s->out_cap, s->kept_n);
+    if (rc)
+        return rc;
+    memcpy(s->out_nll, s->kept_nll, s->kept_n * sizeof *s->kept_nll);
+    s->out_n = s->kept_n;
+    s->kept_n = 0; /* they are kept again as they are sent */
+    return SEP_OK;
+}
+
 /* The policy of an open request (defaults: sepctl eval's). */
 static int open_policy(const sep_msg_t *m, sep_policy_t *p)
 {
@@ -433,10 +447,29 @@ static void op_feed(sepd_t *d, const sep_msg_t *m)
                           "feed: a piece of %zu bytes (at most %d)", m->frames[0].len,
                           SEP_FEED_PIECE);
     int continuing = s->op.kind == SEP_SOP_FEED && same_peer(s->op.peer, s->op.peer_len, m);
+    int64_t have = sep_msg_int(m, "nll_have", -1);
     if (!continuing) {
+        int keep = json_is_true(json_object_get(m->hdr, "nll_keep"));
+        if (keep && have >= 0 && have < s->kept_at)
+            return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_STATE,
+                              "feed: this client has the NLLs of %lld tokens; sepd keeps "
+                              "them from token %lld on", (long long)have,
+                              (long long)s->kept_at + 1);
         if (!state_allows(d, s, m, SEP_SS_ACTIVE) || !op_admit(d, s, m, SEP_SOP_FEED))
             return;
         s->op.base = s->bytes_in;
+        s->op.keep_nll = keep;
+        if (!keep) {
+            s->kept_n = 0; /* nobody will ask for them */
+        } else if (have >= 0) {
+            /* a client back after a restart: what it lacks comes first */
+            sep_session_nll_have(s, have);
+            if (s->kept_n && (rc_replay(s) != SEP_OK))
+                return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_INTERNAL,
+                                  "feed: out of memory");
+        }
+    } else if (s->op.keep_nll && have >= 0) {
+        sep_session_nll_have(s, have);
     }
     sep_op_t *op = &s->op;
     if (op->ending)

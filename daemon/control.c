@@ -225,7 +225,15 @@ static int ckpt_start(sepd_t *d, sep_session_t *s)
  * checkpoint holds op.durable_at bytes, or one failed. 1: it is due. */
 static int durable_reply(sepd_t *d, sep_session_t *s, const char *op)
 {
-    if (s->committed_bytes < s->op.durable_at && !s->ckpt_error[0]) {
+    /* the checkpoint must hold the text and every token scored of it, so
+     * that the reply's NLLs are never scored again after a restart */
+    if (!s->op.durable_at) {
+        s->op.durable_at = s->bytes_in;
+        s->op.durable_tokens = s->tokens;
+    }
+    int held = s->committed_bytes >= s->op.durable_at &&
+               s->committed_tokens >= s->op.durable_tokens;
+    if (!held && !s->ckpt_error[0]) {
         if (!s->cut && s->sj != SEP_SJ_WRITE) {
             s->ckpt_want = 1;
             ckpt_start(d, s); /* an op that fails here is not this one */
@@ -233,7 +241,7 @@ static int durable_reply(sepd_t *d, sep_session_t *s, const char *op)
         return 0;
     }
     json_t *x = dropped_note(s);
-    if (s->committed_bytes < s->op.durable_at) {
+    if (!held) {
         /* scored, not saved: say so (sepctl exits 1 naming it) */
         if (!x)
             x = json_object();
@@ -258,11 +266,8 @@ static int feed_progress(sepd_t *d, sep_session_t *s)
     op->n_pieces -= k;
     if (op->n_pieces)
         return 0;
-    if (op->ending == 1) {
-        if (!op->durable_at)
-            op->durable_at = s->bytes_in;
+    if (op->ending == 1)
         return durable_reply(d, s, SEP_OP_FEED_END) ? sepd_op_finish(d, s) : 0;
-    }
     /* a refused piece, or a request of the same client that waits: the feed ends */
     return op->ending || op->next ? sepd_op_finish(d, s) : 0;
 }
@@ -485,8 +490,6 @@ int sepd_step(sepd_t *d, sep_session_t *s)
     case SEP_SOP_FLUSH:
         if (!sep_session_idle(s))
             return 0;
-        if (!op->durable_at)
-            op->durable_at = s->bytes_in;
         return durable_reply(d, s, SEP_OP_FLUSH) ? sepd_op_finish(d, s) : 0;
     case SEP_SOP_GENERATE:
         return sepd_gen_progress(d, s);

@@ -69,6 +69,18 @@ static int persist_record(const sepd_t *d, const sep_session_t *s, uint32_t stat
         .held_len = (uint32_t)s->held_len, .tok_at = s->tok_at, .queue = s->q,
         .n_queue = (uint32_t)s->q_len, .temperature = s->temperature, .top_p = s->top_p,
     };
+    /* the NLLs the feeding client has not confirmed: sent, and not yet sent */
+    float *nlls = NULL;
+    size_t n_nlls = s->kept_n + (s->op.keep_nll ? s->out_n : 0);
+    if (n_nlls) {
+        if (!(nlls = malloc(n_nlls * sizeof *nlls)))
+            return sep_fail(SEP_ENOMEM, "checkpoint: out of memory");
+        memcpy(nlls, s->kept_nll, s->kept_n * sizeof *nlls);
+        memcpy(nlls + s->kept_n, s->out_nll, (n_nlls - s->kept_n) * sizeof *nlls);
+        r.nlls = nlls;
+        r.n_nlls = (uint32_t)n_nlls;
+        r.nll_at = s->kept_n ? s->kept_at : s->tokens - (int64_t)n_nlls;
+    }
     snprintf(r.name, sizeof r.name, "%s", s->name);
     memcpy(r.model_fp, d->model_fp, sizeof r.model_fp);
     snprintf(r.precision, sizeof r.precision, "%s", d->pool->stage[0].device);
@@ -83,6 +95,7 @@ static int persist_record(const sepd_t *d, const sep_session_t *s, uint32_t stat
     if (!rc)
         rc = sep_store_session_decode(out, buf, len);
     free(buf);
+    free(nlls);
     if (!rc)
         out->sid = s->sid;
     return rc;
@@ -162,6 +175,15 @@ static int persist_session(sepd_t *d, const sep_store_session_t *r, sep_session_
     memcpy(s->rng.s, r->rng, sizeof r->rng);
     s->temperature = r->temperature;
     s->top_p = r->top_p;
+    if (r->n_nlls) {
+        if (!(s->kept_nll = malloc(r->n_nlls * sizeof *s->kept_nll))) {
+            sep_session_destroy(&s);
+            return sep_fail(SEP_ENOMEM, "session '%s': out of memory", r->name);
+        }
+        memcpy(s->kept_nll, r->nlls, r->n_nlls * sizeof *s->kept_nll);
+        s->kept_n = s->kept_cap = r->n_nlls;
+        s->kept_at = r->nll_at;
+    }
     /* the separator ids the caches were made with must be those of today */
     if (r->n_sep_ids != s->n_sep_ids ||
         memcmp(r->sep_ids, s->sep_ids, s->n_sep_ids * sizeof *s->sep_ids) != 0)

@@ -79,6 +79,7 @@ void sep_session_destroy(sep_session_t **self_p)
     free(s->held);
     free(s->q);
     free(s->out_nll);
+    free(s->kept_nll);
     free(s);
     *self_p = NULL;
 }
@@ -171,6 +172,33 @@ int sep_session_scored(sep_session_t *s, size_t k, const float *nll, const int32
     memcpy(s->out_nll + s->out_n, nll, k * sizeof *nll);
     s->out_n += k;
     return SEP_OK;
+}
+
+int sep_session_nll_sent(sep_session_t *s)
+{
+    if (!s->op.keep_nll || !s->out_n)
+        return SEP_OK;
+    if (!s->kept_n)
+        s->kept_at = s->tokens - (int64_t)s->out_n;
+    int rc = SEP_GROW(s->kept_nll, s->kept_cap, s->kept_n + s->out_n);
+    if (rc)
+        return rc;
+    memcpy(s->kept_nll + s->kept_n, s->out_nll, s->out_n * sizeof *s->out_nll);
+    s->kept_n += s->out_n;
+    return SEP_OK;
+}
+
+void sep_session_nll_have(sep_session_t *s, int64_t have)
+{
+    if (have <= s->kept_at)
+        return;
+    size_t drop = have - s->kept_at >= (int64_t)s->kept_n ? s->kept_n
+                                                          : (size_t)(have - s->kept_at);
+    memmove(s->kept_nll, s->kept_nll + drop, (s->kept_n - drop) * sizeof *s->kept_nll);
+    s->kept_n -= drop;
+    s->kept_at += (int64_t)drop;
+    if (!s->kept_n)
+        s->kept_at = have;
 }
 
 void sep_session_op_end(sep_session_t *s)

@@ -86,6 +86,7 @@ typedef struct {
     size_t peer_len;              /* 0: nobody waits (it went away) */
     double seen;                  /* when that client last sent a message */
     int want_nll;                 /* the client takes the NLLs scored for it */
+    int keep_nll;                 /* ... and confirms them (kept_nll until then) */
     /* feed */
     sep_piece_t pieces[SEP_FEED_WINDOW];
     int n_pieces;
@@ -102,7 +103,7 @@ typedef struct {
     /* an error for the client once the workers have undone the op's half */
     char error[512];
     /* feed_end, flush: the reply waits until a checkpoint holds this many bytes */
-    int64_t durable_at;
+    int64_t durable_at, durable_tokens;
     int checkpointed;             /* suspend: its checkpoint is written */
     /* a request of the same client that waits for this op to end */
     json_t *next;
@@ -145,6 +146,12 @@ typedef struct {
     sep_ctl_t ctl;
     float *out_nll;               /* (out_n) NLLs not yet sent to the op's client */
     size_t out_n, out_cap;
+    /* feed --retry: the NLLs sent that its client has not confirmed
+       (nll_have), tokens kept_at + 1 .. kept_at + kept_n; checkpoints hold them,
+       so a client that reconnects after a restart gets each NLL once */
+    float *kept_nll;              /* (kept_n) */
+    size_t kept_n, kept_cap;
+    int64_t kept_at;
     /* the sampler: its settings outlive a generate, as its state does */
     sep_rng_t rng;
     float temperature, top_p;
@@ -202,6 +209,14 @@ int sep_session_idle(const sep_session_t *s);
  * owed: keep the NLLs for the op's client (when it wants them). */
 int sep_session_scored(sep_session_t *s, size_t k, const float *nll, const int32_t *kv,
                        int owed);
+
+/* The NLLs a reply sends (out_nll) were sent: keep them until confirmed
+ * when the op's client confirms (keep_nll). */
+int sep_session_nll_sent(sep_session_t *s);
+
+/* The op's client has the NLLs of the first `have` tokens: drop them from
+ * kept_nll. */
+void sep_session_nll_have(sep_session_t *s, int64_t have);
 
 /* End the op: forget its client, what is owed to it, a waiting request. */
 void sep_session_op_end(sep_session_t *s);

@@ -326,14 +326,16 @@ static int delete_data(sep_store_t *st, uint32_t sid, uint64_t *blocks, uint64_t
 enum {
     T_NAME = 1, T_SID, T_STATE, T_SETTINGS, T_SEPARATORS, T_SEP_IDS, T_ARCHIVE, T_MODEL_FP,
     T_PRECISION, T_STAGES, T_COUNTERS, T_REALS, T_HELD, T_TOK_AT, T_QUEUE, T_SAMPLER,
-    T_OWNER, T_END
+    T_OWNER, T_NLLS, T_END
 };
+/* fields a record may leave out (a later addition: records without it read) */
+#define TAGS_OPTIONAL (1u << T_NLLS)
 static const char *tag_name[T_END] = {
     [T_NAME] = "name", [T_SID] = "sid", [T_STATE] = "state", [T_SETTINGS] = "settings",
     [T_SEPARATORS] = "separators", [T_SEP_IDS] = "sep_ids", [T_ARCHIVE] = "archive",
     [T_MODEL_FP] = "model_fp", [T_PRECISION] = "precision", [T_STAGES] = "stages",
     [T_COUNTERS] = "counters", [T_REALS] = "reals", [T_HELD] = "held", [T_TOK_AT] = "tok_at",
-    [T_QUEUE] = "queue", [T_SAMPLER] = "sampler", [T_OWNER] = "owner",
+    [T_QUEUE] = "queue", [T_SAMPLER] = "sampler", [T_OWNER] = "owner", [T_NLLS] = "nlls",
 };
 /* exact length of each fixed-size field (0: variable) */
 static const uint32_t tag_len[T_END] = {
@@ -363,10 +365,13 @@ static const char *record_check(const sep_store_session_t *r, char why[160])
         snprintf(why, 160, "precision is not terminated within %zu bytes", sizeof r->precision);
     else if (r->n_stages > SEP_STORE_MAX_STAGES)
         snprintf(why, 160, "%u stages (at most %d)", r->n_stages, SEP_STORE_MAX_STAGES);
+    else if (r->n_nlls && (r->nll_at < 0 || r->nll_at + (int64_t)r->n_nlls > r->tokens))
+        snprintf(why, 160, "NLLs of tokens %lld..%lld of %lld", (long long)r->nll_at,
+                 (long long)(r->nll_at + (int64_t)r->n_nlls), (long long)r->tokens);
     else if (r->owner_len > sizeof r->owner)
         snprintf(why, 160, "owner of %u bytes (at most %zu)", r->owner_len, sizeof r->owner);
     else if ((r->n_sep_ids && !r->sep_ids) || (r->held_len && !r->held) ||
-             (r->n_queue && !r->queue))
+             (r->n_queue && !r->queue) || (r->n_nlls && !r->nlls))
         snprintf(why, 160, "a count without its array");
     else
         why[0] = 0;
@@ -437,6 +442,11 @@ static void encode_body(wbuf_t *w, const sep_store_session_t *r)
     w_bytes(w, &r->temperature, 4);
     w_bytes(w, &r->top_p, 4);
     w_field(w, T_OWNER, r->owner, r->owner_len);
+    if (r->n_nlls) {
+        w_tag(w, T_NLLS, 8 + (size_t)r->n_nlls * 4);
+        w_u64(w, (uint64_t)r->nll_at);
+        w_bytes(w, r->nlls, (size_t)r->n_nlls * 4);
+    }
 }
 
 int sep_store_session_encode(const sep_store_session_t *r, uint8_t **buf, size_t *len)
@@ -449,7 +459,7 @@ int sep_store_session_encode(const sep_store_session_t *r, uint8_t **buf, size_t
     size_t seps = r->separators ? strlen(r->separators) : 0;
     /* every field length must fit its uint32 and the record REC_MAX */
     if (seps > REC_MAX || r->held_len > REC_MAX || r->n_sep_ids > REC_MAX / 4 ||
-        r->n_queue > REC_MAX / 4)
+        r->n_queue > REC_MAX / 4 || r->n_nlls > REC_MAX / 4)
         return sep_fail(SEP_ERANGE, "record of session '%s': more than %zu bytes", r->name,
                         REC_MAX);
     wbuf_t w = { 0 };
@@ -482,7 +492,8 @@ void sep_store_session_free(sep_store_session_t *r)
     free(r->sep_ids);
     free(r->held);
     free(r->queue);
-    r->separators = NULL, r->sep_ids = NULL, r->held = NULL, r->queue = NULL;
+    free(r->nlls);
+    r->separators = NULL, r->sep_ids = NULL, r->held = NULL, r->queue = NULL, r->nlls = NULL;
 }
 
 /* A copy of n bytes (plus a NUL when text) into a new allocation: n was
@@ -570,6 +581,12 @@ static int decode_field(sep_store_session_t *r, unsigned tag, const uint8_t *v, 
         memcpy(&r->temperature, v + 32, 4);
         memcpy(&r->top_p, v + 36, 4);
         return SEP_OK;
+    case T_NLLS:
+        if (n < 8 || (n - 8) % 4)
+            return sep_fail(SEP_EFORMAT, "record: field nlls of %u bytes", n);
+        r->nll_at = (int64_t)get_le64(v);
+        r->n_nlls = (n - 8) / 4;
+        return dup_field((void **)&r->nlls, v + 8, n - 8, 0);
     case T_OWNER:
         if (n > sizeof r->owner)
             return sep_fail(SEP_EFORMAT, "record: owner of %u bytes (at most %zu)", n,
@@ -631,7 +648,7 @@ int sep_store_session_decode(sep_store_session_t *r, const uint8_t *buf, size_t 
         p += n;
     }
     for (unsigned tag = 1; tag < T_END; tag++)
-        if (!(seen & (1u << tag))) {
+        if (!(seen & (1u << tag)) && !(TAGS_OPTIONAL & (1u << tag))) {
             rc = sep_fail(SEP_EFORMAT, "record: field %s missing", tag_name[tag]);
             goto fail;
         }

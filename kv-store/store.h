@@ -151,6 +151,12 @@ typedef struct {
     /* the sampler */
     uint64_t rng[4];
     float temperature, top_p;
+    /* the NLLs of tokens nll_at + 1 .. nll_at + n_nlls that the feeding client
+       had not confirmed at the cut (feed --retry replays them after a restart);
+       an optional field: records without it read */
+    int64_t nll_at;
+    float *nlls;                  /* (n_nlls) */
+    uint32_t n_nlls;
     /* owner identity (opaque) */
     uint8_t owner[64];
     uint32_t owner_len;           /* 0..64 */

@@ -1,0 +1,351 @@
+#!/bin/sh
+# test_durable: sessions on LMDB survive suspend, restarts and crashes (TAP).
+# Suspend/restart/resume, kill -9 of sepd or of a worker mid-feed and the
+# feed that completes the stream (--from-committed, --retry), the
+# separator archive, export/import, and what a bad store gets: another
+# model, a full map, a damaged file, record or snapshot. Needs SEPCTL,
+# SEPD, ZSTORE, MPIRUN and SEP_SHARED, set by make check.
+set -u
+: "${SEPCTL:?}" "${SEPD:?}" "${ZSTORE:?}" "${MPIRUN:?}" "${SEP_SHARED:?}"
+T=$SEP_SHARED/texts
+tmp=$(mktemp -d) || exit 1
+sock="ipc://$tmp/sepd.sock"
+export SEPD_SOCKET="$sock"
+export OMP_NUM_THREADS=1
+daemon=
+killall_daemon() {
+    [ -n "$daemon" ] || return 0
+    workers=$(pgrep -P "$daemon")
+    kill -9 "$daemon" $workers 2>/dev/null
+    wait "$daemon" 2>/dev/null
+    # mpirun's ranks are its children
+    for w in $workers; do pkill -9 -P "$w" 2>/dev/null; done
+    daemon=
+}
+cleanup() {
+    killall_daemon
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+n=0
+failed=0
+echo "1..48"
+
+ok() {
+    n=$((n + 1))
+    if eval "$2"; then
+        echo "ok $n - $1"
+    else
+        echo "not ok $n - $1"
+        sed 's/^/# /' "$tmp/err" 2>/dev/null | head -20
+        tail -5 "$tmp/sepd.log" 2>/dev/null | sed 's/^/# log: /'
+        failed=$((failed + 1))
+    fi
+}
+
+run() {
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+}
+
+json_num() { grep -o "\"$1\": *[0-9.e+-]*" "$tmp/out" | head -1 | sed 's/.*: *//'; }
+
+# checkpoints every second, small uncommitted bounds: crashes land between them
+cat >"$tmp/sepd.conf" <<EOF
+checkpoint_seconds = 1
+checkpoint_bytes = 65536
+EOF
+
+# start_daemon [ARGS...]: sepd on $tmp/store, in the background, until it answers
+start_daemon() {
+    rm -f "$tmp/sepd.sock"
+    "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --threads 1 \
+        --config "$tmp/sepd.conf" "$@" >>"$tmp/sepd.log" 2>&1 &
+    daemon=$!
+    i=0
+    while [ $i -lt 600 ]; do
+        "$SEPCTL" ls >/dev/null 2>&1 && return 0
+        kill -0 "$daemon" 2>/dev/null || { daemon=; return 1; }
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+stop_daemon() {
+    kill "$daemon" 2>/dev/null
+    wait "$daemon"
+    stop_rc=$?
+    daemon=
+}
+
+# eval_of FILE OPTS...: eval's NLLs in FILE.eval, its figures in FILE.json
+eval_of() {
+    f=$1
+    shift
+    "$SEPCTL" eval --threads 1 "$@" --nll-out "$f.eval" --json <"$f" >"$f.json" 2>/dev/null
+}
+
+# same_figures A B: tokens, ppl, avg_kv and max_kv of two JSON lines agree exactly
+figures() { for k in tokens ppl avg_kv max_kv; do grep -o "\"$k\": *[0-9.e+-]*" "$1" | head -1 | sed 's/.*: *//'; done; }
+same_figures() { test "$(figures "$1")" = "$(figures "$2")" && test -n "$(figures "$1")"; }
+
+head -c 150000 "$T/persuasion.txt" >"$tmp/book.txt"
+head -c 20000 "$T/jack_sheppard.txt" >"$tmp/short.txt"
+eval_of "$tmp/book.txt"
+eval_of "$tmp/short.txt" --capacity 200 --window 64 --seps 32
+
+# ---- suspend, restart, resume -------------------------------------------
+ok "sepd starts on a new store" 'start_daemon'
+ok "the store is private (0700, 0600)" \
+    'test "$(stat -c %a "$tmp/store/db")" = 700 && test "$(stat -c %a "$tmp/store/db/data.mdb")" = 600'
+run "$SEPD" --foreground --socket "ipc://$tmp/other.sock" --store "$tmp/store"
+ok "a second sepd on the same store is refused" 'test $rc = 1 && grep -q "another sepd uses the store" "$tmp/err"'
+
+"$SEPCTL" open u --capacity 200 --window 64 --seps 32 >/dev/null
+head -c 7000 "$tmp/short.txt" | "$SEPCTL" feed u --nll-out "$tmp/u.a" >/dev/null
+run "$SEPCTL" suspend u --json
+ok "suspend writes the session to the store" 'test $rc = 0 && test "$(json_num state_bytes)" -gt 0'
+"$SEPCTL" open a >/dev/null
+head -c 9000 "$tmp/book.txt" | "$SEPCTL" feed a >/dev/null
+"$SEPCTL" info a --json >"$tmp/a.before"
+stop_daemon
+ok "SIGTERM: sepd checkpoints every session and exits 0" 'test $stop_rc = 0'
+ok "sepd restarts on the store" 'start_daemon'
+run "$SEPCTL" ls --json
+ok "ls shows every session with its state" \
+    'grep -q "\"name\": *\"u\", *\"op\\|\"name\": *\"u\"" "$tmp/out" && "$SEPCTL" info u --json | grep -q "\"state\": *\"suspended\"" && "$SEPCTL" info a --json | grep -q "\"state\": *\"active\""'
+run "$SEPCTL" info a --json
+ok "the active session is back at the same token" \
+    'test "$(json_num tokens)" = "$(grep -o "\"tokens\": *[0-9]*" "$tmp/a.before" | sed "s/.*: *//")" && test "$(json_num bytes_committed)" = 9000'
+run "$SEPCTL" resume u
+ok "resume after a restart" 'test $rc = 0'
+tail -c +7001 "$tmp/short.txt" | "$SEPCTL" feed u --nll-out "$tmp/u.b" >/dev/null
+"$SEPCTL" close u --nll-out "$tmp/u.c" >/dev/null
+ok "suspend, restart, resume: the NLLs are bitwise those of one eval" \
+    'cat "$tmp/u.a" "$tmp/u.b" "$tmp/u.c" | cmp -s - "$tmp/short.txt.eval"'
+
+# a producer that sends the first 60000 bytes, waits, then the rest: a
+# crash in the pause finds some of the text fed and checkpointed
+slow_book() { head -c 60000 "$tmp/book.txt"; sleep "$1"; tail -c +60001 "$tmp/book.txt"; }
+
+# ---- kill -9 of sepd mid-feed, then --from-committed -------------------
+"$SEPCTL" open k >/dev/null
+slow_book 30 | "$SEPCTL" feed k >/dev/null 2>&1 &
+feeder=$!
+sleep 5
+killall_daemon
+wait $feeder 2>/dev/null
+pkill -f "sleep 30" 2>/dev/null
+ok "after kill -9 of sepd and its workers, sepd restarts" 'start_daemon'
+run "$SEPCTL" info k --json
+committed=$(json_num bytes_committed)
+ok "the session is back at its last checkpoint" \
+    'test "$committed" -gt 0 && test "$committed" -lt 150000 && test "$(json_num bytes_in)" = "$committed"'
+run "$SEPCTL" feed k --from-committed <"$tmp/book.txt"
+ok "feed --from-committed completes the stream" 'test $rc = 0'
+"$SEPCTL" close k --json >"$tmp/k.json"
+ok "tokens, ppl, avg_kv and max_kv equal one eval of the text" \
+    'same_figures "$tmp/k.json" "$tmp/book.txt.json"'
+
+# ---- --retry through two restarts ---------------------------------------
+"$SEPCTL" open r >/dev/null
+slow_book 6 | "$SEPCTL" feed r --retry --nll-out "$tmp/r.nll" >/dev/null 2>"$tmp/r.err" &
+feeder=$!
+sleep 3
+killall_daemon
+sleep 1
+start_daemon
+sleep 5
+killall_daemon
+sleep 1
+start_daemon
+wait $feeder
+feed_rc=$?
+ok "feed --retry outlives two kill -9 of sepd" \
+    'test $feed_rc = 0 && test "$(grep -c "sepd is back" "$tmp/r.err")" = 2'
+"$SEPCTL" close r --json --nll-out "$tmp/r.close" >"$tmp/r.json"
+ok "its NLL file is eval's, bitwise: no gap, no duplicate" \
+    'cat "$tmp/r.nll" "$tmp/r.close" | cmp -s - "$tmp/book.txt.eval" && same_figures "$tmp/r.json" "$tmp/book.txt.json"'
+
+# ---- kill -9 of a worker -------------------------------------------------
+"$SEPCTL" open w >/dev/null
+slow_book 8 | "$SEPCTL" feed w --retry --nll-out "$tmp/w.nll" >/dev/null 2>"$tmp/w.err" &
+feeder=$!
+sleep 3
+kill -9 $(pgrep -P "$daemon")
+wait "$daemon" 2>/dev/null
+daemon_rc=$?
+daemon=
+ok "a worker killed: sepd tells its clients why and exits 1" \
+    'test $daemon_rc = 1 && grep -q "killed by signal 9" "$tmp/sepd.log"'
+ok "sepd restarts" 'start_daemon'
+wait $feeder
+feed_rc=$?
+"$SEPCTL" close w --json --nll-out "$tmp/w.close" >"$tmp/w.json"
+ok "the --retry feed completes exactly from the last checkpoint" \
+    'test $feed_rc = 0 && same_figures "$tmp/w.json" "$tmp/book.txt.json" && cat "$tmp/w.nll" "$tmp/w.close" | cmp -s - "$tmp/book.txt.eval"'
+
+# ---- the separator archive -----------------------------------------------
+"$SEPCTL" eval --threads 1 --seps-out "$tmp/short.seps" <"$tmp/short.txt" >/dev/null
+"$SEPCTL" open s >/dev/null
+"$SEPCTL" feed s <"$tmp/short.txt" >/dev/null
+run "$SEPCTL" seps s
+awk -F'\t' '{ print $1, $2 }' "$tmp/out" >"$tmp/s.seps"
+ok "seps lists every separator the cache evicted: positions and ids" \
+    'test -s "$tmp/s.seps" && cmp -s "$tmp/s.seps" "$tmp/short.seps"'
+ok "with its text" 'cut -f3 "$tmp/out" | grep -q "^\\\\n$\|^,$\|^\.$"'
+run "$SEPCTL" seps s --from 5000 --to 9000 --json
+ok "seps --from --to: the positions in range" \
+    'test "$(grep -c "\"pos\"" "$tmp/out")" = "$(awk "\$1 >= 5000 && \$1 < 9000" "$tmp/short.seps" | wc -l)"'
+run "$SEPCTL" seps s --export "$tmp/s.safetensors"
+n_seps=$(wc -l <"$tmp/short.seps")
+# 8 layers of K and V, 128 floats each, then positions and ids
+want=$((n_seps * (8 * 2 * 128 * 4 + 8 + 4)))
+hlen=$(od -An -tu8 -N8 "$tmp/s.safetensors" | tr -d ' ')
+ok "seps --export writes a safetensors file of every row" \
+    'test $rc = 0 && test $(($(stat -c %s "$tmp/s.safetensors") - 8 - hlen)) = $want && head -c $((8 + hlen)) "$tmp/s.safetensors" | grep -q "layers.7.v"'
+"$SEPCTL" open s16 --archive bf16 >/dev/null
+"$SEPCTL" feed s16 <"$tmp/short.txt" >/dev/null
+"$SEPCTL" seps s16 --export "$tmp/s16.safetensors" 2>/dev/null
+hlen=$(od -An -tu8 -N8 "$tmp/s16.safetensors" | tr -d ' ')
+ok "--archive bf16 keeps the rows in half the bytes" \
+    'test $(($(stat -c %s "$tmp/s16.safetensors") - 8 - hlen)) = $((n_seps * (8 * 2 * 128 * 2 + 8 + 4)))'
+"$SEPCTL" open s0 --archive off >/dev/null
+"$SEPCTL" feed s0 <"$tmp/short.txt" >/dev/null
+run "$SEPCTL" seps s0
+ok "--archive off keeps none" 'test $rc = 0 && ! test -s "$tmp/out"'
+
+# ---- export and import ----------------------------------------------------
+"$SEPCTL" open x --capacity 200 --window 64 --seps 32 >/dev/null
+head -c 7000 "$tmp/short.txt" | "$SEPCTL" feed x --nll-out "$tmp/x.a" >/dev/null
+run "$SEPCTL" export x "$tmp/x.exp"
+ok "export of an active session is refused" 'test $rc = 1 && grep -q "active" "$tmp/err"'
+"$SEPCTL" suspend x >/dev/null
+run "$SEPCTL" export x "$tmp/x.exp"
+ok "export writes a suspended session to one file" 'test $rc = 0 && test -s "$tmp/x.exp"'
+"$SEPCTL" seps x >"$tmp/x.seps.before"
+"$SEPCTL" close x >/dev/null
+cp "$tmp/x.exp" "$tmp/x.bad"
+printf '\377' | dd of="$tmp/x.bad" bs=1 seek=5000 conv=notrunc 2>/dev/null
+run "$SEPCTL" import "$tmp/x.bad" x
+ok "a damaged export is refused and creates nothing" \
+    'test $rc = 1 && ! "$SEPCTL" info x >/dev/null 2>&1'
+run "$SEPCTL" import "$tmp/x.exp"
+ok "import brings it back under its name, suspended" \
+    'test $rc = 0 && "$SEPCTL" info x --json | grep -q "\"state\": *\"suspended\""'
+run "$SEPCTL" import "$tmp/x.exp" x
+ok "an import over a session in use is refused" 'test $rc = 1 && grep -q "exists" "$tmp/err"'
+"$SEPCTL" seps x >"$tmp/x.seps.after"
+"$SEPCTL" resume x >/dev/null
+tail -c +7001 "$tmp/short.txt" | "$SEPCTL" feed x --nll-out "$tmp/x.b" >/dev/null
+"$SEPCTL" close x --nll-out "$tmp/x.c" >/dev/null
+ok "export, import, resume: the stream and its archive go on exactly" \
+    'cmp -s "$tmp/x.seps.before" "$tmp/x.seps.after" && cat "$tmp/x.a" "$tmp/x.b" "$tmp/x.c" | cmp -s - "$tmp/short.txt.eval"'
+
+# ---- another model ----------------------------------------------------------
+"$SEPCTL" open m >/dev/null
+head -c 5000 "$tmp/short.txt" | "$SEPCTL" feed m >/dev/null
+stop_daemon
+ok "sepd starts with another model on the store" 'start_daemon --model "$SEP_SHARED/models/books-neox-9m"'
+run "$SEPCTL" resume m
+ok "a session made with another model: resume refuses, naming why" \
+    'test $rc = 1 && grep -q "another model" "$tmp/err"'
+run "$SEPCTL" ls
+ok "and it is still listed" 'grep -q "^m " "$tmp/out"'
+stop_daemon
+start_daemon
+run "$SEPCTL" info m --json
+ok "back on its own model, it is active again" 'grep -q "\"state\": *\"active\"" "$tmp/out"'
+
+# ---- damaged snapshots and records ------------------------------------------
+"$SEPCTL" open d1 >/dev/null
+"$SEPCTL" open d2 >/dev/null
+head -c 20000 "$tmp/book.txt" | "$SEPCTL" feed d1 >/dev/null
+head -c 20000 "$tmp/book.txt" | "$SEPCTL" feed d2 >/dev/null
+"$SEPCTL" suspend d1 >/dev/null
+"$SEPCTL" suspend d2 >/dev/null
+stop_daemon
+"$ZSTORE" "$tmp/store/db" cut-block d1 0 2
+"$ZSTORE" "$tmp/store/db" flip-record d2
+start_daemon
+run "$SEPCTL" resume d1
+ok "a truncated snapshot block: resume fails naming it, the session stays" \
+    'test $rc = 1 && grep -q "block 2" "$tmp/err" && "$SEPCTL" info d1 >/dev/null'
+run "$SEPCTL" info d2 --json
+ok "a damaged record: listed as failed, with the reason" \
+    'grep -q "\"state\": *\"failed\"" "$tmp/out" && grep -q "damaged" "$tmp/out"'
+run "$SEPCTL" info a
+ok "the other sessions are unaffected" 'test $rc = 0'
+"$SEPCTL" close d1 >/dev/null 2>&1
+"$SEPCTL" close d2 >/dev/null 2>&1
+ok "both can be closed" '! "$SEPCTL" info d1 >/dev/null 2>&1 && ! "$SEPCTL" info d2 >/dev/null 2>&1'
+
+# ---- a full map ----------------------------------------------------------------
+stop_daemon
+mv "$tmp/store" "$tmp/store.main"
+printf 'store_map_mib = 2\nstore_max_mib = 4\n' >>"$tmp/sepd.conf"
+start_daemon
+"$SEPCTL" open f >/dev/null
+run "$SEPCTL" feed f <"$tmp/short.txt"
+ok "a checkpoint beyond store_max_mib: feed says the text is scored, not saved" \
+    'test $rc = 1 && grep -q "not saved" "$tmp/err" && grep -qi "map\|no space" "$tmp/err"'
+run "$SEPCTL" info f --json
+ok "the session keeps running, the error in info" \
+    'grep -q "checkpoint_error" "$tmp/out" && printf "More.\n" | "$SEPCTL" feed f >/dev/null 2>&1; "$SEPCTL" info f >/dev/null'
+stop_daemon
+sed -i '/store_m/d' "$tmp/sepd.conf"
+start_daemon
+run "$SEPCTL" info f --json
+ok "after a restart it is back at the checkpoint before" 'test "$(json_num tokens)" = 0'
+stop_daemon
+rm -rf "$tmp/store"
+mv "$tmp/store.main" "$tmp/store"
+
+# ---- a damaged store file ------------------------------------------------------
+cp "$tmp/store/db/data.mdb" "$tmp/data.good"
+head -c 1000000 /dev/urandom >"$tmp/store/db/data.mdb"
+run "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --threads 1 --config "$tmp/sepd.conf"
+ok "a foreign data.mdb: sepd refuses to start, naming it" \
+    'test $rc = 1 && grep -q "data.mdb" "$tmp/err"'
+head -c 100000 "$tmp/data.good" >"$tmp/store/db/data.mdb"
+run "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --threads 1 --config "$tmp/sepd.conf"
+ok "a truncated data.mdb: sepd refuses to start" 'test $rc = 1 && grep -q "truncated\|data.mdb" "$tmp/err"'
+cp "$tmp/data.good" "$tmp/store/db/data.mdb"
+
+# ---- two stages under mpirun ---------------------------------------------------
+rm -rf "$tmp/store"
+cat >>"$tmp/sepd.conf" <<EOF
+stages = 2
+mpirun_args = --allow-run-as-root --oversubscribe
+EOF
+ok "two stages start" 'start_daemon'
+"$SEPCTL" open v --capacity 200 --window 64 --seps 32 >/dev/null
+head -c 7000 "$tmp/short.txt" | "$SEPCTL" feed v --nll-out "$tmp/v.a" >/dev/null
+"$SEPCTL" suspend v >/dev/null
+stop_daemon
+start_daemon
+"$SEPCTL" resume v >/dev/null
+tail -c +7001 "$tmp/short.txt" | "$SEPCTL" feed v --nll-out "$tmp/v.b" >/dev/null
+"$SEPCTL" seps v >"$tmp/v.seps"
+"$SEPCTL" close v --nll-out "$tmp/v.c" >/dev/null
+ok "two stages: suspend, restart, resume are exact" \
+    'cat "$tmp/v.a" "$tmp/v.b" "$tmp/v.c" | cmp -s - "$tmp/short.txt.eval"'
+"$SEPCTL" eval --threads 1 --capacity 200 --window 64 --seps 32 --seps-out "$tmp/v.want" <"$tmp/short.txt" >/dev/null
+ok "two stages: the archive holds every layer of every separator" \
+    'awk -F"\t" "{ print \$1, \$2 }" "$tmp/v.seps" | cmp -s - "$tmp/v.want"'
+"$SEPCTL" open k2 >/dev/null
+slow_book 30 | "$SEPCTL" feed k2 >/dev/null 2>&1 &
+feeder=$!
+sleep 5
+killall_daemon
+wait $feeder 2>/dev/null
+pkill -f "sleep 30" 2>/dev/null
+start_daemon
+run "$SEPCTL" feed k2 --from-committed <"$tmp/book.txt"
+"$SEPCTL" close k2 --json >"$tmp/k2.json"
+ok "two stages: kill -9, restart, --from-committed: eval's figures" \
+    'test $rc = 0 && same_figures "$tmp/k2.json" "$tmp/book.txt.json"'
+stop_daemon
+
+exit $((failed > 0))

@@ -1,0 +1,115 @@
+/* zstore: damage a sepd store the way a bad disk would, for the tests of
+ * what sepd does then (test_durable.sh). sepd must not be running.
+ *
+ *   zstore DIR flip-block NAME STAGE BLOCK   flip a byte of a snapshot block
+ *   zstore DIR cut-block NAME STAGE BLOCK    cut a snapshot block short
+ *   zstore DIR flip-record NAME              flip a byte of a session record
+ *   zstore DIR blocks NAME                   print the blocks of each stage
+ *
+ * DIR is the LMDB environment (STORE/db). Exit 0 done, 1 not done.
+ */
+#include <lmdb.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+
+static int fail(const char *what, int rc)
+{
+    fprintf(stderr, "zstore: %s: %s\n", what, mdb_strerror(rc));
+    return 1;
+}
+
+/* The sid of session name, from its record. */
+static int session_sid(MDB_txn *txn, MDB_dbi sessions, const char *name, uint32_t *sid)
+{
+    MDB_val k = { strlen(name), (void *)name }, v;
+    int rc = mdb_get(txn, sessions, &k, &v);
+    if (rc)
+        return fail(name, rc);
+    sep_store_session_t r;
+    if (sep_store_session_decode(&r, v.mv_data, v.mv_size)) {
+        fprintf(stderr, "zstore: %s: its record does not decode\n", name);
+        return 1;
+    }
+    *sid = r.sid;
+    sep_store_session_free(&r);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) {
+        fprintf(stderr, "usage: zstore DIR flip-block|cut-block NAME STAGE BLOCK | "
+                        "flip-record NAME | blocks NAME\n");
+        return 2;
+    }
+    const char *dir = argv[1], *cmd = argv[2], *name = argv[3];
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi sessions, snapshots;
+    int rc;
+    if ((rc = mdb_env_create(&env)) || (rc = mdb_env_set_maxdbs(env, 8)) ||
+        (rc = mdb_env_set_mapsize(env, (size_t)1 << 36)) || (rc = mdb_env_open(env, dir, 0, 0600)))
+        return fail(dir, rc);
+    if ((rc = mdb_txn_begin(env, NULL, 0, &txn)) ||
+        (rc = mdb_dbi_open(txn, "sessions", 0, &sessions)) ||
+        (rc = mdb_dbi_open(txn, "snapshots", 0, &snapshots)))
+        return fail(dir, rc);
+    if (!strcmp(cmd, "flip-record")) {
+        MDB_val k = { strlen(name), (void *)name }, v;
+        if ((rc = mdb_get(txn, sessions, &k, &v)))
+            return fail(name, rc);
+        uint8_t *copy = malloc(v.mv_size);
+        memcpy(copy, v.mv_data, v.mv_size);
+        copy[v.mv_size / 2] ^= 0x40;
+        MDB_val nv = { v.mv_size, copy };
+        if ((rc = mdb_put(txn, sessions, &k, &nv, 0)))
+            return fail(name, rc);
+    } else {
+        uint32_t sid;
+        if (session_sid(txn, sessions, name, &sid))
+            return 1;
+        uint8_t key[10];
+        key[0] = sid >> 24, key[1] = sid >> 16, key[2] = sid >> 8, key[3] = sid;
+        if (!strcmp(cmd, "blocks")) {
+            MDB_cursor *c;
+            MDB_val k = { 4, key }, v;
+            mdb_cursor_open(txn, snapshots, &c);
+            for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); !rc;
+                 rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+                const uint8_t *p = k.mv_data;
+                if (k.mv_size != 10 || memcmp(p, key, 4))
+                    break;
+                printf("stage %d block %u: %zu bytes\n", p[4] << 8 | p[5],
+                       (unsigned)p[6] << 24 | p[7] << 16 | p[8] << 8 | p[9], v.mv_size);
+            }
+            mdb_cursor_close(c);
+        } else if (argc == 6) {
+            int stage = atoi(argv[4]);
+            uint32_t block = (uint32_t)atoi(argv[5]);
+            key[4] = stage >> 8, key[5] = stage;
+            key[6] = block >> 24, key[7] = block >> 16, key[8] = block >> 8, key[9] = block;
+            MDB_val k = { 10, key }, v;
+            if ((rc = mdb_get(txn, snapshots, &k, &v)))
+                return fail("block", rc);
+            size_t len = !strcmp(cmd, "cut-block") ? v.mv_size / 2 : v.mv_size;
+            uint8_t *copy = malloc(v.mv_size);
+            memcpy(copy, v.mv_data, v.mv_size);
+            if (!strcmp(cmd, "flip-block"))
+                copy[v.mv_size - 100] ^= 0x01;
+            MDB_val nv = { len, copy };
+            if ((rc = mdb_put(txn, snapshots, &k, &nv, 0)))
+                return fail("block", rc);
+        } else {
+            fprintf(stderr, "zstore: %s: bad arguments\n", cmd);
+            return 2;
+        }
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return fail("commit", rc);
+    mdb_env_close(env);
+    return 0;
+}
