@@ -743,12 +743,19 @@ void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank)
     for (size_t i = 0; i < st->n_waiting; i++) {
         if (!st->waiting[i].len)
             continue;
-        json_t *h = json_pack("{s:s, s:b, s:I, s:i, s:i, s:I, s:f, s:f, s:i, s:O}", "op",
+        json_t *h = json_pack("{s:s, s:b, s:I, s:i, s:i, s:I, s:f, s:f, s:i, s:O, s:{s:I, "
+                              "s:I, s:f, s:I, s:I, s:f, s:I}}", "op",
                               SEP_OP_STATS, "ok", 1, "sessions", (json_int_t)d->n_sess,
                               "active", active, "suspended", suspended,
                               "tokens", (json_int_t)d->tokens_total, "tokens_per_s", d->rate,
                               "uptime_s", sep_now() - d->started, "stages", d->pool->stages,
-                              "workers", st->workers);
+                              "workers", st->workers, "store", "checkpoints",
+                              (json_int_t)d->ckpt_count, "checkpoint_bytes",
+                              (json_int_t)d->ckpt_bytes, "checkpoint_s", d->ckpt_seconds,
+                              "archive_entries", (json_int_t)d->arch_entries,
+                              "archive_bytes", (json_int_t)d->arch_bytes,
+                              "archive_s", d->arch_seconds, "file_bytes",
+                              (json_int_t)sepd_store_file_bytes(d));
         sepd_send(d, st->waiting[i].id, st->waiting[i].len, h, NULL, 0);
     }
     st->n_waiting = 0;

@@ -72,6 +72,8 @@ typedef struct sepd {
     size_t n_imports, cap_imports;
     uint64_t arch_entries, arch_bytes;  /* written to the archive so far */
     double arch_seconds;      /* the store thread's time on them */
+    uint64_t ckpt_count, ckpt_bytes;    /* checkpoints written, their states' bytes */
+    double ckpt_seconds;      /* the store thread's time on them */
     int store_lock_fd;
     uint8_t model_fp[32];     /* the model's fingerprint (fingerprint.h) */
     char run_dir[4096], lock_path[4200];

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -293,6 +294,14 @@ fail:
     return rc;
 }
 
+int64_t sepd_store_file_bytes(const sepd_t *d)
+{
+    char path[4200];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/db/data.mdb", d->conf.store);
+    return stat(path, &sb) == 0 ? (int64_t)sb.st_blocks * 512 : -1;
+}
+
 void sepd_persist_close(sepd_t *d)
 {
     sepd_archive_flush(d);
@@ -372,6 +381,12 @@ static void job_done(void *loop, sepd_job_t *job)
         if (j->kind == SEP_SJ_READ && !j->job.rc) {
             s->loaded = j->ck;
             j->ck = NULL;
+        }
+        if (j->kind == SEP_SJ_WRITE && !j->job.rc) {
+            d->ckpt_count++;
+            d->ckpt_seconds += j->job.ran;
+            for (int i = 0; i < j->ck->n_stages; i++)
+                d->ckpt_bytes += j->ck->rec.state_len[i];
         }
         if (j->kind == SEP_SJ_WRITE)
             sep_log(j->job.rc ? SEP_LOG_ERROR : SEP_LOG_DEBUG, "session '%s': checkpoint of "

@@ -50,6 +50,9 @@ void sep_ckpt_free(sep_ckpt_t **self_p);
  * thread. */
 int sepd_persist_open(sepd_t *d);
 
+/* Bytes data.mdb takes on disk (its blocks: the map is sparse), -1 if unknown. */
+int64_t sepd_store_file_bytes(const sepd_t *d);
+
 /* At the end: finish what the store thread has, stop it, close the store. */
 void sepd_persist_close(sepd_t *d);
 
