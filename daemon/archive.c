@@ -16,6 +16,7 @@
 
 /* ---- writing ------------------------------------------------------------- */
 
+
 /* One w_archive message, its frames held without a copy. */
 typedef struct {
     void *frame[5];                /* sid, pos, id, K, V */
@@ -34,6 +35,12 @@ typedef struct arch_job {
     sep_store_sep_t *buf;          /* (buf_cap) entries of one run of one sid */
     size_t buf_cap;
 } arch_job_t;
+
+int sepd_archive_behind(const sepd_t *d)
+{
+    /* rows received and not yet written: the store (its disk) sets the pace */
+    return d->arch_backlog + (d->arch ? d->arch->bytes : 0) >= SEPD_ARCHIVE_BACKLOG;
+}
 
 static void arch_job_free(arch_job_t *j)
 {
@@ -100,6 +107,7 @@ static void arch_done(void *loop, sepd_job_t *job)
         d->arch_bytes += j->bytes;
         d->arch_seconds += job->ran;
     }
+    d->arch_backlog -= j->bytes;
     arch_job_free(j);
 }
 
@@ -109,6 +117,7 @@ void sepd_archive_flush(sepd_t *d)
     if (!j)
         return;
     d->arch = NULL;
+    d->arch_backlog += j->bytes;
     sepd_storer_submit(d->storer, &j->job);
 }
 

@@ -312,6 +312,8 @@ static int suspend_done(sepd_t *d, sep_session_t *s)
  * brought back at start). */
 static int resume_done(sepd_t *d, sep_session_t *s)
 {
+    sep_log(SEP_LOG_INFO, "session '%s': its stages loaded it in %.1f ms", s->name,
+            (sep_now() - s->ctl_since) * 1e3);
     s->state = SEP_SS_ACTIVE;
     sep_ckpt_free(&s->loaded);
     sepd_persist_put(d, s, SEP_STORE_ACTIVE);
@@ -325,6 +327,7 @@ static int resume_done(sepd_t *d, sep_session_t *s)
 static int ctl_done(sepd_t *d, sep_session_t *s)
 {
     sep_ctl_t c = s->ctl;
+    s->ctl_since = c.since;
     sep_op_t *op = &s->op;
     memset(&s->ctl, 0, sizeof s->ctl);
     switch (c.kind) {

@@ -31,6 +31,8 @@
 #define SEPD_OUTBOX_MAX 1024     /* replies a client may leave unread */
 #define SEPD_ARCHIVE_BATCH (16u << 20) /* bytes of archive rows one job writes at most */
 #define SEPD_ARCHIVE_DELAY_S 0.25      /* how long they wait for more */
+#define SEPD_ARCHIVE_BACKLOG (256u << 20) /* rows waiting for the store before archiving
+                                            sessions wait for it */
 #define SEPD_SEPS_MAX 65536     /* positions of one seps listing reply */
 #define SEPD_SEPS_PAGE (16 << 20) /* bytes of rows one seps data reply holds at most */
 #define SEPD_FEED_BROKEN 2       /* op.ending: a piece was refused, no feed_end reply */
@@ -72,6 +74,7 @@ typedef struct sepd {
     size_t n_imports, cap_imports;
     uint64_t arch_entries, arch_bytes;  /* written to the archive so far */
     double arch_seconds;      /* the store thread's time on them */
+    size_t arch_backlog;      /* bytes of archive jobs at the store thread */
     uint64_t ckpt_count, ckpt_bytes;    /* checkpoints written, their states' bytes */
     double ckpt_seconds;      /* the store thread's time on them */
     int store_lock_fd;

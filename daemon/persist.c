@@ -388,11 +388,22 @@ static void job_done(void *loop, sepd_job_t *job)
             for (int i = 0; i < j->ck->n_stages; i++)
                 d->ckpt_bytes += j->ck->rec.state_len[i];
         }
-        if (j->kind == SEP_SJ_WRITE)
-            sep_log(j->job.rc ? SEP_LOG_ERROR : SEP_LOG_DEBUG, "session '%s': checkpoint of "
-                    "%lld tokens%s%s (%.1f ms in the store)", s->name,
-                    (long long)j->ck->rec.tokens, j->job.rc ? " failed: " : " written",
-                    j->job.rc ? j->job.error : "", j->job.ran * 1e3);
+        if (j->kind == SEP_SJ_WRITE) {
+            uint64_t bytes = 0;
+            for (int i = 0; i < j->ck->n_stages; i++)
+                bytes += j->ck->rec.state_len[i];
+            double states = j->ck->states_at - j->ck->cut_at, all = sep_now() - j->ck->cut_at;
+            sep_log(j->job.rc ? SEP_LOG_ERROR
+                    : j->ck->rec.state == SEP_STORE_SUSPENDED ? SEP_LOG_INFO : SEP_LOG_DEBUG,
+                    "session '%s': checkpoint of %lld tokens%s%s: %llu bytes of state in %.1f "
+                    "ms from the stages, %.1f ms in the store, %.1f ms in all (%.2f GB/s)",
+                    s->name, (long long)j->ck->rec.tokens, j->job.rc ? " failed: " : "",
+                    j->job.rc ? j->job.error : "", (unsigned long long)bytes, states * 1e3,
+                    j->job.ran * 1e3, all * 1e3, all > 0 ? bytes / all / 1e9 : 0.0);
+        }
+        if (j->kind == SEP_SJ_READ && !j->job.rc)
+            sep_log(SEP_LOG_INFO, "session '%s': its snapshot read in %.1f ms", s->name,
+                    j->job.ran * 1e3);
         sepd_store_answer(d, s, j->kind, j->job.rc, j->job.error,
                           j->kind == SEP_SJ_WRITE ? &j->ck->rec : NULL);
     }
@@ -485,6 +496,7 @@ int sepd_ckpt_cut(sepd_t *d, sep_session_t *s, uint32_t state)
         return rc;
     }
     c->n_stages = d->pool->stages;
+    c->cut_at = sep_now();
     s->cut = c;
     return SEP_OK;
 }
@@ -508,6 +520,7 @@ int sepd_ckpt_state(sep_session_t *s, sep_msg_t *m, int rank)
     c->state[rank] = (sep_store_blob_t){ sep_frame_data(c->frame[rank]), len };
     c->rec.state_len[rank] = len;
     c->got |= 1ull << rank;
+    c->states_at = sep_now();
     return SEP_OK;
 }
 

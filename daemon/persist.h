@@ -41,6 +41,7 @@ typedef struct sep_ckpt {
     sep_store_blob_t state[SEP_MAX_STAGES]; /* the states' bytes (in frame or buf) */
     uint8_t *buf[SEP_MAX_STAGES];     /* resume: the states read back (malloc'ed) */
     uint64_t got;                     /* ranks whose state is here */
+    double cut_at, states_at;         /* when w_save went, and the last state came */
 } sep_ckpt_t;
 
 void sep_ckpt_free(sep_ckpt_t **self_p);
@@ -94,6 +95,10 @@ void sepd_persist_put(sepd_t *d, sep_session_t *s, uint32_t state);
  * SEPD_ARCHIVE_DELAY_S seconds, whichever first, and always goes before
  * any other job so a checkpoint never runs ahead of the archive). */
 void sepd_archive_msg(sepd_t *d, sep_msg_t *m, int rank);
+/* Whether more archive rows wait for the store than SEPD_ARCHIVE_BACKLOG:
+ * archiving sessions then run no new batch (the archive's back-pressure:
+ * memory stays bounded when the disk is slower than the model). */
+int sepd_archive_behind(const sepd_t *d);
 void sepd_archive_due(sepd_t *d);
 void sepd_archive_flush(sepd_t *d);
 

@@ -9,6 +9,7 @@
  */
 #include "daemon.h"
 #include "err.h"
+#include "persist.h"
 #include "log.h"
 #include "util.h"
 
@@ -35,9 +36,11 @@ static int sched_one(sepd_t *d)
     int total = 0, max = d->conf.max_batch < d->pool->max_tokens ? d->conf.max_batch
                                                                  : d->pool->max_tokens;
     b->nc = 0;
+    int behind = sepd_archive_behind(d);
     for (size_t k = 0; k < d->n_sess && total < max; k++) {
         sep_session_t *s = d->sess[(d->rr + k) % d->n_sess];
-        if (!sched_may_run(s))
+        if (!sched_may_run(s) ||
+            (behind && s->archive != SEP_ARCHIVE_OFF && s->policy.method == SEP_METHOD_SEPLLM))
             continue;
         size_t run = sep_session_runnable(s);
         int gen = 0, n;

@@ -144,6 +144,7 @@ typedef struct {
     /* the client's operation and the workers' */
     sep_op_t op;
     sep_ctl_t ctl;
+    double ctl_since;             /* when the last control op that ended was sent */
     float *out_nll;               /* (out_n) NLLs not yet sent to the op's client */
     size_t out_n, out_cap;
     /* feed --retry: the NLLs sent that its client has not confirmed
