@@ -232,12 +232,7 @@ int sep_msg_send_owned(void *sock, const void *peer, size_t peer_len, json_t *hd
 int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,
                  const sep_frame_t *frames, int n)
 {
-    char *text = sep_msg_header_text(hdr);
-    if (!text)
-        return sep_fail(SEP_ENOMEM, "send: out of memory");
-    int rc = sep_msg_send_text(sock, peer, peer_len, text, strlen(text), frames, n, 0);
-    free(text);
-    return rc;
+    return sep_msg_send_owned(sock, peer, peer_len, hdr, frames, n, 0);
 }
 
 const char *sep_msg_str(const sep_msg_t *m, const char *key, const char *dflt)

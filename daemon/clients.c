@@ -99,6 +99,8 @@ json_t *sepd_info(const sep_session_t *s)
         json_object_set_new(h, "checkpoint_error", json_string(s->ckpt_error));
     if (h && s->foreign[0])
         json_object_set_new(h, "cannot_load", json_string(s->foreign));
+    if (h && s->reviving)
+        json_object_set_new(h, "loading", json_true());
     return h;
 }
 

@@ -196,7 +196,8 @@ static json_t *dropped_note(const sep_session_t *s)
 /* Whether a checkpoint's cut is due now. */
 static int cut_due(const sep_session_t *s)
 {
-    return s->state == SEP_SS_ACTIVE && s->sent == 0 && !s->gen_inflight && !s->cut &&
+    return s->state == SEP_SS_ACTIVE && !s->reviving && s->sent == 0 && !s->gen_inflight &&
+           !s->cut &&
            s->sj == SEP_SJ_NONE &&
            (s->ckpt_want || (s->op.kind == SEP_SOP_SUSPEND && !s->op.checkpointed));
 }
@@ -316,11 +317,31 @@ static int resume_done(sepd_t *d, sep_session_t *s)
             (sep_now() - s->ctl_since) * 1e3);
     s->state = SEP_SS_ACTIVE;
     sep_ckpt_free(&s->loaded);
+    if (s->reviving) {
+        /* no op of a client's: what one runs meanwhile goes on */
+        s->reviving = 0;
+        sep_log(SEP_LOG_INFO, "session '%s' back at %lld tokens", s->name,
+                (long long)s->tokens);
+        return sepd_step(d, s);
+    }
     sepd_persist_put(d, s, SEP_STORE_ACTIVE);
-    sep_log(SEP_LOG_INFO, "session '%s' %s at %lld tokens", s->name,
-            s->op.peer_len ? "resumed" : "back", (long long)s->tokens);
+    sep_log(SEP_LOG_INFO, "session '%s' resumed at %lld tokens", s->name, (long long)s->tokens);
     if (s->op.kind == SEP_SOP_RESUME)
         sepd_op_reply(d, s, SEP_OP_RESUME, NULL);
+    return sepd_op_finish(d, s);
+}
+
+/* An active session brought back at start that could not be loaded: it
+ * is suspended, with the reason; a client's op waiting for it fails. */
+static int revive_failed(sepd_t *d, sep_session_t *s, const char *why)
+{
+    s->reviving = 0;
+    s->state = SEP_SS_SUSPENDED;
+    snprintf(s->foreign, sizeof s->foreign, "%s", why);
+    sep_log(SEP_LOG_ERROR, "session '%s' stays suspended: %s", s->name, why);
+    if (!s->op.kind)
+        return 0;
+    sepd_op_error(d, s, SEP_ERR_STATE, "session '%s' could not be loaded: %s", s->name, why);
     return sepd_op_finish(d, s);
 }
 
@@ -335,7 +356,7 @@ static int ctl_done(sepd_t *d, sep_session_t *s)
         return 0;
     case SEP_WAIT_OPEN:
         if (!c.failed) {
-            if (op->kind == SEP_SOP_RESUME)
+            if (op->kind == SEP_SOP_RESUME || s->reviving)
                 return resume_done(d, s); /* a session without a snapshot: fresh caches */
             s->state = SEP_SS_ACTIVE;
             if (op->kind != SEP_SOP_OPEN)
@@ -343,9 +364,9 @@ static int ctl_done(sepd_t *d, sep_session_t *s)
             sepd_op_reply(d, s, SEP_OP_OPEN, NULL);
             return sepd_op_finish(d, s);
         }
-        if (op->kind == SEP_SOP_RESUME) {
-            snprintf(op->error, sizeof op->error, "resume: %s (the session stays suspended)",
-                     c.error);
+        if (op->kind == SEP_SOP_RESUME || s->reviving) {
+            snprintf(s->reviving ? s->ctl_error : op->error, sizeof op->error,
+                     "resume: %s (the session stays suspended)", c.error);
             return ctl_close(d, s, c.answered, SEP_THEN_SUSPENDED);
         }
         /* the stages that opened it drop it again; then it is gone */
@@ -357,8 +378,8 @@ static int ctl_done(sepd_t *d, sep_session_t *s)
             return resume_done(d, s);
         /* the stages that loaded it drop it again: it stays suspended */
         sep_ckpt_free(&s->loaded);
-        snprintf(op->error, sizeof op->error, "resume: %s (the session stays suspended)",
-                 c.error);
+        snprintf(s->reviving ? s->ctl_error : op->error, sizeof op->error,
+                 "resume: %s (the session stays suspended)", c.error);
         return ctl_close(d, s, c.answered, SEP_THEN_SUSPENDED);
     case SEP_WAIT_SAVE:
         if (c.failed) {
@@ -377,6 +398,8 @@ static int ctl_done(sepd_t *d, sep_session_t *s)
         return sepd_step(d, s);
     case SEP_WAIT_CLOSE:
         if (c.then == SEP_THEN_SUSPENDED) {
+            if (s->reviving)
+                return revive_failed(d, s, s->ctl_error);
             if (op->kind == SEP_SOP_SUSPEND)
                 return suspend_done(d, s);
             s->state = SEP_SS_SUSPENDED; /* a resume undone */
@@ -433,6 +456,13 @@ void sepd_store_answer(sepd_t *d, sep_session_t *s, sep_sj_t kind, int rc, const
             op->checkpointed = 1;
         break;
     case SEP_SJ_READ:
+        if (rc && s->reviving) {
+            char why[600];
+            snprintf(why, sizeof why, "its snapshot: %s", error);
+            if (revive_failed(d, s, why))
+                return;
+            break;
+        }
         if (rc) {
             sepd_op_error(d, s, SEP_ERR_INTERNAL, "resume: its snapshot: %s (the session "
                           "stays suspended)", error);

@@ -271,7 +271,8 @@ int sepd_persist_open(sepd_t *d)
             sep_log(SEP_LOG_WARN, "session '%s' stays suspended: %s", s->name, s->foreign);
             foreign++;
         } else if (recs[i].state == SEP_STORE_ACTIVE) {
-            s->op.kind = SEP_SOP_RESUME; /* once the loop runs; nobody waits for it */
+            s->state = SEP_SS_ACTIVE; /* loaded in the background (reviving) */
+            s->reviving = 1;
             active++;
         } else {
             suspended++;
@@ -285,7 +286,7 @@ int sepd_persist_open(sepd_t *d)
     sep_log(SEP_LOG_INFO, "store %s: %zu session(s): %d to resume, %d suspended, %d that this "
             "sepd cannot load", dir, n, active, suspended, foreign);
     for (size_t i = 0; i < d->n_sess; i++)
-        if (d->sess[i]->op.kind == SEP_SOP_RESUME)
+        if (d->sess[i]->reviving)
             sepd_persist_read(d, d->sess[i]);
     return SEP_OK;
 fail:

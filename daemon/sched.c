@@ -23,7 +23,7 @@ static int sched_may_run(const sep_session_t *s)
 {
     /* a checkpoint that is due waits for the batches in flight and holds
      * the rest: its w_save is the cut; once it went, the session runs on */
-    return s->state == SEP_SS_ACTIVE && !s->ckpt_want && !s->hold &&
+    return s->state == SEP_SS_ACTIVE && !s->reviving && !s->ckpt_want && !s->hold &&
            (s->ctl.kind == SEP_WAIT_NONE || s->ctl.kind == SEP_WAIT_SAVE) &&
            (s->sj == SEP_SJ_NONE || s->sj == SEP_SJ_WRITE) && s->op.kind != SEP_SOP_SUSPEND;
 }

@@ -145,6 +145,7 @@ typedef struct {
     sep_op_t op;
     sep_ctl_t ctl;
     double ctl_since;             /* when the last control op that ended was sent */
+    char ctl_error[512];          /* a failure kept while the workers undo it */
     float *out_nll;               /* (out_n) NLLs not yet sent to the op's client */
     size_t out_n, out_cap;
     /* feed --retry: the NLLs sent that its client has not confirmed
@@ -164,6 +165,9 @@ typedef struct {
     int ckpt_want;                /* a checkpoint is due: batches wait for its cut */
     int hold;                     /* brought back from the store: runs nothing until a
                                      client's op begins */
+    int reviving;                 /* active, brought back at start: its caches are being
+                                     loaded into the workers (no op holds it, so a client
+                                     may feed it meanwhile: its ids wait) */
     struct sep_ckpt *cut;         /* the checkpoint being taken: its record and the
                                      stages' states as they arrive */
     struct sep_ckpt *loaded;      /* resume: the states read back, until w_load goes */

@@ -5,79 +5,13 @@
 # separator archive, export/import, and what a bad store gets: another
 # model, a full map, a damaged file, record or snapshot. Needs SEPCTL,
 # SEPD, ZSTORE, MPIRUN and SEP_SHARED, set by make check.
-set -u
-: "${SEPCTL:?}" "${SEPD:?}" "${ZSTORE:?}" "${MPIRUN:?}" "${SEP_SHARED:?}"
-T=$SEP_SHARED/texts
-tmp=$(mktemp -d) || exit 1
-sock="ipc://$tmp/sepd.sock"
-export SEPD_SOCKET="$sock"
-export OMP_NUM_THREADS=1
-daemon=
-killall_daemon() {
-    [ -n "$daemon" ] || return 0
-    workers=$(pgrep -P "$daemon")
-    kill -9 "$daemon" $workers 2>/dev/null
-    wait "$daemon" 2>/dev/null
-    # mpirun's ranks are its children
-    for w in $workers; do pkill -9 -P "$w" 2>/dev/null; done
-    daemon=
-}
-cleanup() {
-    killall_daemon
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-n=0
-failed=0
+. "$(dirname "$0")/daemon_lib.sh"
+: "${ZSTORE:?}"
 echo "1..48"
 
-ok() {
-    n=$((n + 1))
-    if eval "$2"; then
-        echo "ok $n - $1"
-    else
-        echo "not ok $n - $1"
-        sed 's/^/# /' "$tmp/err" 2>/dev/null | head -20
-        tail -5 "$tmp/sepd.log" 2>/dev/null | sed 's/^/# log: /'
-        failed=$((failed + 1))
-    fi
-}
-
-run() {
-    "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-
-json_num() { grep -o "\"$1\": *[0-9.e+-]*" "$tmp/out" | head -1 | sed 's/.*: *//'; }
-
 # checkpoints every second, small uncommitted bounds: crashes land between them
-cat >"$tmp/sepd.conf" <<EOF
-checkpoint_seconds = 1
-checkpoint_bytes = 65536
-EOF
-
-# start_daemon [ARGS...]: sepd on $tmp/store, in the background, until it answers
-start_daemon() {
-    rm -f "$tmp/sepd.sock"
-    "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --threads 1 \
-        --config "$tmp/sepd.conf" "$@" >>"$tmp/sepd.log" 2>&1 &
-    daemon=$!
-    i=0
-    while [ $i -lt 600 ]; do
-        "$SEPCTL" ls >/dev/null 2>&1 && return 0
-        kill -0 "$daemon" 2>/dev/null || { daemon=; return 1; }
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-
-stop_daemon() {
-    kill "$daemon" 2>/dev/null
-    wait "$daemon"
-    stop_rc=$?
-    daemon=
-}
+conf=$tmp/sepd.conf
+printf 'checkpoint_seconds = 1\ncheckpoint_bytes = 65536\n' >"$conf"
 
 # eval_of FILE OPTS...: eval's NLLs in FILE.eval, its figures in FILE.json
 eval_of() {
@@ -85,6 +19,9 @@ eval_of() {
     shift
     "$SEPCTL" eval --threads 1 "$@" --nll-out "$f.eval" --json <"$f" >"$f.json" 2>/dev/null
 }
+
+# state_is NAME STATE: the session's state is STATE
+state_is() { "$SEPCTL" info "$1" --json | grep -q "\"state\": *\"$2\""; }
 
 # same_figures A B: tokens, ppl, avg_kv and max_kv of two JSON lines agree exactly
 figures() { for k in tokens ppl avg_kv max_kv; do grep -o "\"$k\": *[0-9.e+-]*" "$1" | head -1 | sed 's/.*: *//'; done; }
@@ -114,7 +51,7 @@ ok "SIGTERM: sepd checkpoints every session and exits 0" 'test $stop_rc = 0'
 ok "sepd restarts on the store" 'start_daemon'
 run "$SEPCTL" ls --json
 ok "ls shows every session with its state" \
-    'grep -q "\"name\": *\"u\", *\"op\\|\"name\": *\"u\"" "$tmp/out" && "$SEPCTL" info u --json | grep -q "\"state\": *\"suspended\"" && "$SEPCTL" info a --json | grep -q "\"state\": *\"active\""'
+    'grep -q "\"name\": *\"u\"" "$tmp/out" && state_is u suspended && wait_for 20 "state_is a active"'
 run "$SEPCTL" info a --json
 ok "the active session is back at the same token" \
     'test "$(json_num tokens)" = "$(grep -o "\"tokens\": *[0-9]*" "$tmp/a.before" | sed "s/.*: *//")" && test "$(json_num bytes_committed)" = 9000'
@@ -255,8 +192,8 @@ run "$SEPCTL" ls
 ok "and it is still listed" 'grep -q "^m " "$tmp/out"'
 stop_daemon
 start_daemon
-run "$SEPCTL" info m --json
-ok "back on its own model, it is active again" 'grep -q "\"state\": *\"active\"" "$tmp/out"'
+# sessions come back in the background: wait for its resume
+ok "back on its own model, it is active again" 'wait_for 20 "state_is m active"'
 
 # ---- damaged snapshots and records ------------------------------------------
 "$SEPCTL" open d1 >/dev/null

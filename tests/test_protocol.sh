@@ -4,77 +4,9 @@
 # character or is not UTF-8, dead and stopped workers, oversize frames,
 # several ops on one connection. Needs SEPCTL, SEPD, ZCLIENT, MPIRUN and
 # SEP_SHARED, set by make check.
-set -u
-: "${SEPCTL:?}" "${SEPD:?}" "${ZCLIENT:?}" "${MPIRUN:?}" "${SEP_SHARED:?}"
-T=$SEP_SHARED/texts
-tmp=$(mktemp -d) || exit 1
-sock="ipc://$tmp/sepd.sock"
-export SEPD_SOCKET="$sock"
-export OMP_NUM_THREADS=1
-daemon=
-cleanup() {
-    [ -n "$daemon" ] && pkill -9 -P "$daemon" 2>/dev/null
-    [ -n "$daemon" ] && kill -9 "$daemon" 2>/dev/null
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-n=0
-failed=0
+. "$(dirname "$0")/daemon_lib.sh"
+: "${ZCLIENT:?}"
 echo "1..45"
-
-ok() {
-    n=$((n + 1))
-    if eval "$2"; then
-        echo "ok $n - $1"
-    else
-        echo "not ok $n - $1"
-        sed 's/^/# /' "$tmp/err" 2>/dev/null | head -20
-        tail -5 "$tmp/sepd.log" 2>/dev/null | sed 's/^/# log: /'
-        failed=$((failed + 1))
-    fi
-}
-
-run() {
-    "$@" >"$tmp/out" 2>"$tmp/err"
-    rc=$?
-}
-
-json_num() { grep -o "\"$1\": *[0-9.e+-]*" "$tmp/out" | head -1 | sed 's/.*: *//'; }
-json_str() { grep -o "\"$1\": *\"[^\"]*\"" "$tmp/out" | head -1 | sed 's/.*: *"//; s/"$//'; }
-
-start_daemon() {
-    "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --threads 1 "$@" \
-        >>"$tmp/sepd.log" 2>&1 &
-    daemon=$!
-    i=0
-    while [ $i -lt 600 ]; do
-        "$SEPCTL" ls >/dev/null 2>&1 && return 0
-        kill -0 "$daemon" 2>/dev/null || return 1
-        sleep 0.1
-        i=$((i + 1))
-    done
-    return 1
-}
-
-stop_daemon() {
-    kill "$daemon" 2>/dev/null
-    wait "$daemon"
-    stop_rc=$?
-    daemon=
-}
-
-# wait_for SECONDS COMMAND: until COMMAND succeeds (polls every 0.2 s)
-wait_for() {
-    limit=$(($1 * 5))
-    shift
-    i=0
-    while [ $i -lt $limit ]; do
-        eval "$1" && return 0
-        sleep 0.2
-        i=$((i + 1))
-    done
-    return 1
-}
 
 zc() { "$ZCLIENT" "$sock"; }
 

@@ -130,16 +130,8 @@ int split_added(const sep_tok_t *t, const struct addset *a,
                 continue;
             }
         }
-        if (hit->lstrip) {
-            while (ms > done) {
-                size_t p = ms - 1;
-                while (p > done && ((unsigned char)s[p] & 0xC0) == 0x80)
-                    p--;
-                if (!is_ws(utf8_cp((const unsigned char *)s + p, ms - p)))
-                    break;
-                ms = p;
-            }
-        }
+        if (hit->lstrip)
+            ms = ws_back(s, ms, done);
         if (hit->rstrip) {
             while (me < n) {
                 size_t l = utf8_clen((unsigned char)s[me]);

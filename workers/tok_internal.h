@@ -301,6 +301,9 @@ size_t utf8_decode(const unsigned char *s, size_t avail, uint32_t *cp,
                    size_t *bad);
 size_t utf8_put(char *d, uint32_t cp);
 bool is_ws(uint32_t c);
+/* Where the run of whitespace characters that ends at s[end] starts, no
+ * earlier than floor (valid UTF-8 in s[floor, end)). */
+size_t ws_back(const char *s, size_t end, size_t floor);
 
 /* tok_pattern.c */
 void mx_free(struct mx *m);

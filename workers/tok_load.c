@@ -194,6 +194,22 @@ static int parse_scheme(json_t *j, int *scheme, const char *path,
     return SEP_OK;
 }
 
+typedef int (*parse_fn)(sep_tok_t *t, json_t *j, const char *path, const char *field);
+
+/* Each item of a Sequence's array (its key: "normalizers", ...) through fn. */
+static int parse_each(sep_tok_t *t, json_t *items, const char *key, parse_fn fn,
+                      const char *path, const char *field)
+{
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        char f[160];
+        snprintf(f, sizeof f, "%s.%s[%zu]", field, key, i);
+        int rc = fn(t, json_array_get(items, i), path, f);
+        if (rc)
+            return rc;
+    }
+    return SEP_OK;
+}
+
 static int parse_norm(sep_tok_t *t, json_t *j, const char *path,
                       const char *field)
 {
@@ -205,15 +221,8 @@ static int parse_norm(sep_tok_t *t, json_t *j, const char *path,
         return SEP_OK;
     if ((rc = comp_type(j, "normalizers", &type, &items, path, field)))
         return rc;
-    if (items) {
-        for (size_t i = 0; i < json_array_size(items); i++) {
-            char f[160];
-            snprintf(f, sizeof f, "%s.normalizers[%zu]", field, i);
-            if ((rc = parse_norm(t, json_array_get(items, i), path, f)))
-                return rc;
-        }
-        return SEP_OK;
-    }
+    if (items)
+        return parse_each(t, items, "normalizers", parse_norm, path, field);
     if ((rc = GROW(t->norm, t->normcap, t->nnorm + 1)))
         return rc;
     struct norm *nm = &t->norm[t->nnorm++];
@@ -260,15 +269,8 @@ static int parse_pretok(sep_tok_t *t, json_t *j, const char *path,
         return SEP_OK;
     if ((rc = comp_type(j, "pretokenizers", &type, &items, path, field)))
         return rc;
-    if (items) {
-        for (size_t i = 0; i < json_array_size(items); i++) {
-            char f[160];
-            snprintf(f, sizeof f, "%s.pretokenizers[%zu]", field, i);
-            if ((rc = parse_pretok(t, json_array_get(items, i), path, f)))
-                return rc;
-        }
-        return SEP_OK;
-    }
+    if (items)
+        return parse_each(t, items, "pretokenizers", parse_pretok, path, field);
     /* The model maps a byte-level piece's bytes itself, so nothing may
      * look at the mapped text after ByteLevel. */
     if (t->bytelevel)
@@ -328,15 +330,8 @@ static int parse_decoder(sep_tok_t *t, json_t *j, const char *path,
     int rc;
     if ((rc = comp_type(j, "decoders", &type, &items, path, field)))
         return rc;
-    if (items) {
-        for (size_t i = 0; i < json_array_size(items); i++) {
-            char f[160];
-            snprintf(f, sizeof f, "%s.decoders[%zu]", field, i);
-            if ((rc = parse_decoder(t, json_array_get(items, i), path, f)))
-                return rc;
-        }
-        return SEP_OK;
-    }
+    if (items)
+        return parse_each(t, items, "decoders", parse_decoder, path, field);
     if ((rc = GROW(t->dec, t->deccap, t->ndec + 1)))
         return rc;
     struct decoder *d = &t->dec[t->ndec++];

@@ -92,15 +92,7 @@ static size_t added_settled(const struct addset *a, const struct enc *e,
             done = e->seg[w][i].e;
             break;
         }
-    while (lim > done) {
-        size_t p = lim - 1;
-        while (p > done && ((unsigned char)s[p] & 0xC0) == 0x80)
-            p--;
-        if (!is_ws(utf8_cp((const unsigned char *)s + p, lim - p)))
-            break;
-        lim = p;
-    }
-    return lim;
+    return ws_back(s, lim, done);
 }
 
 static bool norm_cut(const sep_tok_t *t, char c)

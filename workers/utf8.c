@@ -137,3 +137,16 @@ bool is_ws(uint32_t c)
            c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
            c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
+
+size_t ws_back(const char *s, size_t end, size_t floor)
+{
+    while (end > floor) {
+        size_t p = end - 1;
+        while (p > floor && ((unsigned char)s[p] & 0xC0) == 0x80)
+            p--;
+        if (!is_ws(utf8_cp((const unsigned char *)s + p, end - p)))
+            break;
+        end = p;
+    }
+    return end;
+}

@@ -1,0 +1,89 @@
+# daemon_lib.sh: what the shell tests of sepd share (sourced; TAP helpers).
+#
+# Sets tmp (a scratch folder, removed at exit), sock and SEPD_SOCKET (an
+# ipc socket in it), T (the shared texts), conf (the config start_daemon
+# passes: /dev/null unless the test sets it). The test prints its plan.
+set -u
+: "${SEPCTL:?}" "${SEPD:?}" "${MPIRUN:?}" "${SEP_SHARED:?}"
+T=$SEP_SHARED/texts
+tmp=$(mktemp -d) || exit 1
+sock="ipc://$tmp/sepd.sock"
+export SEPD_SOCKET="$sock"
+export OMP_NUM_THREADS=1
+conf=/dev/null
+daemon=
+n=0
+failed=0
+
+# killall_daemon: kill -9 of sepd and its workers (mpirun's ranks too)
+killall_daemon() {
+    [ -n "$daemon" ] || return 0
+    workers=$(pgrep -P "$daemon")
+    kill -9 "$daemon" $workers 2>/dev/null
+    wait "$daemon" 2>/dev/null
+    for w in $workers; do pkill -9 -P "$w" 2>/dev/null; done
+    daemon=
+}
+trap 'killall_daemon; rm -rf "$tmp"' EXIT
+
+# ok NAME TEST: one TAP line; a failure shows the last command's stderr
+# and the end of sepd's log
+ok() {
+    n=$((n + 1))
+    if eval "$2"; then
+        echo "ok $n - $1"
+    else
+        echo "not ok $n - $1"
+        sed 's/^/# /' "$tmp/err" 2>/dev/null | head -20
+        tail -5 "$tmp/sepd.log" 2>/dev/null | sed 's/^/# log: /'
+        failed=$((failed + 1))
+    fi
+}
+
+# run CMD...: its output in $tmp/out and $tmp/err, its status in rc
+run() {
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+}
+
+# json_num KEY, json_str KEY: the value after "KEY": in $tmp/out
+json_num() { grep -o "\"$1\": *[0-9.e+-]*" "$tmp/out" | head -1 | sed 's/.*: *//'; }
+json_str() { grep -o "\"$1\": *\"[^\"]*\"" "$tmp/out" | head -1 | sed 's/.*: *"//; s/"$//'; }
+
+# start_daemon ARGS...: sepd on $tmp/store in the background (the last
+# --config wins), until it answers
+start_daemon() {
+    rm -f "$tmp/sepd.sock"
+    "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --threads 1 --config "$conf" \
+        "$@" >>"$tmp/sepd.log" 2>&1 &
+    daemon=$!
+    i=0
+    while [ $i -lt 600 ]; do
+        "$SEPCTL" ls >/dev/null 2>&1 && return 0
+        kill -0 "$daemon" 2>/dev/null || { daemon=; return 1; }
+        sleep 0.1
+        i=$((i + 1))
+    done
+    return 1
+}
+
+# stop_daemon: SIGTERM, its status in stop_rc
+stop_daemon() {
+    kill "$daemon" 2>/dev/null
+    wait "$daemon"
+    stop_rc=$?
+    daemon=
+}
+
+# wait_for SECONDS COMMAND: until COMMAND succeeds (polls every 0.2 s)
+wait_for() {
+    limit=$(($1 * 5))
+    shift
+    i=0
+    while [ $i -lt $limit ]; do
+        eval "$1" && return 0
+        sleep 0.2
+        i=$((i + 1))
+    done
+    return 1
+}
