@@ -148,25 +148,6 @@ static int parse_pattern(json_t *obj, struct pattern *p, bool partial,
 
 /* A component's "type", with Sequence's children in list (NULL if not a
  * Sequence). */
-static int comp_type(json_t *j, const char *list, const char **type,
-                     json_t **items, const char *path, const char *field)
-{
-    size_t n;
-    int rc;
-    if (!json_is_object(j))
-        return sep_fail(SEP_EFORMAT, "%s: %s: not an object", path, field);
-    if ((rc = jstr(j, "type", type, &n, path, field)))
-        return rc;
-    *items = NULL;
-    if (strcmp(*type, "Sequence"))
-        return SEP_OK;
-    *items = json_object_get(j, list);
-    if (!json_is_array(*items))
-        return sep_fail(SEP_EFORMAT, "%s: %s.%s: missing or not an array", path,
-                        field, list);
-    return SEP_OK;
-}
-
 static int parse_scheme(json_t *j, int *scheme, const char *path,
                         const char *field)
 {
@@ -196,33 +177,46 @@ static int parse_scheme(json_t *j, int *scheme, const char *path,
 
 typedef int (*parse_fn)(sep_tok_t *t, json_t *j, const char *path, const char *field);
 
-/* Each item of a Sequence's array (its key: "normalizers", ...) through fn. */
-static int parse_each(sep_tok_t *t, json_t *items, const char *key, parse_fn fn,
-                      const char *path, const char *field)
+/* The start of a normalizer, pre-tokenizer or decoder: a Sequence (its
+ * array under key) goes item by item through fn, and so does nothing
+ * (null, where optional); 1 then, with the result in *rc. Else 0: *type
+ * is the component's own type, for the caller to parse. */
+static int comp_begin(sep_tok_t *t, json_t *j, const char *key, parse_fn fn, bool optional,
+                      const char **type, const char *path, const char *field, int *rc)
 {
-    for (size_t i = 0; i < json_array_size(items); i++) {
+    size_t n;
+    *rc = SEP_OK;
+    if (optional && (!j || json_is_null(j)))
+        return 1;
+    if (!json_is_object(j)) {
+        *rc = sep_fail(SEP_EFORMAT, "%s: %s: not an object", path, field);
+        return 1;
+    }
+    if ((*rc = jstr(j, "type", type, &n, path, field)))
+        return 1;
+    if (strcmp(*type, "Sequence"))
+        return 0;
+    json_t *items = json_object_get(j, key);
+    if (!json_is_array(items)) {
+        *rc = sep_fail(SEP_EFORMAT, "%s: %s.%s: missing or not an array", path, field, key);
+        return 1;
+    }
+    for (size_t i = 0; !*rc && i < json_array_size(items); i++) {
         char f[160];
         snprintf(f, sizeof f, "%s.%s[%zu]", field, key, i);
-        int rc = fn(t, json_array_get(items, i), path, f);
-        if (rc)
-            return rc;
+        *rc = fn(t, json_array_get(items, i), path, f);
     }
-    return SEP_OK;
+    return 1;
 }
 
 static int parse_norm(sep_tok_t *t, json_t *j, const char *path,
                       const char *field)
 {
     const char *type, *s;
-    json_t *items;
     size_t n;
     int rc;
-    if (!j || json_is_null(j))
-        return SEP_OK;
-    if ((rc = comp_type(j, "normalizers", &type, &items, path, field)))
+    if (comp_begin(t, j, "normalizers", parse_norm, true, &type, path, field, &rc))
         return rc;
-    if (items)
-        return parse_each(t, items, "normalizers", parse_norm, path, field);
     if ((rc = GROW(t->norm, t->normcap, t->nnorm + 1)))
         return rc;
     struct norm *nm = &t->norm[t->nnorm++];
@@ -262,15 +256,10 @@ static int parse_pretok(sep_tok_t *t, json_t *j, const char *path,
                         const char *field)
 {
     const char *type, *s;
-    json_t *items;
     size_t n;
     int rc;
-    if (!j || json_is_null(j))
-        return SEP_OK;
-    if ((rc = comp_type(j, "pretokenizers", &type, &items, path, field)))
+    if (comp_begin(t, j, "pretokenizers", parse_pretok, true, &type, path, field, &rc))
         return rc;
-    if (items)
-        return parse_each(t, items, "pretokenizers", parse_pretok, path, field);
     /* The model maps a byte-level piece's bytes itself, so nothing may
      * look at the mapped text after ByteLevel. */
     if (t->bytelevel)
@@ -325,13 +314,10 @@ static int parse_decoder(sep_tok_t *t, json_t *j, const char *path,
                          const char *field)
 {
     const char *type, *s;
-    json_t *items;
     size_t n;
     int rc;
-    if ((rc = comp_type(j, "decoders", &type, &items, path, field)))
+    if (comp_begin(t, j, "decoders", parse_decoder, false, &type, path, field, &rc))
         return rc;
-    if (items)
-        return parse_each(t, items, "decoders", parse_decoder, path, field);
     if ((rc = GROW(t->dec, t->deccap, t->ndec + 1)))
         return rc;
     struct decoder *d = &t->dec[t->ndec++];
