@@ -235,10 +235,15 @@ int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,
     return sep_msg_send_owned(sock, peer, peer_len, hdr, frames, n, 0);
 }
 
+const char *sep_hdr_str(const json_t *hdr, const char *key, const char *dflt)
+{
+    json_t *v = json_object_get(hdr, key);
+    return json_is_string(v) ? json_string_value(v) : dflt;
+}
+
 const char *sep_msg_str(const sep_msg_t *m, const char *key, const char *dflt)
 {
-    json_t *v = json_object_get(m->hdr, key);
-    return json_is_string(v) ? json_string_value(v) : dflt;
+    return sep_hdr_str(m->hdr, key, dflt);
 }
 
 int64_t sep_msg_int(const sep_msg_t *m, const char *key, int64_t dflt)

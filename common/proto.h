@@ -137,6 +137,7 @@ int sep_msg_send_owned(void *sock, const void *peer, size_t peer_len, json_t *hd
 int sep_name_ok(const char *name);
 
 /* Header field helpers: absent or mistyped fields give the default. */
+const char *sep_hdr_str(const json_t *hdr, const char *key, const char *dflt);
 const char *sep_msg_str(const sep_msg_t *m, const char *key, const char *dflt);
 int64_t sep_msg_int(const sep_msg_t *m, const char *key, int64_t dflt);
 double sep_msg_real(const sep_msg_t *m, const char *key, double dflt);

@@ -423,7 +423,7 @@ static int ctl_simple(const ctl_common_t *o, const char *session, json_t *req)
     sep_msg_t m = { 0 };
     FILE *nf = NULL;
     char verb[32];
-    snprintf(verb, sizeof verb, "%s", sep_msg_str(&(sep_msg_t){ .hdr = req }, "op", ""));
+    snprintf(verb, sizeof verb, "%s", sep_hdr_str(req, "op", ""));
     int woke, rc, code = ctl_session_open(o, session, "a", &c, &nf);
     if (code) {
         json_decref(req);

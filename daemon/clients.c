@@ -64,6 +64,17 @@ void sepd_error(sepd_t *d, const uint8_t *peer, size_t peer_len, const char *op,
     va_end(ap);
 }
 
+void sepd_next_error(sepd_t *d, sep_session_t *s, const char *code, const char *fmt, ...)
+{
+    if (!s->op.next)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    sepd_verror(d, s->op.next_peer, s->op.next_peer_len, sep_hdr_str(s->op.next, "op", "error"),
+                code, fmt, ap);
+    va_end(ap);
+}
+
 void sepd_op_error(sepd_t *d, sep_session_t *s, const char *code, const char *fmt, ...)
 {
     if (!s->op.peer_len)
@@ -191,10 +202,7 @@ void sepd_fail_all(sepd_t *d, const char *code, const char *why)
         sep_session_t *s = d->sess[i];
         if (s->op.kind)
             sepd_op_error(d, s, code, "session '%s': %s", s->name, why);
-        if (s->op.next)
-            sepd_error(d, s->op.next_peer, s->op.next_peer_len,
-                       sep_msg_str(&(sep_msg_t){ .hdr = s->op.next }, "op", "error"), code,
-                       "session '%s': %s", s->name, why);
+        sepd_next_error(d, s, code, "session '%s': %s", s->name, why);
         sep_session_op_end(s);
     }
     for (size_t i = 0; i < d->stats.n_waiting; i++)
@@ -249,13 +257,12 @@ static void op_cancel_for(sepd_t *d, sep_session_t *s, const sep_msg_t *m)
     if (!same_peer(s->op.peer, s->op.peer_len, m))
         sepd_op_error(d, s, SEP_ERR_CANCELLED, "session '%s': %s cancelled: another client "
                       "closed the session", s->name, sep_sop_name(s->op.kind));
-    else if (s->op.kind == SEP_SOP_GENERATE)
-        sepd_op_error(d, s, SEP_ERR_CANCELLED, "session '%s': generate cancelled by close",
-                      s->name);
-    if (s->op.next)
-        sepd_error(d, s->op.next_peer, s->op.next_peer_len,
-                   sep_msg_str(&(sep_msg_t){ .hdr = s->op.next }, "op", "error"),
-                   SEP_ERR_CANCELLED, "session '%s' was closed", s->name);
+    else if (s->op.kind == SEP_SOP_GENERATE || s->op.kind == SEP_SOP_EXPORT)
+        sepd_op_error(d, s, SEP_ERR_CANCELLED, "session '%s': %s cancelled by close", s->name,
+                      sep_sop_name(s->op.kind));
+    if (s->op.kind == SEP_SOP_EXPORT)
+        sepd_export_drop(d, s);
+    sepd_next_error(d, s, SEP_ERR_CANCELLED, "session '%s' was closed", s->name);
     sep_session_op_end(s);
 }
 
@@ -300,8 +307,8 @@ static int op_admit(sepd_t *d, sep_session_t *s, const sep_msg_t *m, sep_sop_t k
         return 0;
     }
     if (kind == SEP_SOP_CLOSE) {
-        if (op->kind == SEP_SOP_GENERATE || (!same && (op->kind == SEP_SOP_FEED ||
-                                                       op->kind == SEP_SOP_FLUSH))) {
+        if (op->kind == SEP_SOP_GENERATE || op->kind == SEP_SOP_EXPORT ||
+            (!same && (op->kind == SEP_SOP_FEED || op->kind == SEP_SOP_FLUSH))) {
             op_cancel_for(d, s, m);
             goto take;
         }
@@ -810,7 +817,7 @@ static void sepd_request(sepd_t *d, const sep_msg_t *m)
 
 void sepd_redo(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr)
 {
-    sep_msg_t m = { .hdr = hdr, .op = sep_msg_str(&(sep_msg_t){ .hdr = hdr }, "op", "") };
+    sep_msg_t m = { .hdr = hdr, .op = sep_hdr_str(hdr, "op", "") };
     memcpy(m.peer, peer, peer_len);
     m.peer_len = peer_len;
     sepd_request(d, &m);

@@ -286,10 +286,7 @@ static int session_gone(sepd_t *d, sep_session_t *s)
     } else if (op->error[0]) {
         sepd_op_error(d, s, SEP_ERR_INTERNAL, "%s", op->error);
     }
-    if (op->next)
-        sepd_error(d, op->next_peer, op->next_peer_len,
-                   sep_msg_str(&(sep_msg_t){ .hdr = op->next }, "op", "error"),
-                   SEP_ERR_NOT_FOUND, "session '%s' was closed", s->name);
+    sepd_next_error(d, s, SEP_ERR_NOT_FOUND, "session '%s' was closed", s->name);
     sepd_remove(d, s);
     return 1;
 }

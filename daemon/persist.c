@@ -191,6 +191,10 @@ static int persist_session(sepd_t *d, const sep_store_session_t *r, sep_session_
         snprintf(s->foreign, sizeof s->foreign, "its separator set '%s' names other ids than "
                  "it did (%u then, %zu now)", s->separators, r->n_sep_ids, s->n_sep_ids);
     persist_fit(d, r, s->foreign, sizeof s->foreign);
+    if (r->n_stages && strcmp(r->precision, d->pool->stage[0].device) != 0)
+        sep_log(SEP_LOG_WARN, "session '%s' was computed on %s; it goes on on %s (its NLLs "
+                "from here are that backend's)", r->name, r->precision,
+                d->pool->stage[0].device);
     *out = s;
     return SEP_OK;
 }

@@ -177,9 +177,7 @@ static int worker_save(worker_t *w, const sep_msg_t *m)
     rc = h ? sep_msg_send_owned(w->sock, NULL, 0, h, &f, 1, 1u)
            : (free(buf), sep_fail(SEP_ENOMEM, "w_save: out of memory"));
     json_decref(h);
-    if (!rc && json_is_true(json_object_get(m->hdr, "drop")))
-        worker_drop(w, s);
-    return rc;
+    return rc; /* the cache stays: w_close drops it once the state is safe */
 }
 
 static int worker_close(worker_t *w, const sep_msg_t *m)
