@@ -236,6 +236,34 @@ static sep_session_t *session_for(sepd_t *d, const sep_msg_t *m)
     return s;
 }
 
+int sepd_piece_ok(sepd_t *d, const sep_msg_t *m)
+{
+    if (m->n_frames != 1)
+        sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
+                   "%s: expected one frame (the piece), got %d", m->op, m->n_frames);
+    else if (m->frames[0].len > SEP_FEED_PIECE)
+        sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_TOO_LARGE,
+                   "%s: a piece of %zu bytes (at most %d)", m->op, m->frames[0].len,
+                   SEP_FEED_PIECE);
+    else
+        return 1;
+    return 0;
+}
+
+/* The session m names when m's client runs its op of this kind, else NULL
+ * (and an error naming what the client is not doing). */
+static sep_session_t *session_owned(sepd_t *d, const sep_msg_t *m, sep_sop_t kind,
+                                    const char *doing)
+{
+    sep_session_t *s = session_for(d, m);
+    if (s && (s->op.kind != kind || !same_peer(s->op.peer, s->op.peer_len, m))) {
+        sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_STATE,
+                   "%s: this client is not %s '%s'", m->op, doing, s->name);
+        return NULL;
+    }
+    return s;
+}
+
 /* Keep m to run once s's op ends. */
 static int op_defer(sepd_t *d, sep_session_t *s, const sep_msg_t *m)
 {
@@ -448,13 +476,8 @@ static void op_feed(sepd_t *d, const sep_msg_t *m)
     if (!s)
         return;
     int64_t seq = sep_msg_int(m, "seq", 0);
-    if (m->n_frames != 1)
-        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
-                          "feed: expected one text frame, got %d", m->n_frames);
-    if (m->frames[0].len > SEP_FEED_PIECE)
-        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_TOO_LARGE,
-                          "feed: a piece of %zu bytes (at most %d)", m->frames[0].len,
-                          SEP_FEED_PIECE);
+    if (!sepd_piece_ok(d, m))
+        return;
     int continuing = s->op.kind == SEP_SOP_FEED && same_peer(s->op.peer, s->op.peer_len, m);
     int64_t have = sep_msg_int(m, "nll_have", -1);
     if (!continuing) {
@@ -532,12 +555,9 @@ static void op_feed(sepd_t *d, const sep_msg_t *m)
 
 static void op_feed_end(sepd_t *d, const sep_msg_t *m)
 {
-    sep_session_t *s = session_for(d, m);
+    sep_session_t *s = session_owned(d, m, SEP_SOP_FEED, "feeding");
     if (!s)
         return;
-    if (s->op.kind != SEP_SOP_FEED || !same_peer(s->op.peer, s->op.peer_len, m))
-        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_STATE,
-                          "feed_end: this client is not feeding '%s'", s->name);
     s->op.ending = 1;
     sepd_step(d, s);
 }
@@ -638,12 +658,9 @@ static void op_cancel(sepd_t *d, const sep_msg_t *m)
 
 static void op_ack(sepd_t *d, const sep_msg_t *m)
 {
-    sep_session_t *s = session_for(d, m);
+    sep_session_t *s = session_owned(d, m, SEP_SOP_GENERATE, "generating on");
     if (!s)
         return;
-    if (s->op.kind != SEP_SOP_GENERATE || !same_peer(s->op.peer, s->op.peer_len, m))
-        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_STATE,
-                          "ack: this client is not generating on '%s'", s->name);
     int64_t got = sep_msg_int(m, "tokens", -1);
     if (got < s->op.acked || got > s->op.made)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,

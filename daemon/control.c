@@ -55,11 +55,7 @@ int sepd_add(sepd_t *d, sep_session_t *s)
 
 static void sepd_remove(sepd_t *d, sep_session_t *s)
 {
-    for (size_t i = 0; i < d->n_sess; i++)
-        if (d->sess[i] == s) {
-            d->sess[i] = d->sess[--d->n_sess];
-            break;
-        }
+    SEP_REMOVE(d->sess, d->n_sess, s);
     sep_log(SEP_LOG_INFO, "session '%s' closed after %lld tokens", s->name,
             (long long)s->tokens);
     sep_session_destroy(&s);

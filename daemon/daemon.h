@@ -123,6 +123,9 @@ void sepd_error(sepd_t *d, const uint8_t *peer, size_t peer_len, const char *op,
 json_t *sepd_info(const sep_session_t *s);
 /* Reply to the op's client: op, the figures, extra (taken), the NLLs owed. */
 void sepd_op_reply(sepd_t *d, sep_session_t *s, const char *op, json_t *extra);
+/* Whether m carries one piece of at most SEP_FEED_PIECE bytes; if not, an
+ * error to m's client. */
+int sepd_piece_ok(sepd_t *d, const sep_msg_t *m);
 /* An error to the client of the request that waits for the op (if one does). */
 void sepd_next_error(sepd_t *d, sep_session_t *s, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

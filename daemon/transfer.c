@@ -184,11 +184,7 @@ sepd_import_t *sepd_import_find(sepd_t *d, const char *name)
 
 static void import_remove(sepd_t *d, sepd_import_t *imp)
 {
-    for (size_t i = 0; i < d->n_imports; i++)
-        if (d->imports[i] == imp) {
-            d->imports[i] = d->imports[--d->n_imports];
-            break;
-        }
+    SEP_REMOVE(d->imports, d->n_imports, imp);
     free(imp);
 }
 
@@ -301,13 +297,8 @@ void sepd_import_piece(sepd_t *d, const sep_msg_t *m)
         import_submit(d, imp, IMPORT_END, 0, NULL, 0);
         return;
     }
-    if (m->n_frames != 1)
-        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
-                          "import: expected one frame of the stream, got %d", m->n_frames);
-    if (m->frames[0].len > SEP_FEED_PIECE)
-        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_TOO_LARGE,
-                          "import: a piece of %zu bytes (at most %d)", m->frames[0].len,
-                          SEP_FEED_PIECE);
+    if (!sepd_piece_ok(d, m))
+        return;
     if (imp->in_flight >= SEP_FEED_WINDOW)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_LIMIT,
                           "import: more than %d pieces unacknowledged", SEP_FEED_WINDOW);

@@ -75,6 +75,16 @@ stop_daemon() {
     daemon=
 }
 
+# A stream fed in two parts: feed_head NAME FILE AT sends FILE's first AT
+# bytes (NLLs in NAME.a); feed_rest NAME FILE AT the rest (NAME.b) and
+# closes NAME (NAME.c); stream_is NAME EVAL: whether the three are EVAL
+feed_head() { head -c "$3" "$2" | "$SEPCTL" feed "$1" --nll-out "$tmp/$1.a" >/dev/null; }
+feed_rest() {
+    tail -c +$(($3 + 1)) "$2" | "$SEPCTL" feed "$1" --nll-out "$tmp/$1.b" >/dev/null &&
+        "$SEPCTL" close "$1" --nll-out "$tmp/$1.c" >/dev/null
+}
+stream_is() { cat "$tmp/$1.a" "$tmp/$1.b" "$tmp/$1.c" | cmp -s - "$2"; }
+
 # wait_for SECONDS COMMAND: until COMMAND succeeds (polls every 0.2 s)
 wait_for() {
     limit=$(($1 * 5))

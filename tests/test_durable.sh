@@ -40,7 +40,7 @@ run "$SEPD" --foreground --socket "ipc://$tmp/other.sock" --store "$tmp/store"
 ok "a second sepd on the same store is refused" 'test $rc = 1 && grep -q "another sepd uses the store" "$tmp/err"'
 
 "$SEPCTL" open u --capacity 200 --window 64 --seps 32 >/dev/null
-head -c 7000 "$tmp/short.txt" | "$SEPCTL" feed u --nll-out "$tmp/u.a" >/dev/null
+feed_head u "$tmp/short.txt" 7000
 run "$SEPCTL" suspend u --json
 ok "suspend writes the session to the store" 'test $rc = 0 && test "$(json_num state_bytes)" -gt 0'
 "$SEPCTL" open a >/dev/null
@@ -57,23 +57,41 @@ ok "the active session is back at the same token" \
     'test "$(json_num tokens)" = "$(grep -o "\"tokens\": *[0-9]*" "$tmp/a.before" | sed "s/.*: *//")" && test "$(json_num bytes_committed)" = 9000'
 run "$SEPCTL" resume u
 ok "resume after a restart" 'test $rc = 0'
-tail -c +7001 "$tmp/short.txt" | "$SEPCTL" feed u --nll-out "$tmp/u.b" >/dev/null
-"$SEPCTL" close u --nll-out "$tmp/u.c" >/dev/null
+feed_rest u "$tmp/short.txt" 7000
 ok "suspend, restart, resume: the NLLs are bitwise those of one eval" \
-    'cat "$tmp/u.a" "$tmp/u.b" "$tmp/u.c" | cmp -s - "$tmp/short.txt.eval"'
+    'stream_is u "$tmp/short.txt.eval"'
 
 # a producer that sends the first 60000 bytes, waits, then the rest: a
 # crash in the pause finds some of the text fed and checkpointed
 slow_book() { head -c 60000 "$tmp/book.txt"; sleep "$1"; tail -c +60001 "$tmp/book.txt"; }
+# retry_feed NAME PAUSE: open NAME and feed it slow_book with --retry in
+# the background (its pid in feeder, NLLs in NAME.nll, stderr in NAME.err)
+retry_feed() {
+    "$SEPCTL" open "$1" >/dev/null
+    slow_book "$2" | "$SEPCTL" feed "$1" --retry --nll-out "$tmp/$1.nll" >/dev/null 2>"$tmp/$1.err" &
+    feeder=$!
+}
+# crash_mid_feed NAME: open NAME, feed it slow_book and kill -9 sepd and
+# its workers in the pause (the feeder fails; the daemon is down)
+crash_mid_feed() {
+    "$SEPCTL" open "$1" >/dev/null
+    slow_book 30 | "$SEPCTL" feed "$1" >/dev/null 2>&1 &
+    feeder=$!
+    sleep 5
+    killall_daemon
+    wait $feeder 2>/dev/null
+    pkill -f "sleep 30" 2>/dev/null
+}
+# book_exact NAME: close NAME; whether its figures and NLLs (fed, then at
+# close) are one eval's of the book
+book_exact() {
+    "$SEPCTL" close "$1" --json --nll-out "$tmp/$1.close" >"$tmp/$1.json" &&
+        same_figures "$tmp/$1.json" "$tmp/book.txt.json" &&
+        cat "$tmp/$1.nll" "$tmp/$1.close" | cmp -s - "$tmp/book.txt.eval"
+}
 
 # ---- kill -9 of sepd mid-feed, then --from-committed -------------------
-"$SEPCTL" open k >/dev/null
-slow_book 30 | "$SEPCTL" feed k >/dev/null 2>&1 &
-feeder=$!
-sleep 5
-killall_daemon
-wait $feeder 2>/dev/null
-pkill -f "sleep 30" 2>/dev/null
+crash_mid_feed k
 ok "after kill -9 of sepd and its workers, sepd restarts" 'start_daemon'
 run "$SEPCTL" info k --json
 committed=$(json_num bytes_committed)
@@ -86,9 +104,7 @@ ok "tokens, ppl, avg_kv and max_kv equal one eval of the text" \
     'same_figures "$tmp/k.json" "$tmp/book.txt.json"'
 
 # ---- --retry through two restarts ---------------------------------------
-"$SEPCTL" open r >/dev/null
-slow_book 6 | "$SEPCTL" feed r --retry --nll-out "$tmp/r.nll" >/dev/null 2>"$tmp/r.err" &
-feeder=$!
+retry_feed r 6
 sleep 3
 killall_daemon
 sleep 1
@@ -101,14 +117,10 @@ wait $feeder
 feed_rc=$?
 ok "feed --retry outlives two kill -9 of sepd" \
     'test $feed_rc = 0 && test "$(grep -c "sepd is back" "$tmp/r.err")" = 2'
-"$SEPCTL" close r --json --nll-out "$tmp/r.close" >"$tmp/r.json"
-ok "its NLL file is eval's, bitwise: no gap, no duplicate" \
-    'cat "$tmp/r.nll" "$tmp/r.close" | cmp -s - "$tmp/book.txt.eval" && same_figures "$tmp/r.json" "$tmp/book.txt.json"'
+ok "its NLL file is eval's, bitwise: no gap, no duplicate" 'book_exact r'
 
 # ---- kill -9 of a worker -------------------------------------------------
-"$SEPCTL" open w >/dev/null
-slow_book 8 | "$SEPCTL" feed w --retry --nll-out "$tmp/w.nll" >/dev/null 2>"$tmp/w.err" &
-feeder=$!
+retry_feed w 8
 sleep 3
 kill -9 $(pgrep -P "$daemon")
 wait "$daemon" 2>/dev/null
@@ -119,9 +131,8 @@ ok "a worker killed: sepd tells its clients why and exits 1" \
 ok "sepd restarts" 'start_daemon'
 wait $feeder
 feed_rc=$?
-"$SEPCTL" close w --json --nll-out "$tmp/w.close" >"$tmp/w.json"
 ok "the --retry feed completes exactly from the last checkpoint" \
-    'test $feed_rc = 0 && same_figures "$tmp/w.json" "$tmp/book.txt.json" && cat "$tmp/w.nll" "$tmp/w.close" | cmp -s - "$tmp/book.txt.eval"'
+    'test $feed_rc = 0 && book_exact w'
 
 # ---- the separator archive -----------------------------------------------
 "$SEPCTL" eval --threads 1 --seps-out "$tmp/short.seps" <"$tmp/short.txt" >/dev/null
@@ -155,7 +166,7 @@ ok "--archive off keeps none" 'test $rc = 0 && ! test -s "$tmp/out"'
 
 # ---- export and import ----------------------------------------------------
 "$SEPCTL" open x --capacity 200 --window 64 --seps 32 >/dev/null
-head -c 7000 "$tmp/short.txt" | "$SEPCTL" feed x --nll-out "$tmp/x.a" >/dev/null
+feed_head x "$tmp/short.txt" 7000
 run "$SEPCTL" export x "$tmp/x.exp"
 ok "export of an active session is refused" 'test $rc = 1 && grep -q "active" "$tmp/err"'
 "$SEPCTL" suspend x >/dev/null
@@ -175,10 +186,9 @@ run "$SEPCTL" import "$tmp/x.exp" x
 ok "an import over a session in use is refused" 'test $rc = 1 && grep -q "exists" "$tmp/err"'
 "$SEPCTL" seps x >"$tmp/x.seps.after"
 "$SEPCTL" resume x >/dev/null
-tail -c +7001 "$tmp/short.txt" | "$SEPCTL" feed x --nll-out "$tmp/x.b" >/dev/null
-"$SEPCTL" close x --nll-out "$tmp/x.c" >/dev/null
+feed_rest x "$tmp/short.txt" 7000
 ok "export, import, resume: the stream and its archive go on exactly" \
-    'cmp -s "$tmp/x.seps.before" "$tmp/x.seps.after" && cat "$tmp/x.a" "$tmp/x.b" "$tmp/x.c" | cmp -s - "$tmp/short.txt.eval"'
+    'cmp -s "$tmp/x.seps.before" "$tmp/x.seps.after" && stream_is x "$tmp/short.txt.eval"'
 
 # ---- another model ----------------------------------------------------------
 "$SEPCTL" open m >/dev/null
@@ -258,7 +268,7 @@ mpirun_args = --allow-run-as-root --oversubscribe
 EOF
 ok "two stages start" 'start_daemon'
 "$SEPCTL" open v --capacity 200 --window 64 --seps 32 >/dev/null
-head -c 7000 "$tmp/short.txt" | "$SEPCTL" feed v --nll-out "$tmp/v.a" >/dev/null
+feed_head v "$tmp/short.txt" 7000
 "$SEPCTL" suspend v >/dev/null
 stop_daemon
 start_daemon
@@ -267,17 +277,11 @@ tail -c +7001 "$tmp/short.txt" | "$SEPCTL" feed v --nll-out "$tmp/v.b" >/dev/nul
 "$SEPCTL" seps v >"$tmp/v.seps"
 "$SEPCTL" close v --nll-out "$tmp/v.c" >/dev/null
 ok "two stages: suspend, restart, resume are exact" \
-    'cat "$tmp/v.a" "$tmp/v.b" "$tmp/v.c" | cmp -s - "$tmp/short.txt.eval"'
+    'stream_is v "$tmp/short.txt.eval"'
 "$SEPCTL" eval --threads 1 --capacity 200 --window 64 --seps 32 --seps-out "$tmp/v.want" <"$tmp/short.txt" >/dev/null
 ok "two stages: the archive holds every layer of every separator" \
     'awk -F"\t" "{ print \$1, \$2 }" "$tmp/v.seps" | cmp -s - "$tmp/v.want"'
-"$SEPCTL" open k2 >/dev/null
-slow_book 30 | "$SEPCTL" feed k2 >/dev/null 2>&1 &
-feeder=$!
-sleep 5
-killall_daemon
-wait $feeder 2>/dev/null
-pkill -f "sleep 30" 2>/dev/null
+crash_mid_feed k2
 start_daemon
 run "$SEPCTL" feed k2 --from-committed <"$tmp/book.txt"
 "$SEPCTL" close k2 --json >"$tmp/k2.json"

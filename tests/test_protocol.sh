@@ -233,7 +233,7 @@ ok "two stages start" 'start_daemon --config "$tmp/two.conf"'
 unset SEPD_WORKER_FAULT
 "$SEPCTL" eval --threads 1 --nll-out "$tmp/r.eval" <"$tmp/short.txt" >/dev/null 2>&1
 "$SEPCTL" open r >/dev/null
-head -c 3000 "$tmp/short.txt" | "$SEPCTL" feed r --nll-out "$tmp/r.a" >/dev/null
+feed_head r "$tmp/short.txt" 3000
 "$SEPCTL" suspend r >/dev/null
 worker_sessions() { "$SEPCTL" stats --json | grep -o '"sessions": *[0-9]*' | sed -n '2p;3p' | tr -d ' \n'; }
 before=$(worker_sessions)
@@ -243,9 +243,8 @@ ok "a w_load that fails on stage 1: resume fails, naming it" \
 ok "no stage keeps the cache" 'test -n "$before" && test "$(worker_sessions)" = "$before"'
 run "$SEPCTL" resume r
 ok "the next resume works" 'test $rc = 0'
-tail -c +3001 "$tmp/short.txt" | "$SEPCTL" feed r --nll-out "$tmp/r.b" >/dev/null
-"$SEPCTL" close r --nll-out "$tmp/r.c" >/dev/null
-ok "and the stream is exact" 'cat "$tmp/r.a" "$tmp/r.b" "$tmp/r.c" | cmp -s - "$tmp/r.eval"'
+feed_rest r "$tmp/short.txt" 3000
+ok "and the stream is exact" 'stream_is r "$tmp/r.eval"'
 stop_daemon
 ok "SIGTERM: sepd exits 0" 'test $stop_rc = 0'
 
