@@ -770,7 +770,7 @@ void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank)
         if (!st->waiting[i].len)
             continue;
         json_t *h = json_pack("{s:s, s:b, s:I, s:i, s:i, s:I, s:f, s:f, s:i, s:O, s:{s:I, "
-                              "s:I, s:f, s:I, s:I, s:f, s:I}}", "op",
+                              "s:I, s:f, s:I, s:I, s:f, s:I}, s:{s:I, s:f, s:f}}", "op",
                               SEP_OP_STATS, "ok", 1, "sessions", (json_int_t)d->n_sess,
                               "active", active, "suspended", suspended,
                               "tokens", (json_int_t)d->tokens_total, "tokens_per_s", d->rate,
@@ -781,7 +781,9 @@ void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank)
                               "archive_entries", (json_int_t)d->arch_entries,
                               "archive_bytes", (json_int_t)d->arch_bytes,
                               "archive_s", d->arch_seconds, "file_bytes",
-                              (json_int_t)sepd_store_file_bytes(d));
+                              (json_int_t)sepd_store_file_bytes(d), "loop", "batches",
+                              (json_int_t)d->batches_sent, "answers_s", d->done_s,
+                              "schedule_s", d->sched_s);
         sepd_send(d, st->waiting[i].id, st->waiting[i].len, h, NULL, 0);
     }
     st->n_waiting = 0;

@@ -59,6 +59,18 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
     if (!strcmp(key, "threads")) return conf_int(&c->threads, key, v, 0, 1024);
     if (!strcmp(key, "max_batch")) return conf_int(&c->max_batch, key, v, 1, 1 << 20);
     if (!strcmp(key, "chunk")) return conf_int(&c->chunk, key, v, 1, 1 << 20);
+    if (!strcmp(key, "poll_spin_us")) {
+        if (!strcmp(v, "auto")) {
+            c->poll_spin_us = -1;
+            return SEP_OK;
+        }
+        long us;
+        if (sep_parse_long(key, v, 0, 1000000, &us))
+            return sep_fail(SEP_EINVAL, "%s: '%.64s': expected auto or a whole number of "
+                            "microseconds in 0..1000000", key, v);
+        c->poll_spin_us = (int)us;
+        return SEP_OK;
+    }
     if (!strcmp(key, "max_sessions")) return conf_int(&c->max_sessions, key, v, 1, 1 << 20);
     if (!strcmp(key, "start_timeout")) return conf_int(&c->start_timeout, key, v, 1, 3600);
     if (!strcmp(key, "worker_timeout")) return conf_int(&c->worker_timeout, key, v, 1, 86400);

@@ -18,6 +18,8 @@ typedef struct {
     int max_sessions;
     int start_timeout;  /* seconds the workers have to start */
     int worker_timeout; /* seconds the workers may owe an answer before sepd gives up */
+    int poll_spin_us;   /* how long sepd and its workers poll without sleeping while a
+                           generation step is under way; -1: auto (on a GPU only) */
     /* durability (persist.h) */
     long checkpoint_tokens;  /* a checkpoint every so many tokens scored ... */
     long checkpoint_bytes;   /* ... or bytes fed ... */

@@ -35,6 +35,7 @@
                                             sessions wait for it */
 #define SEPD_SEPS_MAX 65536     /* positions of one seps listing reply */
 #define SEPD_SEPS_PAGE (16 << 20) /* bytes of rows one seps data reply holds at most */
+#define SEPD_SPIN_AUTO_US 20000 /* poll_spin_us = auto on a GPU */
 #define SEPD_FEED_BROKEN 2       /* op.ending: a piece was refused, no feed_end reply */
 
 typedef struct {
@@ -48,6 +49,7 @@ typedef struct {
 typedef struct {
     int64_t seq;
     int nc;
+    int n_gen;          /* chunks that are generation steps */
     sepd_bchunk_t *ch;  /* (nc) */
 } sepd_batch_t;
 
@@ -101,6 +103,12 @@ typedef struct sepd {
     double bad_log_t;
     /* throughput */
     int64_t tokens_total;
+    /* where the loop's time goes (stats): the answers of batches, and
+     * building and sending batches; batches sent */
+    double done_s, sched_s;
+    uint64_t batches_sent;
+    int spin_us;              /* poll_spin_us resolved: 0 never spins */
+    double spin_since;        /* when the wait for a generation step began spinning */
     double started, rate_t0, rate;
     int64_t rate_tok0;
     int stop;                 /* 1: leave the loop */

@@ -22,7 +22,7 @@ static int pool_argv(const sep_pool_opts_t *o, const char *endpoint, char *buf, 
 {
     int n = 0;
     size_t used = 0;
-    char nums[4][32];
+    char nums[5][32];
 #define ARG(s) do { \
         if (n >= POOL_MAX_ARGS - 1) return sep_fail(SEP_EINVAL, "worker command: too many arguments"); \
         argv[n++] = (char *)(s); } while (0)
@@ -51,6 +51,7 @@ static int pool_argv(const sep_pool_opts_t *o, const char *endpoint, char *buf, 
     snprintf(nums[1], sizeof nums[1], "%d", (int)getpid());
     snprintf(nums[2], sizeof nums[2], "%d", o->max_tokens);
     snprintf(nums[3], sizeof nums[3], "%d", o->threads);
+    snprintf(nums[4], sizeof nums[4], "%d", o->spin_us);
     ARG(o->worker);
     ARG("--connect");
     ARG(endpoint);
@@ -63,6 +64,10 @@ static int pool_argv(const sep_pool_opts_t *o, const char *endpoint, char *buf, 
     if (o->threads > 0) {
         ARG("--threads");
         ARG(nums[3]);
+    }
+    if (o->spin_us >= 0) {
+        ARG("--spin-us");
+        ARG(nums[4]);
     }
     if (o->device) {
         ARG("--device");

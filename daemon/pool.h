@@ -20,6 +20,7 @@ typedef struct {
     const char *mpirun_args; /* extra mpirun arguments, split at spaces */
     const char *model, *device, *precision;
     int threads, max_tokens;
+    int spin_us;             /* the workers' --spin-us; -1: their default */
     const char *log_level;
     int start_timeout_s;
 } sep_pool_opts_t;

@@ -1,7 +1,10 @@
 /* sched.c: batches (continuous batching).
  *
- * Each step takes up to `chunk` runnable ids from every session that may
- * run, round robin, until `max_batch` rows are filled, and sends the
+ * Each step takes runnable ids from every session that may run, round
+ * robin, until `max_batch` rows are filled: one row for each generation
+ * step, the rest shared evenly among the sessions that ingest (at most
+ * `chunk` each, a session with fewer ids leaving its rows to the next
+ * ones), and sends the
  * batch to every stage; up to stages + 1 batches are in flight so every
  * stage has the next one queued. The last stage answers each batch in
  * order (w_done) with its NLLs, cache sizes and, for generation steps,
@@ -35,8 +38,23 @@ static int sched_one(sepd_t *d)
     sepd_batch_t *b = &d->flight[d->n_flight];
     int total = 0, max = d->conf.max_batch < d->pool->max_tokens ? d->conf.max_batch
                                                                  : d->pool->max_tokens;
-    b->nc = 0;
+    b->nc = b->n_gen = 0;
     int behind = sepd_archive_behind(d);
+    /* the batch's rows are shared evenly among the sessions that ingest,
+     * after one row for each generation step, up to chunk each: many
+     * sessions go into one forward together instead of a few taking it */
+    int n_ing = 0, n_gen = 0;
+    for (size_t k = 0; k < d->n_sess; k++) {
+        const sep_session_t *s = d->sess[k];
+        if (!sched_may_run(s) ||
+            (behind && s->archive != SEP_ARCHIVE_OFF && s->policy.method == SEP_METHOD_SEPLLM))
+            continue;
+        if (sep_session_runnable(s) > 0)
+            n_ing++;
+        else
+            n_gen += sepd_gen_ready(d, s);
+    }
+    int gen_rows = n_gen < max ? n_gen : max;
     for (size_t k = 0; k < d->n_sess && total < max; k++) {
         sep_session_t *s = d->sess[(d->rr + k) % d->n_sess];
         if (!sched_may_run(s) ||
@@ -45,11 +63,17 @@ static int sched_one(sepd_t *d)
         size_t run = sep_session_runnable(s);
         int gen = 0, n;
         if (run > 0) {
-            n = (int)(run < (size_t)d->conf.chunk ? run : (size_t)d->conf.chunk);
+            /* an even share of what is left once the steps have theirs */
+            int left = max - total - gen_rows;
+            int share = left > 0 && n_ing > 0 ? (left + n_ing - 1) / n_ing : 1;
+            share = share < d->conf.chunk ? share : d->conf.chunk;
+            n = (int)(run < (size_t)share ? run : (size_t)share);
             n = n < max - total ? n : max - total;
+            n_ing--;
         } else if (sepd_gen_ready(d, s)) {
             n = 1;
             gen = 1;
+            gen_rows -= gen_rows > 0;
         } else {
             continue;
         }
@@ -63,6 +87,7 @@ static int sched_one(sepd_t *d)
             .archive = s->policy.method == SEP_METHOD_SEPLLM ? (int)s->archive : 0 };
         s->sent += (size_t)n;
         s->gen_inflight |= gen;
+        b->n_gen += gen;
         total += n;
     }
     if (b->nc == 0)
@@ -94,8 +119,10 @@ static int sched_one(sepd_t *d)
 
 void sepd_schedule(sepd_t *d)
 {
+    double t0 = sep_now();
     while (!d->stop && d->n_flight < d->max_flight && sched_one(d))
-        ;
+        d->batches_sent++;
+    d->sched_s += sep_now() - t0;
 }
 
 /* The oldest batch is answered: take it off the FIFO. */

@@ -53,7 +53,10 @@ static void sepd_worker_msg(sepd_t *d)
     if (rc || rank < 0) {
         sep_log(SEP_LOG_WARN, "dropped a worker message: %s", rc ? sep_errmsg() : "unknown peer");
     } else if (strcmp(m.op, SEP_OP_W_DONE) == 0) {
+        double t0 = sep_now();
         sepd_batch_done(d, &m);
+        d->done_s += sep_now() - t0;
+        d->spin_since = 0;
     } else if (strcmp(m.op, SEP_OP_W_ERROR) == 0 &&
                strcmp(sep_msg_str(&m, "of", ""), SEP_OP_W_BATCH) == 0) {
         sepd_batch_failed(d, &m);
@@ -140,12 +143,24 @@ static int sepd_loop(sepd_t *d)
     char why[512];
     while (!d->stop) {
         size_t waiting = sepd_outbox_flush(d->out, sepd_gone_cb, d);
+        /* while a generation step is under way on a GPU, poll without
+         * sleeping (poll_spin_us at most a wait): its answer is taken and
+         * the next step sent without a wake-up's latency */
+        int spin = 0;
+        if (d->spin_us > 0 && d->n_flight > 0 && d->flight[0].n_gen > 0) {
+            double now = sep_now();
+            if (d->spin_since == 0)
+                d->spin_since = now;
+            spin = now - d->spin_since < d->spin_us * 1e-6;
+        } else {
+            d->spin_since = 0;
+        }
         zmq_pollitem_t it[4] = { { .socket = d->clients, .events = ZMQ_POLLIN },
                                  { .socket = d->pool->sock, .events = ZMQ_POLLIN },
                                  { .fd = d->sig_fd, .events = ZMQ_POLLIN },
                                  { .fd = sepd_storer_fd(d->storer), .events = ZMQ_POLLIN } };
         /* replies that wait for a slow client are retried often */
-        if (zmq_poll(it, 4, waiting ? 10 : 200) < 0 && errno != EINTR)
+        if (zmq_poll(it, 4, spin ? 0 : waiting ? 10 : 200) < 0 && errno != EINTR)
             return sep_fail(SEP_EIO, "poll: %s", zmq_strerror(errno));
         /* worker results first: they free room for the next batch */
         for (int i = 0; i < 256 && (it[1].revents & ZMQ_POLLIN); i++) {
@@ -156,6 +171,10 @@ static int sepd_loop(sepd_t *d)
                 break;
             sepd_worker_msg(d);
         }
+        /* a stage that finished a batch gets its next one at once (a
+         * generation step's next id is known now) */
+        if (it[1].revents & ZMQ_POLLIN)
+            sepd_schedule(d);
         if (it[3].revents & ZMQ_POLLIN)
             sepd_persist_finish(d);
         for (int i = 0; i < 256 && (it[0].revents & ZMQ_POLLIN); i++) {
@@ -416,6 +435,7 @@ static int sepd_start(sepd_t *d)
                            .model = d->conf.model, .device = d->conf.device,
                            .precision = d->conf.precision, .threads = d->conf.threads,
                            .max_tokens = d->conf.max_batch, .log_level = d->conf.log_level,
+                           .spin_us = d->conf.poll_spin_us,
                            .start_timeout_s = d->conf.start_timeout };
     if ((rc = sep_pool_start(&d->pool, d->zctx, d->run_dir, &po)))
         return rc;
@@ -424,6 +444,11 @@ static int sepd_start(sepd_t *d)
     if (d->pool->vocab != sep_tok_vocab_size(d->tok))
         return sep_fail(SEP_EFORMAT, "%s: the tokenizer has %d ids, the model %d", d->conf.model,
                         sep_tok_vocab_size(d->tok), d->pool->vocab);
+    d->spin_us = d->conf.poll_spin_us;
+    for (int r = 0; d->spin_us < 0 && r < d->pool->stages; r++)
+        if (strncmp(d->pool->stage[r].device, "cuda", 4) == 0)
+            d->spin_us = SEPD_SPIN_AUTO_US;
+    d->spin_us = d->spin_us < 0 ? 0 : d->spin_us;
     d->max_flight = d->pool->stages + 1;
     d->flight = calloc((size_t)d->max_flight, sizeof *d->flight);
     d->ids = malloc((size_t)d->conf.max_batch * sizeof *d->ids);
@@ -478,7 +503,7 @@ static void sepd_cleanup(sepd_t *d)
 int main(int argc, char **argv)
 {
     sepd_t d = { .conf = { .stages = 1, .max_batch = 2048, .chunk = 512, .max_sessions = 1024,
-                           .start_timeout = 120, .worker_timeout = 300,
+                           .start_timeout = 120, .worker_timeout = 300, .poll_spin_us = -1,
                            .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
                            .checkpoint_seconds = 30, .shutdown_timeout = 30,
                            .store_map_mib = 1024, .store_max_mib = 65536, .store_sync = 1 },

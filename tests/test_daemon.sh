@@ -3,8 +3,10 @@
 # Needs SEPCTL, SEPD, ZCLIENT, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZCLIENT:?}"
-echo "1..42"
-printf 'checkpoint_seconds = 1\n' >"$tmp/one.conf"
+echo "1..44"
+# the first daemon's workers and loop poll awake around generation steps
+# as they do on a GPU (poll_spin_us), so that path runs here too
+printf 'checkpoint_seconds = 1\npoll_spin_us = 300\n' >"$tmp/one.conf"
 
 # zsend FRAME...: one raw message (zclient's frame syntax), its reply
 zsend() { printf 'send %s\nrecv\n' "$*" | "$ZCLIENT" "$sock"; }
@@ -30,6 +32,10 @@ set_session() {
 run "$SEPCTL" ls
 ok "no daemon: exit 3 naming the socket" 'test $rc = 3 && grep -q "not running" "$tmp/err"'
 
+printf 'poll_spin_us = soon\n' >"$tmp/bad.conf"
+run "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --config "$tmp/bad.conf"
+ok "a bad poll_spin_us is refused, naming the key and what it takes" \
+    'test $rc = 2 && grep -q "poll_spin_us: .soon.: expected auto or a whole number" "$tmp/err"'
 ok "sepd starts with one worker" 'start_daemon --config "$tmp/one.conf"'
 ok "the socket is private (0600)" 'test "$(stat -c %a "$tmp/sepd.sock")" = 600'
 
@@ -86,6 +92,10 @@ run "$SEPCTL" feed u </dev/null
 ok "a suspended session refuses text" 'test $rc = 1 && grep -q "suspended" "$tmp/err"'
 run "$SEPCTL" stats --json
 ok "stats: sessions, suspended, workers" 'test "$(json_num sessions)" = 2 && test "$(json_num suspended)" = 1 && grep -q "rss_kib" "$tmp/out"'
+ok "stats: where the worker's time went; its rows are the tokens scored" \
+    'test "$(json_num rows)" = "$(json_num tokens)" && test "$(json_num batches)" -gt 0 &&
+     grep -q "\"batch_seconds\"" "$tmp/out" && grep -q "\"idle_seconds\"" "$tmp/out" &&
+     grep -q "\"answers_s\"" "$tmp/out"'
 run "$SEPCTL" resume u
 ok "resume" 'test $rc = 0'
 feed_rest u "$tmp/u.txt" 5000

@@ -31,6 +31,7 @@
 #include <zmq.h>
 
 #define WK_POLL_MS 1000 /* how often a worker checks that the daemon lives */
+#define WK_SPIN_AUTO_US 2000 /* --spin-us by default on a GPU */
 
 typedef struct {
     uint32_t sid;
@@ -58,12 +59,18 @@ typedef struct {
     uint32_t *chunk_sid;  /* (max_tokens) a batch's chunks: their sessions */
     void *arch;           /* w_archive frames being built, grown on demand */
     size_t arch_cap;
+    /* where the time goes (w_stats): waiting for a message while sessions
+     * are open, running batches (receive to reply), and their count */
+    double idle_s, batch_s;
+    uint64_t batches, rows;
+    int spin_us;          /* after a generation step, poll this long without sleeping */
+    int gen_batch;        /* the last batch held a generation step */
 } worker_t;
 
 static const char *usage_text =
     "usage: sepd-worker --connect ENDPOINT [--model DIR] [--device cpu|cuda|auto]\n"
     "       [--precision fp32|bf16] [--threads T] [--max-tokens N] [--layers A:B]\n"
-    "       [--daemon-pid PID] [--log-level L]\n"
+    "       [--daemon-pid PID] [--log-level L] [--spin-us US]\n"
     "One pipeline stage of sepd; normally started by sepd (see sepd-worker(8)).\n";
 
 static wk_session_t *worker_find(worker_t *w, uint32_t sid)
@@ -208,11 +215,14 @@ static int worker_stats(worker_t *w, const sep_msg_t *m)
         cache_bytes += (long long)c->cap * c->kv_dim * (long long)sizeof(float) * c->n_layers *
                        (c->k_raw ? 3 : 2);
     }
-    return worker_reply(w, json_pack("{s:s, s:I, s:i, s:I, s:i, s:i, s:s, s:I}", "op", m->op,
-                                     "rss_kib", (json_int_t)worker_rss_kib(), "sessions", w->n_sess,
-                                     "cache_bytes", (json_int_t)cache_bytes, "layer0",
-                                     w->m->layer0, "layer1", w->m->layer1, "device", w->be->name,
-                                     "pid", (json_int_t)getpid()),
+    return worker_reply(w, json_pack("{s:s, s:I, s:i, s:I, s:i, s:i, s:s, s:I, s:I, s:I, s:f, s:f}",
+                                     "op", m->op, "rss_kib", (json_int_t)worker_rss_kib(),
+                                     "sessions", w->n_sess, "cache_bytes",
+                                     (json_int_t)cache_bytes, "layer0", w->m->layer0, "layer1",
+                                     w->m->layer1, "device", w->be->name, "pid",
+                                     (json_int_t)getpid(), "batches", (json_int_t)w->batches,
+                                     "rows", (json_int_t)w->rows, "batch_seconds", w->batch_s,
+                                     "idle_seconds", w->idle_s),
                         NULL, 0);
 }
 
@@ -255,6 +265,7 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
     int last = w->m->layer1 == w->m->cfg.n_layers;
     size_t vocab = (size_t)w->m->cfg.vocab;
     *n_logit = *n_next = 0;
+    w->gen_batch = 0;
     for (size_t j = 0; j < nc; j++)
         *n_logit += json_is_true(json_object_get(json_array_get(arr, j), "logits"));
     if (last && (size_t)*n_logit * vocab > w->logits_cap) {
@@ -279,6 +290,7 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
             if (w->chunks[k].cache == s->cache)
                 return sep_fail(SEP_EFORMAT, "w_batch: session %u twice in one batch", sid);
         int want = json_is_true(json_object_get(c, "logits"));
+        w->gen_batch |= want || json_is_true(json_object_get(c, "greedy"));
         int archive = (int)json_integer_value(json_object_get(c, "archive"));
         if (archive < 0 || archive > 2)
             return sep_fail(SEP_EFORMAT, "w_batch: archive %d for session %u", archive, sid);
@@ -416,7 +428,17 @@ static int worker_serve(worker_t *w)
 {
     for (;;) {
         zmq_pollitem_t it = { .socket = w->sock, .events = ZMQ_POLLIN };
-        int n = zmq_poll(&it, 1, WK_POLL_MS);
+        double t0 = sep_now();
+        /* the next step of a generation comes within a round trip: wait
+         * for it awake (a sleeping thread's wake-up is part of the step) */
+        int n = 0;
+        while (w->gen_batch && w->spin_us > 0 && (n = zmq_poll(&it, 1, 0)) == 0 &&
+               sep_now() - t0 < w->spin_us * 1e-6)
+            ;
+        if (n == 0)
+            n = zmq_poll(&it, 1, WK_POLL_MS);
+        if (w->n_sess)
+            w->idle_s += sep_now() - t0;
         if (n < 0 && errno != EINTR)
             return sep_fail(SEP_EIO, "poll: %s", zmq_strerror(errno));
         if (n <= 0) {
@@ -440,8 +462,13 @@ static int worker_serve(worker_t *w)
         }
         if (strcmp(m.op, SEP_OP_W_BATCH) != 0 && worker_fault(w, m.op))
             rc = sep_fail(SEP_EIO, "%s: an injected fault (SEPD_WORKER_FAULT)", m.op);
-        else if (strcmp(m.op, SEP_OP_W_BATCH) == 0)
+        else if (strcmp(m.op, SEP_OP_W_BATCH) == 0) {
+            double t0 = sep_now();
             rc = worker_batch(w, &m);
+            w->batch_s += sep_now() - t0;
+            w->batches++;
+            w->rows += m.n_frames >= 1 ? m.frames[0].len / 4 : 0;
+        }
         else if (strcmp(m.op, SEP_OP_W_OPEN) == 0)
             rc = worker_open(w, &m, 0);
         else if (strcmp(m.op, SEP_OP_W_LOAD) == 0)
@@ -462,7 +489,7 @@ static int worker_serve(worker_t *w)
 
 typedef struct {
     const char *connect, *model, *device, *precision, *layers;
-    long threads, max_tokens, daemon_pid;
+    long threads, max_tokens, daemon_pid, spin_us;
     sep_log_level_t log_level;
 } worker_opts_t;
 
@@ -482,9 +509,10 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
         { "device", required_argument, 0, 'd' }, { "precision", required_argument, 0, 'P' },
         { "threads", required_argument, 0, 't' }, { "max-tokens", required_argument, 0, 'n' },
         { "layers", required_argument, 0, 'L' }, { "daemon-pid", required_argument, 0, 'p' },
-        { "log-level", required_argument, 0, 'l' }, { "help", no_argument, 0, 'h' },
+        { "log-level", required_argument, 0, 'l' }, { "spin-us", required_argument, 0, 'S' },
+        { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 } };
-    *o = (worker_opts_t){ .max_tokens = 2048, .log_level = SEP_LOG_INFO };
+    *o = (worker_opts_t){ .max_tokens = 2048, .spin_us = -1, .log_level = SEP_LOG_INFO };
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -496,6 +524,7 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
         case 't': if (worker_int("threads", optarg, 1, 1024, &o->threads)) return 2; break;
         case 'n': if (worker_int("max-tokens", optarg, 1, 1 << 20, &o->max_tokens)) return 2; break;
         case 'p': if (worker_int("daemon-pid", optarg, 1, 1L << 30, &o->daemon_pid)) return 2; break;
+        case 'S': if (worker_int("spin-us", optarg, 0, 1000000, &o->spin_us)) return 2; break;
         case 'l':
             if (sep_log_parse(optarg, &o->log_level)) {
                 fprintf(stderr, "sepd-worker: %s\n", sep_errmsg());
@@ -562,6 +591,8 @@ int main(int argc, char **argv)
         (rc = sep_backend_new(&w.be, o.device, o.precision, (int)o.threads)) ||
         (rc = sep_model_load_stage(&w.m, o.model, w.be, (int)o.max_tokens, l0, l1)))
         goto fail;
+    w.spin_us = o.spin_us >= 0 ? (int)o.spin_us
+                : strncmp(w.be->name, "cuda", 4) == 0 ? WK_SPIN_AUTO_US : 0;
     size_t rows = (size_t)o.max_tokens;
     w.x = malloc(rows * w.m->cfg.dim * sizeof *w.x);
     w.chunks = malloc(rows * sizeof *w.chunks);
