@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SEP_PROTO_VERSION 1
+#define SEP_PROTO_VERSION 2        /* 2: generate's stop, ignore_eos and its eos stop */
 #define SEP_NAME_MAX 64            /* bytes of a session name */
 #define SEP_FEED_PIECE (1 << 16)   /* most text bytes of one feed message */
 #define SEP_FEED_WINDOW 8          /* feed pieces a client may have unacknowledged */
@@ -25,6 +25,8 @@
                                                   is disconnected, at no cost */
 #define SEP_MAX_STAGES 64          /* pipeline stages: ranks fit a 64-bit set */
 #define SEP_GEN_WINDOW 64          /* generated tokens a client may have unacknowledged */
+#define SEP_STOP_MAX 16            /* stop strings of one generate */
+#define SEP_STOP_LEN 256           /* bytes of one stop string, at most */
 
 /* client -> sepd */
 #define SEP_OP_OPEN "open"

@@ -17,6 +17,7 @@
 #include "grow.h"
 #include "paths.h"
 #include "proto.h"
+#include "utf8.h"
 #include "util.h"
 
 #include <errno.h>
@@ -877,6 +878,24 @@ static int ctl_gen_token(const ctl_common_t *o, const sep_msg_t *m, FILE *nf)
     return fflush(stdout) == 0 && !ferror(stdout) ? 0 : -1;
 }
 
+/* The last line of generate (on stderr: stdout holds the text alone):
+ * the tokens made and what ended them. */
+static void ctl_gen_end_line(const sep_msg_t *m)
+{
+    const char *why = sep_msg_str(m, "stop", "?");
+    json_t *str = json_object_get(m->hdr, "stop_string");
+    char *quoted = str ? json_dumps(str, JSON_ENCODE_ANY) : NULL;
+    fprintf(stderr, "sepctl: generate: %lld tokens, stop: %s",
+            (long long)sep_msg_int(m, "generated", 0), why);
+    if (!strcmp(why, "eos"))
+        fprintf(stderr, " (token %lld)", (long long)sep_msg_int(m, "stop_token", -1));
+    else if (!strcmp(why, "stop"))
+        fprintf(stderr, " (string %lld, %s)", (long long)sep_msg_int(m, "stop_index", -1),
+                quoted ? quoted : "?");
+    fputc('\n', stderr);
+    free(quoted);
+}
+
 static int ctl_generate(const ctl_common_t *o, const char *session, json_t *req)
 {
     ctl_conn_t c;
@@ -912,10 +931,12 @@ static int ctl_generate(const ctl_common_t *o, const char *session, json_t *req)
                 code = EXIT_RUNTIME;
         } else if (json_is_true(json_object_get(m.hdr, "done"))) {
             ctl_dropped_note(&m);
-            if (o->json)
+            if (o->json) {
                 ctl_print_session(&m, 1, stdout);
-            else
+            } else {
                 fputc('\n', stdout);
+                ctl_gen_end_line(&m);
+            }
             sep_msg_close(&m);
             break;
         } else if (ctl_gen_token(o, &m, nf)) {
@@ -1336,6 +1357,42 @@ static int ctl_transfer(const ctl_common_t *o, const char *verb, const char *nam
 
 /* ---- the verbs ---------------------------------------------------------- */
 
+enum { CTL_OPT_STOP = 0x100, CTL_OPT_IGNORE_EOS }; /* long options without a letter */
+
+/* A --stop string: 1 to SEP_STOP_LEN bytes of UTF-8, at most SEP_STOP_MAX
+ * of them; -1 with the message printed. */
+static int ctl_stop_opt(const char *arg, const char **stops, int *n)
+{
+    size_t len = strlen(arg), ok;
+    if (*n == SEP_STOP_MAX)
+        fprintf(stderr, "sepctl: --stop: at most %d stop strings\n", SEP_STOP_MAX);
+    else if (len == 0 || len > SEP_STOP_LEN)
+        fprintf(stderr, "sepctl: --stop: a stop string of %zu bytes (1 to %d)\n", len,
+                SEP_STOP_LEN);
+    else if (sep_utf8_scan(arg, len, &ok))
+        fprintf(stderr, "sepctl: --stop: not UTF-8 (at byte %zu)\n", ok);
+    else {
+        stops[(*n)++] = arg;
+        return 0;
+    }
+    return -1;
+}
+
+/* A generate request's stop strings and ignore_eos; 0 or SEP_ENOMEM. */
+static int ctl_gen_ends(json_t *req, const char *const *stops, int n, int ignore_eos)
+{
+    json_t *list = n ? json_array() : NULL;
+    for (int i = 0; list && i < n; i++)
+        if (json_array_append_new(list, json_string(stops[i]))) {
+            json_decref(list);
+            list = NULL;
+        }
+    if ((n && (!list || json_object_set_new(req, "stop", list))) ||
+        (ignore_eos && json_object_set_new(req, "ignore_eos", json_true())))
+        return SEP_ENOMEM;
+    return 0;
+}
+
 int ctl_remote(const char *verb, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1346,6 +1403,8 @@ int ctl_remote(const char *verb, int argc, char **argv)
         { "retry", no_argument, 0, 'R' }, { "from-committed", no_argument, 0, 'F' },
         { "from", required_argument, 0, 'f' }, { "to", required_argument, 0, 't' },
         { "export", required_argument, 0, 'x' }, { "archive", required_argument, 0, 'a' },
+        { "stop", required_argument, 0, CTL_OPT_STOP },
+        { "ignore-eos", no_argument, 0, CTL_OPT_IGNORE_EOS },
         { 0, 0, 0, 0 } };
     ctl_common_t o = { 0 };
     sep_policy_t pol = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64, .w = 256, .c = 800,
@@ -1361,6 +1420,8 @@ int ctl_remote(const char *verb, int argc, char **argv)
     int is_seps = !strcmp(verb, SEP_OP_SEPS);
     long from = 0, to = LONG_MAX;
     const char *export_to = NULL, *archive = NULL;
+    const char *stops[SEP_STOP_MAX];
+    int n_stops = 0, ignore_eos = 0;
     while ((c = getopt_long(argc, argv, "n:", opts, NULL)) != -1) {
         if (is_open && (r = ctl_cache_opt(c, optarg, &pol, &window_given, &separators)) <= 0) {
             if (r < 0)
@@ -1408,6 +1469,15 @@ int ctl_remote(const char *verb, int argc, char **argv)
         case 'e':
             if (!is_gen || ctl_int_opt("seed", optarg, 0, INT64_MAX, &seed))
                 goto bad;
+            break;
+        case CTL_OPT_STOP:
+            if (!is_gen || ctl_stop_opt(optarg, stops, &n_stops))
+                goto bad;
+            break;
+        case CTL_OPT_IGNORE_EOS:
+            if (!is_gen)
+                goto bad;
+            ignore_eos = 1;
             break;
         case 'T':
         case 'p': {
@@ -1477,6 +1547,10 @@ int ctl_remote(const char *verb, int argc, char **argv)
                                 o.nll_out != NULL, "window", SEP_GEN_WINDOW);
         if (req && seed >= 0)
             json_object_set_new(req, "seed", json_integer(seed));
+        if (req && ctl_gen_ends(req, stops, n_stops, ignore_eos)) {
+            json_decref(req);
+            req = NULL; /* ctl_generate reports it */
+        }
         return ctl_generate(&o, name, req);
     }
     return ctl_simple(&o, name, json_pack("{s:s}", "op", verb));

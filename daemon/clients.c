@@ -594,9 +594,17 @@ static void op_generate(sepd_t *d, const sep_msg_t *m)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
                           "generate: n in 1..%d, a finite temperature >= 0, 0 < top_p <= 1, "
                           "window in 1..4096", SEPD_MAX_GENERATE);
-    if (!state_allows(d, s, m, SEP_SS_ACTIVE) || !op_admit(d, s, m, SEP_SOP_GENERATE) ||
-        end_text(d, s, m))
+    sep_stop_t *stop;
+    int ignore_eos;
+    if (sepd_gen_stops(d, m, &stop, &ignore_eos))
         return;
+    if (!state_allows(d, s, m, SEP_SS_ACTIVE) || !op_admit(d, s, m, SEP_SOP_GENERATE) ||
+        end_text(d, s, m)) {
+        sep_stop_destroy(&stop);
+        return;
+    }
+    s->op.stop = stop; /* the op's now: sep_session_op_end frees it */
+    s->op.ignore_eos = ignore_eos;
     if (s->q_len == 0) {
         sepd_op_error(d, s, SEP_ERR_STATE, "session '%s' has no text yet: feed some first",
                       s->name);

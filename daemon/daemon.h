@@ -6,7 +6,8 @@
  *   control.c   the session state machine: sepd_step() is its one
  *               transition function; the workers' answers to control ops
  *   sched.c     batches: building them (continuous batching), their results
- *   generate.c  generation steps: sampling, the text they add
+ *   generate.c  generation steps: sampling, the text they add, where they end
+ *               (stop.c matches the stop strings)
  *   session.c   one session's text, ids and counters
  *   pool.c      the worker processes; conf.c the settings
  */
@@ -18,6 +19,7 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "config.h"
 #include "outbox.h"
 #include "pool.h"
 #include "proto.h"
@@ -87,6 +89,8 @@ typedef struct sepd {
     sepd_outbox_t *out;
     sep_pool_t *pool;
     sep_tok_t *tok;
+    int eos[SEP_EOS_MAX];     /* (n_eos) the model's end-of-sequence ids (config.h) */
+    int n_eos;
     sep_session_t **sess;     /* (n_sess) */
     size_t n_sess, cap_sess;
     sepd_batch_t *flight;     /* (max_flight) FIFO of batches in flight */
@@ -186,5 +190,8 @@ int sepd_gen_progress(sepd_t *d, sep_session_t *s);
  * else sampled here from logits), scored, goes on. */
 void sepd_generated(sepd_t *d, sep_session_t *s, const float *logits, int32_t next,
                     float next_nll, int32_t kv);
+/* Where generate request m ends: its "stop" strings (*stop, NULL when none;
+ * the caller owns it) and "ignore_eos". 0, or -1 after an error reply. */
+int sepd_gen_stops(sepd_t *d, const sep_msg_t *m, sep_stop_t **stop, int *ignore_eos);
 
 #endif

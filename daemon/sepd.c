@@ -423,11 +423,16 @@ static int sepd_signals(sepd_t *d)
 static int sepd_start(sepd_t *d)
 {
     char path[4200];
+    sep_config_t cfg;
     int rc;
     snprintf(path, sizeof path, "%s/tokenizer.json", d->conf.model);
     if ((rc = sep_mkdirs(d->conf.store, 0700)) || (rc = sep_run_dir(d->run_dir, sizeof d->run_dir)) ||
-        (rc = sepd_lock(d)) || (rc = sep_tok_load(&d->tok, path)) || (rc = sepd_signals(d)))
+        (rc = sepd_lock(d)) || (rc = sep_tok_load(&d->tok, path)) ||
+        (rc = sep_config_load(&cfg, d->conf.model)) || (rc = sepd_signals(d)))
         return rc;
+    /* generate stops at these (its eos text is not sent) */
+    memcpy(d->eos, cfg.eos, sizeof d->eos);
+    d->n_eos = cfg.n_eos;
     if (!(d->zctx = zmq_ctx_new()))
         return sep_fail(SEP_EIO, "zmq: %s", zmq_strerror(errno));
     sep_pool_opts_t po = { .stages = d->conf.stages, .worker = d->conf.worker,

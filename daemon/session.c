@@ -204,6 +204,7 @@ void sep_session_nll_have(sep_session_t *s, int64_t have)
 void sep_session_op_end(sep_session_t *s)
 {
     json_decref(s->op.next);
+    sep_stop_destroy(&s->op.stop);
     memset(&s->op, 0, sizeof s->op);
     s->out_n = 0;
 }

@@ -28,6 +28,7 @@
 #include "proto.h"
 #include "sample.h"
 #include "separators.h"
+#include "stop.h"
 #include "tokenizer.h"
 
 typedef enum {
@@ -74,6 +75,13 @@ typedef enum {
     SEP_THEN_SUSPENDED, /* suspend, or a resume that failed on some stage */
 } sep_then_t;
 
+/* What ended a generation (besides a cancel). */
+typedef enum {
+    SEP_GEN_LENGTH = 0, /* its n tokens */
+    SEP_GEN_EOS,        /* one of the model's eos ids */
+    SEP_GEN_STOP,       /* a stop string */
+} sep_gen_end_t;
+
 typedef struct {
     int64_t seq;
     int64_t ids_end;     /* ids tokenized once the piece was */
@@ -98,6 +106,11 @@ typedef struct {
     int64_t made, acked;          /* tokens sent to the client, and acknowledged */
     int window;                   /* most tokens unacknowledged */
     int tail_sent;                /* the NLLs of the text's end went out */
+    sep_stop_t *stop;             /* its stop strings (NULL: none; op_end frees it) */
+    int ignore_eos;               /* the model's eos ids do not end it */
+    sep_gen_end_t stopped;        /* what ended it */
+    int stop_hit;                 /* "stop": which stop string */
+    int32_t stop_token;           /* "eos": which id */
     /* close, flush or generate of an incomplete final character */
     int64_t dropped;              /* bytes dropped at the text's end */
     /* an error for the client once the workers have undone the op's half */

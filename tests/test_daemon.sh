@@ -138,17 +138,17 @@ rc=$?
 ok "invalid UTF-8: exit 1 naming it" 'test $rc = 1 && grep -q "UTF-8" "$tmp/err"'
 run zsend '=this_is_not_json'
 ok "malformed message: an error reply" 'grep -q "\"ok\":false" "$tmp/out"'
-run zsend '{"v":1}'
+run zsend '{"v":2}'
 ok "message without op: an error reply" 'grep -q "no \\\\\"op\\\\\"" "$tmp/out"'
 run zsend '{"v":99,"op":"ls"}'
 ok "other protocol version: an error reply" 'grep -q "protocol version" "$tmp/out"'
-run zsend '{"v":1,"op":"frobnicate"}'
+run zsend '{"v":2,"op":"frobnicate"}'
 ok "unknown op: an error reply" 'grep -q "unknown op" "$tmp/out"'
-run zsend '{"v":1,"op":"feed","session":"g1"}'
+run zsend '{"v":2,"op":"feed","session":"g1"}'
 ok "feed without its text frame: an error reply" 'grep -q "expected one frame" "$tmp/out"'
-run zsend '{"v":1,"op":"open","session":"x","a":"four"}' 
+run zsend '{"v":2,"op":"open","session":"x","a":"four"}' 
 ok "mistyped fields fall back or fail cleanly" 'grep -q "\"ok\"" "$tmp/out"'
-run zsend '{"v":1,"op":"ls"}' =a =b =c =d =e =f =g =h =i
+run zsend '{"v":2,"op":"ls"}' =a =b =c =d =e =f =g =h =i
 ok "too many frames: an error reply" 'grep -q "frames" "$tmp/out"'
 
 # a client that disappears mid-feed

@@ -1027,6 +1027,84 @@ static void test_cfg_bad_rotary_pct(void **state)
                    SEP_EFORMAT, "rotary_pct", NULL);
 }
 
+/* ---- eos ids: config.json, generation_config.json over it ---- */
+
+/* Load case name: config.json with eos (a JSON value, or NULL for none),
+ * generation_config.json with gen when given. */
+static int eos_case(const char *name, const char *eos, const char *gen, sep_config_t *c,
+                    char *gpath)
+{
+    char dir[DIR_CAP], path[PATH_CAP], text[1024];
+    snprintf(text, sizeof text, LLAMA_HEAD SIZES "%s%s}", eos ? ",\"eos_token_id\":" : "",
+             eos ? eos : "");
+    cfg_case(name, text, dir, path);
+    join(gpath, PATH_CAP, dir, "generation_config.json");
+    if (gen)
+        write_text(gpath, gen);
+    return sep_config_load(c, dir);
+}
+
+static void test_cfg_eos(void **state)
+{
+    (void)state;
+    char g[PATH_CAP];
+    sep_config_t c;
+    load_cfg("books-llama-16m", &c);
+    assert_int_equal(c.n_eos, 1);
+    assert_int_equal(c.eos[0], 0);
+    assert_int_equal(eos_case("eosnone", NULL, NULL, &c, g), 0);
+    assert_int_equal(c.n_eos, 0);
+    assert_int_equal(eos_case("eosnull", "null", NULL, &c, g), 0);
+    assert_int_equal(c.n_eos, 0);
+    assert_int_equal(eos_case("eosint", "7", NULL, &c, g), 0);
+    assert_int_equal(c.n_eos, 1);
+    assert_int_equal(c.eos[0], 7);
+    assert_int_equal(eos_case("eoslist", "[3,99,0]", NULL, &c, g), 0);
+    assert_int_equal(c.n_eos, 3);
+    assert_int_equal(c.eos[0], 3);
+    assert_int_equal(c.eos[1], 99);
+    assert_int_equal(c.eos[2], 0);
+    assert_int_equal(eos_case("eosempty", "[]", NULL, &c, g), 0);
+    assert_int_equal(c.n_eos, 0);
+    /* generation_config.json's, when it names one, as transformers' generate */
+    assert_int_equal(eos_case("eosgen", "7", "{\"eos_token_id\":[5,6]}", &c, g), 0);
+    assert_int_equal(c.n_eos, 2);
+    assert_int_equal(c.eos[0], 5);
+    assert_int_equal(c.eos[1], 6);
+    assert_int_equal(eos_case("eosgenint", "[7,8]", "{\"eos_token_id\":9}", &c, g), 0);
+    assert_int_equal(c.n_eos, 1);
+    assert_int_equal(c.eos[0], 9);
+    assert_int_equal(eos_case("eosgennone", "7", "{\"do_sample\":true}", &c, g), 0);
+    assert_int_equal(c.n_eos, 1);
+    assert_int_equal(c.eos[0], 7);
+    assert_int_equal(eos_case("eosgennull", "7", "{\"eos_token_id\":null}", &c, g), 0);
+    assert_int_equal(c.n_eos, 1);
+    assert_int_equal(c.eos[0], 7);
+}
+
+static void test_cfg_bad_eos(void **state)
+{
+    (void)state;
+    char g[PATH_CAP];
+    sep_config_t c;
+    expect_cfg_err("eosstr", LLAMA_HEAD SIZES ",\"eos_token_id\":\"</s>\"}", SEP_EFORMAT,
+                   "config.json: eos_token_id", "not an id");
+    expect_cfg_err("eoslistbad", LLAMA_HEAD SIZES ",\"eos_token_id\":[1,\"2\"]}",
+                   SEP_EFORMAT, "eos_token_id", "not an id");
+    expect_cfg_err("eosvocab", LLAMA_HEAD SIZES ",\"eos_token_id\":100}", SEP_EFORMAT,
+                   "eos_token_id: 100", "outside the vocabulary (0..99)");
+    expect_cfg_err("eosneg", LLAMA_HEAD SIZES ",\"eos_token_id\":[-1]}", SEP_EFORMAT,
+                   "eos_token_id: -1", "outside the vocabulary");
+    expect_cfg_err("eosmany", LLAMA_HEAD SIZES ",\"eos_token_id\":[1,2,3,4,5,6,7,8,9,10,11,"
+                   "12,13,14,15,16,17]}", SEP_ERANGE, "17 ids", "over the limit 16");
+    expect_err(eos_case("eosgenbad", "7", "{\"eos_token_id\":200}", &c, g), SEP_EFORMAT, g,
+               "eos_token_id: 200", NULL);
+    expect_err(eos_case("eosgenjson", "7", "{\"eos_token_id\":", &c, g), SEP_EFORMAT, g,
+               "line", NULL);
+    expect_err(eos_case("eosgenobj", "7", "[1]", &c, g), SEP_EFORMAT, g, "not a JSON object",
+               NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1084,6 +1162,8 @@ int main(void)
         cmocka_unit_test(test_cfg_llama3_missing_factor),
         cmocka_unit_test(test_cfg_bad_hidden_act),
         cmocka_unit_test(test_cfg_bad_rotary_pct),
+        cmocka_unit_test(test_cfg_eos),
+        cmocka_unit_test(test_cfg_bad_eos),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -56,7 +56,8 @@ ok "the text before the bad piece stays; the session goes on" \
 "$SEPCTL" feed gs <"$tmp/short.txt" >/dev/null
 "$SEPCTL" flush gs --json >"$tmp/out"
 gs_tokens=$(json_num tokens)
-"$SEPCTL" generate gs -n 300 --temperature 0.8 --seed 5 --json >"$tmp/gs.out" 2>"$tmp/gs.err" &
+# (--ignore-eos here and below: these follow the flow of tokens, not where the text ends)
+"$SEPCTL" generate gs -n 300 --temperature 0.8 --seed 5 --ignore-eos --json >"$tmp/gs.out" 2>"$tmp/gs.err" &
 gen=$!
 sleep 0.3
 kill -STOP $gen
@@ -92,7 +93,7 @@ ok "the session advanced by exactly the tokens the client got" \
     'test "$(json_num tokens)" = $((gs_tokens + 300))'
 
 # a raw client that sends requests without reading
-{ i=0; while [ $i -lt 3000 ]; do echo 'send {"v":1,"op":"info","session":"gs"}'; i=$((i + 1)); done
+{ i=0; while [ $i -lt 3000 ]; do echo 'send {"v":2,"op":"info","session":"gs"}'; i=$((i + 1)); done
   echo 'sleep 3000'; echo 'drain 2000'; } | zc >"$tmp/flood" 2>"$tmp/err"
 got=$(grep -c '"op":"info"' "$tmp/flood")
 refused=$(grep -o 'refused [0-9]* request' "$tmp/flood" | grep -o '[0-9]*')
@@ -102,7 +103,7 @@ run "$SEPCTL" info gs
 ok "and sepd serves others meanwhile" 'test $rc = 0'
 
 # ---- 4. generations that can be stopped ----------------------------------
-"$SEPCTL" generate gs -n 1000000 >/dev/null 2>"$tmp/g.err" &
+"$SEPCTL" generate gs -n 1000000 --ignore-eos >/dev/null 2>"$tmp/g.err" &
 gen=$!
 sleep 1
 kill -INT $gen
@@ -111,14 +112,14 @@ gen_rc=$?
 ok "Ctrl-C: sepctl generate exits 130" 'test $gen_rc = 130'
 run "$SEPCTL" info gs --json
 ok "the generation stopped in sepd" 'test "$(json_str running)" = none'
-"$SEPCTL" generate gs -n 1000000 >/dev/null 2>&1 &
+"$SEPCTL" generate gs -n 1000000 --ignore-eos >/dev/null 2>&1 &
 gen=$!
 sleep 1
 kill -9 $gen
 wait $gen 2>/dev/null
 ok "a generating client killed with -9: sepd notices and stops" \
     'wait_for 10 "\"$SEPCTL\" info gs --json | grep -q \"\\\"running\\\": *\\\"none\\\"\""'
-"$SEPCTL" generate gs -n 1000000 >/dev/null 2>"$tmp/g.err" &
+"$SEPCTL" generate gs -n 1000000 --ignore-eos >/dev/null 2>"$tmp/g.err" &
 gen=$!
 sleep 1
 run "$SEPCTL" close gs
@@ -142,13 +143,13 @@ ok "close with an unwritable --nll-out fails before closing" \
 
 # ---- 6. several ops on one connection -------------------------------------
 "$SEPCTL" open z1 >/dev/null
-printf 'send {"v":1,"op":"feed","session":"z1","seq":0} @%s\nsend {"v":1,"op":"suspend","session":"z1"}\nrecv 2\n' \
+printf 'send {"v":2,"op":"feed","session":"z1","seq":0} @%s\nsend {"v":2,"op":"suspend","session":"z1"}\nrecv 2\n' \
     "$tmp/short.txt" | zc >"$tmp/out" 2>"$tmp/err"
 ok "feed then suspend on one connection: the piece is acknowledged first" \
     'sed -n 1p "$tmp/out" | grep -q "\"op\":\"feed\",.*\"ok\":true" && sed -n 2p "$tmp/out" | grep -q "\"op\":\"suspend\",.*\"ok\":true"'
 ok "and bytes_committed counts it" \
     'test "$(sed -n 2p "$tmp/out" | grep -o "\"bytes_committed\":[0-9]*" | grep -o "[0-9]*$")" -gt 5000'
-printf 'send {"v":1,"op":"open","session":"z2"}\nsend {"v":1,"op":"close","session":"z2"}\nrecv 2\n' \
+printf 'send {"v":2,"op":"open","session":"z2"}\nsend {"v":2,"op":"close","session":"z2"}\nrecv 2\n' \
     | zc >"$tmp/out" 2>"$tmp/err"
 ok "close right after open waits for the open, then closes" \
     'grep -q "\"op\":\"open\",.*\"ok\":true" "$tmp/out" && grep -q "\"state\":\"closed\"" "$tmp/out"'
@@ -158,14 +159,14 @@ rss() { awk '/VmRSS/ { print $2 }' /proc/$daemon/status; }
 rss0=$(rss)
 pids=
 for i in 1 2 3 4; do
-    printf 'send {"v":1,"op":"feed","session":"z1"} a:50000000\nsleep 500\nquit\n' | zc &
+    printf 'send {"v":2,"op":"feed","session":"z1"} a:50000000\nsleep 500\nquit\n' | zc &
     pids="$pids $!"
 done
 wait $pids
 sleep 1
 ok "frames of 50 MB from four clients: sepd's memory stays flat" \
     'test $(($(rss) - rss0)) -lt 20000 && "$SEPCTL" ls >/dev/null'
-printf 'send {"v":1,"op":"resume","session":"z1"}\nrecv\nsend {"v":1,"op":"feed","session":"z1"} a:70000\nrecv\n' \
+printf 'send {"v":2,"op":"resume","session":"z1"}\nrecv\nsend {"v":2,"op":"feed","session":"z1"} a:70000\nrecv\n' \
     | zc >"$tmp/out"
 ok "a piece over 64 KiB: too_large, not bad_input" 'grep -q "\"code\":\"too_large\"" "$tmp/out"'
 

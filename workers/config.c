@@ -1,4 +1,5 @@
-/* config.c: a checkpoint's architecture from its config.json.
+/* config.c: a checkpoint's architecture from its config.json, its
+ * end-of-sequence ids also from generation_config.json.
  *
  * Contract in config.h. Defaults are those of the transformers config
  * classes, so a field left out means what it means to Hugging Face. JSON
@@ -104,6 +105,54 @@ static int cfg_str(const char *path, const char *field, json_t *v,
     if (!json_is_string(v))
         return sep_fail(SEP_EFORMAT, "%s: %s: not a string", path, field);
     *out = json_string_value(v);
+    return SEP_OK;
+}
+
+/* The JSON object in path; optional: a missing file is *root NULL. */
+static int cfg_read(const char *path, int optional, json_t **root)
+{
+    json_error_t jerr;
+    *root = NULL;
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        if (optional && errno == ENOENT)
+            return SEP_OK;
+        return sep_fail(errno == ENOENT ? SEP_ENOTFOUND : SEP_EIO, "%s: %s", path,
+                        strerror(errno));
+    }
+    json_t *r = json_loadf(fp, JSON_REJECT_DUPLICATES, &jerr);
+    fclose(fp);
+    if (!r)
+        return sep_fail(SEP_EFORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
+    if (!json_is_object(r)) {
+        json_decref(r);
+        return sep_fail(SEP_EFORMAT, "%s: not a JSON object", path);
+    }
+    *root = r;
+    return SEP_OK;
+}
+
+/* eos_token_id: an id, a list of them, or null (none); ids in c's vocabulary. */
+static int cfg_eos(const char *path, json_t *v, sep_config_t *c)
+{
+    c->n_eos = 0;
+    if (cfg_absent(v))
+        return SEP_OK;
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    if (n > SEP_EOS_MAX)
+        return sep_fail(SEP_ERANGE, "%s: eos_token_id: %zu ids, over the limit %d", path, n,
+                        SEP_EOS_MAX);
+    for (size_t i = 0; i < n; i++) {
+        json_t *x = json_is_array(v) ? json_array_get(v, i) : v;
+        if (!json_is_integer(x))
+            return sep_fail(SEP_EFORMAT, "%s: eos_token_id: not an id or a list of ids", path);
+        long long id = json_integer_value(x);
+        if (id < 0 || id >= c->vocab)
+            return sep_fail(SEP_EFORMAT, "%s: eos_token_id: %lld, outside the vocabulary "
+                            "(0..%d)", path, id, c->vocab - 1);
+        c->eos[i] = (int)id;
+    }
+    c->n_eos = (int)n;
     return SEP_OK;
 }
 
@@ -277,32 +326,20 @@ int sep_config_load(sep_config_t *cfg, const char *dir)
                                               "MistralForCausalLM",
                                               "Qwen2ForCausalLM"};
     sep_config_t c = {0};
-    json_error_t jerr;
-    json_t *root = NULL;
+    json_t *root = NULL, *gen = NULL;
     char b[64];
     int rc;
     size_t n = strlen(dir) + sizeof "/config.json";
-    char *path = malloc(n);
-    if (!path)
-        return sep_fail(SEP_ENOMEM, "%s: out of memory", dir);
+    size_t gn = strlen(dir) + sizeof "/generation_config.json";
+    char *path = malloc(n), *gpath = malloc(gn);
+    if (!path || !gpath) {
+        rc = sep_fail(SEP_ENOMEM, "%s: out of memory", dir);
+        goto fail;
+    }
     snprintf(path, n, "%s/config.json", dir);
-
-    FILE *fp = fopen(path, "r");
-    if (!fp) {
-        rc = sep_fail(errno == ENOENT ? SEP_ENOTFOUND : SEP_EIO, "%s: %s", path,
-                      strerror(errno));
+    snprintf(gpath, gn, "%s/generation_config.json", dir);
+    if ((rc = cfg_read(path, 0, &root)))
         goto fail;
-    }
-    root = json_loadf(fp, JSON_REJECT_DUPLICATES, &jerr);
-    fclose(fp);
-    if (!root) {
-        rc = sep_fail(SEP_EFORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
-        goto fail;
-    }
-    if (!json_is_object(root)) {
-        rc = sep_fail(SEP_EFORMAT, "%s: not a JSON object", path);
-        goto fail;
-    }
 
     json_t *archs = json_object_get(root, "architectures");
     json_t *a0 = json_array_get(archs, 0);
@@ -377,10 +414,24 @@ int sep_config_load(sep_config_t *cfg, const char *dir)
     if ((rc = cfg_rope_scaling(path, root, &c)))
         goto fail;
 
+    /* generate takes generation_config.json's eos_token_id over config.json's */
+    json_t *eos = json_object_get(root, "eos_token_id");
+    const char *eos_path = path;
+    if ((rc = cfg_read(gpath, 1, &gen)))
+        goto fail;
+    if (gen && !cfg_absent(json_object_get(gen, "eos_token_id"))) {
+        eos = json_object_get(gen, "eos_token_id");
+        eos_path = gpath;
+    }
+    if ((rc = cfg_eos(eos_path, eos, &c)))
+        goto fail;
+
     *cfg = c;
 fail:
     json_decref(root);
+    json_decref(gen);
     free(path);
+    free(gpath);
     return rc;
 }
 

@@ -7,9 +7,16 @@
  * (rope_parameters.{rope_theta, rope_type, partial_rotary_factor, ...}).
  * An unknown architecture, activation or rope type, or a missing or
  * inconsistent field, is an error naming config.json and the field.
+ *
+ * The end-of-sequence ids come from eos_token_id (an id, a list of ids,
+ * or null for none) of generation_config.json beside config.json when
+ * that file names one, else of config.json, as transformers' generate
+ * takes them. Each must lie in the vocabulary.
  */
 #ifndef SEP_CONFIG_H
 #define SEP_CONFIG_H
+
+#define SEP_EOS_MAX 16      /* end-of-sequence ids of one model, at most */
 
 typedef enum {
     SEP_ARCH_LLAMA = 1, /* RMSNorm, SwiGLU MLP, separate q/k/v projections */
@@ -46,9 +53,12 @@ typedef struct {
     int rope_llama3;        /* rope_type "llama3" (Llama-3.1 scaling) */
     double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_orig_max_pos;  /* original_max_position_embeddings */
+    int n_eos;              /* end-of-sequence ids (0: none) */
+    int eos[SEP_EOS_MAX];   /* (n_eos) in the order the file lists them */
 } sep_config_t;
 
-/* Parse dir/config.json into cfg. */
+/* Parse dir/config.json (and dir/generation_config.json when present)
+ * into cfg. */
 int sep_config_load(sep_config_t *cfg, const char *dir);
 
 /* Inverse frequencies of the rotary embedding, rot_dim/2 of them, with
