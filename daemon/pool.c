@@ -186,8 +186,11 @@ static int pool_wait_hellos(sep_pool_t *p, const sep_pool_opts_t *o)
         p->max_tokens = (int)sep_msg_int(&m, "max_tokens", 0);
         p->dim = (int)sep_msg_int(&m, "dim", 0);
         p->n_layers = (int)sep_msg_int(&m, "n_layers", 0);
-        sep_log(SEP_LOG_INFO, "stage %d: layers %d..%d on %s (pid %d)", rank, s->layer0,
-                s->layer1 - 1, s->device, (int)s->pid);
+        char rate[96];
+        sep_log(SEP_LOG_INFO, "stage %d: layers %d..%d on %s (pid %d): model loaded: %s", rank,
+                s->layer0, s->layer1 - 1, s->device, (int)s->pid,
+                sep_rate_str(rate, sizeof rate, (double)sep_msg_int(&m, "load_bytes", 0),
+                             sep_msg_real(&m, "load_s", 0)));
         sep_msg_close(&m);
         got++;
     }

@@ -1,4 +1,4 @@
-/* backend.c: choosing a backend by name. */
+/* backend.c: choosing a backend by name; weight element formats. */
 #include "backend.h"
 #include "err.h"
 
@@ -64,4 +64,54 @@ int sep_backend_new(sep_backend_t **out, const char *device, const char *precisi
         return sep_backend_cpu_new(out, n_threads);
     }
     return sep_backend_cuda_new(out, 0, bf16);
+}
+
+size_t sep_elem_size(sep_elem_t e)
+{
+    return e == SEP_ELEM_F32 ? 4 : 2;
+}
+
+/* IEEE half to float, exact: subnormal halves are normal floats. */
+static float elem_half(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = h >> 10 & 0x1f, man = h & 0x3ff, bits;
+    float f;
+    if (exp == 0x1f) {              /* inf, or nan keeping its payload */
+        bits = sign | 0x7f800000 | man << 13;
+    } else if (exp) {               /* rebias 15 -> 127 */
+        bits = sign | (exp + 112) << 23 | man << 13;
+    } else if (!man) {              /* signed zero */
+        bits = sign;
+    } else {                        /* shift the leading 1 out of the mantissa */
+        exp = 113;
+        while (!(man & 0x400)) {
+            man <<= 1;
+            exp--;
+        }
+        bits = sign | exp << 23 | (man & 0x3ff) << 13;
+    }
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+void sep_elem_to_f32(float *dst, const void *src, size_t n, sep_elem_t e)
+{
+    const uint8_t *p = src;
+    switch (e) {
+    case SEP_ELEM_F32:
+        memcpy(dst, p, n * sizeof(float));
+        break;
+    case SEP_ELEM_F16:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = elem_half((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        break;
+    case SEP_ELEM_BF16:
+        /* bf16 is the top half of an fp32 */
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
+            memcpy(&dst[i], &u, sizeof u);
+        }
+        break;
+    }
 }

@@ -23,6 +23,20 @@ typedef struct sep_backend sep_backend_t;
  * CPU; bf16 or fp32 on CUDA, as its precision says). Opaque. */
 typedef struct sep_weight sep_weight_t;
 
+/* Element formats of weights as checkpoints store them, little-endian. */
+typedef enum {
+    SEP_ELEM_F32 = 1,
+    SEP_ELEM_F16,
+    SEP_ELEM_BF16,
+} sep_elem_t;
+
+/* Bytes of one element of format e. */
+size_t sep_elem_size(sep_elem_t e);
+
+/* dst[i] := element i of src (format e) as fp32, i < n: exact, every f16
+ * and bf16 value is an fp32 one (a NaN keeps its sign and payload). */
+void sep_elem_to_f32(float *dst, const void *src, size_t n, sep_elem_t e);
+
 /* One attention problem: the queries of a chunk against a stream's cache.
  * Query i (0 <= i < n_q) sees key rows 0 .. n_past + i (causal over the
  * chunk, whose own keys sit at rows n_past .. n_past + n_q - 1). */
@@ -88,6 +102,31 @@ struct sep_backend {
     /* A weight from a (rows, cols) fp32 host matrix; NULL without memory. */
     sep_weight_t *(*weight_new)(sep_backend_t *be, const float *host, int rows, int cols);
     void (*weight_free)(sep_backend_t *be, sep_weight_t *w);
+    /* Loading weights as the checkpoint stores them, streamed to the
+     * backend while they are read.
+     * weight_alloc: a (rows, cols) weight whose elements weight_fill then
+     * sets (NULL without memory).
+     * weight_fill: elements [at, at + n) of w, in row-major order, := the
+     * n values of format elem at src (host memory), each exactly what
+     * weight_new makes of its fp32 value (sep_elem_to_f32). src in the
+     * buffer stage gave last is read from there, any number of fills,
+     * until the next stage call or a fill from other memory; other memory
+     * may be reused on return. Fails only for memory (SEP_ENOMEM) or a
+     * range outside w (SEP_EINVAL), each naming it.
+     * stage: host memory to read raw weight data into for weight_fill, of
+     * *bytes bytes (asked in *bytes; given up to that and at least
+     * min(asked, 1 MiB)), once the fills before no longer read it: a
+     * GPU's pinned buffers in turn, so that the host reads into one while
+     * the copies and conversions (on the device) of the others run. NULL
+     * without memory.
+     * load_end: waits for every fill, after which the weights are ready,
+     * and releases the stage buffers; a device fault is SEP_EIO, naming
+     * it. */
+    sep_weight_t *(*weight_alloc)(sep_backend_t *be, int rows, int cols);
+    int (*weight_fill)(sep_backend_t *be, sep_weight_t *w, size_t at, const void *src,
+                       size_t n, sep_elem_t elem);
+    void *(*stage)(sep_backend_t *be, size_t *bytes);
+    int (*load_end)(sep_backend_t *be);
     /* Row i of y := row ids[i] of w, in fp32 (embedding lookup; ids host). */
     void (*weight_rows)(sep_backend_t *be, float *y, const sep_weight_t *w,
                         const int32_t *ids, int n);

@@ -21,7 +21,12 @@ typedef struct {
     sep_backend_t base;
     float **scratch;   /* (n_threads) score blocks of scratch_len floats */
     size_t scratch_len;
+    void *stage;       /* (stage_cap bytes) raw weight data being loaded */
+    size_t stage_cap;
 } cpu_backend_t;
+
+/* The most a stage buffer holds: fills convert it at once. */
+#define CPU_STAGE_MAX ((size_t)16 << 20)
 
 static void *cpu_alloc(sep_backend_t *be, size_t bytes)
 {
@@ -82,26 +87,100 @@ struct sep_weight {
     int rows, cols;
 };
 
-static sep_weight_t *cpu_weight_new(sep_backend_t *be, const float *host, int rows, int cols)
+/* A weight of undefined contents but for the zero outputs past its last
+ * row, which the products read. */
+static sep_weight_t *cpu_weight_alloc(sep_backend_t *be, int rows, int cols)
 {
     int n_panels = (rows + SEP_MM_COLS - 1) / SEP_MM_COLS;
+    size_t panel = (size_t)cols * SEP_MM_COLS;
     sep_weight_t *w = malloc(sizeof *w);
-    float *panels = cpu_alloc(be, (size_t)n_panels * cols * SEP_MM_COLS * sizeof(float));
+    float *panels = cpu_alloc(be, (size_t)n_panels * panel * sizeof(float));
     if (!w || !panels) {
         free(w);
         free(panels);
         return NULL;
     }
-    for (int p = 0; p < n_panels; p++)
-        for (int k = 0; k < cols; k++) {
-            float *dst = panels + ((size_t)p * cols + k) * SEP_MM_COLS;
-            for (int j = 0; j < SEP_MM_COLS; j++) {
-                int o = p * SEP_MM_COLS + j;
-                dst[j] = o < rows ? host[(size_t)o * cols + k] : 0.0f;
-            }
-        }
+    if (n_panels)
+        memset(panels + (size_t)(n_panels - 1) * panel, 0, panel * sizeof(float));
     *w = (sep_weight_t){ .panels = panels, .rows = rows, .cols = cols };
     return w;
+}
+
+/* Each row's part of [at, at + n) converted to fp32, then written down
+ * its panel's column. */
+static int cpu_weight_fill(sep_backend_t *be, sep_weight_t *w, size_t at, const void *src,
+                           size_t n, sep_elem_t elem)
+{
+    size_t cols = (size_t)w->cols, total = (size_t)w->rows * cols, esz = sep_elem_size(elem);
+    if (at > total || n > total - at)
+        return sep_fail(SEP_EINVAL, "weight_fill: elements [%zu, %zu) of a %dx%d weight", at,
+                        at + n, w->rows, w->cols);
+    if (!n)
+        return SEP_OK;
+    long r0 = (long)(at / cols), r1 = (long)((at + n - 1) / cols) + 1;
+    int no_mem = 0;
+    #pragma omp parallel num_threads(be->n_threads)
+    {
+        float *row = malloc(cols * sizeof *row);
+        if (!row) {
+            #pragma omp atomic write
+            no_mem = 1;
+        }
+        #pragma omp for schedule(static)
+        for (long r = r0; r < r1; r++) {
+            if (!row)
+                continue;
+            size_t first = (size_t)r * cols;
+            size_t lo = first < at ? at - first : 0;
+            size_t hi = first + cols > at + n ? at + n - first : cols;
+            sep_elem_to_f32(row + lo, (const uint8_t *)src + (first + lo - at) * esz, hi - lo,
+                            elem);
+            float *dst = w->panels + (size_t)(r / SEP_MM_COLS) * cols * SEP_MM_COLS +
+                         r % SEP_MM_COLS;
+            for (size_t k = lo; k < hi; k++)
+                dst[k * SEP_MM_COLS] = row[k];
+        }
+        free(row);
+    }
+    if (no_mem)
+        return sep_fail(SEP_ENOMEM, "weight_fill: no memory for a row of %zu floats", cols);
+    return SEP_OK;
+}
+
+static sep_weight_t *cpu_weight_new(sep_backend_t *be, const float *host, int rows, int cols)
+{
+    sep_weight_t *w = cpu_weight_alloc(be, rows, cols);
+    if (w && cpu_weight_fill(be, w, 0, host, (size_t)rows * cols, SEP_ELEM_F32)) {
+        free(w->panels);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+/* One buffer, reused: a fill converts it before it returns. */
+static void *cpu_stage(sep_backend_t *be, size_t *bytes)
+{
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    size_t want = *bytes < CPU_STAGE_MAX ? *bytes : CPU_STAGE_MAX;
+    if (want > cb->stage_cap) {
+        free(cb->stage);
+        cb->stage_cap = 0;
+        if (!(cb->stage = cpu_alloc(be, want)))
+            return NULL;
+        cb->stage_cap = want;
+    }
+    *bytes = want;
+    return cb->stage;
+}
+
+static int cpu_load_end(sep_backend_t *be)
+{
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    free(cb->stage);
+    cb->stage = NULL;
+    cb->stage_cap = 0;
+    return SEP_OK;
 }
 
 static void cpu_weight_free(sep_backend_t *be, sep_weight_t *w)
@@ -370,6 +449,7 @@ static void cpu_destroy(sep_backend_t *be)
         for (int t = 0; t < be->n_threads; t++)
             free(cb->scratch[t]);
     free(cb->scratch);
+    free(cb->stage);
     free(cb);
 }
 
@@ -400,6 +480,10 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->copy_rows = cpu_copy_rows;
     be->weight_new = cpu_weight_new;
     be->weight_free = cpu_weight_free;
+    be->weight_alloc = cpu_weight_alloc;
+    be->weight_fill = cpu_weight_fill;
+    be->stage = cpu_stage;
+    be->load_end = cpu_load_end;
     be->weight_rows = cpu_weight_rows;
     be->matmul = cpu_matmul;
     be->rmsnorm = cpu_rmsnorm;

@@ -15,6 +15,7 @@ extern "C" {
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdlib.h>
@@ -35,6 +36,21 @@ typedef struct {
     size_t lo, hi;
 } xb_span_t;
 
+/* Loading: a checkpoint's raw tensors go to the device through
+ * LOAD_SLOTS pinned buffers in turn; the host reads into one while the
+ * copies (and conversions) of the others run, an event marking each
+ * slot's last use. */
+#define LOAD_SLOTS 4
+#define LOAD_SLOT_BYTES ((size_t)64 << 20)
+
+typedef struct {
+    unsigned char *host;  /* (cap bytes) pinned */
+    void *dev;            /* (dev_cap bytes) device copy of a fill that converts */
+    size_t cap, dev_cap;
+    cudaEvent_t done;     /* recorded after the last fill that read the slot */
+    int pending;          /* done recorded, not waited for yet */
+} load_slot_t;
+
 /* The CUDA backend: a stream, a cuBLAS handle and device scratch. */
 typedef struct {
     sep_backend_t base;
@@ -45,6 +61,9 @@ typedef struct {
                               NLLs and greedy tokens on their way back */
     unsigned char *h_ring; /* (ring_len bytes) the same, pinned host memory */
     size_t ring_len, ring_at;
+    load_slot_t load[LOAD_SLOTS]; /* stage buffers of a load, allocated as it asks */
+    int load_next;        /* the slot stage hands out next */
+    int load_given;       /* 1 + the slot stage handed out last, 0: none */
     float *d_tmp;         /* (max_rows, max_width) rows of an in-place gather */
     size_t tmp_cap;
     __nv_bfloat16 *d_xb;  /* (max_rows, max_width) a product's input in bf16 */
@@ -435,36 +454,177 @@ __global__ void k_rows_bf16(float *y, const __nv_bfloat16 *w, const int32_t *ids
         y[(size_t)blockIdx.x * cols + j] = __bfloat162float(row[j]);
 }
 
-static sep_weight_t *cuda_weight_new(sep_backend_t *be, const float *host, int rows, int cols)
+/* y[i] := element i of x (format elem) in Out's format, i < n: exact to
+ * fp32, then rounded to nearest even for bf16 (as k_to_bf16). */
+template <typename Out>
+__global__ void k_load(Out *y, const void *x, size_t n, sep_elem_t elem)
+{
+    griddep_wait();
+    griddep_launch();
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = elem == SEP_ELEM_F32   ? ((const float *)x)[i]
+                  : elem == SEP_ELEM_F16 ? __half2float(((const __half *)x)[i])
+                                         : __bfloat162float(((const __nv_bfloat16 *)x)[i]);
+        if constexpr (sizeof(Out) == 2)
+            y[i] = __float2bfloat16(v);
+        else
+            y[i] = v;
+    }
+}
+
+static int cuda_sync(sep_backend_t *be);
+
+static sep_weight_t *cuda_weight_alloc(sep_backend_t *be, int rows, int cols)
 {
     cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
     size_t n = (size_t)rows * cols;
     sep_weight_t *w = (sep_weight_t *)calloc(1, sizeof *w);
-    float *stage = NULL;
-    if (!w || cudaMalloc(&w->data, n * (cb->bf16 ? 2 : 4)) != cudaSuccess)
-        goto fail;
+    if (!w || cudaMalloc(&w->data, (n ? n : 1) * (cb->bf16 ? 2 : 4)) != cudaSuccess) {
+        free(w);
+        return NULL;
+    }
     w->rows = rows;
     w->cols = cols;
     w->bf16 = cb->bf16;
-    if (!cb->bf16) {
-        cudaMemcpy(w->data, host, n * sizeof(float), cudaMemcpyHostToDevice);
-        return w;
-    }
-    /* convert on the device, through an fp32 staging buffer */
-    if (cudaMalloc(&stage, n * sizeof(float)) != cudaSuccess)
-        goto fail;
-    cudaMemcpy(stage, host, n * sizeof(float), cudaMemcpyHostToDevice);
-    cuda_launch(cb->stream, k_to_bf16, (unsigned)((n + 255) / 256), 256, 0,
-                (__nv_bfloat16 *)w->data, stage, n);
-    cudaStreamSynchronize(cb->stream);
-    cudaFree(stage);
     return w;
-fail:
-    if (w)
+}
+
+/* The next slot, once the fills that read it are done, holding at least
+ * min(*bytes, LOAD_SLOT_BYTES) bytes; *bytes := that. */
+static void *cuda_stage(sep_backend_t *be, size_t *bytes)
+{
+    cuda_flush(CB(be));
+    cuda_backend_t *cb = CB(be);
+    load_slot_t *s = &cb->load[cb->load_next];
+    size_t want = *bytes < LOAD_SLOT_BYTES ? *bytes : LOAD_SLOT_BYTES;
+    want = want ? want : 1;
+    if (s->pending)
+        cudaEventSynchronize(s->done); /* a fault shows in load_end's sync */
+    s->pending = 0;
+    if (!s->done && cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming) != cudaSuccess) {
+        s->done = NULL;
+        return NULL;
+    }
+    if (want > s->cap) {
+        cudaFreeHost(s->host);
+        s->cap = 0;
+        if (cudaHostAlloc((void **)&s->host, want, cudaHostAllocDefault) != cudaSuccess) {
+            s->host = NULL;
+            return NULL;
+        }
+        s->cap = want;
+    }
+    cb->load_given = cb->load_next + 1;
+    cb->load_next = (cb->load_next + 1) % LOAD_SLOTS;
+    *bytes = want;
+    return s->host;
+}
+
+/* Elements [at, at + n) of w from src, inside slot s: copied to the
+ * weight, or to the slot's device buffer and converted there. */
+static int cuda_fill_slot(cuda_backend_t *cb, load_slot_t *s, sep_weight_t *w, size_t at,
+                          const unsigned char *src, size_t n, sep_elem_t elem)
+{
+    size_t bytes = n * sep_elem_size(elem);
+    unsigned char *dst = (unsigned char *)w->data + at * (w->bf16 ? 2 : 4);
+    if (elem == (w->bf16 ? SEP_ELEM_BF16 : SEP_ELEM_F32)) {
+        cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream);
+    } else {
+        if (bytes > s->dev_cap) {
+            cudaFree(s->dev); /* waits for the device */
+            s->dev_cap = 0;
+            if (cudaMalloc(&s->dev, s->cap) != cudaSuccess) {
+                s->dev = NULL;
+                return sep_fail(SEP_ENOMEM, "cuda: no device memory for a %zu-byte load buffer",
+                                s->cap);
+            }
+            s->dev_cap = s->cap;
+        }
+        cudaMemcpyAsync(s->dev, src, bytes, cudaMemcpyHostToDevice, cb->stream);
+        unsigned grid = (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
+        if (w->bf16)
+            cuda_launch(cb->stream, k_load<__nv_bfloat16>, grid, 256, 0, (__nv_bfloat16 *)dst,
+                        (const void *)s->dev, n, elem);
+        else
+            cuda_launch(cb->stream, k_load<float>, grid, 256, 0, (float *)dst,
+                        (const void *)s->dev, n, elem);
+    }
+    cudaEventRecord(s->done, cb->stream);
+    s->pending = 1;
+    return SEP_OK;
+}
+
+/* From the slot stage gave, without a copy; from other memory through
+ * the slots, a memcpy each. */
+static int cuda_weight_fill(sep_backend_t *be, sep_weight_t *w, size_t at, const void *src,
+                            size_t n, sep_elem_t elem)
+{
+    cuda_flush(CB(be));
+    cuda_backend_t *cb = CB(be);
+    size_t total = (size_t)w->rows * w->cols, esz = sep_elem_size(elem);
+    const unsigned char *p = (const unsigned char *)src;
+    int given = cb->load_given;
+    cb->load_given = 0;
+    if (at > total || n > total - at)
+        return sep_fail(SEP_EINVAL, "weight_fill: elements [%zu, %zu) of a %dx%d weight", at,
+                        at + n, w->rows, w->cols);
+    if (given) {
+        load_slot_t *s = &cb->load[given - 1];
+        if (p >= s->host && n * esz <= s->cap && (size_t)(p - s->host) <= s->cap - n * esz)
+            return cuda_fill_slot(cb, s, w, at, p, n, elem);
+    }
+    while (n) {
+        size_t bytes = n * esz;
+        unsigned char *buf = (unsigned char *)cuda_stage(be, &bytes);
+        if (!buf)
+            return sep_fail(SEP_ENOMEM, "cuda: no pinned memory for a %zu-byte load buffer",
+                            bytes);
+        load_slot_t *s = &cb->load[cb->load_given - 1];
+        cb->load_given = 0;
+        size_t k = bytes / esz;
+        memcpy(buf, p, k * esz);
+        int rc = cuda_fill_slot(cb, s, w, at, buf, k, elem);
+        if (rc)
+            return rc;
+        p += k * esz;
+        at += k;
+        n -= k;
+    }
+    return SEP_OK;
+}
+
+static void cuda_load_free(cuda_backend_t *cb)
+{
+    for (int i = 0; i < LOAD_SLOTS; i++) {
+        load_slot_t *s = &cb->load[i];
+        cudaFreeHost(s->host);
+        cudaFree(s->dev);
+        if (s->done)
+            cudaEventDestroy(s->done);
+        memset(s, 0, sizeof *s);
+    }
+    cb->load_next = cb->load_given = 0;
+}
+
+static int cuda_load_end(sep_backend_t *be)
+{
+    int rc = cuda_sync(be);
+    cuda_load_free(CB(be));
+    return rc;
+}
+
+/* The fill path from fp32; the stage buffers stay for the next. */
+static sep_weight_t *cuda_weight_new(sep_backend_t *be, const float *host, int rows, int cols)
+{
+    sep_weight_t *w = cuda_weight_alloc(be, rows, cols);
+    if (w && cuda_weight_fill(be, w, 0, host, (size_t)rows * cols, SEP_ELEM_F32)) {
         cudaFree(w->data);
-    free(w);
-    return NULL;
+        free(w);
+        return NULL;
+    }
+    return w;
 }
 
 static void cuda_weight_free(sep_backend_t *be, sep_weight_t *w)
@@ -1851,6 +2011,7 @@ static void cuda_destroy(sep_backend_t *be)
 {
     cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
+    cuda_load_free(cb);
     cudaFree(cb->d_ring);
     cudaFreeHost(cb->h_ring);
     cudaFree(cb->d_tmp);
@@ -1910,6 +2071,10 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     be->copy_rows = cuda_copy_rows;
     be->weight_new = cuda_weight_new;
     be->weight_free = cuda_weight_free;
+    be->weight_alloc = cuda_weight_alloc;
+    be->weight_fill = cuda_weight_fill;
+    be->stage = cuda_stage;
+    be->load_end = cuda_load_end;
     be->weight_rows = cuda_weight_rows;
     be->matmul = cuda_matmul;
     be->rmsnorm = cuda_rmsnorm;

@@ -6,8 +6,8 @@
  * 0.1%, average and largest cache size exact. Runs again one token per
  * step (--per-token) must give the chunked NLLs within 1e-4. Then the
  * invariances chunked execution relies on, a model split into pipeline
- * stages against the whole one, the separator archive's rows, and bad
- * checkpoints. */
+ * stages against the whole one, the separator archive's rows, the weights
+ * loaded as stored against the same made from fp32, and bad checkpoints. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +25,7 @@
 #include "err.h"
 #include "golden.h"
 #include "model.h"
+#include "safetensors.h"
 #include "separators.h"
 #include "stream.h"
 
@@ -1178,6 +1179,134 @@ static void test_preset_detection(void **state)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* ---- weights as stored ---------------------------------------------------- */
+
+/* w holds, bit for bit, the weight that weight_new makes of want (rows,
+ * cols): every row read back from each. */
+static void expect_weight(const sep_weight_t *w, const float *want, int rows, int cols,
+                          const char *what)
+{
+    sep_weight_t *ref = be->weight_new(be, want, rows, cols);
+    size_t n = (size_t)rows * cols;
+    int32_t *ids = malloc(rows * sizeof *ids);
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *dy = be->alloc(be, n * 4);
+    assert_true(ref && ids && a && b && dy);
+    for (int i = 0; i < rows; i++)
+        ids[i] = i;
+    assert_int_equal(be->reserve(be, 1, rows, cols), 0);
+    be->weight_rows(be, dy, ref, ids, rows);
+    be->download(be, a, dy, n * sizeof *a);
+    be->weight_rows(be, dy, w, ids, rows);
+    be->download(be, b, dy, n * sizeof *b);
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof *a))
+            fail_msg("%s: element %zu (row %zu): %a loaded, %a from fp32", what, i, i / cols,
+                     b[i], a[i]);
+    be->weight_free(be, ref);
+    be->free(be, dy);
+    free(ids); free(a); free(b);
+}
+
+/* The tensors names[0..n) of st as fp32, one after another (fused). */
+static float *read_fused(sep_st_t *st, const char *const *names, int n, const int64_t *rows,
+                         int64_t cols)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += (size_t)rows[i] * cols;
+    float *v = malloc(total * sizeof *v), *at = v;
+    assert_non_null(v);
+    for (int i = 0; i < n; i++) {
+        if (sep_st_read_f32(st, names[i], 2, (int64_t[]){ rows[i], cols }, at))
+            fail_msg("%s", sep_errmsg());
+        at += (size_t)rows[i] * cols;
+    }
+    return v;
+}
+
+/* sep_model_load streams the matrices to the backend as stored (bf16 in
+ * books-llama-16m, f16 in books-neox-9m): each is the weight made from
+ * its tensors read as fp32 and fused here (q, k, v rows; gate and up
+ * rows; NeoX's per-head q, k, v regrouped), in the first and last layers,
+ * the embedding and the output head; and load_bytes counts every tensor
+ * of the folder once. */
+static void test_weights_as_stored(void **state)
+{
+    (void)state;
+    static const char *models[] = { "models/books-llama-16m", "models/books-neox-9m" };
+    for (int k = 0; k < 2; k++) {
+        char dir[512], nm[3][128];
+        snprintf(dir, sizeof dir, "%s", golden_path(models[k]));
+        sep_model_t *m;
+        sep_st_t *st;
+        if (sep_model_load(&m, dir, be, 16) || sep_st_open(&st, dir))
+            fail_msg("%s: %s", dir, sep_errmsg());
+        uint64_t total = 0;
+        for (size_t i = 0; i < sep_st_count(st); i++)
+            total += sep_st_at(st, i)->nbytes;
+        assert_true(m->load_bytes == total);
+        assert_true(m->load_s > 0);
+        const sep_config_t *c = &m->cfg;
+        int neox = c->arch == SEP_ARCH_NEOX, d = c->dim, f = c->ffn_dim, hd = c->head_dim;
+        const char *emb = neox ? "gpt_neox.embed_in.weight" : "model.embed_tokens.weight";
+        float *v = read_fused(st, &emb, 1, (int64_t[]){ c->vocab }, d);
+        expect_weight(m->embed, v, c->vocab, d, emb);
+        free(v);
+        if (!c->tied_embeddings) {
+            const char *head = neox ? "embed_out.weight" : "lm_head.weight";
+            v = read_fused(st, &head, 1, (int64_t[]){ c->vocab }, d);
+            expect_weight(m->lm_head, v, c->vocab, d, head);
+            free(v);
+        }
+        for (int l = 0; l < c->n_layers; l += c->n_layers > 1 ? c->n_layers - 1 : 1) {
+            const sep_layer_t *L = &m->layers[l];
+            const char *p = neox ? "gpt_neox.layers" : "model.layers";
+            const char *mats[3][2] = {
+                { neox ? "attention.dense.weight" : "self_attn.o_proj.weight", "wo" },
+                { neox ? "mlp.dense_4h_to_h.weight" : "mlp.down_proj.weight", "w_down" },
+                { neox ? "mlp.dense_h_to_4h.weight" : NULL, "w_up" } };
+            const sep_weight_t *mw[3] = { L->wo, L->w_down, L->w_up };
+            int shapes[3][2] = { { d, m->q_dim }, { d, f }, { f, d } };
+            for (int i = 0; i < 3 && mats[i][0]; i++) {
+                const char *name = nm[0];
+                snprintf(nm[0], sizeof nm[0], "%s.%d.%s", p, l, mats[i][0]);
+                v = read_fused(st, &name, 1, (int64_t[]){ shapes[i][0] }, shapes[i][1]);
+                expect_weight(mw[i], v, shapes[i][0], shapes[i][1], name);
+                free(v);
+            }
+            const char *names[3] = { nm[0], nm[1], nm[2] };
+            if (neox) {
+                snprintf(nm[0], sizeof nm[0], "%s.%d.attention.query_key_value.weight", p, l);
+                float *fused = read_fused(st, names, 1, (int64_t[]){ m->qkv_dim }, d);
+                v = malloc((size_t)m->qkv_dim * d * sizeof *v);
+                assert_non_null(v);
+                for (int h = 0; h < c->n_heads; h++)
+                    for (int part = 0; part < 3; part++)
+                        memcpy(v + ((size_t)part * m->q_dim + (size_t)h * hd) * d,
+                               fused + ((size_t)h * 3 + part) * hd * d,
+                               (size_t)hd * d * sizeof *v);
+                free(fused);
+            } else {
+                static const char *qkv[] = { "q_proj", "k_proj", "v_proj" };
+                for (int i = 0; i < 3; i++)
+                    snprintf(nm[i], sizeof nm[i], "%s.%d.self_attn.%s.weight", p, l, qkv[i]);
+                v = read_fused(st, names, 3, (int64_t[]){ m->q_dim, m->kv_dim, m->kv_dim }, d);
+            }
+            expect_weight(L->wqkv, v, m->qkv_dim, d, "fused qkv");
+            free(v);
+            if (!neox) {
+                snprintf(nm[0], sizeof nm[0], "%s.%d.mlp.gate_proj.weight", p, l);
+                snprintf(nm[1], sizeof nm[1], "%s.%d.mlp.up_proj.weight", p, l);
+                v = read_fused(st, names, 2, (int64_t[]){ f, f }, d);
+                expect_weight(L->w_up, v, 2 * f, d, "fused gate and up");
+                free(v);
+            }
+        }
+        sep_st_destroy(&st);
+        sep_model_destroy(&m);
+    }
+}
+
 /* ---- bad checkpoints ----------------------------------------------------- */
 
 /* A copy of tiny-llama31 with config.json's field set to value (raw JSON);
@@ -1279,6 +1408,7 @@ int main(void)
         cmocka_unit_test(test_archive_rows),
         cmocka_unit_test(test_archive_stage_split),
         cmocka_unit_test(test_archive_batch),
+        cmocka_unit_test(test_weights_as_stored),
         cmocka_unit_test(test_stage_bad_ranges),
         cmocka_unit_test(test_auto_separators),
         cmocka_unit_test(test_preset_detection),
@@ -1307,6 +1437,9 @@ int main(void)
                                               .initial_state = &runs[i] };
     }
     memcpy(tests + k, fixed, sizeof fixed);
+    /* SEP_TEST_FILTER=pattern: only the tests cmocka's filter matches */
+    if (getenv("SEP_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("SEP_TEST_FILTER"));
     int failed = _cmocka_run_group_tests("forward", tests, k + n_fixed,
                                          setup_backend, teardown_backend);
     free(tests);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "err.h"
 #include "fastmath.h"
 #include "golden.h"
 
@@ -662,6 +663,93 @@ static void test_rows(void **state)
     be->free(be, strided);
 }
 
+/* IEEE half bits as a float, from the format's definition. */
+static float half_ref(uint16_t h)
+{
+    int e = h >> 10 & 0x1f, m = h & 0x3ff;
+    float v = e == 0x1f ? INFINITY : e ? ldexpf((float)(m | 0x400), e - 25) : ldexpf((float)m, -24);
+    return h & 0x8000 ? -v : v;
+}
+
+/* A weight loaded as a checkpoint stores it (bf16, f16 or f32 elements,
+ * in pieces: from other memory, from a stage buffer, two fills from one
+ * buffer) is, bit for bit, the weight made from the same values in fp32:
+ * its rows read back and a product with it. Specials included: signed
+ * zeros, subnormals, infinities, the largest finite values. */
+static void test_weight_fill(void **state)
+{
+    (void)state;
+    enum { ROWS = 37, COLS = 70, N = ROWS * COLS, P1 = 5, P2 = 3 * COLS + 7 };
+    static const sep_elem_t elems[] = { SEP_ELEM_BF16, SEP_ELEM_F16, SEP_ELEM_F32 };
+    static const uint16_t sp_bf16[] = { 0x0000, 0x8000, 0x0001, 0x807f, 0x7f80, 0xff80, 0x7f7f };
+    static const uint16_t sp_f16[] = { 0x0000, 0x8000, 0x0001, 0x83ff, 0x7c00, 0xfc00, 0x7bff };
+    float *f32 = malloc(N * sizeof *f32), *x = rand_vec(3 * COLS, 81);
+    uint16_t *raw16 = malloc(N * sizeof *raw16);
+    float *a = malloc(N * sizeof *a), *b = malloc(N * sizeof *b);
+    float *dx = dev(x, 3 * COLS), *dy = be->alloc(be, N * sizeof(float));
+    int32_t ids[ROWS];
+    assert_true(f32 && raw16 && a && b && dy);
+    for (int i = 0; i < ROWS; i++)
+        ids[i] = i;
+    assert_int_equal(be->reserve(be, 1, ROWS, COLS), 0);
+    for (int c = 0; c < 3; c++) {
+        sep_elem_t e = elems[c];
+        size_t esz = sep_elem_size(e);
+        uint32_t seed = 99 + c;
+        float *r32 = rand_vec(N, 91 + c);
+        for (int i = 0; i < N; i++) {
+            seed = seed * 1103515245u + 12345u;
+            uint16_t h = (uint16_t)(seed >> 12);
+            if (e == SEP_ELEM_BF16) {
+                h = i < 7 ? sp_bf16[i] : (h & 0x7f80) == 0x7f80 ? h & 0xbfff : h; /* no NaN */
+                uint32_t u = (uint32_t)h << 16;
+                memcpy(&f32[i], &u, sizeof u);
+            } else if (e == SEP_ELEM_F16) {
+                h = i < 7 ? sp_f16[i] : (h & 0x7c00) == 0x7c00 ? h & 0xbfff : h;
+                f32[i] = half_ref(h);
+            } else {
+                f32[i] = r32[i];
+            }
+            raw16[i] = h;
+        }
+        const unsigned char *raw = e == SEP_ELEM_F32 ? (const void *)r32 : (const void *)raw16;
+        sep_weight_t *want = be->weight_new(be, f32, ROWS, COLS);
+        sep_weight_t *got = be->weight_alloc(be, ROWS, COLS);
+        assert_true(want && got);
+        assert_int_equal(be->weight_fill(be, got, 0, raw, P1, e), 0);
+        size_t bytes = P2 * esz;
+        unsigned char *buf = be->stage(be, &bytes);
+        assert_non_null(buf);
+        assert_int_equal(bytes, P2 * esz);
+        memcpy(buf, raw + P1 * esz, P2 * esz);
+        assert_int_equal(be->weight_fill(be, got, P1, buf, 100, e), 0);
+        assert_int_equal(be->weight_fill(be, got, P1 + 100, buf + 100 * esz, P2 - 100, e), 0);
+        assert_int_equal(be->weight_fill(be, got, P1 + P2, raw + (P1 + P2) * esz,
+                                         N - P1 - P2, e), 0);
+        int rc = be->weight_fill(be, got, N - 3, raw, 5, e);
+        assert_int_equal(rc, SEP_EINVAL);
+        assert_non_null(strstr(sep_errmsg(), "weight_fill"));
+        assert_int_equal(be->load_end(be), 0);
+        be->weight_rows(be, dy, want, ids, ROWS);
+        be->download(be, a, dy, N * sizeof(float));
+        be->weight_rows(be, dy, got, ids, ROWS);
+        be->download(be, b, dy, N * sizeof(float));
+        for (int i = 0; i < N; i++)
+            if (memcmp(&a[i], &b[i], sizeof(float)))
+                fail_msg("format %d: element %d: %a loaded, %a from fp32", (int)e, i, b[i], a[i]);
+        be->matmul(be, dy, dx, want, NULL, 3);
+        be->download(be, a, dy, 3 * ROWS * sizeof(float));
+        be->matmul(be, dy, dx, got, NULL, 3);
+        be->download(be, b, dy, 3 * ROWS * sizeof(float));
+        assert_memory_equal(a, b, 3 * ROWS * sizeof(float));
+        be->weight_free(be, want);
+        be->weight_free(be, got);
+        free(r32);
+    }
+    free(f32); free(x); free(raw16); free(a); free(b);
+    be->free(be, dx); be->free(be, dy);
+}
+
 /* The vectorised exp against libm over the range softmax uses. */
 static void test_fast_exp(void **state)
 {
@@ -692,6 +780,7 @@ int main(void)
         cmocka_unit_test(test_nll),
         cmocka_unit_test(test_greedy),
         cmocka_unit_test(test_rows),
+        cmocka_unit_test(test_weight_fill),
         cmocka_unit_test(test_fast_exp),
     };
     return cmocka_run_group_tests_name("kernels", tests, setup, teardown);

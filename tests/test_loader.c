@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* Paths from the top of the tree: a bare "config.h" is autoconf's. */
 #include "common/err.h"
@@ -574,6 +576,48 @@ static void test_bad_truncated(void **state)
              "\"b.w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[16,32]}}",
              NULL, 20); /* the data stop 12 bytes short */
     expect_open_err(dir, SEP_EFORMAT, path, "tensor b.w", "(20 bytes)");
+}
+
+/* sep_st_read: a tensor's bytes as stored, whole, from an offset, and in
+ * pieces on two threads (a tensor over 4 MiB); a range outside the tensor
+ * is refused; a file that shrank after it was opened is a clean error
+ * naming it and the tensor (the mapping would have raised SIGBUS). */
+static void test_read_raw(void **state)
+{
+    (void)state;
+    enum { BIG = (9 << 20) + 3 };
+    char dir[DIR_CAP], path[PATH_CAP], hdr[256];
+    case_dir(dir, sizeof dir, "readraw");
+    snprintf(hdr, sizeof hdr,
+             "{\"a\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[0,6]},"
+             "\"big\":{\"dtype\":\"U8\",\"shape\":[%d],\"data_offsets\":[6,%d]}}",
+             BIG, BIG + 6);
+    write_st(join(path, sizeof path, dir, "model.safetensors"), hdr, NULL, BIG + 6);
+    sep_st_t *st;
+    assert_int_equal(sep_st_open(&st, dir), 0);
+    const sep_tensor_t *a = sep_st_find(st, "a"), *big = sep_st_find(st, "big");
+    uint8_t *buf = malloc(BIG);
+    assert_true(a && big && buf);
+    assert_int_equal(sep_st_read(st, a, 0, 6, buf), 0);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(buf[i], i);
+    assert_int_equal(sep_st_read(st, a, 4, 2, buf), 0);
+    assert_int_equal(buf[0], 4);
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(2);
+    memset(buf, 0, BIG);
+    assert_int_equal(sep_st_read(st, big, 0, BIG, buf), 0);
+    for (size_t i = 0; i < BIG; i++)
+        if (buf[i] != (uint8_t)(i + 6))
+            fail_msg("byte %zu of big: %d", i, buf[i]);
+    assert_int_equal(sep_st_read(st, big, BIG - 1, 1, buf), 0);
+    assert_int_equal(buf[0], (uint8_t)(BIG + 5));
+    expect_err(sep_st_read(st, a, 4, 3, buf), SEP_EINVAL, path, "tensor a", "[4, 7)");
+    assert_int_equal(truncate(path, 8 + (off_t)strlen(hdr) + (5 << 20)), 0);
+    expect_err(sep_st_read(st, big, 0, BIG, buf), SEP_EIO, path, "tensor big", "shrank");
+    omp_set_num_threads(threads);
+    free(buf);
+    sep_st_destroy(&st);
 }
 
 static void test_bad_empty_folder(void **state)
@@ -1130,6 +1174,7 @@ int main(void)
         cmocka_unit_test(test_bad_offsets_reversed),
         cmocka_unit_test(test_bad_overlap),
         cmocka_unit_test(test_bad_truncated),
+        cmocka_unit_test(test_read_raw),
         cmocka_unit_test(test_bad_empty_folder),
         cmocka_unit_test(test_bad_index_missing_shard),
         cmocka_unit_test(test_bad_index_tensor_absent),

@@ -4,6 +4,7 @@
 #include "err.h"
 #include "grow.h"
 #include "safetensors.h"
+#include "util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -15,36 +16,50 @@
 #define SEP_LOGIT_BYTES ((size_t)256 << 20)
 #define SEP_LOGIT_MAX_ROWS 512
 
-/* ---- loading ---------------------------------------------------------- */
+/* ---- loading ----------------------------------------------------------
+ * Matrices go to the backend as the checkpoint stores them: each tensor
+ * is read (sep_st_read) into the backend's stage buffers a piece at a
+ * time and handed to weight_fill, which converts it on the device while
+ * the next piece is read. Vectors (norms, biases) are converted here. */
 
 typedef struct {
     const sep_st_t *st;
     sep_model_t *m;
-    float *stage;      /* host staging buffer, stage_len floats */
+    float *stage;      /* host buffer of stage_len floats: vectors; synthetic matrices */
     size_t stage_len;
+    uint64_t bytes;    /* checkpoint bytes read */
     char name[256];
 } loader_t;
 
-/* Read tensor `name` of shape (rows, cols) (cols 0: 1-D of rows) into the
- * staging buffer at float offset off. */
-static int loader_read(loader_t *ld, size_t off, const char *name, int64_t rows, int64_t cols)
+/* Synthetic weights: vectors (norms, biases) of ones, matrices small and
+ * uniform, so activations stay finite at any depth; seed places the
+ * values (an offset into the fused matrix). */
+static void loader_synth(float *dst, size_t seed, int64_t rows, int64_t cols)
 {
-    int64_t shape[2] = { rows, cols };
-    if (ld->st)
-        return sep_st_read_f32(ld->st, name, cols ? 2 : 1, shape, ld->stage + off);
-    /* synthetic: vectors (norms, biases) of ones, matrices small and
-     * uniform, so activations stay finite at any depth */
-    float *dst = ld->stage + off;
     size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
-        uint32_t h = (uint32_t)(i + off) * 2654435761u ^ (uint32_t)(rows * 40503u + cols);
+        uint32_t h = (uint32_t)(i + seed) * 2654435761u ^ (uint32_t)(rows * 40503u + cols);
         h ^= h >> 15;
         h *= 2246822519u;
         h ^= h >> 13;
         dst[i] = cols ? ((float)(h & 0xffff) / 32768.0f - 1.0f) * 0.02f : 1.0f;
     }
-    return SEP_OK;
+}
+
+/* Read tensor `name` of shape (rows, cols) (cols 0: 1-D of rows) as fp32
+ * into the staging buffer at float offset off. */
+static int loader_read(loader_t *ld, size_t off, const char *name, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = { rows, cols };
+    if (!ld->st) {
+        loader_synth(ld->stage + off, off, rows, cols);
+        return SEP_OK;
+    }
+    int rc = sep_st_read_f32(ld->st, name, cols ? 2 : 1, shape, ld->stage + off);
+    if (!rc)
+        ld->bytes += sep_st_find(ld->st, name)->nbytes;
+    return rc;
 }
 
 /* Place the first n staged floats in a new backend buffer *dst. */
@@ -59,15 +74,60 @@ static int loader_place(loader_t *ld, float **dst, size_t n)
     return SEP_OK;
 }
 
-/* The first rows x cols staged floats as a weight matrix *dst. */
-static int loader_weight(loader_t *ld, sep_weight_t **dst, int rows, int cols)
+/* A new (rows, cols) weight *dst for fills. */
+static int loader_alloc(loader_t *ld, sep_weight_t **dst, const char *name, int rows, int cols)
 {
     sep_backend_t *be = ld->m->be;
-    *dst = be->weight_new(be, ld->stage, rows, cols);
+    snprintf(ld->name, sizeof ld->name, "%s", name);
+    *dst = be->weight_alloc(be, rows, cols);
     if (!*dst)
         return sep_fail(SEP_ENOMEM, "%s: no %s memory for a %dx%d weight",
                         ld->name, be->name, rows, cols);
     return SEP_OK;
+}
+
+/* A stage buffer of up to *bytes bytes (*bytes := what it holds). */
+static void *loader_stage(loader_t *ld, size_t *bytes)
+{
+    sep_backend_t *be = ld->m->be;
+    size_t want = *bytes;
+    void *buf = be->stage(be, bytes);
+    if (!buf)
+        sep_fail(SEP_ENOMEM, "%s: no %s memory to stage %zu bytes", ld->name, be->name, want);
+    return buf;
+}
+
+/* Elements [at, at + rows * cols) of w := tensor `name` (rows, cols),
+ * streamed through the stage buffers. */
+static int loader_fill(loader_t *ld, sep_weight_t *w, size_t at, const char *name, int64_t rows,
+                       int64_t cols)
+{
+    sep_backend_t *be = ld->m->be;
+    size_t n = (size_t)rows * (size_t)cols;
+    snprintf(ld->name, sizeof ld->name, "%s", name);
+    if (!ld->st) {
+        loader_synth(ld->stage, at, rows, cols);
+        return be->weight_fill(be, w, at, ld->stage, n, SEP_ELEM_F32);
+    }
+    const sep_tensor_t *t;
+    sep_elem_t e;
+    int rc = sep_st_get(ld->st, name, 2, (int64_t[]){ rows, cols }, &t, &e);
+    if (rc)
+        return rc;
+    size_t esz = sep_elem_size(e);
+    for (size_t done = 0; !rc && done < n;) {
+        size_t bytes = (n - done) * esz;
+        void *buf = loader_stage(ld, &bytes);
+        size_t k = bytes / esz;
+        if (!buf)
+            return SEP_ENOMEM;
+        if (!(rc = sep_st_read(ld->st, t, done * esz, k * esz, buf)))
+            rc = be->weight_fill(be, w, at + done, buf, k, e);
+        done += k;
+    }
+    if (!rc)
+        ld->bytes += t->nbytes;
+    return rc;
 }
 
 /* A 1-D tensor (norm weight, bias) straight to the backend. */
@@ -81,9 +141,8 @@ static int loader_vector(loader_t *ld, float **dst, const char *name, int64_t n)
 /* A 2-D tensor straight to a weight. */
 static int loader_matrix(loader_t *ld, sep_weight_t **dst, const char *name, int rows, int cols)
 {
-    snprintf(ld->name, sizeof ld->name, "%s", name);
-    int rc = loader_read(ld, 0, name, rows, cols);
-    return rc ? rc : loader_weight(ld, dst, rows, cols);
+    int rc = loader_alloc(ld, dst, name, rows, cols);
+    return rc ? rc : loader_fill(ld, *dst, 0, name, rows, cols);
 }
 
 static int load_llama_layer(loader_t *ld, int l, sep_layer_t *L)
@@ -102,13 +161,19 @@ static int load_llama_layer(loader_t *ld, int l, sep_layer_t *L)
 #define R(off, suffix, rows, cols) \
     do { snprintf(nm, sizeof nm, "%s%d.%s", prefix, l, suffix); \
          if ((rc = loader_read(ld, off, nm, rows, cols))) return rc; } while (0)
+#define A(dst, suffix, rows, cols) \
+    do { snprintf(nm, sizeof nm, "%s%d.%s", prefix, l, suffix); \
+         if ((rc = loader_alloc(ld, dst, nm, rows, cols))) return rc; } while (0)
+#define F(w, at, suffix, rows, cols) \
+    do { snprintf(nm, sizeof nm, "%s%d.%s", prefix, l, suffix); \
+         if ((rc = loader_fill(ld, w, at, nm, rows, cols))) return rc; } while (0)
     V(&L->norm1_w, "input_layernorm.weight", d);
     V(&L->norm2_w, "post_attention_layernorm.weight", d);
-    R(0, "self_attn.q_proj.weight", q, d);
-    R((size_t)q * d, "self_attn.k_proj.weight", kv, d);
-    R((size_t)(q + kv) * d, "self_attn.v_proj.weight", kv, d);
-    if ((rc = loader_weight(ld, &L->wqkv, q + 2 * kv, d)))
-        return rc;
+    /* fused: q rows, then k, then v; gate rows, then up */
+    A(&L->wqkv, "self_attn.qkv", q + 2 * kv, d);
+    F(L->wqkv, 0, "self_attn.q_proj.weight", q, d);
+    F(L->wqkv, (size_t)q * d, "self_attn.k_proj.weight", kv, d);
+    F(L->wqkv, (size_t)(q + kv) * d, "self_attn.v_proj.weight", kv, d);
     if (c->qkv_bias) {
         R(0, "self_attn.q_proj.bias", q, 0);
         R(q, "self_attn.k_proj.bias", kv, 0);
@@ -119,10 +184,9 @@ static int load_llama_layer(loader_t *ld, int l, sep_layer_t *L)
     M(&L->wo, "self_attn.o_proj.weight", d, q);
     if (c->o_bias)
         V(&L->bo, "self_attn.o_proj.bias", d);
-    R(0, "mlp.gate_proj.weight", f, d);
-    R((size_t)f * d, "mlp.up_proj.weight", f, d);
-    if ((rc = loader_weight(ld, &L->w_up, 2 * f, d)))
-        return rc;
+    A(&L->w_up, "mlp.gate_up", 2 * f, d);
+    F(L->w_up, 0, "mlp.gate_proj.weight", f, d);
+    F(L->w_up, (size_t)f * d, "mlp.up_proj.weight", f, d);
     M(&L->w_down, "mlp.down_proj.weight", d, f);
     if (c->mlp_bias) {
         R(0, "mlp.gate_proj.bias", f, 0);
@@ -132,6 +196,8 @@ static int load_llama_layer(loader_t *ld, int l, sep_layer_t *L)
         V(&L->b_down, "mlp.down_proj.bias", d);
     }
     return SEP_OK;
+#undef A
+#undef F
 }
 
 /* NeoX fuses q, k, v per head: rows [h*3*hd, +hd) are q of head h, then
@@ -147,6 +213,59 @@ static void neox_unfuse_qkv(float *dst, const float *src, int n_heads, int head_
                    (size_t)head_dim * cols * sizeof(float));
 }
 
+/* The same reordering for the fused weight: heads [h0, h1) of it, as
+ * stored (format e) at src, into their rows of w. */
+static int neox_fill_heads(loader_t *ld, sep_weight_t *w, int h0, int h1, const void *src,
+                           sep_elem_t e)
+{
+    sep_backend_t *be = ld->m->be;
+    const sep_config_t *c = &ld->m->cfg;
+    size_t part = (size_t)c->head_dim * c->dim, q_part = (size_t)c->n_heads * part;
+    for (int h = h0; h < h1; h++)
+        for (int p = 0; p < 3; p++) {
+            const uint8_t *at = (const uint8_t *)src +
+                                ((size_t)(h - h0) * 3 + p) * part * sep_elem_size(e);
+            int rc = be->weight_fill(be, w, p * q_part + h * part, at, part, e);
+            if (rc)
+                return rc;
+        }
+    return SEP_OK;
+}
+
+/* NeoX's fused qkv weight `name` into w, whole heads through each stage
+ * buffer. */
+static int neox_fill_qkv(loader_t *ld, sep_weight_t *w, const char *name)
+{
+    const sep_config_t *c = &ld->m->cfg;
+    int qkv = ld->m->qkv_dim, rc;
+    snprintf(ld->name, sizeof ld->name, "%s", name);
+    if (!ld->st) {
+        loader_synth(ld->stage, 0, qkv, c->dim);
+        return neox_fill_heads(ld, w, 0, c->n_heads, ld->stage, SEP_ELEM_F32);
+    }
+    const sep_tensor_t *t;
+    sep_elem_t e;
+    if ((rc = sep_st_get(ld->st, name, 2, (int64_t[]){ qkv, c->dim }, &t, &e)))
+        return rc;
+    size_t head = 3 * (size_t)c->head_dim * c->dim * sep_elem_size(e); /* bytes a head */
+    for (int h = 0; !rc && h < c->n_heads;) {
+        size_t bytes = (size_t)(c->n_heads - h) * head;
+        void *buf = loader_stage(ld, &bytes);
+        int k = (int)(bytes / head);
+        if (!buf)
+            return SEP_ENOMEM;
+        if (!k)
+            return sep_fail(SEP_EUNSUPPORTED, "%s: a head's %zu bytes exceed the %zu-byte "
+                            "stage buffer", name, head, bytes);
+        if (!(rc = sep_st_read(ld->st, t, (size_t)h * head, (size_t)k * head, buf)))
+            rc = neox_fill_heads(ld, w, h, h + k, buf, e);
+        h += k;
+    }
+    if (!rc)
+        ld->bytes += t->nbytes;
+    return rc;
+}
+
 static int load_neox_layer(loader_t *ld, int l, sep_layer_t *L)
 {
     const sep_config_t *c = &ld->m->cfg;
@@ -159,11 +278,10 @@ static int load_neox_layer(loader_t *ld, int l, sep_layer_t *L)
     V(&L->norm1_b, "input_layernorm.bias", d);
     V(&L->norm2_w, "post_attention_layernorm.weight", d);
     V(&L->norm2_b, "post_attention_layernorm.bias", d);
-    /* read into the upper half of the stage, unfuse into the lower */
-    R(half, "attention.query_key_value.weight", qkv, d);
-    neox_unfuse_qkv(ld->stage, ld->stage + half, c->n_heads, c->head_dim, d);
-    if ((rc = loader_weight(ld, &L->wqkv, qkv, d)))
+    snprintf(nm, sizeof nm, "%s%d.attention.query_key_value.weight", prefix, l);
+    if ((rc = loader_alloc(ld, &L->wqkv, nm, qkv, d)) || (rc = neox_fill_qkv(ld, L->wqkv, nm)))
         return rc;
+    /* the bias: read into the upper half of the stage, unfuse into the lower */
     R(half, "attention.query_key_value.bias", qkv, 0);
     neox_unfuse_qkv(ld->stage, ld->stage + half, c->n_heads, c->head_dim, 1);
     if ((rc = loader_place(ld, &L->bqkv, (size_t)qkv)))
@@ -244,14 +362,20 @@ static int model_build(sep_model_t *m, const sep_st_t *st, const char *what, int
     m->qkv_dim = m->q_dim + 2 * m->kv_dim;
     m->layers = calloc((size_t)(layer1 - layer0), sizeof *m->layers);
     m->inv_freq = malloc((size_t)c->rot_dim / 2 * sizeof(double));
-    /* the largest staged tensor: embeddings (first and last stages), fused
-     * qkv or mlp (twice for NeoX's unfusing), whichever is largest */
-    size_t big = first || last ? (size_t)c->vocab * c->dim : 0;
-    size_t qkv = (size_t)m->qkv_dim * c->dim * 2, mlp = (size_t)2 * c->ffn_dim * c->dim;
-    size_t ow = (size_t)c->dim * m->q_dim;
-    big = big > qkv ? big : qkv;
-    big = big > mlp ? big : mlp;
-    big = big > ow ? big : ow;
+    /* the largest staged vector: fused biases (twice for NeoX's unfusing);
+     * synthetic weights also stage the largest matrix: embeddings (first
+     * and last stages), fused qkv or mlp, whichever is largest */
+    size_t big = 2 * (size_t)(m->qkv_dim > c->ffn_dim ? m->qkv_dim : c->ffn_dim);
+    big = big > (size_t)c->dim ? big : (size_t)c->dim;
+    if (!st) {
+        size_t emb = first || last ? (size_t)c->vocab * c->dim : 0;
+        size_t qkv = (size_t)m->qkv_dim * c->dim, mlp = (size_t)2 * c->ffn_dim * c->dim;
+        size_t ow = (size_t)c->dim * m->q_dim;
+        big = big > emb ? big : emb;
+        big = big > qkv ? big : qkv;
+        big = big > mlp ? big : mlp;
+        big = big > ow ? big : ow;
+    }
     ld.stage_len = big;
     ld.stage = malloc(big * sizeof(float));
     ld.st = st;
@@ -288,6 +412,12 @@ static int model_build(sep_model_t *m, const sep_st_t *st, const char *what, int
     }
     rc = model_alloc_run(m, max_tokens);
 done:
+    /* the fills in flight end (and their stage buffers go) on failure too */
+    if (ld.m) {
+        int end = be->load_end(be);
+        rc = rc ? rc : end;
+    }
+    m->load_bytes = ld.bytes;
     free(ld.stage);
     return rc;
 }
@@ -318,11 +448,14 @@ int sep_model_load_stage(sep_model_t **out, const char *dir, sep_backend_t *be, 
     sep_model_t *m = NULL;
     char what[600];
     snprintf(what, sizeof what, "%s/config.json", dir);
+    double t0 = sep_now();
     int rc = model_new(&m, be, max_tokens);
     if (rc || (rc = sep_config_load(&m->cfg, dir)) || (rc = sep_st_open(&st, dir)) ||
         (rc = model_build(m, st, what, max_tokens, layer0, layer1)))
         sep_model_destroy(&m);
     sep_st_destroy(&st);
+    if (m)
+        m->load_s = sep_now() - t0;
     *out = m;
     return rc;
 }

@@ -2,7 +2,10 @@
  *
  * sep_model_load() reads config.json and the safetensors of a Hugging Face
  * folder, checks every tensor's presence, dtype and shape against the
- * config, converts the weights to fp32 and places them on the backend.
+ * config and places the weights on the backend: matrices stream to it as
+ * stored (bf16, f16 or f32), read into its stage buffers while it copies
+ * and converts the pieces before (backend.h, weight_fill); vectors are
+ * converted to fp32 here.
  * sep_model_forward() runs a batch of chunks, one per stream: each chunk's
  * tokens attend causally to their stream's cache plus the chunk's earlier
  * tokens, their K/V are appended to the cache, and each token's NLL of
@@ -110,6 +113,8 @@ typedef struct {
     float *norm_w, *norm_b;       /* (dim) final norm, last stage; bias NULL for RMSNorm */
     sep_layer_t *layers;          /* (layer1 - layer0): layers[i] is layer layer0 + i */
     double *inv_freq;             /* (rot_dim / 2) rotary frequencies, host */
+    double load_s;                /* seconds sep_model_load_stage took (0: synthetic) */
+    uint64_t load_bytes;          /* checkpoint bytes it read: the stage's tensors */
     sep_run_t run;
 } sep_model_t;
 

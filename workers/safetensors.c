@@ -1,8 +1,10 @@
 /* safetensors.c: map a checkpoint folder's safetensors files, validate
- * every header, look tensors up by name and convert them to fp32.
+ * every header, look tensors up by name, convert them to fp32 or read
+ * their bytes as stored.
  *
  * Contract in safetensors.h. Each file is mmapped read-only and stays
- * mapped until sep_st_destroy(). A header is trusted only after every
+ * mapped (and open, for sep_st_read's preads) until sep_st_destroy(). A
+ * header is trusted only after every
  * entry has been checked against the file's real size, so a tensor's data
  * pointer always lies inside its mapping. Tensors are kept in one array
  * sorted by name: sep_st_find() is a bsearch.
@@ -14,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,9 +34,12 @@
 /* The reference implementation refuses larger headers too; the bound
  * keeps a lying length from making jansson chew on gigabytes. */
 #define ST_MAX_HEADER 100000000u
+/* sep_st_read gives each thread pieces of at least this many bytes. */
+#define ST_READ_PIECE ((size_t)4 << 20)
 
 typedef struct {
     char *path;
+    int fd;              /* open while map is set */
     uint8_t *map;
     size_t size;
     const uint8_t *data; /* the data area, after the header */
@@ -136,10 +142,12 @@ static int st_map(st_file_t *f, const char *index)
     f->size = (size_t)sb.st_size;
     void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
     int err = errno;
-    close(fd); /* the mapping keeps the file */
-    if (map == MAP_FAILED)
+    if (map == MAP_FAILED) {
+        close(fd);
         return sep_fail(SEP_EIO, "%s: mmap: %s", f->path, strerror(err));
+    }
     f->map = map;
+    f->fd = fd; /* bulk reads pread it: no page tables for the whole file */
     return SEP_OK;
 }
 
@@ -542,8 +550,10 @@ void sep_st_destroy(sep_st_t **self_p)
         free((char *)st->tensors[i].name);
     free(st->tensors);
     for (size_t i = 0; i < st->n_files; i++) {
-        if (st->files[i].map)
+        if (st->files[i].map) {
             munmap(st->files[i].map, st->files[i].size);
+            close(st->files[i].fd);
+        }
         free(st->files[i].path);
     }
     free(st->files);
@@ -570,35 +580,12 @@ const sep_tensor_t *sep_st_at(const sep_st_t *st, size_t i)
     return i < st->n_tensors ? &st->tensors[i] : NULL;
 }
 
-/* IEEE half to float, exact: subnormal halves are normal floats. */
-static float st_half(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = h >> 10 & 0x1f, man = h & 0x3ff, bits;
-    float f;
-    if (exp == 0x1f) {              /* inf, or nan keeping its payload */
-        bits = sign | 0x7f800000 | man << 13;
-    } else if (exp) {               /* rebias 15 -> 127 */
-        bits = sign | (exp + 112) << 23 | man << 13;
-    } else if (!man) {              /* signed zero */
-        bits = sign;
-    } else {                        /* shift the leading 1 out of the mantissa */
-        exp = 113;
-        while (!(man & 0x400)) {
-            man <<= 1;
-            exp--;
-        }
-        bits = sign | exp << 23 | (man & 0x3ff) << 13;
-    }
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-int sep_st_read_f32(const sep_st_t *st, const char *name, int ndim,
-                    const int64_t *shape, float *dst)
+int sep_st_get(const sep_st_t *st, const char *name, int ndim, const int64_t *shape,
+               const sep_tensor_t **out, sep_elem_t *elem)
 {
     char b1[128], b2[128];
     const sep_tensor_t *t = sep_st_find(st, name);
+    *out = NULL;
     if (!t)
         return sep_fail(SEP_ENOTFOUND, "%s: tensor %s: not found", st->source, name);
     if (ndim < 0 || ndim > SEP_ST_MAX_DIMS)
@@ -611,25 +598,65 @@ int sep_st_read_f32(const sep_st_t *st, const char *name, int ndim,
         return sep_fail(SEP_EFORMAT, "%s: tensor %s: shape %s, expected %s", t->file,
                         name, st_shape_str(b1, sizeof b1, t->ndim, t->shape),
                         st_shape_str(b2, sizeof b2, ndim, shape));
-
-    const uint8_t *p = t->data;
     switch (t->dtype) {
-    case SEP_DT_F32:
-        memcpy(dst, p, t->nbytes);
-        return SEP_OK;
-    case SEP_DT_F16:
-        for (size_t i = 0; i < t->nbytes / 2; i++)
-            dst[i] = st_half((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
-        return SEP_OK;
-    case SEP_DT_BF16:
-        /* bf16 is the top half of an fp32 */
-        for (size_t i = 0; i < t->nbytes / 2; i++) {
-            uint32_t u = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
-            memcpy(&dst[i], &u, sizeof u);
-        }
-        return SEP_OK;
+    case SEP_DT_F32: *elem = SEP_ELEM_F32; break;
+    case SEP_DT_F16: *elem = SEP_ELEM_F16; break;
+    case SEP_DT_BF16: *elem = SEP_ELEM_BF16; break;
     default:
         return sep_fail(SEP_EUNSUPPORTED, "%s: tensor %s: dtype %s cannot be read as F32",
                         t->file, name, t->dtype_name);
     }
+    *out = t;
+    return SEP_OK;
+}
+
+int sep_st_read_f32(const sep_st_t *st, const char *name, int ndim,
+                    const int64_t *shape, float *dst)
+{
+    const sep_tensor_t *t;
+    sep_elem_t e;
+    int rc = sep_st_get(st, name, ndim, shape, &t, &e);
+    if (!rc)
+        sep_elem_to_f32(dst, t->data, t->nbytes / sep_elem_size(e), e);
+    return rc;
+}
+
+int sep_st_read(const sep_st_t *st, const sep_tensor_t *t, size_t off, size_t len, void *dst)
+{
+    const st_file_t *f = NULL;
+    for (size_t i = 0; i < st->n_files && !f; i++)
+        if ((const uint8_t *)t->data >= st->files[i].data &&
+            (const uint8_t *)t->data <= st->files[i].data + st->files[i].data_size)
+            f = &st->files[i];
+    if (!f)
+        return sep_fail(SEP_EINVAL, "%s: tensor %s: not one of this folder's", st->source,
+                        t->name);
+    if (off > t->nbytes || len > t->nbytes - off)
+        return sep_fail(SEP_EINVAL, "%s: tensor %s: bytes [%zu, %zu) of %zu asked", f->path,
+                        t->name, off, off + len, t->nbytes);
+    size_t base = (size_t)((const uint8_t *)t->data - f->map) + off;
+    long pieces = (long)((len + ST_READ_PIECE - 1) / ST_READ_PIECE);
+    int err = 0; /* an errno, or -1: the file ended early */
+    #pragma omp parallel for schedule(static) if (pieces > 1)
+    for (long i = 0; i < pieces; i++) {
+        size_t a = (size_t)i * ST_READ_PIECE;
+        size_t b = a + ST_READ_PIECE < len ? a + ST_READ_PIECE : len;
+        while (a < b) {
+            ssize_t got = pread(f->fd, (uint8_t *)dst + a, b - a, (off_t)(base + a));
+            if (got > 0) {
+                a += (size_t)got;
+                continue;
+            }
+            if (got < 0 && errno == EINTR)
+                continue;
+            #pragma omp critical(st_read_err)
+            err = got < 0 ? errno : -1;
+            break;
+        }
+    }
+    if (err)
+        return sep_fail(SEP_EIO, "%s: tensor %s: %s", f->path, t->name,
+                        err < 0 ? "the file ended before its data (it shrank since it was "
+                                  "opened)" : strerror(err));
+    return SEP_OK;
 }

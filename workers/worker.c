@@ -586,11 +586,17 @@ int main(int argc, char **argv)
         MPI_Comm_size(MPI_COMM_WORLD, &w.stages);
     }
     int rc, n_layers = 0, l0 = 0, l1 = 0;
+    double t0 = sep_now();
     if ((rc = worker_n_layers(o.model, &n_layers)) ||
         (rc = worker_layers(&o, w.rank, w.stages, n_layers, &l0, &l1)) ||
-        (rc = sep_backend_new(&w.be, o.device, o.precision, (int)o.threads)) ||
-        (rc = sep_model_load_stage(&w.m, o.model, w.be, (int)o.max_tokens, l0, l1)))
+        (rc = sep_backend_new(&w.be, o.device, o.precision, (int)o.threads)))
         goto fail;
+    sep_log(SEP_LOG_INFO, "rank %d: %s backend up in %.2f s", w.rank, w.be->name, sep_now() - t0);
+    if ((rc = sep_model_load_stage(&w.m, o.model, w.be, (int)o.max_tokens, l0, l1)))
+        goto fail;
+    char rate[96];
+    sep_log(SEP_LOG_INFO, "rank %d: model loaded: %s", w.rank,
+            sep_rate_str(rate, sizeof rate, (double)w.m->load_bytes, w.m->load_s));
     w.spin_us = o.spin_us >= 0 ? (int)o.spin_us
                 : strncmp(w.be->name, "cuda", 4) == 0 ? WK_SPIN_AUTO_US : 0;
     size_t rows = (size_t)o.max_tokens;
@@ -615,11 +621,12 @@ int main(int argc, char **argv)
         rc = sep_fail(SEP_EIO, "connect %s: %s", o.connect, zmq_strerror(errno));
         goto fail;
     }
-    json_t *hello = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:i}", "op",
-                              SEP_OP_HELLO, "stages", w.stages, "layer0", l0, "layer1", l1,
+    json_t *hello = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:i, s:I, s:f}",
+                              "op", SEP_OP_HELLO, "stages", w.stages, "layer0", l0, "layer1", l1,
                               "n_layers", n_layers, "vocab", w.m->cfg.vocab, "max_tokens",
                               (int)o.max_tokens, "device", w.be->name, "pid",
-                              (json_int_t)getpid(), "dim", w.m->cfg.dim);
+                              (json_int_t)getpid(), "dim", w.m->cfg.dim, "load_bytes",
+                              (json_int_t)w.m->load_bytes, "load_s", w.m->load_s);
     if (!hello || (rc = worker_reply(&w, hello, NULL, 0)))
         goto fail;
     sep_log(SEP_LOG_INFO, "rank %d of %d: layers %d..%d of %d on %s", w.rank, w.stages, l0,
