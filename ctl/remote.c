@@ -1336,6 +1336,31 @@ static int ctl_transfer(const ctl_common_t *o, const char *verb, const char *nam
 
 /* ---- the verbs ---------------------------------------------------------- */
 
+/* generate's sampling options past --temperature and --top-p: sent under
+ * these names (the last two integers), ranges checked by sepd */
+static const char *const gen_fields[] = { "min_p", "repetition_penalty", "presence_penalty",
+                                          "frequency_penalty", "top_k", "penalty_window" };
+#define CTL_GEN_OPT 0x100
+
+/* One of them (option c) into *fields; -1 when arg is not a number. */
+static int ctl_gen_opt(int c, const char *arg, json_t **fields)
+{
+    const char *name = gen_fields[c - CTL_GEN_OPT];
+    int is_int = c - CTL_GEN_OPT >= 4;
+    char *end = NULL;
+    errno = 0;
+    double v = is_int ? (double)strtoll(arg, &end, 10) : strtod(arg, &end);
+    if (*end || end == arg || errno || !isfinite(v)) {
+        fprintf(stderr, "sepctl: --%s: '%s' is not %s\n", name, arg,
+                is_int ? "an integer" : "a finite number");
+        return -1;
+    }
+    if (!*fields && !(*fields = json_object()))
+        return -1;
+    json_object_set_new(*fields, name, is_int ? json_integer((json_int_t)v) : json_real(v));
+    return 0;
+}
+
 int ctl_remote(const char *verb, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1346,7 +1371,13 @@ int ctl_remote(const char *verb, int argc, char **argv)
         { "retry", no_argument, 0, 'R' }, { "from-committed", no_argument, 0, 'F' },
         { "from", required_argument, 0, 'f' }, { "to", required_argument, 0, 't' },
         { "export", required_argument, 0, 'x' }, { "archive", required_argument, 0, 'a' },
-        { 0, 0, 0, 0 } };
+        { "min-p", required_argument, 0, CTL_GEN_OPT },
+        { "repetition-penalty", required_argument, 0, CTL_GEN_OPT + 1 },
+        { "presence-penalty", required_argument, 0, CTL_GEN_OPT + 2 },
+        { "frequency-penalty", required_argument, 0, CTL_GEN_OPT + 3 },
+        { "top-k", required_argument, 0, CTL_GEN_OPT + 4 },
+        { "penalty-window", required_argument, 0, CTL_GEN_OPT + 5 }, { 0, 0, 0, 0 } };
+    json_t *gen_opts = NULL;
     ctl_common_t o = { 0 };
     sep_policy_t pol = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64, .w = 256, .c = 800,
                          .shift = 1 };
@@ -1368,6 +1399,15 @@ int ctl_remote(const char *verb, int argc, char **argv)
             continue;
         }
         char *end = NULL;
+        if (c >= CTL_GEN_OPT && c < CTL_GEN_OPT + 6) {
+            if (!is_gen)
+                goto bad;
+            if (ctl_gen_opt(c, optarg, &gen_opts)) {
+                json_decref(gen_opts);
+                return EXIT_USAGE;
+            }
+            continue;
+        }
         switch (c) {
         case 'k': o.socket = optarg; break;
         case 'j': o.json = 1; break;
@@ -1425,6 +1465,7 @@ int ctl_remote(const char *verb, int argc, char **argv)
         default:
         bad:
             fprintf(stderr, "sepctl: %s: bad option (see sepctl help)\n", verb);
+            json_decref(gen_opts);
             return EXIT_USAGE;
         }
     }
@@ -1477,6 +1518,9 @@ int ctl_remote(const char *verb, int argc, char **argv)
                                 o.nll_out != NULL, "window", SEP_GEN_WINDOW);
         if (req && seed >= 0)
             json_object_set_new(req, "seed", json_integer(seed));
+        if (req && gen_opts)
+            json_object_update(req, gen_opts);
+        json_decref(gen_opts);
         return ctl_generate(&o, name, req);
     }
     return ctl_simple(&o, name, json_pack("{s:s}", "op", verb));
