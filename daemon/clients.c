@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zmq.h>
 
 #define SEPD_BAD_LOG_S 10.0      /* bad requests are summed up this often at most */
