@@ -9,7 +9,9 @@
  * in one forward; then one stream decodes N tokens greedily, one token a
  * step (the argmax of the last token's logits, taken where they are, fed
  * back; --host-argmax: the logits go to the host and the argmax is taken
- * there, as a client sampling them would).
+ * there, as a client sampling them would). Then N more steps sampled on
+ * the device (the pick op: temperature 0.8, top-p 0.95), and N with top-k
+ * 40 and the penalties over the last 256 tokens too, each against greedy.
  * Token ids are pseudo-random with a separator every 12 tokens. */
 #include <getopt.h>
 #include <stdio.h>
@@ -20,6 +22,7 @@
 #include "backend.h"
 #include "err.h"
 #include "model.h"
+#include "sample.h"
 #include "separators.h"
 
 static double now(void)
@@ -153,9 +156,40 @@ int main(int argc, char **argv)
         if (tok < 0)
             return fail(sep_fail(SEP_EIO, "step %d: the logits are not finite", i));
     }
+    double greedy_rate = steps / (now() - t_dec);
     if (steps)
         printf("greedy decode, one token per step: %.1f tokens/s (%d steps, argmax on the %s)\n",
-               steps / (now() - t_dec), steps, host_argmax ? "host" : be->name);
+               greedy_rate, steps, host_argmax ? "host" : be->name);
+    /* sampled on the device: the same steps with a pick, draws from a seed */
+    int32_t recent[256];
+    sep_rng_t rng;
+    sep_rng_seed(&rng, 1);
+    for (int mode = 0; mode < 2 && steps && !host_argmax; mode++) {
+        sep_pick_t pick = { .temperature = 0.8f, .top_p = 0.95f, .repetition = 1,
+                            .limit = m->cfg.vocab, .recent = recent };
+        if (mode) {
+            pick.top_k = 40;
+            pick.repetition = 1.1f;
+            pick.presence = 0.3f;
+            pick.frequency = 0.2f;
+        }
+        double t = now();
+        for (int i = 0; i < steps; i++) {
+            recent[i % 256] = tok;
+            pick.n_recent = mode && i + 1 < 256 ? i + 1 : mode ? 256 : 0;
+            pick.draw = sep_rng_draw(&rng);
+            sep_chunk_t one = { .cache = caches[0], .ids = &tok, .n = 1, .next = &tok,
+                                .next_nll = &tok_nll, .pick = &pick };
+            if ((rc = sep_model_forward(m, &one, 1)))
+                return fail(rc);
+            if (tok < 0)
+                return fail(sep_fail(SEP_EIO, "step %d: the logits are not finite", i));
+        }
+        double rate = steps / (now() - t);
+        printf("sampled decode (%s): %.1f tokens/s, %.1f%% of greedy\n",
+               mode ? "temperature 0.8, top-k 40, top-p 0.95, penalties over 256"
+                    : "temperature 0.8, top-p 0.95", rate, 100 * rate / greedy_rate);
+    }
     free(logits);
     for (int s = 0; s < streams; s++)
         sep_cache_destroy(&caches[s]);

@@ -15,6 +15,8 @@
 #include <stdint.h>
 
 #define SEP_PROTO_VERSION 2        /* 2: generate's stop, ignore_eos and its eos stop */
+#define SEP_WORKER_REVISION 2      /* of the worker ops (hello's "revision"): 2, the last
+                                      stage picks the tokens of generation */
 #define SEP_NAME_MAX 64            /* bytes of a session name */
 #define SEP_FEED_PIECE (1 << 16)   /* most text bytes of one feed message */
 #define SEP_FEED_WINDOW 8          /* feed pieces a client may have unacknowledged */
@@ -53,9 +55,10 @@
 /* sepd -> worker (and the worker's replies) */
 #define SEP_OP_HELLO "hello"         /* worker -> sepd, once */
 #define SEP_OP_W_OPEN "w_open"       /* frame: separator ids (int32) */
-#define SEP_OP_W_BATCH "w_batch"     /* frames: ids, targets (int32) */
-#define SEP_OP_W_DONE "w_done"       /* frames: nll (f32), kv (int32), logits (f32),
-                                        next token (int32), its nll (f32) */
+#define SEP_OP_W_BATCH "w_batch"     /* frames: ids, targets (int32), picks, recent ids,
+                                        holes (int32) */
+#define SEP_OP_W_DONE "w_done"       /* frames: nll (f32), kv (int32), picked token
+                                        (int32), its nll (f32) */
 #define SEP_OP_W_SAVE "w_save"       /* reply frame: the cache state */
 #define SEP_OP_W_ARCHIVE "w_archive" /* worker -> sepd: evicted separators (frames:
                                         sid, pos, id, K, V) */

@@ -1357,7 +1357,7 @@ static int ctl_transfer(const ctl_common_t *o, const char *verb, const char *nam
 
 /* ---- the verbs ---------------------------------------------------------- */
 
-enum { CTL_OPT_STOP = 0x100, CTL_OPT_IGNORE_EOS }; /* long options without a letter */
+enum { CTL_OPT_STOP = 0x200, CTL_OPT_IGNORE_EOS }; /* long options without a letter */
 
 /* A --stop string: 1 to SEP_STOP_LEN bytes of UTF-8, at most SEP_STOP_MAX
  * of them; -1 with the message printed. */
@@ -1393,6 +1393,31 @@ static int ctl_gen_ends(json_t *req, const char *const *stops, int n, int ignore
     return 0;
 }
 
+/* generate's sampling options past --temperature and --top-p: sent under
+ * these names (the last two integers), ranges checked by sepd */
+static const char *const gen_fields[] = { "min_p", "repetition_penalty", "presence_penalty",
+                                          "frequency_penalty", "top_k", "penalty_window" };
+#define CTL_GEN_OPT 0x100
+
+/* One of them (option c) into *fields; -1 when arg is not a number. */
+static int ctl_gen_opt(int c, const char *arg, json_t **fields)
+{
+    const char *name = gen_fields[c - CTL_GEN_OPT];
+    int is_int = c - CTL_GEN_OPT >= 4;
+    char *end = NULL;
+    errno = 0;
+    double v = is_int ? (double)strtoll(arg, &end, 10) : strtod(arg, &end);
+    if (*end || end == arg || errno || !isfinite(v)) {
+        fprintf(stderr, "sepctl: --%s: '%s' is not %s\n", name, arg,
+                is_int ? "an integer" : "a finite number");
+        return -1;
+    }
+    if (!*fields && !(*fields = json_object()))
+        return -1;
+    json_object_set_new(*fields, name, is_int ? json_integer((json_int_t)v) : json_real(v));
+    return 0;
+}
+
 int ctl_remote(const char *verb, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1405,7 +1430,13 @@ int ctl_remote(const char *verb, int argc, char **argv)
         { "export", required_argument, 0, 'x' }, { "archive", required_argument, 0, 'a' },
         { "stop", required_argument, 0, CTL_OPT_STOP },
         { "ignore-eos", no_argument, 0, CTL_OPT_IGNORE_EOS },
-        { 0, 0, 0, 0 } };
+        { "min-p", required_argument, 0, CTL_GEN_OPT },
+        { "repetition-penalty", required_argument, 0, CTL_GEN_OPT + 1 },
+        { "presence-penalty", required_argument, 0, CTL_GEN_OPT + 2 },
+        { "frequency-penalty", required_argument, 0, CTL_GEN_OPT + 3 },
+        { "top-k", required_argument, 0, CTL_GEN_OPT + 4 },
+        { "penalty-window", required_argument, 0, CTL_GEN_OPT + 5 }, { 0, 0, 0, 0 } };
+    json_t *gen_opts = NULL;
     ctl_common_t o = { 0 };
     sep_policy_t pol = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64, .w = 256, .c = 800,
                          .shift = 1 };
@@ -1429,6 +1460,15 @@ int ctl_remote(const char *verb, int argc, char **argv)
             continue;
         }
         char *end = NULL;
+        if (c >= CTL_GEN_OPT && c < CTL_GEN_OPT + 6) {
+            if (!is_gen)
+                goto bad;
+            if (ctl_gen_opt(c, optarg, &gen_opts)) {
+                json_decref(gen_opts);
+                return EXIT_USAGE;
+            }
+            continue;
+        }
         switch (c) {
         case 'k': o.socket = optarg; break;
         case 'j': o.json = 1; break;
@@ -1495,6 +1535,7 @@ int ctl_remote(const char *verb, int argc, char **argv)
         default:
         bad:
             fprintf(stderr, "sepctl: %s: bad option (see sepctl help)\n", verb);
+            json_decref(gen_opts);
             return EXIT_USAGE;
         }
     }
@@ -1551,6 +1592,9 @@ int ctl_remote(const char *verb, int argc, char **argv)
             json_decref(req);
             req = NULL; /* ctl_generate reports it */
         }
+        if (req && gen_opts)
+            json_object_update(req, gen_opts);
+        json_decref(gen_opts);
         return ctl_generate(&o, name, req);
     }
     return ctl_simple(&o, name, json_pack("{s:s}", "op", verb));

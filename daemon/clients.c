@@ -14,6 +14,7 @@
 #include "persist.h"
 #include "grow.h"
 #include "log.h"
+#include "pick.h"
 #include "sample.h"
 #include "util.h"
 
@@ -22,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zmq.h>
 
 #define SEPD_BAD_LOG_S 10.0      /* bad requests are summed up this often at most */
@@ -582,18 +582,68 @@ static void op_close(sepd_t *d, const sep_msg_t *m)
     sepd_step(d, s);
 }
 
+/* generate's sampling fields into *p and *window (docs/protocol.md); 0, or
+ * an error to m's client naming the field. */
+static int gen_sampling(sepd_t *d, const sep_msg_t *m, sep_pick_t *p, int64_t *window)
+{
+    static const char *reals[] = { "temperature", "top_p", "min_p", "repetition_penalty",
+                                   "presence_penalty", "frequency_penalty" };
+    static const char *ints[] = { "top_k", "penalty_window" };
+    const char *bad = NULL;
+    for (int i = 0; i < 6; i++)
+        if (json_object_get(m->hdr, reals[i]) && !json_is_number(json_object_get(m->hdr, reals[i])))
+            bad = reals[i];
+    for (int i = 0; i < 2; i++)
+        if (json_object_get(m->hdr, ints[i]) && !json_is_integer(json_object_get(m->hdr, ints[i])))
+            bad = ints[i];
+    int64_t top_k = sep_msg_int(m, "top_k", 0);
+    *window = sep_msg_int(m, "penalty_window", SEP_PENALTY_WINDOW);
+    *p = (sep_pick_t){ .temperature = (float)sep_msg_real(m, "temperature", 1.0),
+                       .top_p = (float)sep_msg_real(m, "top_p", 1.0),
+                       .min_p = (float)sep_msg_real(m, "min_p", 0.0),
+                       .repetition = (float)sep_msg_real(m, "repetition_penalty", 1.0),
+                       .presence = (float)sep_msg_real(m, "presence_penalty", 0.0),
+                       .frequency = (float)sep_msg_real(m, "frequency_penalty", 0.0),
+                       .top_k = top_k < INT32_MIN ? INT32_MIN
+                                : top_k > INT32_MAX ? INT32_MAX : (int)top_k,
+                       .limit = d->id_limit };
+    if (bad) {
+        sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
+                   "generate: %s must be a%s number", bad,
+                   !strcmp(bad, "top_k") || !strcmp(bad, "penalty_window") ? "n integer" : "");
+        return -1;
+    }
+    if (sep_pick_check(p, d->pool->vocab)) {
+        sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST, "generate: %s",
+                   sep_errmsg());
+        return -1;
+    }
+    if (*window < 0 || *window > SEP_PICK_MAX_RECENT) {
+        sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
+                   "generate: penalty_window %lld: in 0..%d", (long long)*window,
+                   SEP_PICK_MAX_RECENT);
+        return -1;
+    }
+    return 0;
+}
+
 static void op_generate(sepd_t *d, const sep_msg_t *m)
 {
     sep_session_t *s = session_for(d, m);
     if (!s)
         return;
     int64_t n = sep_msg_int(m, "n", -1), window = sep_msg_int(m, "window", SEP_GEN_WINDOW);
-    double temp = sep_msg_real(m, "temperature", 1.0), top_p = sep_msg_real(m, "top_p", 1.0);
-    if (n < 1 || n > SEPD_MAX_GENERATE || !(temp >= 0) || isinf(temp) ||
-        !(top_p > 0 && top_p <= 1) || window < 1 || window > 4096)
+    int64_t pen_window;
+    sep_pick_t p;
+    json_t *seed = json_object_get(m->hdr, "seed");
+    if (n < 1 || n > SEPD_MAX_GENERATE || window < 1 || window > 4096)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
-                          "generate: n in 1..%d, a finite temperature >= 0, 0 < top_p <= 1, "
-                          "window in 1..4096", SEPD_MAX_GENERATE);
+                          "generate: n in 1..%d, window in 1..4096", SEPD_MAX_GENERATE);
+    if (seed && (!json_is_integer(seed) || json_integer_value(seed) < 0))
+        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
+                          "generate: seed must be an integer >= 0");
+    if (gen_sampling(d, m, &p, &pen_window))
+        return;
     sep_stop_t *stop;
     int ignore_eos;
     if (sepd_gen_stops(d, m, &stop, &ignore_eos))
@@ -612,13 +662,13 @@ static void op_generate(sepd_t *d, const sep_msg_t *m)
         sepd_step(d, s);
         return;
     }
-    json_t *seed = json_object_get(m->hdr, "seed");
-    sep_rng_seed(&s->rng, json_is_integer(seed) ? (uint64_t)json_integer_value(seed)
-                                                : (uint64_t)time(NULL) ^ (uint64_t)s->sid << 32);
+    /* without a seed the session's generator goes on where it was */
+    if (seed)
+        sep_rng_seed(&s->rng, (uint64_t)json_integer_value(seed));
     s->op.left = n;
     s->op.window = (int)window;
-    s->temperature = (float)temp;
-    s->top_p = (float)top_p;
+    s->sampler = p;
+    s->penalty_window = (int32_t)pen_window;
     sepd_step(d, s);
 }
 

@@ -6,8 +6,8 @@
  *   control.c   the session state machine: sepd_step() is its one
  *               transition function; the workers' answers to control ops
  *   sched.c     batches: building them (continuous batching), their results
- *   generate.c  generation steps: sampling, the text they add, where they end
- *               (stop.c matches the stop strings)
+ *   generate.c  generation steps: the tokens picked, the text they add, where
+ *               they end (stop.c matches the stop strings)
  *   session.c   one session's text, ids and counters
  *   pool.c      the worker processes; conf.c the settings
  */
@@ -43,8 +43,7 @@
 typedef struct {
     uint32_t sid;
     int off, n;       /* rows [off, off + n) of the batch */
-    int gen;          /* a generation step: logits of its one row ... */
-    int greedy;       /* ... or, at temperature 0, the token the last stage chose */
+    int gen;          /* a generation step: the token the last stage picked */
     int archive;      /* SEP_ARCHIVE_*: the stages ship the separators it evicts */
 } sepd_bchunk_t;
 
@@ -97,8 +96,13 @@ typedef struct sepd {
     int n_flight, max_flight;
     int64_t next_seq;
     int32_t *ids, *targets;   /* (max_batch) a batch being built */
+    uint8_t *picks;           /* (max_batch * SEP_PICK_WIRE) its picks, on the wire */
+    int32_t *recent;          /* (recent_cap) the recent ids its picks count */
+    size_t recent_cap;
     size_t rr;                /* round-robin start */
-    float *sample_scratch;    /* (2 * vocab) */
+    int id_limit;             /* generation picks ids below it that the tokenizer has ... */
+    int32_t *holes;           /* (n_holes) ... but these, which it has not */
+    int n_holes;
     sepd_stats_t stats;
     double workers_heard;     /* last word from a worker, or when they got work */
     double heartbeat_t;
@@ -186,10 +190,8 @@ int sepd_gen_ready(const sepd_t *d, const sep_session_t *s);
 /* The generate op's replies that are due (the NLLs of the text's end,
  * the final one); 1: s is gone. */
 int sepd_gen_progress(sepd_t *d, sep_session_t *s);
-/* A step came back: its token (chosen by the last stage at temperature 0,
- * else sampled here from logits), scored, goes on. */
-void sepd_generated(sepd_t *d, sep_session_t *s, const float *logits, int32_t next,
-                    float next_nll, int32_t kv);
+/* A step came back: its token (picked by the last stage), scored, goes on. */
+void sepd_generated(sepd_t *d, sep_session_t *s, int32_t next, float next_nll, int32_t kv);
 /* Where generate request m ends: its "stop" strings (*stop, NULL when none;
  * the caller owns it) and "ignore_eos". 0, or -1 after an error reply. */
 int sepd_gen_stops(sepd_t *d, const sep_msg_t *m, sep_stop_t **stop, int *ignore_eos);

@@ -3,9 +3,10 @@
  * A generate first scores the end of the session's text (its held tail,
  * tokenized as final); the NLLs of those tokens go to the client in one
  * reply before the first token. Then each step runs the session's last id
- * alone, and its token comes back chosen by the last stage (temperature
- * 0) or is sampled here from the logits with the session's RNG; the token
- * is scored and appended, and its text goes out. The client acknowledges
+ * alone, and its token comes back picked by the last stage where the
+ * logits are (greedy, or sampled with a draw of the session's generator
+ * that went with the step, sched.c); the token is scored and appended,
+ * and its text goes out. The client acknowledges
  * tokens (op ack); at most its window run ahead of what it has read, so a
  * stalled reader stalls only its own session.
  *
@@ -18,7 +19,6 @@
 #include "daemon.h"
 #include "err.h"
 #include "log.h"
-#include "sample.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -142,16 +142,16 @@ static void gen_emit(sepd_t *d, sep_session_t *s, int32_t prev, int32_t tok, flo
     free(b);
 }
 
-void sepd_generated(sepd_t *d, sep_session_t *s, const float *logits, int32_t next,
-                    float next_nll, int32_t kv)
+void sepd_generated(sepd_t *d, sep_session_t *s, int32_t next, float next_nll, int32_t kv)
 {
     int32_t tok = next, prev = s->q[0];
     float nll = next_nll;
     s->gen_inflight = 0;
-    int rc = logits ? sep_sample(logits, d->pool->vocab, s->temperature, s->top_p, &s->rng,
-                                 d->sample_scratch, &tok, &nll)
-             : tok < 0 ? sep_fail(SEP_EINVAL, "the logits are NaN, +inf or all -inf")
-                       : SEP_OK;
+    int rc = tok < 0 ? sep_fail(SEP_EINVAL, "the logits are NaN or +inf, or no id the "
+                                "tokenizer has is finite")
+             : tok >= d->id_limit ? sep_fail(SEP_EIO, "the last stage picked id %d, past the "
+                                             "tokenizer's %d", tok, d->id_limit)
+                                  : SEP_OK;
     /* the step ran: its id is in the cache, so its token is the stream's
      * even when nobody waits for it any more */
     if (rc || sep_session_scored(s, 1, &nll, &kv, 0) || sep_session_push(s, tok)) {

@@ -68,8 +68,16 @@ static int persist_record(const sepd_t *d, const sep_session_t *s, uint32_t stat
         .ids_total = s->ids_total, .checkpoints = s->checkpoints + 1, .nll_sum = s->nll_sum,
         .created = s->created, .saved = wall_now(), .held = (uint8_t *)s->held,
         .held_len = (uint32_t)s->held_len, .tok_at = s->tok_at, .queue = s->q,
-        .n_queue = (uint32_t)s->q_len, .temperature = s->temperature, .top_p = s->top_p,
+        .n_queue = (uint32_t)s->q_len, .temperature = s->sampler.temperature,
+        .top_p = s->sampler.top_p, .min_p = s->sampler.min_p,
+        .repetition = s->sampler.repetition, .presence = s->sampler.presence,
+        .frequency = s->sampler.frequency, .top_k = s->sampler.top_k,
+        .penalty_window = s->penalty_window,
     };
+    _Static_assert(SEP_STORE_MAX_RECENT == SEP_PICK_MAX_RECENT, "a record holds the ring");
+    int32_t recent[SEP_PICK_MAX_RECENT];
+    r.n_recent = (uint32_t)sep_session_recent(s, SEP_PICK_MAX_RECENT, recent);
+    r.recent = recent;
     /* the NLLs the feeding client has not confirmed: sent, and not yet sent */
     float *nlls = NULL;
     size_t n_nlls = s->kept_n + (s->op.keep_nll ? s->out_n : 0);
@@ -174,8 +182,16 @@ static int persist_session(sepd_t *d, const sep_store_session_t *r, sep_session_
     s->created = r->created;
     s->archive = r->archive;
     memcpy(s->rng.s, r->rng, sizeof r->rng);
-    s->temperature = r->temperature;
-    s->top_p = r->top_p;
+    s->sampler = (sep_pick_t){ .temperature = r->temperature, .top_p = r->top_p,
+                               .min_p = r->min_p, .repetition = r->repetition,
+                               .presence = r->presence, .frequency = r->frequency,
+                               .top_k = r->top_k };
+    s->penalty_window = r->penalty_window;
+    /* the ring as it was at the cut (the queue's pushes above went in it
+     * too, and are among these) */
+    for (uint32_t i = 0; i < r->n_recent; i++)
+        s->recent[(r->ids_total - r->n_recent + i) % SEP_PICK_MAX_RECENT] = r->recent[i];
+    s->recent_from = r->ids_total - r->n_recent;
     if (r->n_nlls) {
         if (!(s->kept_nll = malloc(r->n_nlls * sizeof *s->kept_nll))) {
             sep_session_destroy(&s);

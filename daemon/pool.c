@@ -174,6 +174,13 @@ static int pool_wait_hellos(sep_pool_t *p, const sep_pool_opts_t *o)
             return sep_fail(SEP_EFORMAT, "workers: hello from rank %d of %d (expected %d stages)",
                             rank, stages, p->stages);
         }
+        int rev = (int)sep_msg_int(&m, "revision", 1);
+        if (rev != SEP_WORKER_REVISION) {
+            sep_msg_close(&m);
+            return sep_fail(SEP_EFORMAT, "workers: rank %d speaks revision %d of the worker ops, "
+                            "this sepd %d (install sepd and sepd-worker together)", rank, rev,
+                            SEP_WORKER_REVISION);
+        }
         sep_stage_t *s = &p->stage[rank];
         s->rank = rank;
         memcpy(s->peer, m.peer, m.peer_len);

@@ -8,10 +8,13 @@
  * batch to every stage; up to stages + 1 batches are in flight so every
  * stage has the next one queued. The last stage answers each batch in
  * order (w_done) with its NLLs, cache sizes and, for generation steps,
- * logits or the greedy token.
+ * the token it picked: each such step carries its pick (the session's
+ * sampler settings, a draw of its generator when it samples, the recent
+ * ids its penalties count) and the batch the ids the tokenizer lacks.
  */
 #include "daemon.h"
 #include "err.h"
+#include "grow.h"
 #include "persist.h"
 #include "log.h"
 #include "util.h"
@@ -36,6 +39,8 @@ static int sched_may_run(const sep_session_t *s)
 static int sched_one(sepd_t *d)
 {
     sepd_batch_t *b = &d->flight[d->n_flight];
+    int n_pick = 0;
+    size_t n_recent = 0;
     int total = 0, max = d->conf.max_batch < d->pool->max_tokens ? d->conf.max_batch
                                                                  : d->pool->max_tokens;
     b->nc = b->n_gen = 0;
@@ -77,13 +82,26 @@ static int sched_one(sepd_t *d)
         } else {
             continue;
         }
-        memcpy(d->ids + total, s->q + s->sent, (size_t)n * sizeof(int32_t));
-        if (gen)
+        if (gen) {
+            /* the draw is taken now: a cut sees the generator after every
+             * step in flight (there is none then) */
+            sep_pick_t p = s->sampler;
+            int pen = p.repetition != 1 || p.presence != 0 || p.frequency != 0;
+            if (SEP_GROW(d->recent, d->recent_cap, n_recent + SEP_PICK_MAX_RECENT)) {
+                sep_log(SEP_LOG_ERROR, "batch: %s", sep_errmsg());
+                break; /* the batch goes without this step; it waits for the next */
+            }
+            p.n_recent = pen ? sep_session_recent(s, s->penalty_window, d->recent + n_recent) : 0;
+            p.draw = p.temperature > 0 ? sep_rng_draw(&s->rng) : 0;
+            sep_pick_pack(d->picks + (size_t)n_pick++ * SEP_PICK_WIRE, &p);
+            n_recent += (size_t)p.n_recent;
             d->targets[total] = -1;
-        else
+        } else {
             memcpy(d->targets + total, s->q + s->sent + 1, (size_t)n * sizeof(int32_t));
+        }
+        memcpy(d->ids + total, s->q + s->sent, (size_t)n * sizeof(int32_t));
         b->ch[b->nc++] = (sepd_bchunk_t){
-            .sid = s->sid, .off = total, .n = n, .gen = gen, .greedy = gen && s->temperature <= 0,
+            .sid = s->sid, .off = total, .n = n, .gen = gen,
             .archive = s->policy.method == SEP_METHOD_SEPLLM ? (int)s->archive : 0 };
         s->sent += (size_t)n;
         s->gen_inflight |= gen;
@@ -95,17 +113,20 @@ static int sched_one(sepd_t *d)
     d->rr++;
     json_t *chunks = json_array();
     for (int j = 0; chunks && j < b->nc; j++)
-        json_array_append_new(chunks, json_pack("{s:I, s:i, s:b, s:b, s:i}", "sid",
+        json_array_append_new(chunks, json_pack("{s:I, s:i, s:b, s:i}", "sid",
                                                 (json_int_t)b->ch[j].sid, "n", b->ch[j].n,
-                                                "logits", b->ch[j].gen && !b->ch[j].greedy,
-                                                "greedy", b->ch[j].greedy,
+                                                "pick", b->ch[j].gen,
                                                 "archive", b->ch[j].archive));
     b->seq = d->next_seq++;
-    json_t *h = chunks ? json_pack("{s:s, s:I, s:o}", "op", SEP_OP_W_BATCH, "seq",
-                                   (json_int_t)b->seq, "chunks", chunks) : NULL;
-    sep_frame_t f[2] = { { d->ids, (size_t)total * sizeof(int32_t) },
-                         { d->targets, (size_t)total * sizeof(int32_t) } };
-    int rc = h ? sep_pool_send_all(d->pool, h, f, 2) : SEP_ENOMEM;
+    json_t *h = chunks ? json_pack("{s:s, s:I, s:o, s:i}", "op", SEP_OP_W_BATCH, "seq",
+                                   (json_int_t)b->seq, "chunks", chunks, "id_limit",
+                                   d->id_limit) : NULL;
+    sep_frame_t f[5] = { { d->ids, (size_t)total * sizeof(int32_t) },
+                         { d->targets, (size_t)total * sizeof(int32_t) },
+                         { d->picks, (size_t)n_pick * SEP_PICK_WIRE },
+                         { d->recent, n_recent * sizeof(int32_t) },
+                         { d->holes, (size_t)d->n_holes * sizeof(int32_t) } };
+    int rc = h ? sep_pool_send_all(d->pool, h, f, 5) : SEP_ENOMEM;
     json_decref(h);
     d->n_flight++;
     if (rc) {
@@ -142,35 +163,27 @@ void sepd_batch_done(sepd_t *d, const sep_msg_t *m)
         return;
     }
     sepd_batch_t *b = &d->flight[0];
-    int total = b->nc ? b->ch[b->nc - 1].off + b->ch[b->nc - 1].n : 0, n_logit = 0, n_next = 0;
-    for (int j = 0; j < b->nc; j++) {
-        n_logit += b->ch[j].gen && !b->ch[j].greedy;
-        n_next += b->ch[j].greedy;
-    }
-    if (m->n_frames != 5 || m->frames[0].len != (size_t)total * 4 ||
-        m->frames[1].len != (size_t)total * 4 ||
-        m->frames[2].len != (size_t)n_logit * d->pool->vocab * 4 ||
-        m->frames[3].len != (size_t)n_next * 4 || m->frames[4].len != (size_t)n_next * 4) {
+    int total = b->nc ? b->ch[b->nc - 1].off + b->ch[b->nc - 1].n : 0, n_pick = 0;
+    for (int j = 0; j < b->nc; j++)
+        n_pick += b->ch[j].gen;
+    if (m->n_frames != 4 || m->frames[0].len != (size_t)total * 4 ||
+        m->frames[1].len != (size_t)total * 4 || m->frames[2].len != (size_t)n_pick * 4 ||
+        m->frames[3].len != (size_t)n_pick * 4) {
         sep_log(SEP_LOG_ERROR, "batch %lld: malformed answer", (long long)seq);
         d->stop = d->failed = 1;
         return;
     }
-    const float *nll = m->frames[0].data, *logits = m->frames[2].data;
-    const int32_t *kv = m->frames[1].data, *next = m->frames[3].data;
-    const float *next_nll = m->frames[4].data;
-    for (int j = 0, g = 0, gn = 0; j < b->nc; j++) {
+    const float *nll = m->frames[0].data, *next_nll = m->frames[3].data;
+    const int32_t *kv = m->frames[1].data, *next = m->frames[2].data;
+    for (int j = 0, g = 0; j < b->nc; j++) {
         const sepd_bchunk_t *c = &b->ch[j];
         sep_session_t *s = sepd_find_sid(d, c->sid);
         if (s && s->state == SEP_SS_FAILED)
             s = NULL; /* a batch before it failed: nothing of it counts */
         d->tokens_total += c->n;
-        if (c->greedy) {
+        if (c->gen) {
             if (s)
-                sepd_generated(d, s, NULL, next[gn], next_nll[gn], kv[c->off]);
-            gn++;
-        } else if (c->gen) {
-            if (s)
-                sepd_generated(d, s, logits + (size_t)g * d->pool->vocab, -1, 0.0f, kv[c->off]);
+                sepd_generated(d, s, next[g], next_nll[g], kv[c->off]);
             g++;
         } else if (s && sep_session_scored(s, (size_t)c->n, nll + c->off, kv + c->off, 1)) {
             sep_log(SEP_LOG_ERROR, "%s", sep_errmsg());

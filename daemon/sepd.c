@@ -19,6 +19,7 @@
 #include "persist.h"
 #include "storer.h"
 #include "err.h"
+#include "grow.h"
 #include "log.h"
 #include "paths.h"
 #include "pool.h"
@@ -458,9 +459,19 @@ static int sepd_start(sepd_t *d)
     d->flight = calloc((size_t)d->max_flight, sizeof *d->flight);
     d->ids = malloc((size_t)d->conf.max_batch * sizeof *d->ids);
     d->targets = malloc((size_t)d->conf.max_batch * sizeof *d->targets);
-    d->sample_scratch = malloc(2 * (size_t)d->pool->vocab * sizeof(float));
-    if (!d->flight || !d->ids || !d->targets || !d->sample_scratch)
+    d->picks = malloc((size_t)d->conf.max_batch * SEP_PICK_WIRE);
+    if (!d->flight || !d->ids || !d->targets || !d->picks)
         return sep_fail(SEP_ENOMEM, "out of memory");
+    /* generation never picks an id the tokenizer cannot decode */
+    int n_ids = sep_tok_vocab_size(d->tok);
+    d->id_limit = n_ids < d->pool->vocab ? n_ids : d->pool->vocab;
+    size_t holes_cap = 0;
+    for (int32_t id = 0; id < d->id_limit; id++)
+        if (!sep_tok_has_id(d->tok, id)) {
+            if ((rc = SEP_GROW(d->holes, holes_cap, (size_t)d->n_holes + 1)))
+                return rc;
+            d->holes[d->n_holes++] = id;
+        }
     for (int i = 0; i < d->max_flight; i++)
         if (!(d->flight[i].ch = malloc((size_t)d->conf.max_batch * sizeof *d->flight[i].ch)))
             return sep_fail(SEP_ENOMEM, "out of memory");
@@ -489,7 +500,9 @@ static void sepd_cleanup(sepd_t *d)
     free(d->flight);
     free(d->ids);
     free(d->targets);
-    free(d->sample_scratch);
+    free(d->picks);
+    free(d->recent);
+    free(d->holes);
     json_decref(d->stats.workers);
     free(d->stats.waiting);
     sep_tok_destroy(&d->tok);

@@ -45,6 +45,8 @@ int sep_session_new(sep_session_t **out, const char *name, uint32_t sid, const s
     s->policy.is_sep = s->seps.is_sep;
     s->policy.n_vocab = s->seps.n_vocab;
     s->tok_at = SEP_TOK_START;
+    s->sampler = (sep_pick_t){ .temperature = 1, .top_p = 1, .repetition = 1 };
+    s->penalty_window = SEP_PENALTY_WINDOW;
     if ((rc = sep_policy_check(&s->policy)))
         goto fail;
     s->separators = strdup(separators);
@@ -60,6 +62,8 @@ int sep_session_new(sep_session_t **out, const char *name, uint32_t sid, const s
     struct timespec t;
     clock_gettime(CLOCK_REALTIME, &t);
     s->created = t.tv_sec + t.tv_nsec * 1e-9;
+    /* generates without a seed go on from here */
+    sep_rng_seed(&s->rng, (uint64_t)t.tv_sec ^ (uint64_t)t.tv_nsec << 20 ^ (uint64_t)sid << 52);
     *out = s;
     return SEP_OK;
 fail:
@@ -118,6 +122,8 @@ int sep_session_ingest(sep_session_t *s, const sep_tok_t *tok, const char *text,
         if (dropped)
             *dropped = (int64_t)(have - ok);
     }
+    for (size_t i = 0; i < n; i++)
+        s->recent[(s->ids_total + (int64_t)i) % SEP_PICK_MAX_RECENT] = s->q[s->q_len + i];
     s->q_len += n;
     s->ids_total += (int64_t)n;
     memmove(s->held, s->held + used, have - used);
@@ -136,8 +142,17 @@ int sep_session_push(sep_session_t *s, int32_t id)
     if (rc)
         return rc;
     s->q[s->q_len++] = id;
-    s->ids_total++;
+    s->recent[s->ids_total++ % SEP_PICK_MAX_RECENT] = id;
     return SEP_OK;
+}
+
+int sep_session_recent(const sep_session_t *s, int max, int32_t *out)
+{
+    int64_t have = s->ids_total - s->recent_from;
+    int64_t n = have < max ? have : max;
+    for (int64_t i = 0; i < n; i++)
+        out[i] = s->recent[(s->ids_total - n + i) % SEP_PICK_MAX_RECENT];
+    return (int)n;
 }
 
 size_t sep_session_runnable(const sep_session_t *s)

@@ -169,7 +169,11 @@ typedef struct {
     int64_t kept_at;
     /* the sampler: its settings outlive a generate, as its state does */
     sep_rng_t rng;
-    float temperature, top_p;
+    sep_pick_t sampler;           /* the last generate's settings (no ids, no draw) */
+    int32_t penalty_window;       /* the last ids its penalties count */
+    int32_t recent[SEP_PICK_MAX_RECENT]; /* the stream's last ids: id k (from 0, of
+                                     ids_total) at k % SEP_PICK_MAX_RECENT ... */
+    int64_t recent_from;          /* ... from this one on (0, or where a record began) */
     int gen_inflight;             /* a generation step is in a batch (its token is
                                      the stream's even if nobody waits for it) */
     /* durability (persist.c) */
@@ -216,6 +220,10 @@ int sep_session_ingest(sep_session_t *s, const sep_tok_t *tok, const char *text,
 
 /* Append one id (generation). */
 int sep_session_push(sep_session_t *s, int32_t id);
+
+/* The stream's last ids, at most max of them (<= SEP_PICK_MAX_RECENT), in
+ * order into out; returns how many. */
+int sep_session_recent(const sep_session_t *s, int max, int32_t *out);
 
 /* Ids that can go into a batch now (each has its target). */
 size_t sep_session_runnable(const sep_session_t *s);

@@ -81,6 +81,44 @@ typedef struct {
     int dst_stride, src_stride, n, width;
 } sep_rows_t;
 
+/* The most recent ids a pick's penalties count (sep_pick_t.n_recent),
+ * and the penalties' bounds, which keep a penalised logit finite. */
+#define SEP_PICK_MAX_RECENT 4096
+#define SEP_PICK_MIN_REPETITION 0.01
+#define SEP_PICK_MAX_PENALTY 100.0
+
+/* The choice of one row's next token (the pick op), in this order:
+ *   1. penalties, each distinct id of recent once with its count c there
+ *      (repeats included): the repetition penalty (Hugging Face's: a
+ *      positive logit is divided by `repetition`, any other multiplied),
+ *      then presence and frequency (OpenAI's: the logit less presence +
+ *      frequency * c); 1, 0 and 0 are off;
+ *   2. only ids below limit and not in holes may be chosen;
+ *   3. temperature <= 0: the largest logit (the lowest id on ties), else:
+ *   4. each id's weight w = exp((logit - max) / temperature), max the
+ *      largest logit it may take, in fixed point (w * 2^40 rounded down:
+ *      an id below 2^-40 of the best weighs nothing); ids ranked by logit,
+ *      highest first, the lowest id first on ties; the ranks cut by top_k
+ *      (the first top_k; 0: all), then top_p (the fewest first ranks whose
+ *      weight reaches top_p of what top_k left; 1: all), then min_p (the
+ *      ids with w >= min_p; 0: all);
+ *   5. the draw: u = draw * 2^-53 in [0, 1); the token is the kept id, in
+ *      id order, at which the running sum of weights first exceeds u times
+ *      the kept total.
+ * All in host memory; recent and holes are ids below the row's vocab,
+ * holes below limit. */
+typedef struct {
+    float temperature, top_p, min_p;     /* top_p in (0, 1], min_p in [0, 1] */
+    float repetition, presence, frequency; /* [0.01, 100], [-100, 100], [-100, 100] */
+    int top_k;                           /* >= 0 */
+    int limit;                           /* 1..vocab: ids at or past it are never chosen */
+    const int32_t *holes;                /* (n_holes) ids below limit never chosen */
+    int n_holes;
+    const int32_t *recent;               /* (n_recent) ids the penalties count */
+    int n_recent;                        /* 0..SEP_PICK_MAX_RECENT */
+    uint64_t draw;                       /* 53 random bits */
+} sep_pick_t;
+
 struct sep_backend {
     const char *name;
     int n_threads;
@@ -154,8 +192,8 @@ struct sep_backend {
                        const double *inv_freq, int rot_dim);
     /* Make the operations ready for attention over up to max_keys keys,
      * gathers of up to max_rows rows of up to max_width floats, and NLLs
-     * of up to max_rows rows (scratch memory): the one call besides alloc
-     * that can fail for memory (SEP_ENOMEM). */
+     * and picks of up to max_rows rows (scratch memory): the one call
+     * besides alloc that can fail for memory (SEP_ENOMEM). */
     int (*reserve)(sep_backend_t *be, int max_keys, int max_rows, int max_width);
     /* Wait for queued work; a device fault since the last sync is
      * reported here (SEP_EIO, naming it). */
@@ -179,13 +217,15 @@ struct sep_backend {
      * vocab); target[i] < 0 skips row i. targets and nll in host memory. */
     void (*nll)(sep_backend_t *be, float *nll, const float *logits,
                 const int32_t *target, int n, int vocab);
-    /* Greedy decoding where the logits are: token[i] = the index of the
-     * largest value of row i (the lowest on ties) and nll[i] = logsumexp
-     * of the row minus that value, -log p(token); a row holding a NaN or
-     * +inf, or all -inf, gets token -1 and nll NaN. n rows of vocab;
-     * token and nll in host memory. */
-    void (*greedy)(sep_backend_t *be, int32_t *token, float *nll, const float *logits, int n,
-                   int vocab);
+    /* The next token where the logits are (decoding, greedy or sampled):
+     * token[i] chosen from row i as picks[i] says (sep_pick_t), nll[i] =
+     * -log p(token[i]) under the softmax of row i as it came (every id,
+     * no penalty). A row holding a NaN or +inf, or whose ids that may be
+     * chosen are all -inf, gets token -1 and nll NaN. n rows of vocab;
+     * the rows are scratch (left undefined); token, nll and picks in host
+     * memory. The same picks on the same rows give the same tokens. */
+    void (*pick)(sep_backend_t *be, int32_t *token, float *nll, float *logits, int n, int vocab,
+                 const sep_pick_t *picks);
 
     void (*destroy)(sep_backend_t *be);
 };

@@ -5,6 +5,7 @@
 #include "backend.h"
 #include "err.h"
 #include "fastmath.h"
+#include "pick.h"
 
 #include <math.h>
 #include <omp.h>
@@ -419,21 +420,12 @@ static void cpu_nll(sep_backend_t *be, float *nll, const float *logits,
     }
 }
 
-static void cpu_greedy(sep_backend_t *be, int32_t *token, float *nll, const float *logits,
-                       int n, int vocab)
+static void cpu_pick(sep_backend_t *be, int32_t *token, float *nll, float *logits, int n,
+                     int vocab, const sep_pick_t *picks)
 {
     #pragma omp parallel for num_threads(be->n_threads) schedule(static)
-    for (int i = 0; i < n; i++) {
-        const float *row = logits + (size_t)i * vocab;
-        int best = 0, bad = 0;
-        for (int j = 0; j < vocab; j++) {
-            bad |= !(row[j] < INFINITY);
-            best = row[j] > row[best] ? j : best;
-        }
-        bad |= row[best] == -INFINITY;
-        token[i] = bad ? -1 : best;
-        nll[i] = bad ? NAN : sep_logsumexp(row, vocab) - row[best];
-    }
+    for (int i = 0; i < n; i++)
+        sep_pick_row(&token[i], &nll[i], logits + (size_t)i * vocab, vocab, &picks[i]);
 }
 
 static int cpu_sync(sep_backend_t *be)
@@ -497,7 +489,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->swiglu = cpu_swiglu;
     be->gelu = cpu_gelu;
     be->nll = cpu_nll;
-    be->greedy = cpu_greedy;
+    be->pick = cpu_pick;
     be->destroy = cpu_destroy;
     *out = be;
     return SEP_OK;

@@ -11,6 +11,7 @@
 extern "C" {
 #include "backend.h"
 #include "err.h"
+#include "pick.h"
 }
 
 #include <cublas_v2.h>
@@ -58,7 +59,7 @@ typedef struct {
     cudaStream_t stream;
     cublasHandle_t blas;
     unsigned char *d_ring; /* (ring_len bytes) indices, positions, targets staged;
-                              NLLs and greedy tokens on their way back */
+                              NLLs and picked tokens on their way back */
     unsigned char *h_ring; /* (ring_len bytes) the same, pinned host memory */
     size_t ring_len, ring_at;
     load_slot_t load[LOAD_SLOTS]; /* stage buffers of a load, allocated as it asks */
@@ -1954,55 +1955,395 @@ static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
             nll[i] = got[i];
 }
 
-/* One block a row: each thread keeps the largest value it saw (its first
- * index on ties) and a running sum of exp over it; the block agrees on
- * the maximum, then on the lowest index holding it. nll is the log of the
- * sum of exp(v - max): logsumexp minus the chosen value. */
-__global__ void k_greedy(int32_t *token, float *nll, const float *logits, int vocab)
+/* ---- pick ------------------------------------------------------------------ *
+ * One block of PICK_THREADS a row, the row in global memory (it stays in
+ * L2): the softmax of the row as it came (the NLL), the penalties and the
+ * holes written into it, then the cuts as radix selections on the keys
+ * of pick.h, a digit a pass, each pass a histogram of counts or weights
+ * (fixed point: integer atomics, so the sums and every choice are the
+ * same each run) in shared memory; no sort of the vocabulary. */
+#define PICK_THREADS 1024
+
+typedef unsigned long long pick_u64;
+
+/* A row's pick as the kernel reads it from the ring; its ids (recent,
+ * holes) at offsets into the call's id area. */
+typedef struct {
+    float temperature, top_p, min_p, repetition, presence, frequency;
+    int top_k, limit;
+    int recent_at, n_recent, holes_at, n_holes;
+    pick_u64 draw;
+} pick_dev_t;
+
+/* What the cuts see of a row: ids [0, limit) above -inf, the cut so far. */
+struct pick_ctx {
+    const float *row;
+    int limit;
+    float max, t, min_p;
+    float cut;            /* SEP_PICK_CUT * t */
+    int all;              /* no cut yet: every id ranks in */
+    uint32_t cut_key;     /* else: ids whose key is above, or equal with id <= cut_id */
+    int cut_id;
+};
+
+enum { PICK_TIE, PICK_CUT, PICK_KEPT };
+
+__device__ __forceinline__ float pick_w(const pick_ctx &c, float v)
 {
+    float d = v - c.max;
+    return d < c.cut ? 0.0f : __expf(d / c.t);
+}
+
+__device__ __forceinline__ pick_u64 pick_weight(const pick_ctx &c, float v)
+{
+    return (pick_u64)(pick_w(c, v) * SEP_PICK_ONE);
+}
+
+/* Id j's amount: TIE, 1 when its key is tie_key; CUT, its weight when the
+ * cut keeps it; KEPT, the same once min_p passed it too. */
+__device__ __forceinline__ pick_u64 pick_amount(const pick_ctx &c, int mode, int j,
+                                                uint32_t tie_key)
+{
+    float v = c.row[j];
+    if (!(v > -INFINITY))
+        return 0;
+    uint32_t k = sep_pick_key(v);
+    if (mode == PICK_TIE)
+        return k == tie_key;
+    if (!c.all && !(k > c.cut_key || (k == c.cut_key && j <= c.cut_id)))
+        return 0;
+    float w = pick_w(c, v);
+    if (mode == PICK_KEPT && c.min_p > 0 && !(w >= c.min_p))
+        return 0;
+    return (pick_u64)(w * SEP_PICK_ONE);
+}
+
+__device__ __forceinline__ pick_u64 warp_sum_u64(pick_u64 v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ pick_u64 warp_scan_u64(pick_u64 v)
+{
+    int lane = threadIdx.x & 31;
+    for (int o = 1; o < 32; o <<= 1) {
+        pick_u64 u = __shfl_up_sync(0xffffffffu, v, o);
+        v += lane >= o ? u : 0;
+    }
+    return v;
+}
+
+/* The block's sum of v, to every thread. */
+__device__ pick_u64 block_sum_u64(pick_u64 v)
+{
+    __shared__ pick_u64 part[32];
+    v = warp_sum_u64(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+        part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    pick_u64 s = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++)
+        s += part[w];
+    return s;
+}
+
+/* The sum of v over the threads before this one. */
+__device__ pick_u64 block_excl_u64(pick_u64 v)
+{
+    __shared__ pick_u64 part[32];
+    pick_u64 inc = warp_scan_u64(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 31)
+        part[threadIdx.x >> 5] = inc;
+    __syncthreads();
+    pick_u64 before = 0;
+    for (int w = 0; w < (int)(threadIdx.x >> 5); w++)
+        before += part[w];
+    return before + inc - v;
+}
+
+/* The first id (in id order) at which the running amount exceeds x
+ * (x below the total): each warp sums a span of ids, then the warp whose
+ * span holds it scans its span 32 ids at a time. */
+__device__ int pick_find(const pick_ctx &c, int mode, uint32_t tie_key, pick_u64 x)
+{
+    __shared__ pick_u64 wsum[32];
+    __shared__ int found;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int span = ((c.limit + nw - 1) / nw + 31) & ~31;
+    int lo = warp * span, hi = min(lo + span, c.limit);
+    pick_u64 s = 0;
+    for (int j = lo + lane; j < hi; j += 32)
+        s += pick_amount(c, mode, j, tie_key);
+    s = warp_sum_u64(s);
+    if (threadIdx.x == 0)
+        found = -1;
+    if (lane == 0)
+        wsum[warp] = s;
+    __syncthreads();
+    pick_u64 acc = 0;
+    for (int w = 0; w < warp; w++)
+        acc += wsum[w];
+    if (acc <= x && x < acc + wsum[warp]) {
+        for (int base = lo; base < hi; base += 32) {
+            int j = base + lane;
+            pick_u64 inc = warp_scan_u64(j < hi ? pick_amount(c, mode, j, tie_key) : 0);
+            unsigned hit = __ballot_sync(0xffffffffu, acc + inc > x);
+            if (hit) {
+                if (lane == __ffs(hit) - 1)
+                    found = j;
+                break;
+            }
+            acc += __shfl_sync(0xffffffffu, inc, 31);
+        }
+    }
+    __syncthreads();
+    int r = found;
+    __syncthreads();
+    return r;
+}
+
+/* The rank at which the running amount in rank order (1 each, or with
+ * mass the weight) first reaches goal (1 <= goal <= the total): its key
+ * and id, to every thread. A digit a pass: the histogram of the ids whose
+ * higher digits are those found, then the bucket, from the top, where the
+ * goal falls (thread t holds buckets 2047 - 2t and 2046 - 2t). */
+__device__ void pick_select(const pick_ctx &c, int mass, pick_u64 goal, uint32_t *key, int *id,
+                            pick_u64 *hist)
+{
+    __shared__ uint32_t s_bucket;
+    __shared__ pick_u64 s_goal;
+    uint32_t pref = 0, pmask = 0;
+    for (int d = 0; d < SEP_PICK_DIGITS; d++) {
+        int shift = sep_pick_shift(d);
+        uint32_t dmask = sep_pick_dmask(d);
+        for (int b = threadIdx.x; b < SEP_PICK_BUCKETS; b += blockDim.x)
+            hist[b] = 0;
+        __syncthreads();
+        for (int j = threadIdx.x; j < c.limit; j += blockDim.x) {
+            float v = c.row[j];
+            uint32_t k = sep_pick_key(v);
+            if (v > -INFINITY && (k & pmask) == pref) {
+                pick_u64 a = mass ? pick_weight(c, v) : 1;
+                if (a)
+                    atomicAdd(&hist[(k >> shift) & dmask], a);
+            }
+        }
+        __syncthreads();
+        int b0 = SEP_PICK_BUCKETS - 1 - 2 * (int)threadIdx.x, b1 = b0 - 1;
+        pick_u64 h0 = b1 >= 0 ? hist[b0] : 0, h1 = b1 >= 0 ? hist[b1] : 0;
+        pick_u64 before = block_excl_u64(h0 + h1);
+        if (before < goal && goal <= before + h0) {
+            s_bucket = (uint32_t)b0;
+            s_goal = goal - before;
+        } else if (before + h0 < goal && goal <= before + h0 + h1) {
+            s_bucket = (uint32_t)b1;
+            s_goal = goal - before - h0;
+        }
+        __syncthreads();
+        pref |= s_bucket << shift;
+        pmask |= dmask << shift;
+        goal = s_goal;
+        __syncthreads();
+    }
+    /* ties share the key: the goal-th amount falls in the n-th of them */
+    pick_u64 each = mass ? pick_weight(c, sep_pick_unkey(pref)) : 1;
+    *key = pref;
+    *id = pick_find(c, PICK_TIE, pref, (goal + each - 1) / each - 1);
+}
+
+__global__ void __launch_bounds__(PICK_THREADS)
+k_pick(const pick_dev_t *picks, int32_t *area, int32_t *token, float *nll, float *logits,
+       int vocab)
+{
+    __shared__ pick_u64 hist[SEP_PICK_BUCKETS];
+    __shared__ int ids[SEP_PICK_MAX_RECENT];
     griddep_wait();
     griddep_launch();
-    const float *row = logits + (size_t)blockIdx.x * vocab;
+    const pick_dev_t p = picks[blockIdx.x];
+    float *row = logits + (size_t)blockIdx.x * vocab;
+    int tid = threadIdx.x, nt = blockDim.x;
+    /* the softmax of the row as it came */
     float m = -INFINITY, s = 0.0f;
-    int best = vocab, bad = 0;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+    int bad = 0;
+    for (int j = tid; j < vocab; j += nt) {
         float v = row[j];
         bad |= !(v < INFINITY);
-        if (v > m) { /* -inf adds nothing; a NaN fails every test */
+        if (v > m) {
             s = s * __expf(m - v) + 1.0f;
             m = v;
-            best = j;
         } else if (v > -INFINITY) {
             s += __expf(v - m);
         }
     }
     bad = __syncthreads_or(bad);
     float mx = block_max(m);
+    float lse = mx + logf(block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx)));
+    /* the penalties, each distinct id once: the recent ids sorted in
+     * shared memory (bitonic), the logit of the first of each run kept in
+     * its place in the area for the NLL */
+    int n_rec = p.n_recent;
+    int pen = !bad && n_rec > 0 && (p.repetition != 1 || p.presence != 0 || p.frequency != 0);
+    int32_t *rec = area + p.recent_at;
+    if (pen) {
+        int P = 1;
+        while (P < n_rec)
+            P <<= 1;
+        for (int i = tid; i < P; i += nt)
+            ids[i] = i < n_rec ? rec[i] : INT32_MAX;
+        __syncthreads();
+        for (int k = 2; k <= P; k <<= 1)
+            for (int h = k >> 1; h > 0; h >>= 1) {
+                for (int i = tid; i < P; i += nt) {
+                    int o = i ^ h;
+                    if (o > i && (ids[i] > ids[o]) == ((i & k) == 0)) {
+                        int x = ids[i];
+                        ids[i] = ids[o];
+                        ids[o] = x;
+                    }
+                }
+                __syncthreads();
+            }
+        for (int i = tid; i < n_rec; i += nt) {
+            int id = ids[i];
+            if (i > 0 && ids[i - 1] == id)
+                continue;
+            int lo = i + 1, hi = n_rec;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (ids[mid] <= id)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            float v = row[id];
+            ((float *)rec)[i] = v;
+            row[id] = sep_pick_penalize(v, lo - i, p.repetition, p.presence, p.frequency);
+        }
+        __syncthreads();
+    }
+    for (int i = tid; !bad && i < p.n_holes; i += nt)
+        row[area[p.holes_at + i]] = -INFINITY;
+    __syncthreads();
+    /* the best id it may take */
+    float m2 = -INFINITY;
+    int best = vocab, count = 0;
+    for (int j = tid; j < p.limit; j += nt) {
+        float v = row[j];
+        count += v > -INFINITY;
+        if (v > m2) {
+            m2 = v;
+            best = j;
+        }
+    }
+    float vmax = block_max(m2);
     /* indices below 2^24 are exact as floats */
-    int at = (int)block_reduce(m == mx ? (float)best : (float)vocab, op_min(), (float)vocab);
-    float sum = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx));
-    if (threadIdx.x == 0) {
-        bad |= mx == -INFINITY;
-        token[blockIdx.x] = bad ? -1 : at;
-        nll[blockIdx.x] = bad ? NAN : logf(sum);
+    int tok = (int)block_reduce(m2 == vmax ? (float)best : (float)vocab, op_min(), (float)vocab);
+    int n_valid = (int)block_sum_u64((pick_u64)count);
+    if (bad || !(vmax > -INFINITY && vmax < INFINITY)) {
+        if (tid == 0) {
+            token[blockIdx.x] = -1;
+            nll[blockIdx.x] = NAN;
+        }
+        return;
+    }
+    if (p.temperature > 0) {
+        pick_ctx c = { row, p.limit, vmax, p.temperature, p.min_p,
+                       SEP_PICK_CUT * p.temperature, 1, 0, 0 };
+        if (p.top_k > 0 && p.top_k < n_valid) {
+            pick_select(c, 0, (pick_u64)p.top_k, &c.cut_key, &c.cut_id, hist);
+            c.all = 0;
+        }
+        pick_u64 part = 0;
+        for (int j = tid; j < p.limit; j += nt)
+            part += pick_amount(c, PICK_CUT, j, 0);
+        pick_u64 total = block_sum_u64(part);
+        if (p.top_p < 1) {
+            pick_u64 goal = (pick_u64)ceil((double)p.top_p * (double)total);
+            goal = goal < 1 ? 1 : goal > total ? total : goal;
+            pick_select(c, 1, goal, &c.cut_key, &c.cut_id, hist);
+            c.all = 0;
+        }
+        part = 0;
+        for (int j = tid; j < p.limit; j += nt)
+            part += pick_amount(c, PICK_KEPT, j, 0);
+        pick_u64 kept = block_sum_u64(part);
+        /* the best id weighs 2^40 and every cut keeps it: kept > 0 */
+        pick_u64 x = (pick_u64)((double)p.draw * 0x1p-53 * (double)kept);
+        tok = pick_find(c, PICK_KEPT, 0, x < kept ? x : kept - 1);
+    }
+    if (tid == 0) {
+        float v = row[tok];
+        if (pen) {
+            int lo = 0, hi = n_rec;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (ids[mid] < tok)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            if (lo < n_rec && ids[lo] == tok)
+                v = ((float *)rec)[lo];
+        }
+        token[blockIdx.x] = tok;
+        nll[blockIdx.x] = lse - v;
     }
 }
 
-static void cuda_greedy(sep_backend_t *be, int32_t *token, float *nll, const float *logits,
-                        int n, int vocab)
+static void cuda_pick(sep_backend_t *be, int32_t *token, float *nll, float *logits, int n,
+                      int vocab, const sep_pick_t *picks)
 {
     cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
-    if (n <= 0)
-        return;
-    /* the answers come back through the pinned ring: 8 bytes a row */
-    size_t bytes = (size_t)n * (sizeof(int32_t) + sizeof(float));
-    size_t at = cuda_ring_take(cb, bytes);
-    int32_t *d_tok = (int32_t *)(cb->d_ring + at);
-    cuda_launch(cb->stream, k_greedy, n, 1024, 0, d_tok, (float *)(d_tok + n), logits, vocab);
-    const unsigned char *got = cuda_ring_fetch(cb, at, bytes);
-    memcpy(token, got, (size_t)n * sizeof(int32_t));
-    memcpy(nll, got + (size_t)n * sizeof(int32_t), (size_t)n * sizeof(float));
+    /* rows go in groups whose staging fits half the ring: their picks,
+     * their ids (holes shared with the row before stage once), and the
+     * answers coming back, 8 bytes a row */
+    for (int i0 = 0, i1; i0 < n; i0 = i1) {
+        size_t n_ids = 0;
+        for (i1 = i0; i1 < n; i1++) {
+            int shared = i1 > i0 && picks[i1].holes == picks[i1 - 1].holes &&
+                         picks[i1].n_holes == picks[i1 - 1].n_holes;
+            size_t more = (size_t)picks[i1].n_recent + (shared ? 0 : (size_t)picks[i1].n_holes);
+            size_t bytes = (size_t)(i1 + 1 - i0) * (sizeof(pick_dev_t) + 8) + (n_ids + more) * 4;
+            if (i1 > i0 && bytes > cb->ring_len / 2)
+                break;
+            n_ids += more;
+        }
+        int m = i1 - i0;
+        size_t head = (size_t)m * sizeof(pick_dev_t), in = head + n_ids * 4;
+        size_t at = cuda_ring_take(cb, in + (size_t)m * 8);
+        pick_dev_t *dp = (pick_dev_t *)(cb->h_ring + at);
+        int32_t *area = (int32_t *)(cb->h_ring + at + head);
+        int off = 0;
+        for (int i = 0; i < m; i++) {
+            const sep_pick_t *q = &picks[i0 + i];
+            pick_dev_t *d = &dp[i];
+            *d = (pick_dev_t){ q->temperature, q->top_p, q->min_p, q->repetition, q->presence,
+                               q->frequency, q->top_k, q->limit, off, q->n_recent, 0,
+                               q->n_holes, q->draw };
+            memcpy(area + off, q->recent, (size_t)q->n_recent * sizeof(int32_t));
+            off += q->n_recent;
+            if (i > 0 && q->holes == q[-1].holes && q->n_holes == q[-1].n_holes) {
+                d->holes_at = d[-1].holes_at;
+            } else {
+                d->holes_at = off;
+                memcpy(area + off, q->holes, (size_t)q->n_holes * sizeof(int32_t));
+                off += q->n_holes;
+            }
+        }
+        cuda_ring_send(cb, at, in);
+        int32_t *d_tok = (int32_t *)(cb->d_ring + at + in);
+        cuda_launch(cb->stream, k_pick, m, PICK_THREADS, 0, (const pick_dev_t *)(cb->d_ring + at),
+                    (int32_t *)(cb->d_ring + at + head), d_tok, (float *)(d_tok + m),
+                    logits + (size_t)i0 * vocab, vocab);
+        const unsigned char *got = cuda_ring_fetch(cb, at + in, (size_t)m * 8);
+        memcpy(token + i0, got, (size_t)m * sizeof(int32_t));
+        memcpy(nll + i0, got + (size_t)m * sizeof(int32_t), (size_t)m * sizeof(float));
+    }
 }
 
 /* ---- life ------------------------------------------------------------------ */
@@ -2088,7 +2429,7 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     be->swiglu = cuda_swiglu;
     be->gelu = cuda_gelu;
     be->nll = cuda_nll;
-    be->greedy = cuda_greedy;
+    be->pick = cuda_pick;
     be->destroy = cuda_destroy;
     *out = be;
     return SEP_OK;

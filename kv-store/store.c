@@ -326,21 +326,24 @@ static int delete_data(sep_store_t *st, uint32_t sid, uint64_t *blocks, uint64_t
 enum {
     T_NAME = 1, T_SID, T_STATE, T_SETTINGS, T_SEPARATORS, T_SEP_IDS, T_ARCHIVE, T_MODEL_FP,
     T_PRECISION, T_STAGES, T_COUNTERS, T_REALS, T_HELD, T_TOK_AT, T_QUEUE, T_SAMPLER,
-    T_OWNER, T_NLLS, T_END
+    T_OWNER, T_NLLS, T_PICK, T_RECENT, T_END
 };
 /* fields a record may leave out (a later addition: records without it read) */
 #define TAGS_OPTIONAL (1u << T_NLLS)
+/* fields version 2 added: a version 1 record has none of them */
+#define TAGS_V2 (1u << T_PICK | 1u << T_RECENT)
 static const char *tag_name[T_END] = {
     [T_NAME] = "name", [T_SID] = "sid", [T_STATE] = "state", [T_SETTINGS] = "settings",
     [T_SEPARATORS] = "separators", [T_SEP_IDS] = "sep_ids", [T_ARCHIVE] = "archive",
     [T_MODEL_FP] = "model_fp", [T_PRECISION] = "precision", [T_STAGES] = "stages",
     [T_COUNTERS] = "counters", [T_REALS] = "reals", [T_HELD] = "held", [T_TOK_AT] = "tok_at",
     [T_QUEUE] = "queue", [T_SAMPLER] = "sampler", [T_OWNER] = "owner", [T_NLLS] = "nlls",
+    [T_PICK] = "pick", [T_RECENT] = "recent",
 };
 /* exact length of each fixed-size field (0: variable) */
 static const uint32_t tag_len[T_END] = {
     [T_SID] = 4, [T_STATE] = 4, [T_SETTINGS] = 24, [T_ARCHIVE] = 4, [T_MODEL_FP] = 32,
-    [T_COUNTERS] = 64, [T_REALS] = 24, [T_TOK_AT] = 4, [T_SAMPLER] = 40,
+    [T_COUNTERS] = 64, [T_REALS] = 24, [T_TOK_AT] = 4, [T_SAMPLER] = 40, [T_PICK] = 24,
 };
 #define STAGE_BYTES 16 /* layer0, layer1, state_len */
 
@@ -368,10 +371,14 @@ static const char *record_check(const sep_store_session_t *r, char why[160])
     else if (r->n_nlls && (r->nll_at < 0 || r->nll_at + (int64_t)r->n_nlls > r->tokens))
         snprintf(why, 160, "NLLs of tokens %lld..%lld of %lld", (long long)r->nll_at,
                  (long long)(r->nll_at + (int64_t)r->n_nlls), (long long)r->tokens);
+    else if (r->n_recent > SEP_STORE_MAX_RECENT || (int64_t)r->n_recent > r->ids_total)
+        snprintf(why, 160, "%u recent ids of %lld (at most %d)", r->n_recent,
+                 (long long)r->ids_total, SEP_STORE_MAX_RECENT);
     else if (r->owner_len > sizeof r->owner)
         snprintf(why, 160, "owner of %u bytes (at most %zu)", r->owner_len, sizeof r->owner);
     else if ((r->n_sep_ids && !r->sep_ids) || (r->held_len && !r->held) ||
-             (r->n_queue && !r->queue) || (r->n_nlls && !r->nlls))
+             (r->n_queue && !r->queue) || (r->n_nlls && !r->nlls) ||
+             (r->n_recent && !r->recent))
         snprintf(why, 160, "a count without its array");
     else
         why[0] = 0;
@@ -442,6 +449,12 @@ static void encode_body(wbuf_t *w, const sep_store_session_t *r)
     w_bytes(w, &r->temperature, 4);
     w_bytes(w, &r->top_p, 4);
     w_field(w, T_OWNER, r->owner, r->owner_len);
+    w_tag(w, T_PICK, 24);
+    const float pf[4] = { r->min_p, r->repetition, r->presence, r->frequency };
+    w_bytes(w, pf, sizeof pf);
+    w_bytes(w, &r->top_k, 4);
+    w_bytes(w, &r->penalty_window, 4);
+    w_field(w, T_RECENT, r->recent, (size_t)r->n_recent * 4);
     if (r->n_nlls) {
         w_tag(w, T_NLLS, 8 + (size_t)r->n_nlls * 4);
         w_u64(w, (uint64_t)r->nll_at);
@@ -473,7 +486,7 @@ int sep_store_session_encode(const sep_store_session_t *r, uint8_t **buf, size_t
         return sep_fail(SEP_ENOMEM, "record of session '%s': no memory for %zu bytes", r->name,
                         total);
     memcpy(b, "SEPS", 4);
-    le16(b + 4, 1);
+    le16(b + 4, SEP_STORE_RECORD);
     le16(b + 6, 0);
     le32(b + 8, (uint32_t)body);
     w = (wbuf_t){ b + 12, 0 };
@@ -493,7 +506,9 @@ void sep_store_session_free(sep_store_session_t *r)
     free(r->held);
     free(r->queue);
     free(r->nlls);
+    free(r->recent);
     r->separators = NULL, r->sep_ids = NULL, r->held = NULL, r->queue = NULL, r->nlls = NULL;
+    r->recent = NULL;
 }
 
 /* A copy of n bytes (plus a NUL when text) into a new allocation: n was
@@ -542,11 +557,24 @@ static int decode_field(sep_store_session_t *r, unsigned tag, const uint8_t *v, 
         return dup_field((void **)&r->separators, v, n, 1);
     case T_SEP_IDS:
     case T_QUEUE:
+    case T_RECENT: {
         if (n % 4)
             return sep_fail(SEP_EFORMAT, "record: field %s of %u bytes is not whole ids",
                             tag_name[tag], n);
-        *(tag == T_QUEUE ? &r->n_queue : &r->n_sep_ids) = n / 4;
-        return dup_field((void **)(tag == T_QUEUE ? &r->queue : &r->sep_ids), v, n, 0);
+        uint32_t *count = tag == T_QUEUE ? &r->n_queue : tag == T_RECENT ? &r->n_recent
+                                                                          : &r->n_sep_ids;
+        int32_t **ids = tag == T_QUEUE ? &r->queue : tag == T_RECENT ? &r->recent : &r->sep_ids;
+        *count = n / 4;
+        return dup_field((void **)ids, v, n, 0);
+    }
+    case T_PICK:
+        memcpy(&r->min_p, v, 4);
+        memcpy(&r->repetition, v + 4, 4);
+        memcpy(&r->presence, v + 8, 4);
+        memcpy(&r->frequency, v + 12, 4);
+        r->top_k = (int32_t)get_le32(v + 16);
+        r->penalty_window = (int32_t)get_le32(v + 20);
+        return SEP_OK;
     case T_ARCHIVE: r->archive = get_le32(v); return SEP_OK;
     case T_MODEL_FP: memcpy(r->model_fp, v, 32); return SEP_OK;
     case T_STAGES:
@@ -614,9 +642,9 @@ int sep_store_session_decode(sep_store_session_t *r, const uint8_t *buf, size_t 
     if (get_le32(buf + len - 4) != sep_crc32c(0, buf, len - 4))
         return sep_fail(SEP_EFORMAT, "record: checksum mismatch");
     unsigned version = get_le16(buf + 4), flags = get_le16(buf + 6);
-    if (version > 1)
+    if (version > SEP_STORE_RECORD)
         return sep_fail(SEP_EUNSUPPORTED, "record: version %u, made by a newer sepd (this one "
-                        "reads 1)", version);
+                        "reads 1 to %d)", version, SEP_STORE_RECORD);
     if (version == 0 || flags)
         return sep_fail(SEP_EFORMAT, "record: version %u flags %u", version, flags);
     const uint8_t *p = buf + 12, *end = p + body;
@@ -646,6 +674,12 @@ int sep_store_session_decode(sep_store_session_t *r, const uint8_t *buf, size_t 
                 goto fail;
         }
         p += n;
+    }
+    if (version == 1 && !(seen & TAGS_V2)) {
+        /* before version 2: the penalties off, nothing recent */
+        r->repetition = 1;
+        r->penalty_window = 64;
+        seen |= TAGS_V2;
     }
     for (unsigned tag = 1; tag < T_END; tag++)
         if (!(seen & (1u << tag)) && !(TAGS_OPTIONAL & (1u << tag))) {

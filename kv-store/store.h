@@ -56,6 +56,8 @@
 
 #define SEP_STORE_FORMAT 1       /* the version of the store this code writes and reads */
 #define SEP_STORE_MAX_STAGES 64  /* pipeline stages a snapshot can have */
+#define SEP_STORE_MAX_RECENT 4096 /* recent ids a record holds */
+#define SEP_STORE_RECORD 2       /* the version of the session records this code writes */
 #define SEP_STORE_BLOCK_PAGES 64 /* pages of each full snapshot block */
 
 enum { SEP_STORE_ACTIVE = 1, SEP_STORE_SUSPENDED = 2 };                       /* record state */
@@ -148,9 +150,16 @@ typedef struct {
     int32_t tok_at;
     int32_t *queue;               /* (n_queue) */
     uint32_t n_queue;
-    /* the sampler */
+    /* the sampler: its generator, the last generate's settings and the
+       stream's last ids (ids_total - n_recent .. ids_total - 1), which its
+       penalties count (version 2; a version 1 record reads as penalties
+       off, window 64, no recent ids) */
     uint64_t rng[4];
     float temperature, top_p;
+    float min_p, repetition, presence, frequency;
+    int32_t top_k, penalty_window;
+    int32_t *recent;              /* (n_recent) */
+    uint32_t n_recent;            /* <= SEP_STORE_MAX_RECENT and ids_total */
     /* the NLLs of tokens nll_at + 1 .. nll_at + n_nlls that the feeding client
        had not confirmed at the cut (feed --retry replays them after a restart);
        an optional field: records without it read */
@@ -167,13 +176,14 @@ typedef struct {
 
 /* Encoding of a record: a versioned, checksummed, extensible binary:
  *     0  "SEPS"
- *     4  uint16 version (1), uint16 flags (0)
+ *     4  uint16 version (2; 1 is read), uint16 flags (0)
  *     8  uint32 body length B
  *    12  body: TLV fields, each uint16 tag, uint32 length, value
  *  12+B  uint32 CRC32C of bytes [0, 12 + B)
  * Little-endian. A decoder skips tags it does not know, so a later version
- * can add fields without breaking this one; version 1 requires every tag
- * it defines, each once and of its exact length. */
+ * can add fields without breaking this one; a version requires every tag
+ * it defines, each once and of its exact length (version 2 added the
+ * sampling settings and the recent ids). */
 
 /* Encode r into a malloc'ed *buf of *len bytes (the caller frees it).
  * A record that is not valid (name, state, archive, counts above their

@@ -7,7 +7,7 @@
 # SEPD, ZSTORE, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZSTORE:?}"
-echo "1..48"
+echo "1..50"
 
 # checkpoints every second, small uncommitted bounds: crashes land between them
 conf=$tmp/sepd.conf
@@ -287,6 +287,33 @@ run "$SEPCTL" feed k2 --from-committed <"$tmp/book.txt"
 "$SEPCTL" close k2 --json >"$tmp/k2.json"
 ok "two stages: kill -9, restart, --from-committed: eval's figures" \
     'test $rc = 0 && same_figures "$tmp/k2.json" "$tmp/book.txt.json"'
+stop_daemon
+
+# ---- sampled generation goes on exactly across suspend and crashes --------
+# every sampling setting on, the penalties' window reaching into the text
+gen="--temperature 0.9 --top-k 50 --top-p 0.95 --min-p 0.02 --repetition-penalty 1.3
+     --presence-penalty 0.2 --frequency-penalty 0.1 --penalty-window 40"
+toks() { grep -o '"token": *[0-9]*' "$1" | sed 's/.*: *//' | tr '\n' ' '; }
+start_daemon
+for s in g0 g1 g2; do
+    "$SEPCTL" open $s >/dev/null
+    head -c 3000 "$tmp/short.txt" | "$SEPCTL" feed $s >/dev/null
+done
+"$SEPCTL" generate g0 -n 30 --seed 11 $gen --json >"$tmp/g0.json"
+"$SEPCTL" generate g1 -n 12 --seed 11 $gen --json >"$tmp/g1.json"
+"$SEPCTL" suspend g1 >/dev/null
+"$SEPCTL" resume g1 >/dev/null
+"$SEPCTL" generate g1 -n 18 $gen --json >>"$tmp/g1.json"
+ok "a sampled generate suspended, resumed and generated on: the uninterrupted tokens" \
+    'test "$(toks "$tmp/g1.json")" = "$(toks "$tmp/g0.json")" && test $(toks "$tmp/g0.json" | wc -w) = 30'
+"$SEPCTL" generate g2 -n 12 --seed 11 $gen --json >"$tmp/g2.json"
+"$SEPCTL" flush g2 >/dev/null
+killall_daemon
+start_daemon
+wait_for 20 "state_is g2 active"
+"$SEPCTL" generate g2 -n 18 $gen --json >>"$tmp/g2.json"
+ok "... and after kill -9 of sepd and a restart" \
+    'test "$(toks "$tmp/g2.json")" = "$(toks "$tmp/g0.json")"'
 stop_daemon
 
 exit $((failed > 0))

@@ -593,9 +593,10 @@ static void test_nll(void **state)
     be->free(be, dl);
 }
 
-/* The greedy token of a row and its NLL: ties go to the lowest index,
+/* The greedy pick of a row and its NLL: ties go to the lowest index,
  * -inf entries count for nothing, a NaN or +inf or an all -inf row gives
- * -1. Rows wider than a block's threads, the largest value last. */
+ * -1. Rows wider than a block's threads, the largest value last. (The
+ * sampled picks: test_sample.) */
 static void test_greedy(void **state)
 {
     (void)state;
@@ -616,7 +617,10 @@ static void test_greedy(void **state)
     int32_t tok[6];
     float nll[6];
     float *dl = dev(lg, (size_t)n * vocab);
-    be->greedy(be, tok, nll, dl, n, vocab);
+    sep_pick_t greedy[6];
+    for (int i = 0; i < n; i++)
+        greedy[i] = (sep_pick_t){ .top_p = 1, .repetition = 1, .limit = vocab };
+    be->pick(be, tok, nll, dl, n, vocab, greedy);
     for (int i = 0; i < n; i++) {
         assert_int_equal(tok[i], want_tok[i]);
         if (tok[i] < 0) {

@@ -6,7 +6,7 @@
 # SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZCLIENT:?}"
-echo "1..45"
+echo "1..47"
 
 zc() { "$ZCLIENT" "$sock"; }
 
@@ -173,6 +173,17 @@ ok "a piece over 64 KiB: too_large, not bad_input" 'grep -q "\"code\":\"too_larg
 # ---- 9. the smaller things ------------------------------------------------
 run "$SEPCTL" generate z1 -n 3 --temperature inf
 ok "--temperature inf is a usage error" 'test $rc = 2'
+run "$SEPCTL" generate z1 -n 3 --top-k ten
+ok "--top-k ten is a usage error" 'test $rc = 2 && grep -q "top-k" "$tmp/err"'
+bad_gen=0
+for b in "--min-p 2 min_p" "--repetition-penalty 0 repetition_penalty" \
+    "--presence-penalty 1000 presence_penalty" "--frequency-penalty -500 frequency_penalty" \
+    "--top-k -3 top_k" "--penalty-window 5000 penalty_window"; do
+    set -- $b
+    run "$SEPCTL" generate z1 -n 3 "$1" "$2"
+    { test $rc = 1 && grep -q "generate: $3" "$tmp/err"; } || bad_gen=$((bad_gen + 1))
+done
+ok "sampling settings out of range: sepd names each" 'test $bad_gen = 0'
 run "$SEPCTL" open bad --method sepllm --capacity 10 --window 20
 ok "an invalid cache combination: exit 2, as eval" 'test $rc = 2'
 seps=$(seq 200 230 | paste -sd, -)

@@ -134,6 +134,17 @@ static void fill_record(sep_store_session_t *r, const char *name, uint32_t sid, 
     r->temperature = 0.8f;
     uint32_t fnan = 0x7fc00123u;
     memcpy(&r->top_p, &fnan, 4);
+    r->min_p = 0.05f;
+    r->repetition = 1.25f;
+    r->presence = -0.5f;
+    memcpy(&r->frequency, &fnan, 4);
+    r->top_k = 40;
+    r->penalty_window = 300;
+    r->n_recent = 5;
+    r->recent = malloc(5 * sizeof *r->recent);
+    for (int i = 0; i < 5; i++)
+        r->recent[i] = (int32_t)(rnd(&seed) >> 44);
+    r->ids_total = r->ids_total < 5 ? 5 : r->ids_total;
     r->owner_len = 10;
     memcpy(r->owner, "owner\0\x01\x02\x03\x04", 10);
 }
@@ -188,6 +199,14 @@ static void assert_records_equal(const sep_store_session_t *a, const sep_store_s
     assert_memory_equal(a->rng, b->rng, 32);
     assert_memory_equal(&a->temperature, &b->temperature, 4);
     assert_memory_equal(&a->top_p, &b->top_p, 4);
+    const float fa[4] = { a->min_p, a->repetition, a->presence, a->frequency };
+    const float fb[4] = { b->min_p, b->repetition, b->presence, b->frequency };
+    assert_memory_equal(fa, fb, sizeof fa);
+    assert_int_equal(a->top_k, b->top_k);
+    assert_int_equal(a->penalty_window, b->penalty_window);
+    assert_int_equal(a->n_recent, b->n_recent);
+    if (a->n_recent)
+        assert_memory_equal(a->recent, b->recent, a->n_recent * 4);
     assert_int_equal(a->owner_len, b->owner_len);
     assert_memory_equal(a->owner, b->owner, a->owner_len);
 }
@@ -360,7 +379,7 @@ static void test_crc32c(void **state)
 static uint8_t *frame(const uint8_t *body, size_t n, size_t *len)
 {
     uint8_t *b = malloc(n + 16);
-    memcpy(b, "SEPS\1\0\0\0", 8);
+    memcpy(b, "SEPS\2\0\0\0", 8);
     uint32_t n32 = (uint32_t)n;
     memcpy(b + 8, &n32, 4);
     memcpy(b + 12, body, n);
@@ -414,12 +433,43 @@ static void test_record_round_trip(void **state)
     assert_fails(sep_store_session_decode(&d, f, flen), SEP_EFORMAT, "field name twice");
     free(f);
     free(body);
+    /* version 1, before the pick settings (tag 19) and the recent ids (20):
+     * it reads with the penalties off and nothing recent; version 2 needs
+     * both */
+    body = malloc(n);
+    size_t kept = 0;
+    for (size_t at = 0; at < n;) {
+        uint16_t tag;
+        uint32_t flen32;
+        memcpy(&tag, buf + 12 + at, 2);
+        memcpy(&flen32, buf + 12 + at + 2, 4);
+        if (tag != 19 && tag != 20) {
+            memcpy(body + kept, buf + 12 + at, 6 + flen32);
+            kept += 6 + flen32;
+        }
+        at += 6 + flen32;
+    }
+    assert_true(kept < n);
+    f = frame(body, kept, &flen);
+    assert_fails(sep_store_session_decode(&d, f, flen), SEP_EFORMAT, "field pick missing");
+    f[4] = 1;
+    uint32_t crc = sep_crc32c(0, f, flen - 4);
+    memcpy(f + flen - 4, &crc, 4);
+    assert_ok(sep_store_session_decode(&d, f, flen));
+    assert_true(d.repetition == 1 && d.presence == 0 && d.frequency == 0 && d.min_p == 0 &&
+                d.top_k == 0 && d.penalty_window == 64 && d.n_recent == 0 && !d.recent);
+    assert_true(d.temperature == r.temperature && d.tokens == r.tokens);
+    sep_store_session_free(&d);
+    free(f);
+    free(body);
+
     /* a newer version, well formed */
-    buf[4] = 2;
-    uint32_t crc = sep_crc32c(0, buf, len - 4);
+    assert_int_equal(buf[4], SEP_STORE_RECORD);
+    buf[4] = SEP_STORE_RECORD + 1;
+    crc = sep_crc32c(0, buf, len - 4);
     memcpy(buf + len - 4, &crc, 4);
     assert_fails(sep_store_session_decode(&d, buf, len), SEP_EUNSUPPORTED, "newer sepd");
-    buf[4] = 1;
+    buf[4] = SEP_STORE_RECORD;
     buf[20] ^= 1;
     assert_fails(sep_store_session_decode(&d, buf, len), SEP_EFORMAT, "checksum mismatch");
     free(buf);

@@ -481,6 +481,9 @@ static void test_decode_range(void **state)
     assert_non_null(strstr(sep_errmsg(), "8192"));
     ids[1] = -1;
     assert_int_equal(sep_tok_decode(t, ids, 2, &s, &n), SEP_ERANGE);
+    /* the ids it decodes, as generation caps them */
+    assert_true(sep_tok_has_id(t, 0) && sep_tok_has_id(t, 8191));
+    assert_false(sep_tok_has_id(t, 8192) || sep_tok_has_id(t, -1));
     sep_tok_destroy(&t);
 }
 

@@ -3,6 +3,7 @@
 #include "model.h"
 #include "err.h"
 #include "grow.h"
+#include "pick.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -324,9 +325,10 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     r->rows = malloc(t * sizeof(int32_t));
     r->nll = malloc((size_t)r->logit_rows * sizeof(float));
     r->next = malloc((size_t)r->logit_rows * sizeof(int32_t));
+    r->picks = malloc((size_t)r->logit_rows * sizeof *r->picks);
     if (!r->x || !r->h || !r->o || !r->qkv || !r->att || !r->ff || !r->act ||
         (last && !r->logits) || !r->cs || !r->k_raw || !r->pos || !r->rows || !r->nll ||
-        !r->next)
+        !r->next || !r->picks)
         return sep_fail(SEP_ENOMEM, "model: no memory for a forward of %d tokens", max_tokens);
     return SEP_OK;
 }
@@ -564,6 +566,7 @@ void sep_model_destroy(sep_model_t **self_p)
     free(r->rows);
     free(r->nll);
     free(r->next);
+    free(r->picks);
     free(m->layers);
     free(m->inv_freq);
     free(m);
@@ -626,6 +629,9 @@ static int model_check_batch(const sep_model_t *m, const sep_chunk_t *ch, int nc
                 return sep_fail(SEP_ERANGE, "forward: target id %d outside the vocabulary (%d)",
                                 ch[j].targets[i], m->cfg.vocab);
         }
+        int rc = ch[j].pick ? sep_pick_check(ch[j].pick, m->cfg.vocab) : SEP_OK;
+        if (rc)
+            return sep_fail(rc, "forward: chunk %d: %s", j, sep_errmsg());
         n += ch[j].n;
     }
     *total = n;
@@ -662,19 +668,17 @@ static void model_score(sep_model_t *m, sep_chunk_t *ch, int nc, int n)
 }
 
 /* Logits of each chunk's last token where asked for (the logits
- * themselves or the greedy token after them), from the final hidden
+ * themselves, or the token picked from them), from the final hidden
  * states h (the rows gathered into o unless they are h's first), a block
  * at a time. */
 static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
 {
     sep_backend_t *be = m->be;
     sep_run_t *r = &m->run;
-    int k = 0, greedy = 0;
+    int k = 0;
     for (int j = 0, row = 0; j < nc; row += ch[j].n, j++)
-        if (ch[j].logits || ch[j].next) {
+        if (ch[j].logits || ch[j].next)
             r->rows[k++] = row + ch[j].n - 1;
-            greedy |= ch[j].next != NULL;
-        }
     if (k == 0)
         return;
     size_t vocab = (size_t)m->cfg.vocab;
@@ -687,16 +691,25 @@ static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
             last = r->o;
             break;
         }
+    /* a chunk that gives no pick takes the greedy token of every id */
+    sep_pick_t greedy = { .temperature = 0, .top_p = 1, .repetition = 1, .limit = m->cfg.vocab };
     for (int b = 0, j = 0; b < k; b += r->logit_rows) {
-        int rows = k - b < r->logit_rows ? k - b : r->logit_rows;
+        int rows = k - b < r->logit_rows ? k - b : r->logit_rows, n_pick = 0;
         be->matmul(be, r->logits, last + (size_t)b * m->cfg.dim, m->lm_head, NULL, rows);
-        if (greedy)
-            be->greedy(be, r->next, r->nll, r->logits, rows, (int)vocab);
+        for (int i = 0, jj = j; i < rows; i++, jj++) {
+            while (!ch[jj].logits && !ch[jj].next)
+                jj++;
+            /* the logits go out before the pick works on them */
+            if (ch[jj].logits)
+                be->download(be, ch[jj].logits, r->logits + i * vocab, vocab * sizeof(float));
+            r->picks[i] = ch[jj].pick ? *ch[jj].pick : greedy;
+            n_pick += ch[jj].next != NULL;
+        }
+        if (n_pick)
+            be->pick(be, r->next, r->nll, r->logits, rows, (int)vocab, r->picks);
         for (int i = 0; i < rows; i++, j++) {
             while (!ch[j].logits && !ch[j].next)
                 j++;
-            if (ch[j].logits)
-                be->download(be, ch[j].logits, r->logits + i * vocab, vocab * sizeof(float));
             if (ch[j].next) {
                 *ch[j].next = r->next[i];
                 *ch[j].next_nll = r->nll[i];

@@ -78,7 +78,8 @@ typedef struct {
     int64_t *pos;    /* (max_tokens) rotary position of each row, host */
     int32_t *rows;   /* (max_tokens) host scratch for indices and targets */
     float *nll;      /* (logit_rows) host: a block's NLLs, or its greedy tokens' */
-    int32_t *next;   /* (logit_rows) host: a block's greedy tokens */
+    int32_t *next;   /* (logit_rows) host: a block's picked tokens */
+    sep_pick_t *picks; /* (logit_rows) host: how each row of a block picks */
     float *slot_cs;  /* (n_slot_cs, rot_dim) rope cos|sin at positions 0.., backend */
     int n_slot_cs;   /* positions slot_cs covers (re-rotation after compaction) */
     sep_plan_t *plans; /* (n_plans) compaction plan of each chunk of a batch */
@@ -129,11 +130,14 @@ typedef struct {
                                K/V is appended, before any compaction */
     float *logits;          /* (vocab) out or NULL: host logits of the chunk's last
                                token (last stage only; other stages leave it alone) */
-    int32_t *next;          /* (1) out or NULL: the greedy token after the chunk, the
-                               argmax of those logits (lowest id on ties), chosen where
-                               they are computed; -1 when they hold a NaN or +inf or
-                               are all -inf (last stage only, as logits) */
+    int32_t *next;          /* (1) out or NULL: the token after the chunk, picked from
+                               those logits where they are computed (backend.h, pick)
+                               as pick says; -1 when they hold a NaN or +inf or no id
+                               it may take is finite (last stage only, as logits) */
     float *next_nll;        /* (1) out, with next: -log p(next) */
+    const sep_pick_t *pick; /* with next: how; NULL: greedy (the argmax, lowest id on
+                               ties, over the whole vocabulary); a pick out of range
+                               fails the forward (SEP_EINVAL) before it runs */
     int archive;            /* 1: collect the separators this chunk's compactions evict
                                (sep_model_evicted) */
 } sep_chunk_t;

@@ -1,9 +1,7 @@
-/* sample.c: greedy and top-p sampling over a seeded xoshiro256**. */
+/* sample.c: the seeded xoshiro256** of generation, and picks on the wire. */
 #include "sample.h"
-#include "err.h"
 
-#include <math.h>
-#include <stdlib.h>
+#include <string.h>
 
 /* splitmix64 and xoshiro256** as published by Blackman and Vigna. */
 static uint64_t splitmix64(uint64_t *x)
@@ -37,79 +35,31 @@ uint64_t sep_rng_next(sep_rng_t *r)
     return out;
 }
 
-/* A candidate token: its weight exp((logit - max) / temperature). */
-typedef struct {
-    float w;
-    int32_t id;
-} cand_t;
-_Static_assert(sizeof(cand_t) == 2 * sizeof(float), "scratch holds vocab candidates");
-
-/* Weight descending, then id ascending: a total order, so the nucleus
- * does not depend on qsort's algorithm. */
-static int cand_cmp(const void *pa, const void *pb)
+uint64_t sep_rng_draw(sep_rng_t *r)
 {
-    const cand_t *a = pa, *b = pb;
-    if (a->w != b->w)
-        return a->w > b->w ? -1 : 1;
-    return (a->id > b->id) - (a->id < b->id);
+    return sep_rng_next(r) >> 11;
 }
 
-int sep_sample(const float *logits, int vocab, float temperature, float top_p, sep_rng_t *r,
-               void *scratch, int32_t *token, float *nll)
+/* x86-64 and arm64 are little-endian: the fields' own bytes */
+void sep_pick_pack(uint8_t *out, const sep_pick_t *p)
 {
-    if (vocab < 1)
-        return sep_fail(SEP_EINVAL, "sample: vocab %d", vocab);
-    if (!(top_p > 0 && top_p <= 1))
-        return sep_fail(SEP_EINVAL, "sample: top_p %g is not in (0, 1]", top_p);
-    /* an infinite temperature would divide -inf logits into NaN */
-    if (!(temperature < INFINITY))
-        return sep_fail(SEP_EINVAL, "sample: temperature %g", temperature);
-    int best = 0;
-    for (int i = 0; i < vocab; i++) {
-        /* NaN or +inf would leave no distribution to draw from */
-        if (!(logits[i] < INFINITY))
-            return sep_fail(SEP_EINVAL, "sample: logit of token %d is %g", i, logits[i]);
-        if (logits[i] > logits[best])
-            best = i;
-    }
-    double max = logits[best];
-    if (max == -INFINITY)
-        return sep_fail(SEP_EINVAL, "sample: every logit is -inf");
+    const float f[6] = { p->temperature, p->top_p, p->min_p, p->repetition, p->presence,
+                         p->frequency };
+    const int32_t n[2] = { p->top_k, p->n_recent };
+    memcpy(out, f, sizeof f);
+    memcpy(out + 24, n, sizeof n);
+    memcpy(out + 32, &p->draw, 8);
+}
 
-    int32_t tok = best;
-    if (temperature > 0) {
-        cand_t *cand = scratch;
-        double total = 0;
-        for (int i = 0; i < vocab; i++) {
-            cand[i] = (cand_t){ (float)exp((logits[i] - max) / temperature), i };
-            total += cand[i].w;
-        }
-        /* the nucleus: the first k candidates by weight whose sum reaches
-         * top_p of the total (all of them when top_p is 1) */
-        int k = vocab;
-        if (top_p < 1) {
-            qsort(cand, (size_t)vocab, sizeof *cand, cand_cmp);
-            double need = top_p * total, sum = 0;
-            for (k = 0; k < vocab && sum < need; k++)
-                sum += cand[k].w;
-            total = sum;
-        }
-        double x = (double)(sep_rng_next(r) >> 11) * 0x1.0p-53 * total, acc = 0;
-        /* the first candidate whose cumulative weight passes x; rounding
-         * that leaves x at the very end picks the last one of weight > 0 */
-        for (int j = 0; j < k; j++) {
-            if (cand[j].w > 0)
-                tok = cand[j].id;
-            acc += cand[j].w;
-            if (x < acc)
-                break;
-        }
-    }
-
-    double sum = 0;
-    for (int i = 0; i < vocab; i++)
-        sum += exp(logits[i] - max);
-    *nll = (float)(max + log(sum) - logits[tok]);
-    *token = tok;
-    return SEP_OK;
+void sep_pick_unpack(sep_pick_t *p, const uint8_t *in)
+{
+    float f[6];
+    int32_t n[2];
+    memcpy(f, in, sizeof f);
+    memcpy(n, in + 24, sizeof n);
+    memcpy(&p->draw, in + 32, 8);
+    p->temperature = f[0], p->top_p = f[1], p->min_p = f[2];
+    p->repetition = f[3], p->presence = f[4], p->frequency = f[5];
+    p->top_k = n[0];
+    p->n_recent = n[1];
 }

@@ -1,14 +1,18 @@
-/* sample.h: the next token of a generation, from a row of logits.
+/* sample.h: what a generation's sampling needs outside the backend's
+ * pick op (backend.h, sep_pick_t, which chooses the token where the
+ * logits are): the seeded generator the draws come from, and a pick's
+ * form on the wire between sepd and the last stage.
  *
- * Greedy or temperature sampling with a top-p (nucleus) cut, drawn from a
- * seeded xoshiro256** generator: the same seed and logits give the same
- * tokens on any machine (a draw is the top 53 bits of one 64-bit output;
- * weights are computed in double through libm's exp).
+ * The generator is xoshiro256** seeded through splitmix64, so a seed
+ * means the same draws on any machine; a draw is the top 53 bits of one
+ * 64-bit output.
  */
 #ifndef SEP_SAMPLE_H
 #define SEP_SAMPLE_H
 
 #include <stdint.h>
+
+#include "backend.h"
 
 typedef struct {
     uint64_t s[4]; /* xoshiro256** state */
@@ -20,17 +24,18 @@ void sep_rng_seed(sep_rng_t *r, uint64_t seed);
 /* The next 64 random bits. */
 uint64_t sep_rng_next(sep_rng_t *r);
 
-/* The next token from logits (vocab floats, left unchanged; -inf masks a
- * token, NaN or +inf is SEP_EINVAL). temperature <= 0 is greedy: the
- * argmax, the lowest id on ties; r and scratch are then unused (may be
- * NULL). Otherwise the token is drawn with one output of r from
- * softmax(logits / temperature) restricted to the smallest set of most
- * likely tokens (ties: lowest id first) whose probability reaches top_p;
- * scratch is caller memory of 2 * vocab floats (8 * vocab bytes, 4-byte
- * aligned). *nll receives -log p(token) under the unmodified softmax of
- * logits. Returns SEP_EINVAL for vocab < 1, top_p outside (0, 1] or a
- * temperature that is NaN or +inf. */
-int sep_sample(const float *logits, int vocab, float temperature, float top_p, sep_rng_t *r,
-               void *scratch, int32_t *token, float *nll);
+/* The next draw of a pick: the top 53 bits of the next output. */
+uint64_t sep_rng_draw(sep_rng_t *r);
+
+/* The ids generate's penalties count unless told (its penalty_window). */
+#define SEP_PENALTY_WINDOW 64
+
+/* A pick's settings on the wire (w_batch's picks frame), SEP_PICK_WIRE
+ * bytes, little-endian: f32 temperature, top_p, min_p, repetition,
+ * presence, frequency; int32 top_k, n_recent; uint64 draw. */
+#define SEP_PICK_WIRE 40
+void sep_pick_pack(uint8_t *out, const sep_pick_t *p);
+/* Those fields of p from in (limit, holes and recent are left alone). */
+void sep_pick_unpack(sep_pick_t *p, const uint8_t *in);
 
 #endif

@@ -46,6 +46,11 @@ int sep_tok_vocab_size(const sep_tok_t *tok)
     return tok->nids;
 }
 
+int sep_tok_has_id(const sep_tok_t *tok, int32_t id)
+{
+    return id >= 0 && id < tok->nids && tok->text_off[id] != HOLE;
+}
+
 /* obj[key] as a bool; dflt when absent or null. */
 static int jbool(json_t *obj, const char *key, bool dflt, bool *out,
                  const char *path, const char *field)

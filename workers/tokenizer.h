@@ -37,6 +37,9 @@ void sep_tok_destroy(sep_tok_t **self_p);
 sep_tok_kind_t sep_tok_kind(const sep_tok_t *tok);
 /* Number of ids, added tokens included (max id + 1). */
 int sep_tok_vocab_size(const sep_tok_t *tok);
+/* Whether id is a token's (0 for ids out of range and the holes below
+ * the size that no token has): the ids sep_tok_decode takes. */
+int sep_tok_has_id(const sep_tok_t *tok, int32_t id);
 
 /* Encode len bytes of UTF-8 text. *ids is malloc'ed (caller frees), *n
  * its length. Invalid UTF-8 (as sep_utf8_scan defines it, utf8.h):

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "model.h"
 #include "proto.h"
+#include "sample.h"
 #include "util.h"
 
 #include <errno.h>
@@ -51,10 +52,9 @@ typedef struct {
     sep_chunk_t *chunks;  /* (max_tokens) a batch's chunks */
     float *nll;           /* (max_tokens) */
     int32_t *kv;          /* (max_tokens) */
-    float *logits;        /* (max_tokens, vocab) grown on demand */
-    size_t logits_cap;
-    int32_t *next;        /* (max_tokens) greedy tokens of a batch's chunks that ask */
+    int32_t *next;        /* (max_tokens) tokens picked for a batch's chunks that ask */
     float *next_nll;      /* (max_tokens) their nlls */
+    sep_pick_t *picks;    /* (max_tokens) how they pick */
     int *archive;         /* (max_tokens) a batch's chunks: 0, or the dtype of their archive */
     uint32_t *chunk_sid;  /* (max_tokens) a batch's chunks: their sessions */
     void *arch;           /* w_archive frames being built, grown on demand */
@@ -247,14 +247,13 @@ static int worker_fault(const worker_t *w, const char *op)
  * after it skip the batch (the failing stage reported it). */
 enum { WK_TAG_HEAD = 1, WK_TAG_ROWS = 2 };
 
-static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed, int *n_logit,
-                            int *n_next)
+static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed, int *n_pick)
 {
     json_t *arr = json_object_get(m->hdr, "chunks");
     size_t nc = json_array_size(arr);
     if (upstream_failed)
         return SEP_EIO;
-    if (nc < 1 || nc > (size_t)w->m->run.max_tokens || m->n_frames < 2)
+    if (nc < 1 || nc > (size_t)w->m->run.max_tokens || m->n_frames != 5)
         return sep_fail(SEP_EFORMAT, "w_batch: %zu chunks, %d frames", nc, m->n_frames);
     const int32_t *ids = m->frames[0].data, *targets = m->frames[1].data;
     size_t total = m->frames[0].len / 4;
@@ -262,21 +261,18 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
         total > (size_t)w->m->run.max_tokens)
         return sep_fail(SEP_EFORMAT, "w_batch: id frames of %zu and %zu bytes",
                         m->frames[0].len, m->frames[1].len);
+    /* the picks: their settings, the recent ids they count, the holes */
+    const uint8_t *wire = m->frames[2].data;
+    const int32_t *recent = m->frames[3].data, *holes = m->frames[4].data;
+    size_t n_wire = m->frames[2].len / SEP_PICK_WIRE, n_recent = m->frames[3].len / 4;
+    int limit = (int)sep_msg_int(m, "id_limit", w->m->cfg.vocab);
+    if (m->frames[2].len % SEP_PICK_WIRE || m->frames[3].len % 4 || m->frames[4].len % 4)
+        return sep_fail(SEP_EFORMAT, "w_batch: pick frames of %zu, %zu and %zu bytes",
+                        m->frames[2].len, m->frames[3].len, m->frames[4].len);
     int last = w->m->layer1 == w->m->cfg.n_layers;
-    size_t vocab = (size_t)w->m->cfg.vocab;
-    *n_logit = *n_next = 0;
+    size_t at = 0, used = 0;
+    int np = 0;
     w->gen_batch = 0;
-    for (size_t j = 0; j < nc; j++)
-        *n_logit += json_is_true(json_object_get(json_array_get(arr, j), "logits"));
-    if (last && (size_t)*n_logit * vocab > w->logits_cap) {
-        float *nl = realloc(w->logits, (size_t)*n_logit * vocab * sizeof *nl);
-        if (!nl)
-            return sep_fail(SEP_ENOMEM, "w_batch: no memory for %d logit rows", *n_logit);
-        w->logits = nl;
-        w->logits_cap = (size_t)*n_logit * vocab;
-    }
-    size_t at = 0;
-    int g = 0, gn = 0;
     for (size_t j = 0; j < nc; j++) {
         json_t *c = json_array_get(arr, j);
         uint32_t sid = (uint32_t)json_integer_value(json_object_get(c, "sid"));
@@ -289,29 +285,41 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
         for (size_t k = 0; k < j; k++)
             if (w->chunks[k].cache == s->cache)
                 return sep_fail(SEP_EFORMAT, "w_batch: session %u twice in one batch", sid);
-        int want = json_is_true(json_object_get(c, "logits"));
-        w->gen_batch |= want || json_is_true(json_object_get(c, "greedy"));
         int archive = (int)json_integer_value(json_object_get(c, "archive"));
         if (archive < 0 || archive > 2)
             return sep_fail(SEP_EFORMAT, "w_batch: archive %d for session %u", archive, sid);
         w->archive[j] = archive;
-        int greedy = json_is_true(json_object_get(c, "greedy")) && last;
+        int pick = json_is_true(json_object_get(c, "pick"));
+        w->gen_batch |= pick;
+        if (pick && (size_t)np == n_wire)
+            return sep_fail(SEP_EFORMAT, "w_batch: more picking chunks than picks (%zu)", n_wire);
+        if (pick) {
+            sep_pick_t *p = &w->picks[np];
+            sep_pick_unpack(p, wire + (size_t)np * SEP_PICK_WIRE);
+            if (p->n_recent < 0 || (size_t)p->n_recent > n_recent - used)
+                return sep_fail(SEP_EFORMAT, "w_batch: a pick of %d recent ids past the frame",
+                                p->n_recent);
+            p->recent = recent + used;
+            p->limit = limit;
+            p->holes = holes;
+            p->n_holes = (int)(m->frames[4].len / 4);
+            used += (size_t)p->n_recent;
+        }
         w->chunks[j] = (sep_chunk_t){ .cache = s->cache, .ids = ids + at, .n = (int)n,
                                       .targets = targets + at, .nll = w->nll + at,
                                       .kv = w->kv + at,
-                                      .logits = want && last ? w->logits + (size_t)g * vocab
-                                                             : NULL,
-                                      .next = greedy ? w->next + gn : NULL,
-                                      .next_nll = greedy ? w->next_nll + gn : NULL,
+                                      .next = pick && last ? w->next + np : NULL,
+                                      .next_nll = pick && last ? w->next_nll + np : NULL,
+                                      .pick = pick && last ? &w->picks[np] : NULL,
                                       .archive = archive != 0 };
         w->chunk_sid[j] = sid;
-        g += want;
-        gn += greedy;
+        np += pick;
         at += (size_t)n;
     }
-    if (at != total)
-        return sep_fail(SEP_EFORMAT, "w_batch: chunks cover %zu of %zu ids", at, total);
-    *n_next = gn;
+    if (at != total || (size_t)np != n_wire || used != n_recent)
+        return sep_fail(SEP_EFORMAT, "w_batch: chunks cover %zu of %zu ids, %d of %zu picks, "
+                        "%zu of %zu recent ids", at, total, np, n_wire, used, n_recent);
+    *n_pick = np;
     for (size_t i = 0; i < total; i++)
         w->nll[i] = NAN;
     return sep_model_forward_stage(w->m, w->chunks, (int)nc, w->m->layer0 ? w->x : NULL,
@@ -385,7 +393,7 @@ static int worker_archive_send(worker_t *w, int64_t seq, const sep_evicted_t *ev
 static int worker_batch(worker_t *w, const sep_msg_t *m)
 {
     int64_t seq = sep_msg_int(m, "seq", -1);
-    int failed = 0, n_logit = 0, n_next = 0, dim = w->m->cfg.dim;
+    int failed = 0, n_pick = 0, dim = w->m->cfg.dim;
     long head[3] = { 0 };
     if (w->rank > 0) {
         MPI_Recv(head, 3, MPI_LONG, w->rank - 1, WK_TAG_HEAD, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
@@ -396,7 +404,7 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
     }
     int rc = !failed && worker_fault(w, SEP_OP_W_BATCH)
                  ? sep_fail(SEP_EIO, "w_batch: an injected fault (SEPD_WORKER_FAULT)")
-                 : worker_batch_run(w, m, failed, &n_logit, &n_next);
+                 : worker_batch_run(w, m, failed, &n_pick);
     int last = w->rank == w->stages - 1;
     size_t total = m->n_frames >= 1 ? m->frames[0].len / 4 : 0;
     if (!last) {
@@ -415,12 +423,11 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
                     sep_errmsg());
     if (!last)
         return SEP_OK;
-    sep_frame_t f[5] = { { w->nll, total * sizeof(float) }, { w->kv, total * sizeof(int32_t) },
-                         { w->logits, (size_t)n_logit * w->m->cfg.vocab * sizeof(float) },
-                         { w->next, (size_t)n_next * sizeof(int32_t) },
-                         { w->next_nll, (size_t)n_next * sizeof(float) } };
+    sep_frame_t f[4] = { { w->nll, total * sizeof(float) }, { w->kv, total * sizeof(int32_t) },
+                         { w->next, (size_t)n_pick * sizeof(int32_t) },
+                         { w->next_nll, (size_t)n_pick * sizeof(float) } };
     return worker_reply(w, json_pack("{s:s, s:I}", "op", SEP_OP_W_DONE, "seq", (json_int_t)seq),
-                        f, 5);
+                        f, 4);
 }
 
 /* Serve ops until w_exit or the daemon's end. */
@@ -606,10 +613,11 @@ int main(int argc, char **argv)
     w.kv = malloc(rows * sizeof *w.kv);
     w.next = malloc(rows * sizeof *w.next);
     w.next_nll = malloc(rows * sizeof *w.next_nll);
+    w.picks = malloc(rows * sizeof *w.picks);
     w.archive = malloc(rows * sizeof *w.archive);
     w.chunk_sid = malloc(rows * sizeof *w.chunk_sid);
-    if (!w.x || !w.chunks || !w.nll || !w.kv || !w.next || !w.next_nll || !w.archive ||
-        !w.chunk_sid) {
+    if (!w.x || !w.chunks || !w.nll || !w.kv || !w.next || !w.next_nll || !w.picks ||
+        !w.archive || !w.chunk_sid) {
         rc = sep_fail(SEP_ENOMEM, "out of memory for %zu rows", rows);
         goto fail;
     }
@@ -621,8 +629,9 @@ int main(int argc, char **argv)
         rc = sep_fail(SEP_EIO, "connect %s: %s", o.connect, zmq_strerror(errno));
         goto fail;
     }
-    json_t *hello = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:i, s:I, s:f}",
-                              "op", SEP_OP_HELLO, "stages", w.stages, "layer0", l0, "layer1", l1,
+    json_t *hello = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:i, s:I, s:f}",
+                              "op", SEP_OP_HELLO, "revision", SEP_WORKER_REVISION, "stages",
+                              w.stages, "layer0", l0, "layer1", l1,
                               "n_layers", n_layers, "vocab", w.m->cfg.vocab, "max_tokens",
                               (int)o.max_tokens, "device", w.be->name, "pid",
                               (json_int_t)getpid(), "dim", w.m->cfg.dim, "load_bytes",
@@ -648,10 +657,10 @@ fail:
     free(w.kv);
     free(w.next);
     free(w.next_nll);
+    free(w.picks);
     free(w.archive);
     free(w.chunk_sid);
     free(w.arch);
-    free(w.logits);
     sep_model_destroy(&w.m);
     sep_backend_destroy(&w.be);
     if (w.mpi) {
