@@ -59,6 +59,7 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
     if (!strcmp(key, "threads")) return conf_int(&c->threads, key, v, 0, 1024);
     if (!strcmp(key, "max_batch")) return conf_int(&c->max_batch, key, v, 1, 1 << 20);
     if (!strcmp(key, "chunk")) return conf_int(&c->chunk, key, v, 1, 1 << 20);
+    if (!strcmp(key, "batches_ahead")) return conf_int(&c->batches_ahead, key, v, 1, 16);
     if (!strcmp(key, "poll_spin_us")) {
         if (!strcmp(v, "auto")) {
             c->poll_spin_us = -1;
@@ -77,6 +78,7 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
     if (!strcmp(key, "checkpoint_tokens")) return conf_long(&c->checkpoint_tokens, key, v, 1, 1L << 40);
     if (!strcmp(key, "checkpoint_bytes")) return conf_long(&c->checkpoint_bytes, key, v, 1, 1L << 40);
     if (!strcmp(key, "checkpoint_seconds")) return conf_int(&c->checkpoint_seconds, key, v, 1, 86400);
+    if (!strcmp(key, "checkpoint_budget")) return conf_int(&c->checkpoint_budget, key, v, 1, 100);
     if (!strcmp(key, "shutdown_timeout")) return conf_int(&c->shutdown_timeout, key, v, 0, 86400);
     if (!strcmp(key, "store_map_mib")) return conf_long(&c->store_map_mib, key, v, 1, 1L << 30);
     if (!strcmp(key, "store_max_mib")) return conf_long(&c->store_max_mib, key, v, 1, 1L << 30);

@@ -15,6 +15,7 @@ typedef struct {
     int stages, threads;
     int max_batch;      /* rows of one forward (tokens over all sessions) */
     int chunk;          /* most tokens of one session in a batch */
+    int batches_ahead;  /* batches in flight beyond one a stage */
     int max_sessions;
     int start_timeout;  /* seconds the workers have to start */
     int worker_timeout; /* seconds the workers may owe an answer before sepd gives up */
@@ -24,6 +25,7 @@ typedef struct {
     long checkpoint_tokens;  /* a checkpoint every so many tokens scored ... */
     long checkpoint_bytes;   /* ... or bytes fed ... */
     int checkpoint_seconds;  /* ... or seconds, whichever first */
+    int checkpoint_budget;   /* ... but at most this percent of the time */
     int shutdown_timeout;    /* seconds SIGTERM gives the checkpoints of every session */
     long store_map_mib;      /* the store's map at first */
     long store_max_mib;      /* the most it may grow to */

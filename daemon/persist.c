@@ -414,6 +414,8 @@ static void job_done(void *loop, sepd_job_t *job)
             for (int i = 0; i < j->ck->n_stages; i++)
                 bytes += j->ck->rec.state_len[i];
             double states = j->ck->states_at - j->ck->cut_at, all = sep_now() - j->ck->cut_at;
+            if (!j->job.rc)
+                s->ckpt_cost = states;
             sep_log(j->job.rc ? SEP_LOG_ERROR
                     : j->ck->rec.state == SEP_STORE_SUSPENDED ? SEP_LOG_INFO : SEP_LOG_DEBUG,
                     "session '%s': checkpoint of %lld tokens%s%s: %llu bytes of state in %.1f "
@@ -565,9 +567,14 @@ void sepd_checkpoint_due(sepd_t *d)
         int changed = s->tokens != s->committed_tokens || s->bytes_in != s->committed_bytes;
         if (!changed)
             continue;
-        if (s->tokens - s->committed_tokens >= d->conf.checkpoint_tokens ||
-            s->bytes_in - s->committed_bytes >= d->conf.checkpoint_bytes ||
-            now - s->committed_at >= d->conf.checkpoint_seconds) {
+        /* the checkpoints of tokens and seconds take at most
+         * checkpoint_budget percent of the time: a state that is slow to
+         * take (hundreds of MB at full size) is taken less often; the
+         * bytes' bound what a feed --retry keeps, and holds */
+        int afford = now - s->committed_at >= s->ckpt_cost * 100.0 / d->conf.checkpoint_budget;
+        if (s->bytes_in - s->committed_bytes >= d->conf.checkpoint_bytes ||
+            (afford && (s->tokens - s->committed_tokens >= d->conf.checkpoint_tokens ||
+                        now - s->committed_at >= d->conf.checkpoint_seconds))) {
             s->ckpt_want = 1;
             sepd_step(d, s);
         }

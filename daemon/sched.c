@@ -5,8 +5,9 @@
  * step, the rest shared evenly among the sessions that ingest (at most
  * `chunk` each, a session with fewer ids leaving its rows to the next
  * ones), and sends the
- * batch to every stage; up to stages + 1 batches are in flight so every
- * stage has the next one queued. The last stage answers each batch in
+ * batch to every stage; up to stages + batches_ahead are in flight so
+ * every stage has the next ones queued (a pause of the loop, a long
+ * tokenization say, does not leave the last stage waiting). The last stage answers each batch in
  * order (w_done) with its NLLs, cache sizes and, for generation steps,
  * the token it picked: each such step carries its pick (the session's
  * sampler settings, a draw of its generator when it samples, the recent

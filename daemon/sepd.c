@@ -455,7 +455,7 @@ static int sepd_start(sepd_t *d)
         if (strncmp(d->pool->stage[r].device, "cuda", 4) == 0)
             d->spin_us = SEPD_SPIN_AUTO_US;
     d->spin_us = d->spin_us < 0 ? 0 : d->spin_us;
-    d->max_flight = d->pool->stages + 1;
+    d->max_flight = d->pool->stages + d->conf.batches_ahead;
     d->flight = calloc((size_t)d->max_flight, sizeof *d->flight);
     d->ids = malloc((size_t)d->conf.max_batch * sizeof *d->ids);
     d->targets = malloc((size_t)d->conf.max_batch * sizeof *d->targets);
@@ -520,10 +520,10 @@ static void sepd_cleanup(sepd_t *d)
 
 int main(int argc, char **argv)
 {
-    sepd_t d = { .conf = { .stages = 1, .max_batch = 2048, .chunk = 512, .max_sessions = 1024,
+    sepd_t d = { .conf = { .stages = 1, .max_batch = 2048, .chunk = 512, .batches_ahead = 2, .max_sessions = 1024,
                            .start_timeout = 120, .worker_timeout = 300, .poll_spin_us = -1,
                            .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
-                           .checkpoint_seconds = 30, .shutdown_timeout = 30,
+                           .checkpoint_seconds = 30, .checkpoint_budget = 2, .shutdown_timeout = 30,
                            .store_map_mib = 1024, .store_max_mib = 65536, .store_sync = 1 },
                  .lock_fd = -1, .sig_fd = -1, .store_lock_fd = -1 };
     int urc = sepd_parse(argc, argv, &d.conf), ready_fd = -1, rc;

@@ -191,6 +191,7 @@ typedef struct {
     int64_t committed_bytes;      /* bytes_in at the last durable checkpoint */
     int64_t committed_tokens;     /* tokens then */
     double committed_at;          /* when it was taken (monotonic); 0: never */
+    double ckpt_cost;             /* seconds the last one's states took from the stages */
     int64_t checkpoints;          /* checkpoints written over the session's life */
     int n_stages_saved;           /* stages in the store's snapshot (0: none) */
     int64_t saved_bytes;          /* bytes of its cache states there */

@@ -3,7 +3,7 @@
 # Needs SEPCTL, SEPD, ZCLIENT, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZCLIENT:?}"
-echo "1..44"
+echo "1..45"
 # the first daemon's workers and loop poll awake around generation steps
 # as they do on a GPU (poll_spin_us), so that path runs here too
 printf 'checkpoint_seconds = 1\npoll_spin_us = 300\n' >"$tmp/one.conf"
@@ -36,6 +36,13 @@ printf 'poll_spin_us = soon\n' >"$tmp/bad.conf"
 run "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --config "$tmp/bad.conf"
 ok "a bad poll_spin_us is refused, naming the key and what it takes" \
     'test $rc = 2 && grep -q "poll_spin_us: .soon.: expected auto or a whole number" "$tmp/err"'
+bad=0
+for kv in "batches_ahead = 0" "checkpoint_budget = 0" "checkpoint_budget = 101"; do
+    printf '%s\n' "$kv" >"$tmp/bad.conf"
+    run "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --config "$tmp/bad.conf"
+    test $rc = 2 && grep -q "${kv%% *}: '[0-9]*' is not a whole number in" "$tmp/err" || bad=$((bad + 1))
+done
+ok "batches_ahead and checkpoint_budget out of range are refused" 'test $bad = 0'
 ok "sepd starts with one worker" 'start_daemon --config "$tmp/one.conf"'
 ok "the socket is private (0600)" 'test "$(stat -c %a "$tmp/sepd.sock")" = 600'
 
