@@ -72,10 +72,10 @@ static void score(const run_t *r, int tokens, int chunk, float **nll_out, sep_st
     assert_true(n_ids >= (size_t)tokens + 1);
     snprintf(path, sizeof path, "%s/tokenizer.json", r->model_dir);
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
     int rc = sep_model_load(&m, r->model_dir, be, chunk);
     if (rc)
         fail_msg("%s: %s", r->model_dir, sep_errmsg());
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", m->cfg.vocab), 0);
     sep_policy_t policy = r->policy;
     policy.is_sep = seps.is_sep;
     policy.n_vocab = seps.n_vocab;
@@ -117,12 +117,7 @@ static void test_golden_run(void **state)
     }
     if (worst > NLL_TOL)
         fail_msg("%s: token %zu: nll %.6f, golden %.6f", r->name, at, got[at], want[at]);
-    double ppl = exp(s->nll_sum / s->tokens), want_ppl = r->ppl, sum = 0;
-    if (want_ppl < 0) {
-        for (size_t i = 0; i < n_want; i++)
-            sum += want[i];
-        want_ppl = exp(sum / n_want);
-    }
+    double ppl = exp(s->nll_sum / s->tokens), want_ppl = r->ppl;
     if (fabs(ppl - want_ppl) > PPL_RTOL * want_ppl)
         fail_msg("%s: ppl %.6f, golden %.6f", r->name, ppl, want_ppl);
     if (r->max_kv >= 0) {
@@ -217,8 +212,7 @@ static void load_runs(void)
         r->tokens = tokens;
         r->ppl = json_number_value(json_object_get(e, "ppl"));
     }
-    /* the architecture variants are checked against tests/golden: the
-     * shared files do not come from the stored weights (README there) */
+    /* the architecture variants: transformers on their stored weights */
     json_array_foreach(json_object_get(sum, "arch_check"), i, e) {
         const char *dir = json_string_value(json_object_get(e, "model_dir"));
         const char *base = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
@@ -228,9 +222,9 @@ static void load_runs(void)
         snprintf(r->ids, sizeof r->ids, "%s/golden/%s", golden_shared(),
                  json_string_value(json_object_get(e, "ids")));
         r->tokens = (int)json_integer_value(json_object_get(e, "tokens"));
-        snprintf(r->nll, sizeof r->nll, "%s/hf_full.%s.persuasion.%d.nll",
-                 SEP_TEST_GOLDEN_DIR, base, r->tokens);
-        r->ppl = -1; /* from the file itself */
+        snprintf(r->nll, sizeof r->nll, "%s/golden/%s", golden_shared(),
+                 json_string_value(json_object_get(e, "file")));
+        r->ppl = json_number_value(json_object_get(e, "ppl"));
     }
     json_decref(sum);
 }
@@ -359,7 +353,7 @@ static void test_batch_of_policies(void **state)
     char path[600];
     snprintf(path, sizeof path, "%s/tokenizer.json", a.model_dir);
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
     a.policy.is_sep = seps.is_sep;
     a.policy.n_vocab = seps.n_vocab;
     assert_int_equal(golden_read_ids(a.ids, &ids, &n_ids), 0);
@@ -420,7 +414,7 @@ static void run_split(const char *dir, const int *cuts, int n_stages, int scored
     char path[600];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
     sep_policy_t pol[2] = {
         { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 16, .w = 32, .c = 64, .shift = 1,
           .is_sep = seps.is_sep, .n_vocab = seps.n_vocab },
@@ -808,7 +802,7 @@ static void arch_fx_open(arch_fx_t *f)
     snprintf(f->dir, sizeof f->dir, "%s", golden_path("models/books-llama-16m"));
     snprintf(path, sizeof path, "%s/tokenizer.json", f->dir);
     assert_int_equal(sep_tok_load(&f->tok, path), 0);
-    assert_int_equal(sep_sepset_build(&f->seps, f->tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&f->seps, f->tok, "auto", sep_tok_vocab_size(f->tok)), 0);
     assert_int_equal(golden_read_ids(golden_path("golden/ids.books-llama-16m.persuasion.txt"),
                                      &f->ids, &f->n_ids), 0);
     assert_true(f->n_ids > 2 * ARCH_TOKENS + 1);
@@ -1114,7 +1108,7 @@ static void test_auto_separators(void **state)
         sep_tok_t *tok;
         sep_sepset_t seps;
         assert_int_equal(sep_tok_load(&tok, path), 0);
-        assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+        assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
         assert_string_equal(seps.name, "rule");
         assert_int_equal(seps.count, json_array_size(want));
         size_t i;
@@ -1159,19 +1153,25 @@ static void test_preset_detection(void **state)
     sep_tok_t *tok;
     sep_sepset_t seps;
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
     assert_string_equal(seps.name, "llama3");
     assert_int_equal(seps.count, 17);
     assert_true(seps.is_sep[262] && seps.is_sep[0] && !seps.is_sep[1]);
     sep_sepset_free(&seps);
-    assert_int_equal(sep_sepset_build(&seps, tok, "falcon"), 0);
+    /* in a model of more ids (outside llama3's sizes): still the
+     * tokenizer's preset */
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", 129000), 0);
+    assert_string_equal(seps.name, "llama3");
+    assert_int_equal(seps.n_vocab, 129000);
+    sep_sepset_free(&seps);
+    assert_int_equal(sep_sepset_build(&seps, tok, "falcon", sep_tok_vocab_size(tok)), 0);
     assert_int_equal(seps.count, 13);
     assert_true(seps.is_sep[23787]);
     sep_sepset_free(&seps);
-    assert_int_equal(sep_sepset_build(&seps, tok, "rule"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "rule", sep_tok_vocab_size(tok)), 0);
     assert_int_equal(seps.count, 6); /* only the six marks have such texts here */
     sep_sepset_free(&seps);
-    assert_int_equal(sep_sepset_build(&seps, tok, "7,t99,\\q"), SEP_EINVAL);
+    assert_int_equal(sep_sepset_build(&seps, tok, "7,t99,\\q", sep_tok_vocab_size(tok)), SEP_EINVAL);
     assert_non_null(strstr(sep_errmsg(), "unknown escape"));
     sep_tok_destroy(&tok);
     assert_int_equal(unlink(path), 0);
@@ -1265,6 +1265,41 @@ static void test_bad_token_id(void **state)
     sep_model_destroy(&m);
 }
 
+/* A separator table spans the model's vocabulary, which may have more
+ * ids than the tokenizer (padded embeddings); a tokenizer with an id at
+ * or beyond it is refused, naming both sizes. */
+static void test_sepset_padded_vocab(void **state)
+{
+    (void)state;
+    char path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", golden_path("models/books-llama-16m"));
+    sep_tok_t *tok;
+    sep_sepset_t a, b;
+    assert_int_equal(sep_tok_load(&tok, path), 0);
+    assert_int_equal(sep_tok_vocab_size(tok), 8192);
+    assert_int_equal(sep_sepset_build(&a, tok, "auto", 8192), 0);
+    assert_int_equal(sep_sepset_build(&b, tok, "auto", 8250), 0);
+    assert_int_equal(b.n_vocab, 8250);
+    assert_int_equal(b.count, a.count);
+    assert_memory_equal(a.is_sep, b.is_sep, 8192);
+    for (int id = 8192; id < 8250; id++)
+        assert_int_equal(b.is_sep[id], 0);
+    sep_sepset_free(&b);
+    /* a listed id inside the model's vocabulary, past the tokenizer's */
+    assert_int_equal(sep_sepset_build(&b, tok, "12,8200", 8250), 0);
+    assert_true(b.is_sep[8200] && b.count == 2);
+    sep_sepset_free(&b);
+    assert_int_equal(sep_sepset_build(&b, tok, "12,8250", 8250), SEP_EINVAL);
+    assert_non_null(strstr(sep_errmsg(), "8250"));
+    assert_int_equal(sep_tok_check_vocab(tok, 8192), 0);
+    assert_int_equal(sep_sepset_build(&b, tok, "auto", 8191), SEP_EFORMAT);
+    assert_non_null(strstr(sep_errmsg(), "the tokenizer has 8192 ids"));
+    assert_non_null(strstr(sep_errmsg(), "the model 8191"));
+    assert_null(b.is_sep);
+    sep_sepset_free(&a);
+    sep_tok_destroy(&tok);
+}
+
 int main(void)
 {
     load_runs();
@@ -1287,6 +1322,7 @@ int main(void)
         cmocka_unit_test(test_shape_mismatch),
         cmocka_unit_test(test_vocab_mismatch),
         cmocka_unit_test(test_bad_token_id),
+        cmocka_unit_test(test_sepset_padded_vocab),
     };
     size_t n_fixed = sizeof fixed / sizeof fixed[0];
     struct CMUnitTest *tests = calloc(n_runs + n_fixed, sizeof *tests);

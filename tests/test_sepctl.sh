@@ -1,15 +1,16 @@
 #!/bin/sh
 # test_sepctl: the command line as users and scripts meet it (TAP).
-# Needs SEPCTL (the binary) and SEP_SHARED (the fixtures), set by make check.
+# Needs SEPCTL (the binary), PADVOCAB (tests/padvocab) and SEP_SHARED (the
+# fixtures), set by make check.
 set -u
-: "${SEPCTL:?}" "${SEP_SHARED:?}"
+: "${SEPCTL:?}" "${PADVOCAB:?}" "${SEP_SHARED:?}"
 G=$SEP_SHARED/golden
 T=$SEP_SHARED/texts
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 n=0
 failed=0
-echo "1..37"
+echo "1..43"
 
 # ok NAME CONDITION: one TAP line for a shell condition evaluated here;
 # on failure show stderr of the last run
@@ -195,5 +196,37 @@ ok "eval --seps-out of streamed text: the NLLs of the run without it" \
 run "$SEPCTL" eval --max-tokens 20000 --ids "$IDS" --seps-out "$tmp/seps.byids"
 ok "eval --seps-out of streamed text: the file of the golden ids" \
     'test $rc -eq 0 && test -s "$tmp/seps.byids" && cmp -s "$tmp/seps.stream" "$tmp/seps.byids"'
+
+# ---- checkpoints transformers scored (tests/golden: README there) ------
+HG=$(dirname "$0")/golden
+# hf_near NLLS GOLDEN: 1024 NLLs, each within 2e-3 of the golden's, and
+# eval's perplexity (in $tmp/out) within 0.1% of the golden's
+hf_near() {
+    paste "$1" "$2" | awk -v ppl="$(json_num ppl)" '{ d = $1 - $2; if (d < 0) d = -d; if (d > 2e-3) bad = 1; s += $2; n++ }
+        END { g = exp(s / n); d = ppl - g; if (d < 0) d = -d; exit bad || n != 1024 || !(d <= 1e-3 * g) }'
+}
+# a padded vocabulary: 8192 token ids, 8250 embedding rows (new rows of
+# the real ones' scale, so the softmax over all of them differs)
+P=$tmp/books-llama-16m-padded
+run "$PADVOCAB" "$L" "$P" 8250
+ok "padvocab: a padded copy of books-llama-16m" 'test $rc -eq 0 && grep -q "\"vocab_size\": 8250" "$P/config.json"'
+run "$SEPCTL" eval --model "$P" --method full --json --max-tokens 1024 --ids "$IDS" --nll-out "$tmp/pad.nll"
+ok "eval on a padded vocabulary: transformers' NLLs (softmax over all 8250 rows)" \
+    'test $rc -eq 0 && hf_near "$tmp/pad.nll" "$HG/hf_full.books-llama-16m-padded.persuasion.1024.nll"'
+run "$SEPCTL" eval --model "$P" --json --max-tokens 1024 --ids "$IDS"
+ok "eval sepllm on a padded vocabulary runs" 'test $rc -eq 0 && test "$(json_num tokens)" = 1024'
+run "$SEPCTL" separators --model "$P"
+ok "separators of a padded vocabulary: the tokenizer's" \
+    'test $rc -eq 0 && test "$(cat "$tmp/out")" = "1 12 14 26 27 31 198 199 221 360 1679"'
+# an added token at id 8192: one id beyond the model's 8192 rows
+B=$tmp/books-llama-16m-bigtok
+mkdir "$B" && for f in "$L"/*; do ln -s "$f" "$B/"; done && rm "$B/tokenizer.json" &&
+    sed 's/^  "added_tokens": \[$/&{"id": 8192, "content": "<|pad|>", "special": true},/' \
+        "$L/tokenizer.json" >"$B/tokenizer.json"
+run "$SEPCTL" eval --model "$B" --method full --ids "$IDS" --max-tokens 10
+ok "eval refuses a tokenizer with an id beyond the model's vocabulary, naming both sizes" \
+    'test $rc -eq 1 && grep -q "the tokenizer has 8193 ids" "$tmp/err" && grep -q "the model 8192" "$tmp/err" && grep -q "$B" "$tmp/err"'
+run "$SEPCTL" separators --model "$B"
+ok "separators refuses it too" 'test $rc -eq 1 && grep -q "the tokenizer has 8193 ids" "$tmp/err"'
 
 exit 0
