@@ -1180,32 +1180,57 @@ static void test_preset_detection(void **state)
 
 /* ---- bad checkpoints ----------------------------------------------------- */
 
-/* A copy of tiny-llama31 with config.json's field set to value (raw JSON);
- * the weights are symlinked. Returns the folder (static buffer). */
-static const char *bad_model(const char *field, const char *value)
+/* A copy of the shared folder rel (one model.safetensors) with the keys
+ * of the JSON object fields set in config.json (null removes one); the
+ * weights are symlinked. Returns the folder (static buffer). */
+static const char *model_copy(const char *rel, const char *fields)
 {
     static char dir[256];
-    char path[512];
+    char path[700];
     snprintf(dir, sizeof dir, "/tmp/sep-test-XXXXXX");
     assert_non_null(mkdtemp(dir));
-    const char *src = golden_path("models/arch/tiny-llama31");
+    char src[512];
+    snprintf(src, sizeof src, "%s", golden_path(rel));
     const char *files[] = { "model.safetensors", "tokenizer.json" };
     for (int i = 0; i < 2; i++) {
-        char target[512];
+        char target[600];
         snprintf(target, sizeof target, "%s/%s", src, files[i]);
         snprintf(path, sizeof path, "%s/%s", dir, files[i]);
         assert_int_equal(symlink(target, path), 0);
     }
     snprintf(path, sizeof path, "%s/config.json", src);
     json_t *cfg = json_load_file(path, 0, NULL);
+    json_t *set = json_loads(fields, 0, NULL);
     assert_non_null(cfg);
-    json_t *v = json_loads(value, JSON_DECODE_ANY, NULL);
-    assert_non_null(v);
-    json_object_set_new(cfg, field, v);
+    assert_non_null(set);
+    const char *key;
+    json_t *v;
+    json_object_foreach(set, key, v) {
+        if (json_is_null(v))
+            json_object_del(cfg, key);
+        else
+            json_object_set(cfg, key, v);
+    }
     snprintf(path, sizeof path, "%s/config.json", dir);
     assert_int_equal(json_dump_file(cfg, path, 0), 0);
     json_decref(cfg);
+    json_decref(set);
     return dir;
+}
+
+static void model_copy_remove(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A copy of tiny-llama31 with config.json's field set to value (raw JSON). */
+static const char *bad_model(const char *field, const char *value)
+{
+    char fields[256];
+    snprintf(fields, sizeof fields, "{\"%s\": %s}", field, value);
+    return model_copy("models/arch/tiny-llama31", fields);
 }
 
 static void expect_load_error(const char *field, const char *value, int code, const char *needle)
@@ -1219,9 +1244,7 @@ static void expect_load_error(const char *field, const char *value, int code, co
                  sep_errmsg(), code, needle);
     if (!strstr(sep_errmsg(), "model.safetensors"))
         fail_msg("%s=%s: '%s' does not name the file", field, value, sep_errmsg());
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    model_copy_remove(dir);
 }
 
 static void test_missing_tensor(void **state)
@@ -1300,6 +1323,82 @@ static void test_sepset_padded_vocab(void **state)
     sep_tok_destroy(&tok);
 }
 
+/* Sliding windows: with every layer sliding, full attention keeps the
+ * window - 1 newest entries before each token, at their stream
+ * positions; with only some layers sliding it is refused, naming the
+ * keys; evicting caches must stay below the window. (The NLLs against
+ * transformers: test_sepctl.sh.) */
+static void test_sliding_window_caches(void **state)
+{
+    (void)state;
+    sep_model_t *m, *plain;
+    sep_cache_t *c, *pc;
+    const char *dir = model_copy("models/arch/tiny-mistral", "{\"sliding_window\": 100}");
+    assert_int_equal(sep_model_load(&m, dir, be, 512), 0);
+    assert_int_equal(m->cfg.window, 100);
+    assert_int_equal(m->cfg.window_layers, 3);
+    assert_int_equal(sep_model_cache_new(m, &full_policy, &c), 0);
+    assert_int_equal(c->policy.method, SEP_METHOD_STREAMING);
+    assert_true(c->policy.a == 0 && c->policy.c == 99 && c->policy.w == 99 && !c->policy.shift);
+    /* the first 100 tokens see every key before them, as without a window */
+    int32_t *ids;
+    size_t n_ids;
+    assert_int_equal(golden_read_ids(golden_path("golden/ids.books-llama-16m.persuasion.txt"),
+                                     &ids, &n_ids), 0);
+    float win[300], full[300];
+    int32_t kv[300];
+    sep_chunk_t ch = { .cache = c, .ids = ids, .n = 300, .targets = ids + 1, .nll = win,
+                       .kv = kv };
+    assert_int_equal(sep_model_forward(m, &ch, 1), 0);
+    assert_int_equal(kv[98], 99);
+    assert_int_equal(kv[99], 100);
+    assert_int_equal(kv[299], 100);
+    assert_int_equal(c->n_seen, 300);
+    assert_int_equal(sep_model_load(&plain, golden_path("models/arch/tiny-mistral"), be, 512), 0);
+    assert_int_equal(plain->cfg.window, 0);
+    assert_int_equal(sep_model_cache_new(plain, &full_policy, &pc), 0);
+    sep_chunk_t pch = { .cache = pc, .ids = ids, .n = 300, .targets = ids + 1, .nll = full };
+    assert_int_equal(sep_model_forward(plain, &pch, 1), 0);
+    assert_close(win, full, 100, 1e-4, "inside the window");
+    int differ = 0;
+    for (int i = 100; i < 300; i++)
+        differ += fabs((double)win[i] - full[i]) > 1e-3;
+    assert_true(differ > 100);
+    sep_cache_destroy(&pc);
+    sep_model_destroy(&plain);
+    sep_cache_destroy(&c);
+    /* evicting caches: a query sees up to c + 1 keys */
+    sep_policy_t st = { .method = SEP_METHOD_STREAMING, .a = 4, .w = 95, .c = 99, .shift = 1 };
+    assert_int_equal(sep_model_cache_new(m, &st, &c), 0);
+    assert_int_equal(c->policy.c, 99);
+    sep_cache_destroy(&c);
+    st.c = 100;
+    st.w = 96;
+    assert_int_equal(sep_model_cache_new(m, &st, &c), SEP_EUNSUPPORTED);
+    assert_null(c);
+    assert_non_null(strstr(sep_errmsg(), "sliding_window"));
+    assert_non_null(strstr(sep_errmsg(), "below 100"));
+    sep_model_destroy(&m);
+    model_copy_remove(dir);
+
+    /* Qwen2 with the window on its last two layers only */
+    dir = model_copy("models/arch/tiny-qwen2", "{\"use_sliding_window\": true, "
+                     "\"sliding_window\": 100, \"max_window_layers\": 1, \"layer_types\": null}");
+    assert_int_equal(sep_model_load(&m, dir, be, 512), 0);
+    assert_int_equal(m->cfg.window, 100);
+    assert_int_equal(m->cfg.window_layers, 2);
+    assert_int_equal(sep_model_cache_new(m, &full_policy, &c), SEP_EUNSUPPORTED);
+    assert_null(c);
+    assert_non_null(strstr(sep_errmsg(), "max_window_layers"));
+    assert_non_null(strstr(sep_errmsg(), "2 of the 3 layers"));
+    st = (sep_policy_t){ .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 };
+    assert_int_equal(sep_model_cache_new(m, &st, &c), 0);
+    sep_cache_destroy(&c);
+    sep_model_destroy(&m);
+    model_copy_remove(dir);
+    free(ids);
+}
+
 int main(void)
 {
     load_runs();
@@ -1323,6 +1422,7 @@ int main(void)
         cmocka_unit_test(test_vocab_mismatch),
         cmocka_unit_test(test_bad_token_id),
         cmocka_unit_test(test_sepset_padded_vocab),
+        cmocka_unit_test(test_sliding_window_caches),
     };
     size_t n_fixed = sizeof fixed / sizeof fixed[0];
     struct CMUnitTest *tests = calloc(n_runs + n_fixed, sizeof *tests);

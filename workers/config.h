@@ -7,6 +7,14 @@
  * (rope_parameters.{rope_theta, rope_type, partial_rotary_factor, ...}).
  * An unknown architecture, activation or rope type, or a missing or
  * inconsistent field, is an error naming config.json and the field.
+ *
+ * Sliding-window attention, as transformers 5.17 applies it: Mistral's
+ * sliding_window (absent: 4096, the config class's default; null: none)
+ * on every layer (layer_types is not read); Qwen2's sliding_window when
+ * use_sliding_window is true, on the layers from max_window_layers on
+ * (default 28), or on those that layer_types calls "sliding_attention"
+ * when it is given. A query of such a layer attends to the window newest
+ * keys, itself included (position q sees keys q - window + 1 .. q).
  */
 #ifndef SEP_CONFIG_H
 #define SEP_CONFIG_H
@@ -46,6 +54,11 @@ typedef struct {
     int rope_llama3;        /* rope_type "llama3" (Llama-3.1 scaling) */
     double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_orig_max_pos;  /* original_max_position_embeddings */
+    /* sliding-window attention */
+    int window;             /* keys a query of a sliding layer sees; 0: no layer slides */
+    int window_layers;      /* layers that slide: n_layers, or fewer (the others attend
+                               to every key); 0 when window is 0 */
+    char window_keys[64];   /* the config.json keys they come from, for messages */
 } sep_config_t;
 
 /* Parse dir/config.json into cfg. */
