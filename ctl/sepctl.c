@@ -485,13 +485,18 @@ static int cmd_eval(int argc, char **argv)
     FILE *nf = NULL, *kf = NULL, *sf = NULL;
     int rc;
     if ((rc = ctl_tok_load(model_dir, &tok)) || (rc = eval_src_open(&src, &o, tok)) ||
-        (rc = sep_sepset_build(&seps, tok, o.separators)))
+        (rc = sep_backend_new(&be, o.device, o.precision, (int)o.threads)) ||
+        (rc = sep_model_load(&m, model_dir, be, (int)o.chunk)))
         goto fail;
+    /* the separator table spans the model's vocabulary, which may be
+     * larger than the tokenizer's */
+    if ((rc = sep_sepset_build(&seps, tok, o.separators, m->cfg.vocab))) {
+        rc = sep_fail(rc, "%s: %s", model_dir, sep_errmsg());
+        goto fail;
+    }
     o.policy.is_sep = seps.is_sep;
     o.policy.n_vocab = seps.n_vocab;
-    if ((rc = sep_backend_new(&be, o.device, o.precision, (int)o.threads)) ||
-        (rc = sep_model_load(&m, model_dir, be, (int)o.chunk)) ||
-        (rc = sep_stream_new(&s, m, &o.policy)) ||
+    if ((rc = sep_stream_new(&s, m, &o.policy)) ||
         (rc = eval_open_out(o.nll_out, &nf)) || (rc = eval_open_out(o.kv_out, &kf)) ||
         (rc = eval_open_out(o.seps_out, &sf)))
         goto fail;
@@ -553,9 +558,13 @@ static int cmd_separators(int argc, char **argv)
         return usage_error("separators: unexpected argument '%s'", argv[optind]);
     sep_tok_t *tok = NULL;
     sep_sepset_t seps = { 0 };
-    int rc = ctl_tok_load(model ? model : sep_default_model(), &tok);
+    sep_config_t cfg;
+    const char *dir = model ? model : sep_default_model();
+    int rc = ctl_tok_load(dir, &tok);
     if (!rc)
-        rc = sep_sepset_build(&seps, tok, spec);
+        rc = sep_config_load(&cfg, dir);
+    if (!rc && (rc = sep_sepset_build(&seps, tok, spec, cfg.vocab)))
+        rc = sep_fail(rc, "%s: %s", dir, sep_errmsg());
     sep_tok_destroy(&tok);
     if (rc)
         return runtime_error(rc);

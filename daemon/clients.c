@@ -442,7 +442,8 @@ static void op_open(sepd_t *d, const sep_msg_t *m)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_LIMIT,
                           "%zu sessions are open (max_sessions)", d->n_sess);
     if (open_policy(m, &p) ||
-        sep_session_new(&s, name, 0, &p, sep_msg_str(m, "separators", "auto"), d->tok))
+        sep_session_new(&s, name, 0, &p, sep_msg_str(m, "separators", "auto"), d->tok,
+                        d->pool->vocab))
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST, "open: %s",
                           sep_errmsg());
     const char *archive = sep_msg_str(m, "archive", d->conf.archive);

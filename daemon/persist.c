@@ -145,7 +145,7 @@ static int persist_session(sepd_t *d, const sep_store_session_t *r, sep_session_
                        .c = r->c, .shift = r->shift };
     sep_session_t *s = NULL;
     int rc = sep_session_new(&s, r->name, r->sid, &p, r->separators ? r->separators : "auto",
-                             d->tok);
+                             d->tok, d->pool->vocab);
     if (rc)
         return rc;
     if (r->held_len > SEP_TOK_HOLD_MAX || (r->n_queue && !r->queue)) {
@@ -221,7 +221,7 @@ static int persist_damaged(sepd_t *d, const sep_store_session_t *r)
 {
     sep_policy_t p = { .method = SEP_METHOD_FULL, .c = 1, .shift = 1 };
     sep_session_t *s = NULL;
-    int rc = sep_session_new(&s, r->name, 0, &p, "auto", d->tok);
+    int rc = sep_session_new(&s, r->name, 0, &p, "auto", d->tok, d->pool->vocab);
     if (rc)
         return rc;
     s->state = SEP_SS_FAILED;

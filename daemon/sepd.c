@@ -447,9 +447,8 @@ static int sepd_start(sepd_t *d)
         return rc;
     if (d->pool->stages > SEP_MAX_STAGES)
         return sep_fail(SEP_EINVAL, "%d stages (at most %d)", d->pool->stages, SEP_MAX_STAGES);
-    if (d->pool->vocab != sep_tok_vocab_size(d->tok))
-        return sep_fail(SEP_EFORMAT, "%s: the tokenizer has %d ids, the model %d", d->conf.model,
-                        sep_tok_vocab_size(d->tok), d->pool->vocab);
+    if ((rc = sep_tok_check_vocab(d->tok, d->pool->vocab)))
+        return sep_fail(rc, "%s: %s", d->conf.model, sep_errmsg());
     d->spin_us = d->conf.poll_spin_us;
     for (int r = 0; d->spin_us < 0 && r < d->pool->stages; r++)
         if (strncmp(d->pool->stage[r].device, "cuda", 4) == 0)

@@ -24,7 +24,7 @@ const char *sep_sop_name(sep_sop_t op)
 }
 
 int sep_session_new(sep_session_t **out, const char *name, uint32_t sid, const sep_policy_t *p,
-                    const char *separators, const sep_tok_t *tok)
+                    const char *separators, const sep_tok_t *tok, int n_vocab)
 {
     *out = NULL;
     if (!sep_name_ok(name))
@@ -33,7 +33,7 @@ int sep_session_new(sep_session_t **out, const char *name, uint32_t sid, const s
     sep_session_t *s = calloc(1, sizeof *s);
     if (!s)
         return sep_fail(SEP_ENOMEM, "session: out of memory");
-    int rc = sep_sepset_build(&s->seps, tok, separators);
+    int rc = sep_sepset_build(&s->seps, tok, separators, n_vocab);
     if (rc) {
         free(s);
         return rc;

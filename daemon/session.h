@@ -203,9 +203,9 @@ typedef struct {
 } sep_session_t;
 
 /* A session named name (checked with sep_name_ok) under policy numbers p
- * with the separator spec over tok. */
+ * with the separator spec over tok, for a model of n_vocab ids. */
 int sep_session_new(sep_session_t **out, const char *name, uint32_t sid, const sep_policy_t *p,
-                    const char *separators, const sep_tok_t *tok);
+                    const char *separators, const sep_tok_t *tok, int n_vocab);
 void sep_session_destroy(sep_session_t **self_p);
 const char *sep_session_state_name(sep_ss_state_t st);
 const char *sep_sop_name(sep_sop_t op);

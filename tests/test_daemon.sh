@@ -1,9 +1,9 @@
 #!/bin/sh
 # test_daemon: sepd, its workers and the sepctl session verbs (TAP).
-# Needs SEPCTL, SEPD, ZCLIENT, MPIRUN and SEP_SHARED, set by make check.
+# Needs SEPCTL, SEPD, ZCLIENT, PADVOCAB, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
-: "${ZCLIENT:?}"
-echo "1..45"
+: "${ZCLIENT:?}" "${PADVOCAB:?}"
+echo "1..51"
 # the first daemon's workers and loop poll awake around generation steps
 # as they do on a GPU (poll_spin_us), so that path runs here too
 printf 'checkpoint_seconds = 1\npoll_spin_us = 300\n' >"$tmp/one.conf"
@@ -217,5 +217,47 @@ feed_rest v "$tmp/v.txt" 3000
 ok "two stages: suspend/resume keeps the stream exact" 'stream_is v "$tmp/v.eval"'
 stop_daemon
 ok "two stages stop cleanly" 'test $stop_rc = 0'
+
+# ---- the model's vocabulary and sliding window ---------------------------
+# a model with more ids than its tokenizer (8250 rows, 8192 ids): sessions
+# score as sepctl eval does, the softmax over every row
+rm -rf "$tmp/store"
+L=$SEP_SHARED/models/books-llama-16m
+"$PADVOCAB" "$L" "$tmp/padded" 8250
+ok "sepd starts on a padded vocabulary" 'start_daemon --config "$tmp/one.conf" --model "$tmp/padded"'
+slice p 9000 4000
+same=0
+for k in 1 2; do
+    opts="--method full"
+    [ $k = 1 ] || opts="--init 2 --seps 16 --window 32 --capacity 64"
+    "$SEPCTL" eval --threads 1 --model "$tmp/padded" $opts --nll-out "$tmp/p$k.eval" <"$tmp/p.txt" >/dev/null
+    "$SEPCTL" open p$k $opts >/dev/null && feed_head p$k "$tmp/p.txt" 1500 &&
+        feed_rest p$k "$tmp/p.txt" 1500 && stream_is p$k "$tmp/p$k.eval" && same=$((same + 1))
+done
+ok "padded vocabulary: full and sepllm sessions score as sepctl eval" 'test $same = 2'
+stop_daemon
+# a tokenizer with an id (8192) beyond the model's 8192 rows
+mkdir "$tmp/bigtok" && for f in "$L"/*; do ln -s "$f" "$tmp/bigtok/"; done && rm "$tmp/bigtok/tokenizer.json" &&
+    sed 's/^  "added_tokens": \[$/&{"id": 8192, "content": "<|pad|>", "special": true},/' \
+        "$L/tokenizer.json" >"$tmp/bigtok/tokenizer.json"
+rm -rf "$tmp/store"
+ok "sepd refuses a tokenizer with ids beyond the model's vocabulary, naming both" \
+    '! start_daemon --config "$tmp/one.conf" --model "$tmp/bigtok" && grep -q "bigtok: the tokenizer has 8193 ids (0 to 8192), the model 8192" "$tmp/sepd.log"'
+# every layer slides over 100 keys: full sessions keep the window, as eval
+A=$SEP_SHARED/models/arch/tiny-mistral
+mkdir "$tmp/mw" && for f in "$A"/*; do ln -s "$f" "$tmp/mw/"; done && rm "$tmp/mw/config.json" &&
+    sed 's/"sliding_window": null/"sliding_window": 100/' "$A/config.json" >"$tmp/mw/config.json"
+rm -rf "$tmp/store"
+ok "sepd starts on a model with a sliding window" 'start_daemon --config "$tmp/one.conf" --model "$tmp/mw"'
+"$SEPCTL" eval --threads 1 --model "$tmp/mw" --method full --nll-out "$tmp/w.eval" <"$tmp/p.txt" >/dev/null
+"$SEPCTL" open w --method full >/dev/null
+feed_head w "$tmp/p.txt" 2500
+"$SEPCTL" suspend w >/dev/null && "$SEPCTL" resume w >/dev/null
+feed_rest w "$tmp/p.txt" 2500
+ok "sliding window: a full session (suspended and resumed) scores as sepctl eval" 'stream_is w "$tmp/w.eval"'
+run "$SEPCTL" open w2 --init 2 --seps 16 --window 32 --capacity 100
+ok "sliding window: open refuses a capacity at the window, naming it" \
+    'test $rc != 0 && grep -q "capacity c=100" "$tmp/err" && grep -q sliding_window "$tmp/err"'
+stop_daemon
 
 exit $((failed > 0))

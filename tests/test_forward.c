@@ -73,10 +73,10 @@ static void score(const run_t *r, int tokens, int chunk, float **nll_out, sep_st
     assert_true(n_ids >= (size_t)tokens + 1);
     snprintf(path, sizeof path, "%s/tokenizer.json", r->model_dir);
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
     int rc = sep_model_load(&m, r->model_dir, be, chunk);
     if (rc)
         fail_msg("%s: %s", r->model_dir, sep_errmsg());
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", m->cfg.vocab), 0);
     sep_policy_t policy = r->policy;
     policy.is_sep = seps.is_sep;
     policy.n_vocab = seps.n_vocab;
@@ -118,12 +118,7 @@ static void test_golden_run(void **state)
     }
     if (worst > NLL_TOL)
         fail_msg("%s: token %zu: nll %.6f, golden %.6f", r->name, at, got[at], want[at]);
-    double ppl = exp(s->nll_sum / s->tokens), want_ppl = r->ppl, sum = 0;
-    if (want_ppl < 0) {
-        for (size_t i = 0; i < n_want; i++)
-            sum += want[i];
-        want_ppl = exp(sum / n_want);
-    }
+    double ppl = exp(s->nll_sum / s->tokens), want_ppl = r->ppl;
     if (fabs(ppl - want_ppl) > PPL_RTOL * want_ppl)
         fail_msg("%s: ppl %.6f, golden %.6f", r->name, ppl, want_ppl);
     if (r->max_kv >= 0) {
@@ -218,8 +213,7 @@ static void load_runs(void)
         r->tokens = tokens;
         r->ppl = json_number_value(json_object_get(e, "ppl"));
     }
-    /* the architecture variants are checked against tests/golden: the
-     * shared files do not come from the stored weights (README there) */
+    /* the architecture variants: transformers on their stored weights */
     json_array_foreach(json_object_get(sum, "arch_check"), i, e) {
         const char *dir = json_string_value(json_object_get(e, "model_dir"));
         const char *base = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
@@ -229,9 +223,9 @@ static void load_runs(void)
         snprintf(r->ids, sizeof r->ids, "%s/golden/%s", golden_shared(),
                  json_string_value(json_object_get(e, "ids")));
         r->tokens = (int)json_integer_value(json_object_get(e, "tokens"));
-        snprintf(r->nll, sizeof r->nll, "%s/hf_full.%s.persuasion.%d.nll",
-                 SEP_TEST_GOLDEN_DIR, base, r->tokens);
-        r->ppl = -1; /* from the file itself */
+        snprintf(r->nll, sizeof r->nll, "%s/golden/%s", golden_shared(),
+                 json_string_value(json_object_get(e, "file")));
+        r->ppl = json_number_value(json_object_get(e, "ppl"));
     }
     json_decref(sum);
 }
@@ -360,7 +354,7 @@ static void test_batch_of_policies(void **state)
     char path[600];
     snprintf(path, sizeof path, "%s/tokenizer.json", a.model_dir);
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
     a.policy.is_sep = seps.is_sep;
     a.policy.n_vocab = seps.n_vocab;
     assert_int_equal(golden_read_ids(a.ids, &ids, &n_ids), 0);
@@ -421,7 +415,7 @@ static void run_split(const char *dir, const int *cuts, int n_stages, int scored
     char path[600];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
     sep_policy_t pol[2] = {
         { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 16, .w = 32, .c = 64, .shift = 1,
           .is_sep = seps.is_sep, .n_vocab = seps.n_vocab },
@@ -809,7 +803,7 @@ static void arch_fx_open(arch_fx_t *f)
     snprintf(f->dir, sizeof f->dir, "%s", golden_path("models/books-llama-16m"));
     snprintf(path, sizeof path, "%s/tokenizer.json", f->dir);
     assert_int_equal(sep_tok_load(&f->tok, path), 0);
-    assert_int_equal(sep_sepset_build(&f->seps, f->tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&f->seps, f->tok, "auto", sep_tok_vocab_size(f->tok)), 0);
     assert_int_equal(golden_read_ids(golden_path("golden/ids.books-llama-16m.persuasion.txt"),
                                      &f->ids, &f->n_ids), 0);
     assert_true(f->n_ids > 2 * ARCH_TOKENS + 1);
@@ -1115,7 +1109,7 @@ static void test_auto_separators(void **state)
         sep_tok_t *tok;
         sep_sepset_t seps;
         assert_int_equal(sep_tok_load(&tok, path), 0);
-        assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+        assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
         assert_string_equal(seps.name, "rule");
         assert_int_equal(seps.count, json_array_size(want));
         size_t i;
@@ -1160,19 +1154,25 @@ static void test_preset_detection(void **state)
     sep_tok_t *tok;
     sep_sepset_t seps;
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
     assert_string_equal(seps.name, "llama3");
     assert_int_equal(seps.count, 17);
     assert_true(seps.is_sep[262] && seps.is_sep[0] && !seps.is_sep[1]);
     sep_sepset_free(&seps);
-    assert_int_equal(sep_sepset_build(&seps, tok, "falcon"), 0);
+    /* in a model of more ids (outside llama3's sizes): still the
+     * tokenizer's preset */
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", 129000), 0);
+    assert_string_equal(seps.name, "llama3");
+    assert_int_equal(seps.n_vocab, 129000);
+    sep_sepset_free(&seps);
+    assert_int_equal(sep_sepset_build(&seps, tok, "falcon", sep_tok_vocab_size(tok)), 0);
     assert_int_equal(seps.count, 13);
     assert_true(seps.is_sep[23787]);
     sep_sepset_free(&seps);
-    assert_int_equal(sep_sepset_build(&seps, tok, "rule"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "rule", sep_tok_vocab_size(tok)), 0);
     assert_int_equal(seps.count, 6); /* only the six marks have such texts here */
     sep_sepset_free(&seps);
-    assert_int_equal(sep_sepset_build(&seps, tok, "7,t99,\\q"), SEP_EINVAL);
+    assert_int_equal(sep_sepset_build(&seps, tok, "7,t99,\\q", sep_tok_vocab_size(tok)), SEP_EINVAL);
     assert_non_null(strstr(sep_errmsg(), "unknown escape"));
     sep_tok_destroy(&tok);
     assert_int_equal(unlink(path), 0);
@@ -1309,32 +1309,57 @@ static void test_weights_as_stored(void **state)
 
 /* ---- bad checkpoints ----------------------------------------------------- */
 
-/* A copy of tiny-llama31 with config.json's field set to value (raw JSON);
- * the weights are symlinked. Returns the folder (static buffer). */
-static const char *bad_model(const char *field, const char *value)
+/* A copy of the shared folder rel (one model.safetensors) with the keys
+ * of the JSON object fields set in config.json (null removes one); the
+ * weights are symlinked. Returns the folder (static buffer). */
+static const char *model_copy(const char *rel, const char *fields)
 {
     static char dir[256];
-    char path[512];
+    char path[700];
     snprintf(dir, sizeof dir, "/tmp/sep-test-XXXXXX");
     assert_non_null(mkdtemp(dir));
-    const char *src = golden_path("models/arch/tiny-llama31");
+    char src[512];
+    snprintf(src, sizeof src, "%s", golden_path(rel));
     const char *files[] = { "model.safetensors", "tokenizer.json" };
     for (int i = 0; i < 2; i++) {
-        char target[512];
+        char target[600];
         snprintf(target, sizeof target, "%s/%s", src, files[i]);
         snprintf(path, sizeof path, "%s/%s", dir, files[i]);
         assert_int_equal(symlink(target, path), 0);
     }
     snprintf(path, sizeof path, "%s/config.json", src);
     json_t *cfg = json_load_file(path, 0, NULL);
+    json_t *set = json_loads(fields, 0, NULL);
     assert_non_null(cfg);
-    json_t *v = json_loads(value, JSON_DECODE_ANY, NULL);
-    assert_non_null(v);
-    json_object_set_new(cfg, field, v);
+    assert_non_null(set);
+    const char *key;
+    json_t *v;
+    json_object_foreach(set, key, v) {
+        if (json_is_null(v))
+            json_object_del(cfg, key);
+        else
+            json_object_set(cfg, key, v);
+    }
     snprintf(path, sizeof path, "%s/config.json", dir);
     assert_int_equal(json_dump_file(cfg, path, 0), 0);
     json_decref(cfg);
+    json_decref(set);
     return dir;
+}
+
+static void model_copy_remove(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* A copy of tiny-llama31 with config.json's field set to value (raw JSON). */
+static const char *bad_model(const char *field, const char *value)
+{
+    char fields[256];
+    snprintf(fields, sizeof fields, "{\"%s\": %s}", field, value);
+    return model_copy("models/arch/tiny-llama31", fields);
 }
 
 static void expect_load_error(const char *field, const char *value, int code, const char *needle)
@@ -1348,9 +1373,7 @@ static void expect_load_error(const char *field, const char *value, int code, co
                  sep_errmsg(), code, needle);
     if (!strstr(sep_errmsg(), "model.safetensors"))
         fail_msg("%s=%s: '%s' does not name the file", field, value, sep_errmsg());
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    model_copy_remove(dir);
 }
 
 static void test_missing_tensor(void **state)
@@ -1394,6 +1417,117 @@ static void test_bad_token_id(void **state)
     sep_model_destroy(&m);
 }
 
+/* A separator table spans the model's vocabulary, which may have more
+ * ids than the tokenizer (padded embeddings); a tokenizer with an id at
+ * or beyond it is refused, naming both sizes. */
+static void test_sepset_padded_vocab(void **state)
+{
+    (void)state;
+    char path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", golden_path("models/books-llama-16m"));
+    sep_tok_t *tok;
+    sep_sepset_t a, b;
+    assert_int_equal(sep_tok_load(&tok, path), 0);
+    assert_int_equal(sep_tok_vocab_size(tok), 8192);
+    assert_int_equal(sep_sepset_build(&a, tok, "auto", 8192), 0);
+    assert_int_equal(sep_sepset_build(&b, tok, "auto", 8250), 0);
+    assert_int_equal(b.n_vocab, 8250);
+    assert_int_equal(b.count, a.count);
+    assert_memory_equal(a.is_sep, b.is_sep, 8192);
+    for (int id = 8192; id < 8250; id++)
+        assert_int_equal(b.is_sep[id], 0);
+    sep_sepset_free(&b);
+    /* a listed id inside the model's vocabulary, past the tokenizer's */
+    assert_int_equal(sep_sepset_build(&b, tok, "12,8200", 8250), 0);
+    assert_true(b.is_sep[8200] && b.count == 2);
+    sep_sepset_free(&b);
+    assert_int_equal(sep_sepset_build(&b, tok, "12,8250", 8250), SEP_EINVAL);
+    assert_non_null(strstr(sep_errmsg(), "8250"));
+    assert_int_equal(sep_tok_check_vocab(tok, 8192), 0);
+    assert_int_equal(sep_sepset_build(&b, tok, "auto", 8191), SEP_EFORMAT);
+    assert_non_null(strstr(sep_errmsg(), "the tokenizer has 8192 ids"));
+    assert_non_null(strstr(sep_errmsg(), "the model 8191"));
+    assert_null(b.is_sep);
+    sep_sepset_free(&a);
+    sep_tok_destroy(&tok);
+}
+
+/* Sliding windows: with every layer sliding, full attention keeps the
+ * window - 1 newest entries before each token, at their stream
+ * positions; with only some layers sliding it is refused, naming the
+ * keys; evicting caches must stay below the window. (The NLLs against
+ * transformers: test_sepctl.sh.) */
+static void test_sliding_window_caches(void **state)
+{
+    (void)state;
+    sep_model_t *m, *plain;
+    sep_cache_t *c, *pc;
+    const char *dir = model_copy("models/arch/tiny-mistral", "{\"sliding_window\": 100}");
+    assert_int_equal(sep_model_load(&m, dir, be, 512), 0);
+    assert_int_equal(m->cfg.window, 100);
+    assert_int_equal(m->cfg.window_layers, 3);
+    assert_int_equal(sep_model_cache_new(m, &full_policy, &c), 0);
+    assert_int_equal(c->policy.method, SEP_METHOD_STREAMING);
+    assert_true(c->policy.a == 0 && c->policy.c == 99 && c->policy.w == 99 && !c->policy.shift);
+    /* the first 100 tokens see every key before them, as without a window */
+    int32_t *ids;
+    size_t n_ids;
+    assert_int_equal(golden_read_ids(golden_path("golden/ids.books-llama-16m.persuasion.txt"),
+                                     &ids, &n_ids), 0);
+    float win[300], full[300];
+    int32_t kv[300];
+    sep_chunk_t ch = { .cache = c, .ids = ids, .n = 300, .targets = ids + 1, .nll = win,
+                       .kv = kv };
+    assert_int_equal(sep_model_forward(m, &ch, 1), 0);
+    assert_int_equal(kv[98], 99);
+    assert_int_equal(kv[99], 100);
+    assert_int_equal(kv[299], 100);
+    assert_int_equal(c->n_seen, 300);
+    assert_int_equal(sep_model_load(&plain, golden_path("models/arch/tiny-mistral"), be, 512), 0);
+    assert_int_equal(plain->cfg.window, 0);
+    assert_int_equal(sep_model_cache_new(plain, &full_policy, &pc), 0);
+    sep_chunk_t pch = { .cache = pc, .ids = ids, .n = 300, .targets = ids + 1, .nll = full };
+    assert_int_equal(sep_model_forward(plain, &pch, 1), 0);
+    assert_close(win, full, 100, 1e-4, "inside the window");
+    int differ = 0;
+    for (int i = 100; i < 300; i++)
+        differ += fabs((double)win[i] - full[i]) > 1e-3;
+    assert_true(differ > 100);
+    sep_cache_destroy(&pc);
+    sep_model_destroy(&plain);
+    sep_cache_destroy(&c);
+    /* evicting caches: a query sees up to c + 1 keys */
+    sep_policy_t st = { .method = SEP_METHOD_STREAMING, .a = 4, .w = 95, .c = 99, .shift = 1 };
+    assert_int_equal(sep_model_cache_new(m, &st, &c), 0);
+    assert_int_equal(c->policy.c, 99);
+    sep_cache_destroy(&c);
+    st.c = 100;
+    st.w = 96;
+    assert_int_equal(sep_model_cache_new(m, &st, &c), SEP_EUNSUPPORTED);
+    assert_null(c);
+    assert_non_null(strstr(sep_errmsg(), "sliding_window"));
+    assert_non_null(strstr(sep_errmsg(), "below 100"));
+    sep_model_destroy(&m);
+    model_copy_remove(dir);
+
+    /* Qwen2 with the window on its last two layers only */
+    dir = model_copy("models/arch/tiny-qwen2", "{\"use_sliding_window\": true, "
+                     "\"sliding_window\": 100, \"max_window_layers\": 1, \"layer_types\": null}");
+    assert_int_equal(sep_model_load(&m, dir, be, 512), 0);
+    assert_int_equal(m->cfg.window, 100);
+    assert_int_equal(m->cfg.window_layers, 2);
+    assert_int_equal(sep_model_cache_new(m, &full_policy, &c), SEP_EUNSUPPORTED);
+    assert_null(c);
+    assert_non_null(strstr(sep_errmsg(), "max_window_layers"));
+    assert_non_null(strstr(sep_errmsg(), "2 of the 3 layers"));
+    st = (sep_policy_t){ .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 };
+    assert_int_equal(sep_model_cache_new(m, &st, &c), 0);
+    sep_cache_destroy(&c);
+    sep_model_destroy(&m);
+    model_copy_remove(dir);
+    free(ids);
+}
+
 int main(void)
 {
     load_runs();
@@ -1417,6 +1551,8 @@ int main(void)
         cmocka_unit_test(test_shape_mismatch),
         cmocka_unit_test(test_vocab_mismatch),
         cmocka_unit_test(test_bad_token_id),
+        cmocka_unit_test(test_sepset_padded_vocab),
+        cmocka_unit_test(test_sliding_window_caches),
     };
     size_t n_fixed = sizeof fixed / sizeof fixed[0];
     struct CMUnitTest *tests = calloc(n_runs + n_fixed, sizeof *tests);

@@ -881,6 +881,8 @@ static void test_cfg_tiny_mistral(void **state)
     assert_int_equal(c.n_kv_heads, 1);
     assert_int_equal(c.tied_embeddings, 0);
     assert_int_equal(c.qkv_bias + c.o_bias + c.mlp_bias, 0);
+    assert_int_equal(c.window, 0); /* "sliding_window": null */
+    assert_int_equal(c.window_layers, 0);
 }
 
 /* Llama-3.1 scaling, newer and older layouts: same parameters, same
@@ -941,6 +943,68 @@ static void expect_cfg_err(const char *name, const char *text, int code,
     char dir[DIR_CAP], path[PATH_CAP];
     sep_config_t c;
     expect_err(sep_config_load(&c, cfg_case(name, text, dir, path)), code, path, a, b);
+}
+
+/* Sliding windows as transformers 5.17's config classes derive them. */
+#define MISTRAL_HEAD "{\"architectures\":[\"MistralForCausalLM\"],"
+#define QWEN2_HEAD "{\"architectures\":[\"Qwen2ForCausalLM\"],"
+#define SIZES3 "\"hidden_size\":64,\"num_hidden_layers\":3,\"num_attention_heads\":4," \
+               "\"intermediate_size\":128,\"vocab_size\":100"
+
+static void cfg_window_is(const char *name, const char *text, int window, int layers)
+{
+    char dir[DIR_CAP], path[PATH_CAP];
+    sep_config_t c;
+    if (sep_config_load(&c, cfg_case(name, text, dir, path)))
+        fail_msg("%s: %s", name, sep_errmsg());
+    if (c.window != window || c.window_layers != layers)
+        fail_msg("%s: window %d on %d layers, expected %d on %d", name, c.window,
+                 c.window_layers, window, layers);
+}
+
+static void test_cfg_sliding_window(void **state)
+{
+    (void)state;
+    /* Mistral: absent is the class default 4096, null none, every layer
+     * (layer_types is Ministral's, not read) */
+    cfg_window_is("swm0", MISTRAL_HEAD SIZES3 "}", 4096, 3);
+    cfg_window_is("swm1", MISTRAL_HEAD SIZES3 ",\"sliding_window\":null}", 0, 0);
+    cfg_window_is("swm2", MISTRAL_HEAD SIZES3 ",\"sliding_window\":100,"
+                  "\"layer_types\":[\"full_attention\",\"full_attention\",\"full_attention\"]}",
+                  100, 3);
+    /* Qwen2: only with use_sliding_window, from max_window_layers (28) on */
+    cfg_window_is("swq0", QWEN2_HEAD SIZES3 ",\"sliding_window\":100}", 0, 0);
+    cfg_window_is("swq1", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":true}", 0, 0);
+    cfg_window_is("swq2", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":true,"
+                  "\"max_window_layers\":1}", 4096, 2);
+    cfg_window_is("swq3", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":true,"
+                  "\"sliding_window\":64,\"max_window_layers\":0}", 64, 3);
+    cfg_window_is("swq4", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":true,\"sliding_window\":64,"
+                  "\"layer_types\":[\"sliding_attention\",\"full_attention\",\"sliding_attention\"]}",
+                  64, 2);
+    cfg_window_is("swq5", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":false,\"sliding_window\":64,"
+                  "\"layer_types\":[\"sliding_attention\",\"sliding_attention\",\"sliding_attention\"]}",
+                  0, 0);
+    /* Llama has no window */
+    cfg_window_is("swl", LLAMA_HEAD SIZES ",\"sliding_window\":100}", 0, 0);
+}
+
+static void test_cfg_bad_sliding_window(void **state)
+{
+    (void)state;
+    expect_cfg_err("swbad1", MISTRAL_HEAD SIZES3 ",\"sliding_window\":1}", SEP_EFORMAT,
+                   "sliding_window", "below 2");
+    expect_cfg_err("swbad2", MISTRAL_HEAD SIZES3 ",\"sliding_window\":\"4096\"}", SEP_EFORMAT,
+                   "sliding_window", "not an integer");
+    expect_cfg_err("swbad3", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":1}", SEP_EFORMAT,
+                   "use_sliding_window", NULL);
+    expect_cfg_err("swbad4", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":true,"
+                   "\"layer_types\":[\"full_attention\"]}", SEP_EFORMAT, "layer_types", "3");
+    expect_cfg_err("swbad5", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":true,\"layer_types\":"
+                   "[\"full_attention\",\"chunked_attention\",\"full_attention\"]}",
+                   SEP_EUNSUPPORTED, "layer_types[1]", NULL);
+    expect_cfg_err("swbad6", QWEN2_HEAD SIZES3 ",\"use_sliding_window\":true,"
+                   "\"max_window_layers\":-1}", SEP_EFORMAT, "max_window_layers", NULL);
 }
 
 static void test_cfg_defaults(void **state)
@@ -1193,6 +1257,8 @@ int main(void)
         cmocka_unit_test(test_cfg_tiny_qwen2),
         cmocka_unit_test(test_cfg_tiny_mistral),
         cmocka_unit_test(test_cfg_llama31),
+        cmocka_unit_test(test_cfg_sliding_window),
+        cmocka_unit_test(test_cfg_bad_sliding_window),
         cmocka_unit_test(test_cfg_defaults),
         cmocka_unit_test(test_cfg_missing),
         cmocka_unit_test(test_cfg_not_json),

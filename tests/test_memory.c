@@ -64,7 +64,7 @@ static void test_flat_memory(void **state)
     sep_stream_t *s;
     assert_int_equal(sep_backend_new(&be, golden_device(), golden_precision(), 0), 0);
     assert_int_equal(sep_tok_load(&tok, path), 0);
-    assert_int_equal(sep_sepset_build(&seps, tok, "auto"), 0);
+    assert_int_equal(sep_sepset_build(&seps, tok, "auto", sep_tok_vocab_size(tok)), 0);
     assert_int_equal(sep_model_load(&m, dir, be, 512), 0);
     sep_policy_t p = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 32, .w = 224, .c = 324,
                        .shift = 1, .is_sep = seps.is_sep, .n_vocab = seps.n_vocab };

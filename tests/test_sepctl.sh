@@ -1,15 +1,16 @@
 #!/bin/sh
 # test_sepctl: the command line as users and scripts meet it (TAP).
-# Needs SEPCTL (the binary) and SEP_SHARED (the fixtures), set by make check.
+# Needs SEPCTL (the binary), PADVOCAB (tests/padvocab) and SEP_SHARED (the
+# fixtures), set by make check.
 set -u
-: "${SEPCTL:?}" "${SEP_SHARED:?}"
+: "${SEPCTL:?}" "${PADVOCAB:?}" "${SEP_SHARED:?}"
 G=$SEP_SHARED/golden
 T=$SEP_SHARED/texts
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 n=0
 failed=0
-echo "1..37"
+echo "1..52"
 
 # ok NAME CONDITION: one TAP line for a shell condition evaluated here;
 # on failure show stderr of the last run
@@ -195,5 +196,77 @@ ok "eval --seps-out of streamed text: the NLLs of the run without it" \
 run "$SEPCTL" eval --max-tokens 20000 --ids "$IDS" --seps-out "$tmp/seps.byids"
 ok "eval --seps-out of streamed text: the file of the golden ids" \
     'test $rc -eq 0 && test -s "$tmp/seps.byids" && cmp -s "$tmp/seps.stream" "$tmp/seps.byids"'
+
+# ---- checkpoints transformers scored (tests/golden: README there) ------
+HG=$(dirname "$0")/golden
+# hf_near NLLS GOLDEN: 1024 NLLs, each within 2e-3 of the golden's, and
+# eval's perplexity (in $tmp/out) within 0.1% of the golden's
+hf_near() {
+    paste "$1" "$2" | awk -v ppl="$(json_num ppl)" '{ d = $1 - $2; if (d < 0) d = -d; if (d > 2e-3) bad = 1; s += $2; n++ }
+        END { g = exp(s / n); d = ppl - g; if (d < 0) d = -d; exit bad || n != 1024 || !(d <= 1e-3 * g) }'
+}
+# copy_model SRC DST SED: DST links SRC's files but for config.json, SRC's through sed SED
+copy_model() {
+    mkdir "$2" && for f in "$1"/*; do ln -s "$f" "$2/"; done &&
+        rm "$2/config.json" && sed "$3" "$1/config.json" >"$2/config.json"
+}
+
+# a padded vocabulary: 8192 token ids, 8250 embedding rows (new rows of
+# the real ones' scale, so the softmax over all of them differs)
+P=$tmp/books-llama-16m-padded
+run "$PADVOCAB" "$L" "$P" 8250
+ok "padvocab: a padded copy of books-llama-16m" 'test $rc -eq 0 && grep -q "\"vocab_size\": 8250" "$P/config.json"'
+run "$SEPCTL" eval --model "$P" --method full --json --max-tokens 1024 --ids "$IDS" --nll-out "$tmp/pad.nll"
+ok "eval on a padded vocabulary: transformers' NLLs (softmax over all 8250 rows)" \
+    'test $rc -eq 0 && hf_near "$tmp/pad.nll" "$HG/hf_full.books-llama-16m-padded.persuasion.1024.nll"'
+run "$SEPCTL" eval --model "$P" --json --max-tokens 1024 --ids "$IDS"
+ok "eval sepllm on a padded vocabulary runs" 'test $rc -eq 0 && test "$(json_num tokens)" = 1024'
+run "$SEPCTL" separators --model "$P"
+ok "separators of a padded vocabulary: the tokenizer's" \
+    'test $rc -eq 0 && test "$(cat "$tmp/out")" = "1 12 14 26 27 31 198 199 221 360 1679"'
+# an added token at id 8192: one id beyond the model's 8192 rows
+B=$tmp/books-llama-16m-bigtok
+mkdir "$B" && for f in "$L"/*; do ln -s "$f" "$B/"; done && rm "$B/tokenizer.json" &&
+    sed 's/^  "added_tokens": \[$/&{"id": 8192, "content": "<|pad|>", "special": true},/' \
+        "$L/tokenizer.json" >"$B/tokenizer.json"
+run "$SEPCTL" eval --model "$B" --method full --ids "$IDS" --max-tokens 10
+ok "eval refuses a tokenizer with an id beyond the model's vocabulary, naming both sizes" \
+    'test $rc -eq 1 && grep -q "the tokenizer has 8193 ids" "$tmp/err" && grep -q "the model 8192" "$tmp/err" && grep -q "$B" "$tmp/err"'
+run "$SEPCTL" separators --model "$B"
+ok "separators refuses it too" 'test $rc -eq 1 && grep -q "the tokenizer has 8193 ids" "$tmp/err"'
+
+# sliding windows: every layer (Mistral sliding_window; Qwen2 from
+# max_window_layers 0 on, or every layer_types entry sliding)
+A=$SEP_SHARED/models/arch
+copy_model "$A/tiny-mistral" "$tmp/mw" 's/"sliding_window": null/"sliding_window": 100/'
+copy_model "$A/tiny-qwen2" "$tmp/qw" 's/"sliding_window": null/"sliding_window": 100/; s/"use_sliding_window": false/"use_sliding_window": true/; s/"full_attention"/"sliding_attention"/'
+copy_model "$A/tiny-qwen2" "$tmp/qm" 's/"sliding_window": null/"sliding_window": 100/; s/"use_sliding_window": false/"use_sliding_window": true/; s/"max_window_layers": 28/"max_window_layers": 0/; /"layer_types"/,/\]/d'
+copy_model "$A/tiny-qwen2" "$tmp/qh" 's/"sliding_window": null/"sliding_window": 100/; s/"use_sliding_window": false/"use_sliding_window": true/; s/"max_window_layers": 28/"max_window_layers": 1/; /"layer_types"/,/\]/d'
+run "$SEPCTL" eval --model "$tmp/mw" --method full --json --max-tokens 1024 --ids "$IDS" --nll-out "$tmp/mw.nll"
+ok "eval full, Mistral sliding_window 100: transformers' NLLs; a query sees 100 keys at most" \
+    'test $rc -eq 0 && hf_near "$tmp/mw.nll" "$HG/hf_full.tiny-mistral-window.persuasion.1024.nll" && test "$(json_num max_kv)" = 100'
+run "$SEPCTL" eval --model "$tmp/mw" --method full --per-token --max-tokens 300 --ids "$IDS" --nll-out "$tmp/mw.one"
+ok "eval full --per-token under the window: the chunked NLLs within 1e-4" \
+    'test $rc -eq 0 && head -n 300 "$tmp/mw.nll" | paste "$tmp/mw.one" - | awk "{ d = \$1 - \$2; if (d < 0) d = -d; if (d > 1e-4) bad = 1; n++ } END { exit bad || n != 300 }"'
+for q in qw qm; do
+    run "$SEPCTL" eval --model "$tmp/$q" --method full --json --max-tokens 1024 --ids "$IDS" --nll-out "$tmp/$q.nll"
+    ok "eval full, Qwen2 sliding on every layer ($q): transformers' NLLs" \
+        'test $rc -eq 0 && hf_near "$tmp/$q.nll" "$HG/hf_full.tiny-qwen2-window.persuasion.1024.nll"'
+done
+run "$SEPCTL" eval --model "$tmp/qh" --method full --ids "$IDS" --max-tokens 10
+ok "eval full refuses a window on some layers only, naming the keys" \
+    'test $rc -eq 1 && grep -q "2 of the 3 layers" "$tmp/err" && grep -q max_window_layers "$tmp/err"'
+# SepLLM and StreamingLLM below the window: a query sees c + 1 <= 100
+# keys, so the window changes nothing
+SL="--init 4 --seps 16 --window 32 --capacity 99 --max-tokens 1024 --ids $IDS"
+run "$SEPCTL" eval --model "$tmp/mw" $SL --nll-out "$tmp/mw.sep"
+"$SEPCTL" eval --model "$A/tiny-mistral" $SL --nll-out "$tmp/m.sep" >/dev/null 2>&1
+ok "eval sepllm with c below the window: the NLLs without a window, bitwise" 'test $rc -eq 0 && cmp -s "$tmp/mw.sep" "$tmp/m.sep"'
+run "$SEPCTL" eval --model "$tmp/qh" --method streaming --capacity 99 --max-tokens 1024 --ids "$IDS" --nll-out "$tmp/qh.st"
+"$SEPCTL" eval --model "$A/tiny-qwen2" --method streaming --capacity 99 --max-tokens 1024 --ids "$IDS" --nll-out "$tmp/q.st" >/dev/null 2>&1
+ok "eval streaming with c below a window on some layers: the NLLs without a window, bitwise" 'test $rc -eq 0 && cmp -s "$tmp/qh.st" "$tmp/q.st"'
+run "$SEPCTL" eval --model "$tmp/mw" --init 4 --seps 16 --window 32 --capacity 100 --ids "$IDS" --max-tokens 10
+ok "eval sepllm with c at the window is refused, naming it" \
+    'test $rc -eq 1 && grep -q "capacity c=100" "$tmp/err" && grep -q "sliding_window" "$tmp/err"'
 
 exit 0

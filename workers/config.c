@@ -320,6 +320,54 @@ static int cfg_neox(const char *path, json_t *root, json_t *rp, sep_config_t *c)
     return cfg_pos(path, name, v, 0, 10000.0, &c->rope_theta);
 }
 
+/* Sliding-window attention of Mistral (every layer: MistralModel reads
+ * no layer_types) and Qwen2 (the layers from max_window_layers on, or
+ * those layer_types names), as transformers 5.17 derives it (config.h). */
+static int cfg_window(const char *path, json_t *root, int qwen2, sep_config_t *c)
+{
+    json_t *sw = json_object_get(root, "sliding_window");
+    json_t *types = qwen2 ? json_object_get(root, "layer_types") : NULL;
+    int rc, use = 1, from = 0;
+    if (qwen2 && (rc = cfg_bool(path, "use_sliding_window",
+                                json_object_get(root, "use_sliding_window"), 0, &use)))
+        return rc;
+    if (!use)
+        return SEP_OK;
+    if (!sw)
+        c->window = 4096; /* the config classes' default */
+    else if (!json_is_null(sw) &&
+             (rc = cfg_int(path, "sliding_window", sw, 1, 0, 2, CFG_POS_MAX, &c->window)))
+        return rc;
+    if (!c->window)
+        return SEP_OK;
+    if (!cfg_absent(types)) {
+        if (!json_is_array(types) || json_array_size(types) != (size_t)c->n_layers)
+            return sep_fail(SEP_EFORMAT, "%s: layer_types: not a list of %d names", path,
+                            c->n_layers);
+        for (int l = 0; l < c->n_layers; l++) {
+            const char *t = json_string_value(json_array_get(types, l));
+            if (!t || (strcmp(t, "full_attention") && strcmp(t, "sliding_attention")))
+                return sep_fail(SEP_EUNSUPPORTED, "%s: layer_types[%d]: not \"full_attention\" "
+                                "or \"sliding_attention\"", path, l);
+            c->window_layers += !strcmp(t, "sliding_attention");
+        }
+        snprintf(c->window_keys, sizeof c->window_keys,
+                 "use_sliding_window, sliding_window, layer_types");
+    } else {
+        if (qwen2 && (rc = cfg_int(path, "max_window_layers",
+                                   json_object_get(root, "max_window_layers"), 0, 28, 0,
+                                   CFG_DIM_MAX, &from)))
+            return rc;
+        c->window_layers = from < c->n_layers ? c->n_layers - from : 0;
+        snprintf(c->window_keys, sizeof c->window_keys, "%s",
+                 qwen2 ? "use_sliding_window, sliding_window, max_window_layers"
+                       : "sliding_window");
+    }
+    if (!c->window_layers)
+        c->window = 0;
+    return SEP_OK;
+}
+
 int sep_config_load(sep_config_t *cfg, const char *dir)
 {
     static const char *const llama_names[] = {"LlamaForCausalLM",
@@ -412,6 +460,9 @@ int sep_config_load(sep_config_t *cfg, const char *dir)
         goto fail;
     }
     if ((rc = cfg_rope_scaling(path, root, &c)))
+        goto fail;
+    if ((!strcmp(arch, "MistralForCausalLM") || !strcmp(arch, "Qwen2ForCausalLM")) &&
+        (rc = cfg_window(path, root, !strcmp(arch, "Qwen2ForCausalLM"), &c)))
         goto fail;
 
     /* generate takes generation_config.json's eos_token_id over config.json's */

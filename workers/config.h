@@ -12,6 +12,13 @@
  * or null for none) of generation_config.json beside config.json when
  * that file names one, else of config.json, as transformers' generate
  * takes them. Each must lie in the vocabulary.
+ * Sliding-window attention, as transformers 5.17 applies it: Mistral's
+ * sliding_window (absent: 4096, the config class's default; null: none)
+ * on every layer (layer_types is not read); Qwen2's sliding_window when
+ * use_sliding_window is true, on the layers from max_window_layers on
+ * (default 28), or on those that layer_types calls "sliding_attention"
+ * when it is given. A query of such a layer attends to the window newest
+ * keys, itself included (position q sees keys q - window + 1 .. q).
  */
 #ifndef SEP_CONFIG_H
 #define SEP_CONFIG_H
@@ -55,6 +62,11 @@ typedef struct {
     int rope_orig_max_pos;  /* original_max_position_embeddings */
     int n_eos;              /* end-of-sequence ids (0: none) */
     int eos[SEP_EOS_MAX];   /* (n_eos) in the order the file lists them */
+    /* sliding-window attention */
+    int window;             /* keys a query of a sliding layer sees; 0: no layer slides */
+    int window_layers;      /* layers that slide: n_layers, or fewer (the others attend
+                               to every key); 0 when window is 0 */
+    char window_keys[64];   /* the config.json keys they come from, for messages */
 } sep_config_t;
 
 /* Parse dir/config.json (and dir/generation_config.json when present)

@@ -575,10 +575,37 @@ void sep_model_destroy(sep_model_t **self_p)
 
 int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_cache_t **out)
 {
-    if (policy->method == SEP_METHOD_SEPLLM && policy->n_vocab < m->cfg.vocab)
+    const sep_config_t *cfg = &m->cfg;
+    *out = NULL;
+    if (policy->method == SEP_METHOD_SEPLLM && policy->n_vocab < cfg->vocab)
         return sep_fail(SEP_EINVAL, "sepllm: separator set covers %d ids, the model has %d",
-                        policy->n_vocab, m->cfg.vocab);
-    return sep_cache_new(out, m->be, m->layer1 - m->layer0, m->kv_dim, policy);
+                        policy->n_vocab, cfg->vocab);
+    if (!cfg->window)
+        return sep_cache_new(out, m->be, m->layer1 - m->layer0, m->kv_dim, policy);
+    /* A sliding window: a query of a sliding layer sees its window newest
+     * keys. An evicting cache whose queries never see more is unaffected:
+     * it holds at most c entries before a token, c + 1 with it. */
+    if (policy->method != SEP_METHOD_FULL) {
+        if (policy->c < cfg->window)
+            return sep_cache_new(out, m->be, m->layer1 - m->layer0, m->kv_dim, policy);
+        return sep_fail(SEP_EUNSUPPORTED, "%s: capacity c=%d: a query would see up to %d keys, "
+                        "beyond the sliding window of %d (config.json %s); take c below %d",
+                        sep_method_name(policy->method), policy->c, policy->c + 1, cfg->window,
+                        cfg->window_keys, cfg->window);
+    }
+    if (cfg->window_layers < cfg->n_layers)
+        return sep_fail(SEP_EUNSUPPORTED, "full attention: %d of the %d layers slide over a "
+                        "window of %d keys and the others do not (config.json %s); sepd applies "
+                        "one window to every layer or none: take --method sepllm or streaming "
+                        "with a capacity below %d", cfg->window_layers, cfg->n_layers, cfg->window,
+                        cfg->window_keys, cfg->window);
+    /* every layer slides: full attention over the window is a cache of
+     * the window - 1 newest entries before each token, at their stream
+     * positions (streaming with a = 0, no shift) */
+    sep_policy_t win = { .method = SEP_METHOD_STREAMING, .a = 0, .s = 0, .w = cfg->window - 1,
+                         .c = cfg->window - 1, .shift = 0, .is_sep = policy->is_sep,
+                         .n_vocab = policy->n_vocab };
+    return sep_cache_new(out, m->be, m->layer1 - m->layer0, m->kv_dim, &win);
 }
 
 /* ---- forward ------------------------------------------------------------ */

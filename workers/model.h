@@ -162,7 +162,12 @@ int sep_model_synthetic_stage(sep_model_t **out, const char *shape, sep_backend_
 void sep_model_destroy(sep_model_t **self_p);
 
 /* A cache for this model's (this stage's) layers under policy (its separator set must
- * outlive the cache). */
+ * outlive the cache). On a model with a sliding window (cfg.window): full
+ * attention keeps the window - 1 newest entries before each token at
+ * their stream positions when every layer slides, which is transformers'
+ * window exactly, and is SEP_EUNSUPPORTED when only some layers do;
+ * streaming and sepllm, whose queries see at most c + 1 keys, need c
+ * below the window (SEP_EUNSUPPORTED otherwise) and are then unaffected. */
 int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_cache_t **out);
 
 /* Run a batch (chunks of distinct caches, at most max_tokens tokens).

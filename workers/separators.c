@@ -55,7 +55,7 @@ static void sepset_add(sep_sepset_t *set, int id)
 static int sepset_add_texts(sep_sepset_t *set, const sep_tok_t *tok, const char *const *texts,
                             const size_t *lens, size_t n)
 {
-    for (int id = 0; id < set->n_vocab; id++) {
+    for (int id = 0; id < sep_tok_vocab_size(tok); id++) {
         char *t = NULL;
         size_t len = 0;
         int rc = sep_tok_token_text(tok, id, &t, &len);
@@ -185,16 +185,19 @@ done:
     return rc;
 }
 
-int sep_sepset_build(sep_sepset_t *set, const sep_tok_t *tok, const char *spec)
+int sep_sepset_build(sep_sepset_t *set, const sep_tok_t *tok, const char *spec, int n_vocab)
 {
     memset(set, 0, sizeof *set);
-    set->n_vocab = sep_tok_vocab_size(tok);
+    int rc = sep_tok_check_vocab(tok, n_vocab);
+    if (rc)
+        return rc;
+    set->n_vocab = n_vocab;
     set->is_sep = calloc((size_t)set->n_vocab, 1);
     if (!set->is_sep)
         return sep_fail(SEP_ENOMEM, "separators: out of memory");
-    int rc;
     if (!spec || !*spec || strcmp(spec, "auto") == 0) {
-        const preset_t *p = sepset_detect(tok, set->n_vocab);
+        /* a preset is the tokenizer's: its size, not the model's */
+        const preset_t *p = sepset_detect(tok, sep_tok_vocab_size(tok));
         rc = p ? sepset_preset(set, p) : sepset_rule(set, tok);
     } else if (strcmp(spec, "rule") == 0) {
         rc = sepset_rule(set, tok);

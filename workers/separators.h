@@ -12,7 +12,9 @@
  *   a comma-separated list of items: digits are an id; anything else is a
  *                       string (escapes \n \t \s for space, \, \\) and
  *                       names every id whose text is that string.
- * The result is a bitmap over the vocabulary.
+ * The result is a bitmap over the model's vocabulary (config.json
+ * vocab_size), which may be larger than the tokenizer's: ids past the
+ * tokenizer's are never separators.
  */
 #ifndef SEP_SEPARATORS_H
 #define SEP_SEPARATORS_H
@@ -23,7 +25,7 @@
 
 typedef struct {
     uint8_t *is_sep;   /* (n_vocab) 1 for a separator id */
-    int n_vocab;
+    int n_vocab;       /* the model's vocabulary */
     int count;         /* separator ids */
     char name[32];     /* the preset used ("llama3", "rule", "list") */
 } sep_sepset_t;
@@ -32,8 +34,10 @@ typedef struct {
  * vocabulary of n_vocab ids, no tokenizer needed (synthetic models). */
 int sep_sepset_preset(sep_sepset_t *set, const char *name, int n_vocab);
 
-/* Build the set of spec for tok. The set's memory: sep_sepset_free(). */
-int sep_sepset_build(sep_sepset_t *set, const sep_tok_t *tok, const char *spec);
+/* Build the set of spec for tok, over a model of n_vocab ids; a
+ * tokenizer with more ids is refused (sep_tok_check_vocab). The set's
+ * memory: sep_sepset_free(). */
+int sep_sepset_build(sep_sepset_t *set, const sep_tok_t *tok, const char *spec, int n_vocab);
 void sep_sepset_free(sep_sepset_t *set);
 
 #endif

@@ -51,6 +51,15 @@ int sep_tok_has_id(const sep_tok_t *tok, int32_t id)
     return id >= 0 && id < tok->nids && tok->text_off[id] != HOLE;
 }
 
+int sep_tok_check_vocab(const sep_tok_t *tok, int n_vocab)
+{
+    if (tok->nids <= n_vocab)
+        return SEP_OK;
+    return sep_fail(SEP_EFORMAT, "the tokenizer has %d ids (0 to %d), the model %d "
+                    "(config.json vocab_size): ids from %d on have no embedding row",
+                    tok->nids, tok->nids - 1, n_vocab, n_vocab);
+}
+
 /* obj[key] as a bool; dflt when absent or null. */
 static int jbool(json_t *obj, const char *key, bool dflt, bool *out,
                  const char *path, const char *field)

@@ -41,6 +41,13 @@ int sep_tok_vocab_size(const sep_tok_t *tok);
  * the size that no token has): the ids sep_tok_decode takes. */
 int sep_tok_has_id(const sep_tok_t *tok, int32_t id);
 
+/* Whether every id of tok has a row in a model of n_vocab ids (its
+ * config.json vocab_size). A model may have more ids than its tokenizer
+ * (embeddings padded to a round size: Pythia's 50,304 for 50,277 ids);
+ * a tokenizer with an id at or beyond n_vocab is SEP_EFORMAT, naming
+ * both sizes. */
+int sep_tok_check_vocab(const sep_tok_t *tok, int n_vocab);
+
 /* Encode len bytes of UTF-8 text. *ids is malloc'ed (caller frees), *n
  * its length. Invalid UTF-8 (as sep_utf8_scan defines it, utf8.h):
  * SEP_EUTF8 naming the byte offset. */
