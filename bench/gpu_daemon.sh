@@ -19,15 +19,8 @@ set -u
 bin=$1
 out=$2
 here=$(cd "$(dirname "$0")/.." && pwd)
-export SEPD_CUDA_MODULE=$bin/sepd-cuda.so SEPD_WORKER=$bin/sepd-worker
-m8b=${MODEL:-/tmp/m8b}
+. "$here/bench/gpu_lib.sh"
 dev=${DEVICE:-cuda}
-if [ ! -f "$m8b/config.json" ]; then
-    t0=$(date +%s)
-    python3 "$bin/make-8b-folder.py" "$m8b" "$here/models/books-llama-16m" --pad-tokenizer \
-        >"$out/make8b.log" 2>&1 || { tail "$out/make8b.log"; exit 1; }
-    echo "8B folder: $(du -sh "$m8b" | cut -f1) in $(( $(date +%s) - t0 )) s"
-fi
 cat "$m8b"/*.safetensors >/dev/null # a warm page cache
 now() { date +%s.%N; }
 

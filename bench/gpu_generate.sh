@@ -19,15 +19,7 @@ bin=$1
 out=$2
 n=${3:-512}
 here=$(cd "$(dirname "$0")/.." && pwd)
-export SEPCTL=$bin/sepctl SEPD=$bin/sepd SEPD_WORKER=$bin/sepd-worker
-export SEPD_CUDA_MODULE=$bin/sepd-cuda.so
-m8b=/tmp/m8b
-if [ ! -f "$m8b/config.json" ]; then
-    t0=$(date +%s)
-    python3 "$bin/make-8b-folder.py" "$m8b" "$here/models/books-llama-16m" --pad-tokenizer \
-        >"$out/make8b.log" 2>&1 || { tail "$out/make8b.log"; exit 1; }
-    echo "8B folder: $(du -sh "$m8b" | cut -f1) in $(( $(date +%s) - t0 )) s"
-fi
+. "$here/bench/gpu_lib.sh"
 tmp=$(mktemp -d)
 export SEPD_SOCKET="ipc://$tmp/sepd.sock"
 t0=$(date +%s)
