@@ -1408,7 +1408,11 @@ static int ctl_gen_opt(int c, const char *arg, json_t **fields)
     errno = 0;
     double v = is_int ? (double)strtoll(arg, &end, 10) : strtod(arg, &end);
     if (*end || end == arg || errno || !isfinite(v)) {
-        fprintf(stderr, "sepctl: --%s: '%s' is not %s\n", name, arg,
+        char opt[32]; /* the option as typed: its field's name with dashes */
+        snprintf(opt, sizeof opt, "%s", name);
+        for (char *p = opt; *p; p++)
+            *p = *p == '_' ? '-' : *p;
+        fprintf(stderr, "sepctl: --%s: '%s' is not %s\n", opt, arg,
                 is_int ? "an integer" : "a finite number");
         return -1;
     }
