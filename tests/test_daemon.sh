@@ -6,7 +6,7 @@
 echo "1..51"
 # the first daemon's workers and loop poll awake around generation steps
 # as they do on a GPU (poll_spin_us), so that path runs here too
-printf 'checkpoint_seconds = 1\npoll_spin_us = 300\n' >"$tmp/one.conf"
+printf 'checkpoint_seconds = 1\ncheckpoint_budget = 100\npoll_spin_us = 300\n' >"$tmp/one.conf"
 
 # zsend FRAME...: one raw message (zclient's frame syntax), its reply
 zsend() { printf 'send %s\nrecv\n' "$*" | "$ZCLIENT" "$sock"; }

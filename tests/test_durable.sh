@@ -11,7 +11,7 @@ echo "1..50"
 
 # checkpoints every second, small uncommitted bounds: crashes land between them
 conf=$tmp/sepd.conf
-printf 'checkpoint_seconds = 1\ncheckpoint_bytes = 65536\n' >"$conf"
+printf 'checkpoint_seconds = 1\ncheckpoint_bytes = 65536\ncheckpoint_budget = 100\n' >"$conf"
 
 # eval_of FILE OPTS...: eval's NLLs in FILE.eval, its figures in FILE.json
 eval_of() {

@@ -13,7 +13,7 @@ M0=$SEP_SHARED/models/books-llama-16m
 N=24
 head -c 1500 "$T/persuasion.txt" >"$tmp/prompt"
 # a checkpoint every 4 tokens: generations run through several
-printf 'checkpoint_tokens = 4\n' >"$tmp/ck.conf"
+printf 'checkpoint_tokens = 4\ncheckpoint_budget = 100\n' >"$tmp/ck.conf" # a checkpoint every few tokens, whatever they cost
 conf=$tmp/ck.conf
 
 zsend() { printf 'send %s\nrecv\n' "$*" | "$ZCLIENT" "$sock"; }
