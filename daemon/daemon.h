@@ -68,6 +68,7 @@ typedef struct {
 } sepd_stats_t;
 
 struct sepd_storer;
+struct sepd_known;
 
 typedef struct sepd {
     sep_conf_t conf;
@@ -86,6 +87,7 @@ typedef struct sepd {
     int lock_fd, sig_fd;
     void *zctx, *clients;
     sepd_outbox_t *out;
+    struct sepd_known *known; /* the clients at once (quota.c) */
     sep_pool_t *pool;
     sep_tok_t *tok;
     int eos[SEP_EOS_MAX];     /* (n_eos) the model's end-of-sequence ids (config.h) */
