@@ -10,6 +10,7 @@
  *               they end (stop.c matches the stop strings)
  *   session.c   one session's text, ids and counters
  *   pool.c      the worker processes; conf.c the settings
+ *   quota.c     the limits (quota.h): sessions, caches, pending text, clients
  */
 #ifndef SEPD_DAEMON_H
 #define SEPD_DAEMON_H
