@@ -526,7 +526,8 @@ static void op_feed(sepd_t *d, const sep_msg_t *m)
                           "feed: piece %lld after %s", (long long)seq,
                           op->ending == SEPD_FEED_BROKEN ? "a piece that was refused"
                                                          : "feed_end");
-    if (!sepd_limit_piece(d, m, s, m->frames[0].len))
+    if (!sepd_limit_piece(d, m, s, m->frames[0].len) ||
+        !sepd_limit_growth(d, m, s, (int64_t)m->frames[0].len))
         return feed_broken(d, s);
     op->want_nll = json_is_true(json_object_get(m->hdr, "nll"));
     int64_t bad = 0;
@@ -663,6 +664,10 @@ static void op_generate(sepd_t *d, const sep_msg_t *m)
     int ignore_eos;
     if (sepd_gen_stops(d, m, &stop, &ignore_eos))
         return;
+    if (!sepd_limit_growth(d, m, s, n)) {
+        sep_stop_destroy(&stop);
+        return;
+    }
     if (!state_allows(d, s, m, SEP_SS_ACTIVE) || !op_admit(d, s, m, SEP_SOP_GENERATE) ||
         end_text(d, s, m)) {
         sep_stop_destroy(&stop);

@@ -160,16 +160,68 @@ static int holds_caches(const sep_session_t *s)
            s->state == SEP_SS_FAILED || s->op.kind == SEP_SOP_RESUME;
 }
 
-int64_t sepd_cache_charge(const sepd_t *d, const sep_session_t *s, int rank)
+/* The bytes of s's cache on stage rank once it holds `entries`. */
+static int64_t charge_at(const sepd_t *d, const sep_session_t *s, int rank, int64_t entries)
 {
     const sep_stage_t *st = &d->pool->stage[rank];
     const sep_policy_t *p = &s->policy;
-    /* full grows with its stream: charged at what it holds, or c + 1 */
-    int64_t entries = s->kv_last > p->c + 1 ? s->kv_last : p->c + 1;
+    if (entries < p->c + 1)
+        entries = p->c + 1;
     if (entries > INT32_MAX / 2)
         entries = INT32_MAX / 2;
     return sep_cache_bytes(p, st->layer1 - st->layer0, st->kv_dim,
                            sep_cache_cap_for(p, 0, (int)entries));
+}
+
+int64_t sepd_cache_charge(const sepd_t *d, const sep_session_t *s, int rank)
+{
+    /* full grows with its stream: charged at every id it has (scored or
+     * queued), at least c + 1 */
+    return charge_at(d, s, rank, s->policy.method == SEP_METHOD_FULL ? s->ids_total : 0);
+}
+
+/* The charges of the sessions with caches but s, on stage rank. */
+static int64_t charged_others(const sepd_t *d, const sep_session_t *s, int rank)
+{
+    int64_t used = 0;
+    for (size_t i = 0; i < d->n_sess; i++)
+        if (d->sess[i] != s && holds_caches(d->sess[i]))
+            used += sepd_cache_charge(d, d->sess[i], rank);
+    return used;
+}
+
+static void cache_key(const sepd_t *d, char *buf, size_t cap)
+{
+    if (d->conf.limits.cache_memory_mib)
+        snprintf(buf, cap, "cache_memory_mib = %ld", d->conf.limits.cache_memory_mib);
+    else
+        snprintf(buf, cap, "cache_memory_mib = auto");
+}
+
+int sepd_limit_growth(sepd_t *d, const sep_msg_t *m, const sep_session_t *s, int64_t more)
+{
+    if (s->policy.method != SEP_METHOD_FULL)
+        return 1;
+    int64_t entries = s->ids_total + (int64_t)s->held_len + more;
+    for (int r = 0; r < d->pool->stages; r++) {
+        const sep_stage_t *st = &d->pool->stage[r];
+        if (st->cache_budget <= 0)
+            continue;
+        int64_t need = charge_at(d, s, r, entries), used = charged_others(d, s, r);
+        if (used + need <= st->cache_budget)
+            continue;
+        char key[64];
+        cache_key(d, key, sizeof key);
+        sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_LIMIT,
+                   "%s '%s': a full cache grows with its text: %lld more tokens (counting one "
+                   "a byte) would take it to %lld bytes on stage %d (layers %d..%d), which has "
+                   "%lld of its %lld bytes of cache memory for it (%s)", m->op, s->name,
+                   (long long)more, (long long)need, r, st->layer0, st->layer1 - 1,
+                   (long long)(st->cache_budget > used ? st->cache_budget - used : 0),
+                   (long long)st->cache_budget, key);
+        return 0;
+    }
+    return 1;
 }
 
 int sepd_limit_caches(sepd_t *d, const sep_msg_t *m, const sep_session_t *s)
@@ -188,18 +240,12 @@ int sepd_limit_caches(sepd_t *d, const sep_msg_t *m, const sep_session_t *s)
         const sep_stage_t *st = &d->pool->stage[r];
         if (st->cache_budget <= 0)
             continue;
-        int64_t need = sepd_cache_charge(d, s, r), used = 0;
-        for (size_t i = 0; i < d->n_sess; i++)
-            if (d->sess[i] != s && holds_caches(d->sess[i]))
-                used += sepd_cache_charge(d, d->sess[i], r);
+        int64_t need = sepd_cache_charge(d, s, r), used = charged_others(d, s, r);
         if (used + need <= st->cache_budget)
             continue;
         int64_t left = st->cache_budget > used ? st->cache_budget - used : 0;
         char cap[64];
-        if (d->conf.limits.cache_memory_mib)
-            snprintf(cap, sizeof cap, "cache_memory_mib = %ld", d->conf.limits.cache_memory_mib);
-        else
-            snprintf(cap, sizeof cap, "cache_memory_mib = auto");
+        cache_key(d, cap, sizeof cap);
         sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_LIMIT,
                    "%s '%s': its cache needs %lld bytes on stage %d (layers %d..%d), which has "
                    "%lld of its %lld bytes of cache memory free (%s): suspend or close a "

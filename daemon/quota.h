@@ -7,7 +7,8 @@
  *                        imports under way): open, import
  *   max_active_sessions  sessions whose caches are in the workers: open, resume
  *   cache_memory_mib     bytes of cache on each stage: open, resume, before
- *                        any stage allocates (sepd_cache_charge)
+ *                        any stage allocates (sepd_cache_charge); a full
+ *                        cache's growth: feed, generate
  *   max_pending_bytes    text of a session's unacknowledged feed pieces
  *   max_clients          clients at once: a client is a connection that has
  *                        sent something and is not known to have gone (a
@@ -51,6 +52,9 @@ void sepd_client_forget(struct sepd *d, const uint8_t *peer, size_t peer_len);
 int sepd_limit_new_session(struct sepd *d, const sep_msg_t *m, const char *name);
 /* open (s not yet added), resume: s's caches may go to the workers. */
 int sepd_limit_caches(struct sepd *d, const sep_msg_t *m, const sep_session_t *s);
+/* feed, generate: s's cache may grow by `more` tokens (a feed's bytes,
+ * a generate's n) within cache_memory_mib; always 1 but for full. */
+int sepd_limit_growth(struct sepd *d, const sep_msg_t *m, const sep_session_t *s, int64_t more);
 /* feed: a piece of len bytes may join s's unacknowledged ones. */
 int sepd_limit_piece(struct sepd *d, const sep_msg_t *m, const sep_session_t *s, size_t len);
 

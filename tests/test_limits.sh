@@ -7,7 +7,7 @@
 # SEPCTL, SEPD, ZCLIENT, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZCLIENT:?}"
-echo "1..39"
+echo "1..44"
 
 zc() { "$ZCLIENT" "$sock"; }
 
@@ -95,10 +95,13 @@ run "$SEPCTL" stats --json
 ok "stats reports each stage's cache budget" 'grep -q "\"cache_budget\": *25165824" "$tmp/out"'
 
 # ---- text pending per session --------------------------------------------
-# more than one piece of text that is cheap to score (runs of spaces)
-{ head -c 3000 "$T/wikitext2_test.txt"; head -c 67000 /dev/zero | tr '\0' ' '; echo end.; } >"$tmp/big.txt"
+# more than one piece of text that is cheap to score (runs of 200 spaces)
+pad=$(printf '%200s' '')
+{ head -c 3000 "$T/wikitext2_test.txt"; i=0
+  while [ $i -lt 340 ]; do printf '%sword%d.\n' "$pad" $i; i=$((i + 1)); done; } >"$tmp/big.txt"
+head -c 60000 "$tmp/big.txt" >"$tmp/piece.txt"
 printf '%s\n' 'send {"v":2,"op":"feed","session":"s1","seq":0} @'"$tmp/p0.txt" \
-    'send {"v":2,"op":"feed","session":"s1","seq":1} @'"$tmp/big.txt" \
+    'send {"v":2,"op":"feed","session":"s1","seq":1} @'"$tmp/piece.txt" \
     'send {"v":2,"op":"feed","session":"s1","seq":2} =more' 'recv 3 60000' | zc >"$tmp/out"
 ok "a piece past max_pending_bytes: limit naming it and its value" \
     'grep -q "\"seq\":1.*max_pending_bytes = 65536" "$tmp/out" ||
@@ -157,6 +160,26 @@ ok "after every refusal sepd serves, the session unchanged" \
 "$SEPCTL" close s7 >/dev/null
 "$SEPCTL" close s2 >/dev/null
 "$SEPCTL" close s3 >/dev/null
+
+# ---- a full cache grows with its text --------------------------------------
+# shift does not matter to full: (8 x 128 x 4 x 2 + 12) = 8204 bytes an
+# entry, 256 doubling: 2048 entries fit 24 MiB, 4096 do not
+"$SEPCTL" open f --method full >/dev/null
+head -c 1500 "$T/persuasion.txt" >"$tmp/f0.txt"
+tail -c +1501 "$T/persuasion.txt" | head -c 3000 >"$tmp/f1.txt"
+run "$SEPCTL" feed f <"$tmp/f0.txt"
+ok "a full session takes text while its cache fits" 'test $rc = 0'
+run "$SEPCTL" feed f <"$tmp/f1.txt"
+ok "a piece that could take it past cache_memory_mib: limit, naming the key" \
+    'test $rc = 1 && grep -q "a full cache grows with its text: 3000 more tokens" "$tmp/err" &&
+     grep -q "cache_memory_mib = 24" "$tmp/err"'
+run "$SEPCTL" generate f -n 5000 --ignore-eos
+ok "so is a generation that could" 'test $rc = 1 && grep -q "5000 more tokens" "$tmp/err"'
+run "$SEPCTL" info f --json
+ok "neither took anything" 'test "$(json_num bytes_in)" = 1500 && test "$(json_str running)" = none'
+run "$SEPCTL" generate f -n 4 --ignore-eos --temperature 0
+ok "what fits runs" 'test $rc = 0'
+"$SEPCTL" close f >/dev/null
 stop_daemon
 
 # ---- clients at once -------------------------------------------------------
