@@ -1578,6 +1578,13 @@ int ctl_remote(const char *verb, int argc, char **argv)
                 : needs_name ? "expected one session NAME" : "takes no arguments");
         return EXIT_USAGE;
     }
+    char why[64];
+    if (name && (is_open || is_import) && sep_name_check(name, why, sizeof why)) {
+        /* a new name: the rule sepd applies to new sessions */
+        fprintf(stderr, "sepctl: session name '%s': %s; a name is %s\n", name, why,
+                SEP_NAME_RULE);
+        return EXIT_USAGE;
+    }
     if (name && !sep_name_ok(name)) {
         fprintf(stderr, "sepctl: session name '%s': 1 to %d characters of A-Z a-z 0-9 . _ -\n",
                 name, SEP_NAME_MAX);

@@ -7,7 +7,7 @@
 # SEPCTL, SEPD, ZCLIENT, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZCLIENT:?}"
-echo "1..44"
+echo "1..45"
 
 zc() { "$ZCLIENT" "$sock"; }
 
@@ -42,9 +42,12 @@ cat "$tmp/p0.txt" "$tmp/p1.txt" >"$tmp/s1.txt"
 
 # ---- names ---------------------------------------------------------------
 run "$SEPCTL" open .hidden
-ok "a name starting with '.': refused, the rule named" \
-    'test $rc = 1 && grep -q "name .\.hidden.: it starts with .\.." "$tmp/err" &&
+ok "sepctl open of a name starting with '.': a usage error naming the rule" \
+    'test $rc = 2 && grep -q "name .\.hidden.: it starts with .\.." "$tmp/err" &&
      grep -q "1 to 64 bytes of A-Z a-z 0-9 . _ -, not starting with" "$tmp/err"'
+printf 'send {"v":2,"op":"open","session":".hidden"}\nrecv\n' | zc >"$tmp/out"
+ok "sepd refuses it too (raw), naming the rule" \
+    'grep -q "\"code\":\"bad_request\".*it starts with .\..; a name is 1 to 64 bytes" "$tmp/out"'
 printf 'send {"v":2,"op":"open","session":"-x"}\nrecv\n' | zc >"$tmp/out"
 ok "a name starting with '-' (raw): bad_request" \
     'grep -q "\"code\":\"bad_request\".*starts with .-." "$tmp/out"'
