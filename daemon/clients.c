@@ -930,10 +930,6 @@ void sepd_client_msg(sepd_t *d)
     int rc = sep_msg_recv(d->clients, 1, &m, ZMQ_DONTWAIT);
     if (rc == SEP_ENOTFOUND)
         return;
-    if (m.peer_len && !sepd_client_admit(d, &m)) {
-        sep_msg_close(&m); /* refused: too many clients */
-        return;
-    }
     if (m.peer_len && !sepd_outbox_admit(d->out, m.peer, m.peer_len)) {
         sep_msg_close(&m); /* counted; the client hears of it when it reads again */
         return;
@@ -948,6 +944,7 @@ void sepd_client_msg(sepd_t *d)
         sep_msg_close(&m);
         return;
     }
-    sepd_request(d, &m);
+    if (sepd_client_admit(d, &m)) /* else refused: too many clients */
+        sepd_request(d, &m);
     sep_msg_close(&m);
 }
