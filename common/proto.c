@@ -3,6 +3,7 @@
 #include "err.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -270,4 +271,26 @@ int sep_name_ok(const char *name)
             return 0;
     }
     return 1;
+}
+
+int sep_name_check(const char *name, char *why, size_t cap)
+{
+    size_t n = strlen(name);
+    if (n < 1 || n > SEP_NAME_MAX) {
+        snprintf(why, cap, "%zu bytes long", n);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-')) {
+            snprintf(why, cap, "byte %zu is 0x%02X", i, c);
+            return -1;
+        }
+    }
+    if (name[0] == '.' || name[0] == '-') {
+        snprintf(why, cap, "it starts with '%c'", name[0]);
+        return -1;
+    }
+    return 0;
 }

@@ -25,6 +25,9 @@
 #define SEP_MSG_MAX_FRAME (2 * SEP_FEED_PIECE) /* the client socket's cap on one frame
                                                   (ZMQ_MAXMSGSIZE): a peer sending more
                                                   is disconnected, at no cost */
+#define SEP_WORKER_MSG_SLACK (64 << 20) /* the worker sockets' cap on one frame is the
+                                           cache memory of a stage plus this (batches,
+                                           archive rows; docs/protocol.md) */
 #define SEP_MAX_STAGES 64          /* pipeline stages: ranks fit a 64-bit set */
 #define SEP_GEN_WINDOW 64          /* generated tokens a client may have unacknowledged */
 #define SEP_STOP_MAX 16            /* stop strings of one generate */
@@ -138,8 +141,14 @@ int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char 
 int sep_msg_send_owned(void *sock, const void *peer, size_t peer_len, json_t *hdr,
                        const sep_frame_t *frames, int n, uint32_t owned);
 
-/* A session name: 1..SEP_NAME_MAX bytes of [A-Za-z0-9._-]. */
+/* A session name as stored: 1..SEP_NAME_MAX bytes of [A-Za-z0-9._-]. */
 int sep_name_ok(const char *name);
+
+/* A new session's name (open, import): as sep_name_ok, and not starting
+ * with '.' or '-'. 0, or -1 with why (what is wrong, at most cap bytes). */
+int sep_name_check(const char *name, char *why, size_t cap);
+#define SEP_NAME_RULE "1 to 64 bytes of A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
+
 
 /* Header field helpers: absent or mistyped fields give the default. */
 const char *sep_hdr_str(const json_t *hdr, const char *key, const char *dflt);

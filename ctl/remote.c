@@ -500,6 +500,7 @@ typedef struct {
     FILE *nf;
     feed_keep_t k;
     int64_t sent_to;            /* the session's bytes once what was sent arrives */
+    int64_t pending_max;        /* sepd's max_pending_bytes: unacknowledged text at most */
     int eof, progress;
     double t0;
 } feed_t;
@@ -566,7 +567,8 @@ static void feed_confirm(feed_t *f, json_t *h)
 }
 
 /* The session's figures (info). */
-static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t *committed)
+static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t *committed,
+                     int64_t *pending_max)
 {
     sep_msg_t m;
     int woke, rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_INFO), NULL, 0);
@@ -584,6 +586,9 @@ static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t 
     *bytes_in = sep_msg_int(&m, "bytes_in", 0);
     *tokens = sep_msg_int(&m, "tokens", 0);
     *committed = sep_msg_int(&m, "bytes_committed", 0);
+    *pending_max = sep_msg_int(&m, "max_pending_bytes", SEP_FEED_WINDOW * SEP_FEED_PIECE);
+    if (*pending_max < 1)
+        *pending_max = SEP_FEED_PIECE;
     sep_msg_close(&m);
     return SEP_OK;
 }
@@ -655,10 +660,11 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
     sep_msg_t m = { 0 };
     int rc, code = 0, sent_any = 0;
     int64_t seq = 0, acked = 0;
+    int64_t unacked = 0, plen[SEP_FEED_WINDOW] = { 0 }; /* bytes of the pieces in flight */
     size_t resend = 0; /* bytes of f->k.kept still to send again */
     if (resume) {
         int64_t bytes_in, tokens, committed;
-        if ((rc = feed_info(c, &bytes_in, &tokens, &committed)))
+        if ((rc = feed_info(c, &bytes_in, &tokens, &committed, &f->pending_max)))
             return rc == SEP_EAGAIN ? ctl_signal_code(ctl_signal)
                    : f->retry && rc != SEP_EINVAL ? -1 : ctl_conn_error(rc);
         feed_keep_t *k = &f->k;
@@ -685,6 +691,7 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
         if (f->eof && !resend) {
             /* all was sent: the feed's end again, on a feed of its own */
             sep_frame_t none = { "", 0 };
+            plen[seq % SEP_FEED_WINDOW] = 0;
             json_t *h = json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
                                   (json_int_t)seq++, "nll", f->nf != NULL);
             feed_confirm(f, h);
@@ -695,8 +702,12 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
         }
     }
     while (!code) {
-        /* read more while the window has room */
-        int want_more = (!f->eof || resend) && seq - acked < SEP_FEED_WINDOW;
+        /* read more while the window has room: at most 8 pieces, and
+         * max_pending_bytes of text, unacknowledged */
+        int64_t room = f->pending_max - unacked;
+        size_t most = room < SEP_FEED_PIECE ? (size_t)(room > 0 ? room : 0) : SEP_FEED_PIECE;
+        int want_more = (!f->eof || resend) && seq - acked < SEP_FEED_WINDOW &&
+                        (most >= 4096 || (most > 0 && unacked == 0));
         int woke = CTL_GOT_MSG;
         if (want_more && resend) {
             woke = CTL_GOT_FD; /* the kept bytes first */
@@ -721,11 +732,11 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
             const char *piece = buf;
             if (resend) {
                 feed_keep_t *k = &f->k;
-                got = resend < SEP_FEED_PIECE ? (ssize_t)resend : SEP_FEED_PIECE;
+                got = resend < most ? (ssize_t)resend : (ssize_t)most;
                 piece = k->kept + (k->kept_len - resend);
                 resend -= (size_t)got;
             } else {
-                got = read(0, buf, SEP_FEED_PIECE);
+                got = read(0, buf, most);
                 if (got < 0 && errno == EINTR)
                     continue;
                 if (got < 0) {
@@ -742,6 +753,8 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
             }
             if (got > 0 || !sent_any) {
                 sep_frame_t fr = { piece, (size_t)got };
+                plen[seq % SEP_FEED_WINDOW] = got;
+                unacked += got;
                 json_t *h = json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
                                       (json_int_t)seq++, "nll", f->nf != NULL);
                 feed_confirm(f, h);
@@ -769,8 +782,10 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
             code = EXIT_RUNTIME;
         }
         int ended = strcmp(m.op, SEP_OP_FEED_END) == 0;
-        if (strcmp(m.op, SEP_OP_FEED) == 0)
+        if (strcmp(m.op, SEP_OP_FEED) == 0) {
+            unacked -= plen[acked % SEP_FEED_WINDOW];
             acked++;
+        }
         if (f->progress)
             ctl_progress(&m, f->t0, ended);
         if (ended && !code) {
@@ -808,8 +823,9 @@ static int ctl_feed(const ctl_common_t *o, const char *session, int retry, int f
         free(buf);
         return code;
     }
+    /* the session's figures, and how much text sepd lets wait */
     int64_t bytes_in = 0, tokens = 0, committed = 0;
-    if ((retry || from_committed) && (rc = feed_info(&c, &bytes_in, &tokens, &committed))) {
+    if ((rc = feed_info(&c, &bytes_in, &tokens, &committed, &f.pending_max))) {
         code = rc == SEP_EAGAIN ? ctl_signal_code(ctl_signal) : ctl_conn_error(rc);
         goto done;
     }
@@ -1560,6 +1576,13 @@ int ctl_remote(const char *verb, int argc, char **argv)
         fprintf(stderr, "sepctl: %s: %s\n", verb,
                 is_export ? "expected NAME FILE" : is_import ? "expected FILE [NAME]"
                 : needs_name ? "expected one session NAME" : "takes no arguments");
+        return EXIT_USAGE;
+    }
+    char why[64];
+    if (name && (is_open || is_import) && sep_name_check(name, why, sizeof why)) {
+        /* a new name: the rule sepd applies to new sessions */
+        fprintf(stderr, "sepctl: session name '%s': %s; a name is %s\n", name, why,
+                SEP_NAME_RULE);
         return EXIT_USAGE;
     }
     if (name && !sep_name_ok(name)) {

@@ -12,6 +12,7 @@
 #include "daemon.h"
 #include "err.h"
 #include "persist.h"
+#include "quota.h"
 #include "grow.h"
 #include "log.h"
 #include "pick.h"
@@ -169,6 +170,7 @@ void sepd_peer_gone(sepd_t *d, const uint8_t *peer, size_t peer_len)
             memcmp(d->stats.waiting[i].id, peer, peer_len) == 0)
             d->stats.waiting[i].len = 0;
     sepd_import_gone(d, peer, peer_len);
+    sepd_client_forget(d, peer, peer_len);
 }
 
 void sepd_heartbeats(sepd_t *d)
@@ -438,9 +440,8 @@ static void op_open(sepd_t *d, const sep_msg_t *m)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_EXISTS,
                           "session '%s' exists already%s", sep_clip(name, clip),
                           sepd_find(d, name) ? "" : " (it is being imported)");
-    if (d->n_sess >= (size_t)d->conf.max_sessions)
-        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_LIMIT,
-                          "%zu sessions are open (max_sessions)", d->n_sess);
+    if (!sepd_limit_new_session(d, m, name))
+        return;
     if (open_policy(m, &p) ||
         sep_session_new(&s, name, 0, &p, sep_msg_str(m, "separators", "auto"), d->tok,
                         d->pool->vocab))
@@ -458,6 +459,10 @@ static void op_open(sepd_t *d, const sep_msg_t *m)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST,
                           "open: archive '%s': expected off, f32 or bf16", sep_clip(archive, clip));
     }
+    if (!sepd_limit_caches(d, m, s)) {
+        sep_session_destroy(&s);
+        return;
+    }
     if (sepd_add(d, s)) {
         sep_session_destroy(&s);
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_INTERNAL, "open: %s",
@@ -471,15 +476,26 @@ static void op_open(sepd_t *d, const sep_msg_t *m)
     sepd_persist_create(d, s);
 }
 
+/* A piece of the running feed was refused: the client's stream is broken
+ * there, and its feed ends once the pieces before are acknowledged. */
+static void feed_broken(sepd_t *d, sep_session_t *s)
+{
+    s->op.ending = SEPD_FEED_BROKEN;
+    sepd_step(d, s);
+}
+
 static void op_feed(sepd_t *d, const sep_msg_t *m)
 {
     sep_session_t *s = session_for(d, m);
     if (!s)
         return;
     int64_t seq = sep_msg_int(m, "seq", 0);
-    if (!sepd_piece_ok(d, m))
-        return;
     int continuing = s->op.kind == SEP_SOP_FEED && same_peer(s->op.peer, s->op.peer_len, m);
+    if (!sepd_piece_ok(d, m)) {
+        if (continuing && !s->op.ending)
+            feed_broken(d, s);
+        return;
+    }
     int64_t have = sep_msg_int(m, "nll_have", -1);
     if (!continuing) {
         int keep = json_is_true(json_object_get(m->hdr, "nll_keep"));
@@ -510,9 +526,9 @@ static void op_feed(sepd_t *d, const sep_msg_t *m)
                           "feed: piece %lld after %s", (long long)seq,
                           op->ending == SEPD_FEED_BROKEN ? "a piece that was refused"
                                                          : "feed_end");
-    if (op->n_pieces == SEP_FEED_WINDOW)
-        return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_LIMIT,
-                          "feed: more than %d pieces unacknowledged", SEP_FEED_WINDOW);
+    if (!sepd_limit_piece(d, m, s, m->frames[0].len) ||
+        !sepd_limit_growth(d, m, s, (int64_t)m->frames[0].len))
+        return feed_broken(d, s);
     op->want_nll = json_is_true(json_object_get(m->hdr, "nll"));
     int64_t bad = 0;
     int rc = sep_session_ingest(s, d->tok, m->frames[0].data, m->frames[0].len, 0, &bad, NULL);
@@ -538,10 +554,8 @@ static void op_feed(sepd_t *d, const sep_msg_t *m)
         sepd_send(d, m->peer, m->peer_len, h, NULL, 0);
         /* the client's stream is broken here: its feed ends once the
          * pieces before are acknowledged */
-        if (s->op.kind == SEP_SOP_FEED && same_peer(s->op.peer, s->op.peer_len, m)) {
-            op->ending = SEPD_FEED_BROKEN;
-            sepd_step(d, s);
-        }
+        if (s->op.kind == SEP_SOP_FEED && same_peer(s->op.peer, s->op.peer_len, m))
+            feed_broken(d, s);
         return;
     }
     if (rc) {
@@ -550,7 +564,8 @@ static void op_feed(sepd_t *d, const sep_msg_t *m)
         return;
     }
     op->pieces[op->n_pieces++] = (sep_piece_t){ .seq = seq, .ids_end = s->ids_total,
-                                                .bytes_end = s->bytes_tokenized };
+                                                .bytes_end = s->bytes_tokenized,
+                                                .len = (int64_t)m->frames[0].len };
     sepd_step(d, s);
 }
 
@@ -649,6 +664,10 @@ static void op_generate(sepd_t *d, const sep_msg_t *m)
     int ignore_eos;
     if (sepd_gen_stops(d, m, &stop, &ignore_eos))
         return;
+    if (!sepd_limit_growth(d, m, s, n)) {
+        sep_stop_destroy(&stop);
+        return;
+    }
     if (!state_allows(d, s, m, SEP_SS_ACTIVE) || !op_admit(d, s, m, SEP_SOP_GENERATE) ||
         end_text(d, s, m)) {
         sep_stop_destroy(&stop);
@@ -684,7 +703,8 @@ static void op_suspend(sepd_t *d, const sep_msg_t *m)
 static void op_resume(sepd_t *d, const sep_msg_t *m)
 {
     sep_session_t *s = session_for(d, m);
-    if (!s || !state_allows(d, s, m, SEP_SS_SUSPENDED) || !op_admit(d, s, m, SEP_SOP_RESUME))
+    if (!s || !state_allows(d, s, m, SEP_SS_SUSPENDED) ||
+        (!s->foreign[0] && !sepd_limit_caches(d, m, s)) || !op_admit(d, s, m, SEP_SOP_RESUME))
         return;
     sepd_step(d, s);
 }
@@ -769,6 +789,9 @@ static void op_info(sepd_t *d, const sep_msg_t *m)
     if (h) {
         json_object_set_new(h, "op", json_string(m->op));
         json_object_set_new(h, "ok", json_true());
+        /* a feeder keeps its unacknowledged pieces within it */
+        json_object_set_new(h, "max_pending_bytes",
+                            json_integer(d->conf.limits.max_pending_bytes));
     }
     sepd_send(d, m->peer, m->peer_len, h, NULL, 0);
 }
@@ -921,6 +944,7 @@ void sepd_client_msg(sepd_t *d)
         sep_msg_close(&m);
         return;
     }
-    sepd_request(d, &m);
+    if (sepd_client_admit(d, &m)) /* else refused: too many clients */
+        sepd_request(d, &m);
     sep_msg_close(&m);
 }

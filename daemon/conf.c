@@ -88,6 +88,9 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
             return sep_fail(SEP_EINVAL, "archive: '%.64s': expected off, f32 or bf16", v);
         return conf_str(&c->archive, v);
     }
+    int rc = sepd_limits_conf_set(&c->limits, key, v);
+    if (rc != SEP_ENOTFOUND)
+        return rc;
     return sep_fail(SEP_EINVAL, "unknown key '%.64s'", key);
 }
 

@@ -4,6 +4,8 @@
 #ifndef SEP_CONF_H
 #define SEP_CONF_H
 
+#include "quota.h"
+
 typedef struct {
     char *socket;       /* client endpoint (ZeroMQ syntax) */
     char *store;        /* the store directory */
@@ -16,7 +18,8 @@ typedef struct {
     int max_batch;      /* rows of one forward (tokens over all sessions) */
     int chunk;          /* most tokens of one session in a batch */
     int batches_ahead;  /* batches in flight beyond one a stage */
-    int max_sessions;
+    int max_sessions;   /* sessions in the store, active and suspended (quota.h) */
+    sepd_limits_conf_t limits; /* the other limits (quota.h) */
     int start_timeout;  /* seconds the workers have to start */
     int worker_timeout; /* seconds the workers may owe an answer before sepd gives up */
     int poll_spin_us;   /* how long sepd and its workers poll without sleeping while a

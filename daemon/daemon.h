@@ -10,6 +10,7 @@
  *               they end (stop.c matches the stop strings)
  *   session.c   one session's text, ids and counters
  *   pool.c      the worker processes; conf.c the settings
+ *   quota.c     the limits (quota.h): sessions, caches, pending text, clients
  */
 #ifndef SEPD_DAEMON_H
 #define SEPD_DAEMON_H
@@ -68,6 +69,7 @@ typedef struct {
 } sepd_stats_t;
 
 struct sepd_storer;
+struct sepd_known;
 
 typedef struct sepd {
     sep_conf_t conf;
@@ -86,6 +88,7 @@ typedef struct sepd {
     int lock_fd, sig_fd;
     void *zctx, *clients;
     sepd_outbox_t *out;
+    struct sepd_known *known; /* the clients at once (quota.c) */
     sep_pool_t *pool;
     sep_tok_t *tok;
     int eos[SEP_EOS_MAX];     /* (n_eos) the model's end-of-sequence ids (config.h) */

@@ -22,7 +22,7 @@ static int pool_argv(const sep_pool_opts_t *o, const char *endpoint, char *buf, 
 {
     int n = 0;
     size_t used = 0;
-    char nums[5][32];
+    char nums[6][32];
 #define ARG(s) do { \
         if (n >= POOL_MAX_ARGS - 1) return sep_fail(SEP_EINVAL, "worker command: too many arguments"); \
         argv[n++] = (char *)(s); } while (0)
@@ -68,6 +68,11 @@ static int pool_argv(const sep_pool_opts_t *o, const char *endpoint, char *buf, 
     if (o->spin_us >= 0) {
         ARG("--spin-us");
         ARG(nums[4]);
+    }
+    if (o->cache_memory_mib > 0) {
+        snprintf(nums[5], sizeof nums[5], "%lld", (long long)o->cache_memory_mib << 20);
+        ARG("--cache-memory");
+        ARG(nums[5]);
     }
     if (o->device) {
         ARG("--device");
@@ -189,6 +194,11 @@ static int pool_wait_hellos(sep_pool_t *p, const sep_pool_opts_t *o)
         s->layer1 = (int)sep_msg_int(&m, "layer1", 0);
         s->pid = (pid_t)sep_msg_int(&m, "pid", 0);
         snprintf(s->device, sizeof s->device, "%s", sep_msg_str(&m, "device", "?"));
+        s->kv_dim = (int)sep_msg_int(&m, "kv_dim", 0);
+        s->cache_budget = s->kv_dim > 0 ? sep_msg_int(&m, "cache_budget", 0) : 0;
+        if (s->cache_budget > 0)
+            sep_log(SEP_LOG_INFO, "stage %d: %lld MiB for caches", rank,
+                    (long long)(s->cache_budget >> 20));
         p->vocab = (int)sep_msg_int(&m, "vocab", 0);
         p->max_tokens = (int)sep_msg_int(&m, "max_tokens", 0);
         p->dim = (int)sep_msg_int(&m, "dim", 0);
@@ -222,6 +232,7 @@ int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_
     /* mandatory: an op for a worker that is gone fails instead of vanishing */
     if (!p->sock || zmq_setsockopt(p->sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(p->sock, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory) ||
+        zmq_setsockopt(p->sock, ZMQ_MAXMSGSIZE, &o->max_msg, sizeof o->max_msg) ||
         zmq_bind(p->sock, p->endpoint)) {
         rc = sep_fail(SEP_EIO, "workers: bind %s: %s", p->endpoint, zmq_strerror(errno));
         goto fail;

@@ -23,6 +23,8 @@ typedef struct {
     int spin_us;             /* the workers' --spin-us; -1: their default */
     const char *log_level;
     int start_timeout_s;
+    long cache_memory_mib;   /* each worker's --cache-memory (0: auto) */
+    int64_t max_msg;         /* ZMQ_MAXMSGSIZE of the workers' socket (-1: none) */
 } sep_pool_opts_t;
 
 typedef struct {
@@ -32,6 +34,8 @@ typedef struct {
     int layer0, layer1;
     pid_t pid;
     char device[16];
+    int kv_dim;              /* floats of a cache row */
+    int64_t cache_budget;    /* bytes its caches may take (0: no limit of sepd's) */
 } sep_stage_t;
 
 typedef struct {

@@ -421,6 +421,19 @@ static int sepd_signals(sepd_t *d)
     return SEP_OK;
 }
 
+/* The workers' socket's cap on one frame: a stage's cache state (within
+ * its cache memory: cache_memory_mib, else at most the machine's memory)
+ * or a batch's archive rows (K or V of every row of a batch, f32). */
+static int64_t sepd_worker_max_msg(const sepd_t *d, const sep_config_t *cfg)
+{
+    int64_t states = d->conf.limits.cache_memory_mib
+                     ? (int64_t)d->conf.limits.cache_memory_mib << 20
+                     : (int64_t)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
+    int64_t rows = (int64_t)d->conf.max_batch * cfg->n_layers * cfg->n_kv_heads *
+                   cfg->head_dim * (int64_t)sizeof(float);
+    return (states > rows ? states : rows) + SEP_WORKER_MSG_SLACK;
+}
+
 static int sepd_start(sepd_t *d)
 {
     char path[4200];
@@ -442,7 +455,9 @@ static int sepd_start(sepd_t *d)
                            .precision = d->conf.precision, .threads = d->conf.threads,
                            .max_tokens = d->conf.max_batch, .log_level = d->conf.log_level,
                            .spin_us = d->conf.poll_spin_us,
-                           .start_timeout_s = d->conf.start_timeout };
+                           .start_timeout_s = d->conf.start_timeout,
+                           .cache_memory_mib = d->conf.limits.cache_memory_mib,
+                           .max_msg = sepd_worker_max_msg(d, &cfg) };
     if ((rc = sep_pool_start(&d->pool, d->zctx, d->run_dir, &po)))
         return rc;
     if (d->pool->stages > SEP_MAX_STAGES)
@@ -490,6 +505,7 @@ static void sepd_cleanup(sepd_t *d)
     free(d->sess);
     sep_pool_stop(&d->pool);
     sepd_outbox_destroy(&d->out);
+    sepd_limits_free(d);
     if (d->clients)
         zmq_close(d->clients);
     if (d->zctx)
@@ -520,6 +536,7 @@ static void sepd_cleanup(sepd_t *d)
 int main(int argc, char **argv)
 {
     sepd_t d = { .conf = { .stages = 1, .max_batch = 2048, .chunk = 512, .batches_ahead = 2, .max_sessions = 1024,
+                           .limits = SEPD_LIMITS_DEFAULTS,
                            .start_timeout = 120, .worker_timeout = 300, .poll_spin_us = -1,
                            .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
                            .checkpoint_seconds = 30, .checkpoint_budget = 2, .shutdown_timeout = 30,

@@ -86,6 +86,7 @@ typedef struct {
     int64_t seq;
     int64_t ids_end;     /* ids tokenized once the piece was */
     int64_t bytes_end;   /* text bytes tokenized once the piece was */
+    int64_t len;         /* its bytes (max_pending_bytes counts them) */
 } sep_piece_t;
 
 typedef struct {

@@ -277,6 +277,8 @@ void sepd_import_piece(sepd_t *d, const sep_msg_t *m)
         if (sepd_find(d, name))
             return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_EXISTS,
                               "session '%s' exists already", name);
+        if (!sepd_limit_new_session(d, m, name))
+            return;
         if (SEP_GROW(d->imports, d->cap_imports, d->n_imports + 1) ||
             !(imp = calloc(1, sizeof *imp)))
             return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_INTERNAL,

@@ -121,18 +121,31 @@ static int cache_regrow(sep_cache_t *c, float **buf, int cap)
     return SEP_OK;
 }
 
+int sep_cache_cap_for(const sep_policy_t *p, int cap_now, int entries)
+{
+    /* an evicting cache never holds more than c + 1: size it exactly once */
+    if (p->method != SEP_METHOD_FULL && entries <= p->c + 1)
+        return p->c + 1;
+    int cap = cap_now ? cap_now : 256;
+    while (cap < entries)
+        cap *= 2;
+    return cap;
+}
+
+int64_t sep_cache_bytes(const sep_policy_t *p, int n_layers, int kv_dim, int cap)
+{
+    int64_t row = (int64_t)kv_dim * (int64_t)sizeof(float) * n_layers *
+                  (cache_keeps_raw(p) ? 3 : 2);
+    return (int64_t)cap * (row + (int64_t)sizeof(int32_t) + (int64_t)sizeof(int64_t));
+}
+
 int sep_cache_reserve(sep_cache_t *c, int entries)
 {
     if (entries <= c->cap)
         return SEP_OK;
     if (entries > INT32_MAX / 2)
         return sep_fail(SEP_ERANGE, "kv cache: %d entries exceed the cache's limit", entries);
-    /* an evicting cache never holds more than c + 1: size it exactly once */
-    int cap = c->cap ? c->cap : 256;
-    while (cap < entries)
-        cap *= 2;
-    if (c->policy.method != SEP_METHOD_FULL && entries <= c->policy.c + 1)
-        cap = c->policy.c + 1;
+    int cap = sep_cache_cap_for(&c->policy, c->cap, entries);
     int32_t *ids = realloc(c->ids, (size_t)cap * sizeof *ids);
     if (ids)
         c->ids = ids;

@@ -117,6 +117,15 @@ void sep_cache_destroy(sep_cache_t **self_p);
 int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *plan);
 void sep_plan_free(sep_plan_t *plan);
 
+/* The entries a cache allocates to hold `entries`: an evicting cache c + 1
+ * at once, a full one 256 doubling (what sep_cache_reserve gives). */
+int sep_cache_cap_for(const sep_policy_t *p, int cap_now, int entries);
+
+/* Bytes of a cache of cap entries over n_layers layers of kv_dim: its K,
+ * V (and raw K with shift on) rows, ids and positions. What a session
+ * costs a stage, and what its saved state can reach. */
+int64_t sep_cache_bytes(const sep_policy_t *p, int n_layers, int kv_dim, int cap);
+
 /* Make room for `entries` entries per layer (keeps contents). */
 int sep_cache_reserve(sep_cache_t *c, int entries);
 

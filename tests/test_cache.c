@@ -446,6 +446,43 @@ static void test_state_round_trip(void **state)
     check_round_trip(sepllm(2, 3, 5, 11, 1), 5, 5, 8); /* before any compaction */
 }
 
+/* What sepd charges a session (sep_cache_cap_for, sep_cache_bytes) is
+ * what its cache allocates, and bounds the state it saves. */
+static void check_size(sep_policy_t p, int n)
+{
+    sep_backend_t *be;
+    sep_cache_t *c;
+    assert_int_equal(sep_backend_cpu_new(&be, 1), 0);
+    assert_int_equal(sep_cache_new(&c, be, 3, 8, &p), 0);
+    fill_cache(c, n, 37, 9);
+    int want = p.method == SEP_METHOD_FULL ? n : p.c + 1;
+    assert_int_equal(c->cap, sep_cache_cap_for(&p, 0, want > 0 ? want : 1));
+    int64_t row = 8 * 4 * 3 * (c->k_raw ? 3 : 2);
+    assert_int_equal(sep_cache_bytes(&p, 3, 8, c->cap), (int64_t)c->cap * (row + 12));
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(sep_cache_save(c, &buf, &len), 0);
+    assert_true((int64_t)len <= sep_cache_bytes(&p, 3, 8, c->cap) + 60);
+    free(buf);
+    sep_cache_destroy(&c);
+    sep_backend_destroy(&be);
+}
+
+static void test_cache_sizes(void **state)
+{
+    (void)state;
+    sep_policy_t full = { .method = SEP_METHOD_FULL, .shift = 1, .c = 800 };
+    sep_policy_t st = { .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 };
+    check_size(full, 300);  /* 256 doubling: 512 */
+    check_size(full, 1500); /* 2048 */
+    check_size(st, 300);    /* c + 1, with raw keys */
+    st.shift = 0;
+    check_size(st, 30);     /* c + 1 before it is full, no raw keys */
+    check_size(sepllm(4, 16, 32, 64, 1), 400);
+    assert_int_equal(sep_cache_cap_for(&full, 0, 1), 256);
+    assert_int_equal(sep_cache_cap_for(&full, 512, 513), 1024);
+}
+
 /* A small sepllm state (2 layers, kv_dim 3, 40 tokens), and a target
  * cache holding another stream with its state as saved before. */
 typedef struct {
@@ -620,6 +657,7 @@ int main(void)
         cmocka_unit_test(test_full_plans),
         cmocka_unit_test(test_policy_checks),
         cmocka_unit_test(test_state_round_trip),
+        cmocka_unit_test(test_cache_sizes),
         cmocka_unit_test(test_state_truncated),
         cmocka_unit_test(test_state_lies),
         cmocka_unit_test(test_state_mismatch),

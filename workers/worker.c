@@ -33,6 +33,8 @@
 
 #define WK_POLL_MS 1000 /* how often a worker checks that the daemon lives */
 #define WK_SPIN_AUTO_US 2000 /* --spin-us by default on a GPU */
+#define WK_CACHE_AUTO_PERCENT 50 /* --cache-memory 0 on the CPU: this share of the memory
+                                    available at start, over the ranks of this host */
 
 typedef struct {
     uint32_t sid;
@@ -65,12 +67,13 @@ typedef struct {
     uint64_t batches, rows;
     int spin_us;          /* after a generation step, poll this long without sleeping */
     int gen_batch;        /* the last batch held a generation step */
+    int64_t cache_budget; /* bytes the sessions' caches may take (0: no limit of sepd's) */
 } worker_t;
 
 static const char *usage_text =
     "usage: sepd-worker --connect ENDPOINT [--model DIR] [--device cpu|cuda|auto]\n"
     "       [--precision fp32|bf16] [--threads T] [--max-tokens N] [--layers A:B]\n"
-    "       [--daemon-pid PID] [--log-level L] [--spin-us US]\n"
+    "       [--daemon-pid PID] [--log-level L] [--spin-us US] [--cache-memory BYTES]\n"
     "One pipeline stage of sepd; normally started by sepd (see sepd-worker(8)).\n";
 
 static wk_session_t *worker_find(worker_t *w, uint32_t sid)
@@ -134,6 +137,48 @@ static int worker_policy(worker_t *w, const sep_msg_t *m, sep_policy_t *p, uint8
     return SEP_OK;
 }
 
+/* The bytes a session's cache is charged: its capacity's (c + 1
+ * entries; full: as many as it holds, at least c + 1, as it would grow to
+ * them). sepd charges the same (daemon/quota.c) from the same numbers. */
+static int64_t worker_charge(const worker_t *w, const sep_policy_t *p, int n)
+{
+    int entries = n > p->c + 1 ? n : p->c + 1;
+    return sep_cache_bytes(p, w->m->layer1 - w->m->layer0, w->m->kv_dim,
+                           sep_cache_cap_for(p, 0, entries));
+}
+
+static int64_t worker_cache_used(const worker_t *w)
+{
+    int64_t used = 0;
+    for (int i = 0; i < w->n_sess; i++)
+        used += worker_charge(w, &w->sess[i].cache->policy, w->sess[i].cache->n);
+    return used;
+}
+
+/* The entries of a cache state (its header; 0 when it has none). */
+static int worker_state_entries(const sep_msg_t *m)
+{
+    int32_t n = 0;
+    if (m->n_frames >= 2 && m->frames[1].len >= 44)
+        memcpy(&n, (const uint8_t *)m->frames[1].data + 40, sizeof n);
+    return n > 0 ? n : 0;
+}
+
+/* Whether a cache of policy p holding n entries fits the budget, before
+ * anything of it is allocated. */
+static int worker_cache_fits(const worker_t *w, const sep_msg_t *m, const sep_policy_t *p, int n)
+{
+    if (w->cache_budget <= 0)
+        return SEP_OK;
+    int64_t need = worker_charge(w, p, n), used = worker_cache_used(w);
+    if (used + need <= w->cache_budget)
+        return SEP_OK;
+    return sep_fail(SEP_ENOMEM, "%s: the session's cache needs %lld bytes on rank %d (layers "
+                    "%d..%d); %lld of its %lld bytes of cache memory are in use (cache_memory_mib)",
+                    m->op, (long long)need, w->rank, w->m->layer0, w->m->layer1 - 1,
+                    (long long)used, (long long)w->cache_budget);
+}
+
 /* w_open (no state) and w_load (frame 1: a cache state). */
 static int worker_open(worker_t *w, const sep_msg_t *m, int load)
 {
@@ -153,6 +198,8 @@ static int worker_open(worker_t *w, const sep_msg_t *m, int load)
     wk_session_t s = { .sid = sid };
     sep_policy_t p;
     int rc = worker_policy(w, m, &p, &s.is_sep);
+    if (!rc)
+        rc = worker_cache_fits(w, m, &p, load ? worker_state_entries(m) : 0);
     if (!rc)
         rc = sep_model_cache_new(w->m, &p, &s.cache);
     if (!rc && load)
@@ -212,13 +259,13 @@ static int worker_stats(worker_t *w, const sep_msg_t *m)
     long long cache_bytes = 0;
     for (int i = 0; i < w->n_sess; i++) {
         const sep_cache_t *c = w->sess[i].cache;
-        cache_bytes += (long long)c->cap * c->kv_dim * (long long)sizeof(float) * c->n_layers *
-                       (c->k_raw ? 3 : 2);
+        cache_bytes += sep_cache_bytes(&c->policy, c->n_layers, c->kv_dim, c->cap);
     }
-    return worker_reply(w, json_pack("{s:s, s:I, s:i, s:I, s:i, s:i, s:s, s:I, s:I, s:I, s:f, s:f}",
+    return worker_reply(w, json_pack("{s:s, s:I, s:i, s:I, s:I, s:i, s:i, s:s, s:I, s:I, s:I, s:f, s:f}",
                                      "op", m->op, "rss_kib", (json_int_t)worker_rss_kib(),
                                      "sessions", w->n_sess, "cache_bytes",
-                                     (json_int_t)cache_bytes, "layer0", w->m->layer0, "layer1",
+                                     (json_int_t)cache_bytes, "cache_budget",
+                                     (json_int_t)w->cache_budget, "layer0", w->m->layer0, "layer1",
                                      w->m->layer1, "device", w->be->name, "pid",
                                      (json_int_t)getpid(), "batches", (json_int_t)w->batches,
                                      "rows", (json_int_t)w->rows, "batch_seconds", w->batch_s,
@@ -497,6 +544,7 @@ static int worker_serve(worker_t *w)
 typedef struct {
     const char *connect, *model, *device, *precision, *layers;
     long threads, max_tokens, daemon_pid, spin_us;
+    long cache_memory;    /* bytes; 0: auto */
     sep_log_level_t log_level;
 } worker_opts_t;
 
@@ -517,7 +565,7 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
         { "threads", required_argument, 0, 't' }, { "max-tokens", required_argument, 0, 'n' },
         { "layers", required_argument, 0, 'L' }, { "daemon-pid", required_argument, 0, 'p' },
         { "log-level", required_argument, 0, 'l' }, { "spin-us", required_argument, 0, 'S' },
-        { "help", no_argument, 0, 'h' },
+        { "cache-memory", required_argument, 0, 'C' }, { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 } };
     *o = (worker_opts_t){ .max_tokens = 2048, .spin_us = -1, .log_level = SEP_LOG_INFO };
     int c;
@@ -532,6 +580,7 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
         case 'n': if (worker_int("max-tokens", optarg, 1, 1 << 20, &o->max_tokens)) return 2; break;
         case 'p': if (worker_int("daemon-pid", optarg, 1, 1L << 30, &o->daemon_pid)) return 2; break;
         case 'S': if (worker_int("spin-us", optarg, 0, 1000000, &o->spin_us)) return 2; break;
+        case 'C': if (worker_int("cache-memory", optarg, 0, 1L << 60, &o->cache_memory)) return 2; break;
         case 'l':
             if (sep_log_parse(optarg, &o->log_level)) {
                 fprintf(stderr, "sepd-worker: %s\n", sep_errmsg());
@@ -566,6 +615,30 @@ static int worker_layers(const worker_opts_t *o, int rank, int stages, int n_lay
     *l0 = rank * base + (rank < extra ? rank : extra);
     *l1 = *l0 + base + (rank < extra);
     return SEP_OK;
+}
+
+/* --cache-memory: the bytes given, or with 0 on the CPU a share of the
+ * memory available now over this host's ranks (0 on a GPU: its own
+ * allocations fail when it is full). */
+static int64_t worker_cache_budget(const worker_t *w, long given)
+{
+    if (given > 0)
+        return given;
+    if (strncmp(w->be->name, "cuda", 4) == 0)
+        return 0;
+    long long kib = 0;
+    char line[256];
+    FILE *f = fopen("/proc/meminfo", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lld kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    if (kib <= 0)
+        kib = (long long)sysconf(_SC_PHYS_PAGES) * (sysconf(_SC_PAGESIZE) / 1024);
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    long ranks = local ? strtol(local, NULL, 10) : 1;
+    return (int64_t)kib * 1024 / 100 * WK_CACHE_AUTO_PERCENT / (ranks > 0 ? ranks : 1);
 }
 
 /* The checkpoint's layer count, from config.json alone. */
@@ -621,21 +694,28 @@ int main(int argc, char **argv)
         rc = sep_fail(SEP_ENOMEM, "out of memory for %zu rows", rows);
         goto fail;
     }
+    w.cache_budget = worker_cache_budget(&w, o.cache_memory);
     w.zctx = zmq_ctx_new();
     w.sock = w.zctx ? zmq_socket(w.zctx, ZMQ_DEALER) : NULL;
     int linger = 0;
+    /* the largest message from sepd is a cache state for w_load, which
+     * fits the budget; a batch is small beside SEP_WORKER_MSG_SLACK */
+    int64_t max_msg = w.cache_budget > 0 ? w.cache_budget + SEP_WORKER_MSG_SLACK : -1;
     if (!w.sock || zmq_setsockopt(w.sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(w.sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg) ||
         zmq_connect(w.sock, o.connect)) {
         rc = sep_fail(SEP_EIO, "connect %s: %s", o.connect, zmq_strerror(errno));
         goto fail;
     }
-    json_t *hello = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:i, s:I, s:f}",
+    json_t *hello = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:i, s:I, s:f, "
+                              "s:i, s:I}",
                               "op", SEP_OP_HELLO, "revision", SEP_WORKER_REVISION, "stages",
                               w.stages, "layer0", l0, "layer1", l1,
                               "n_layers", n_layers, "vocab", w.m->cfg.vocab, "max_tokens",
                               (int)o.max_tokens, "device", w.be->name, "pid",
                               (json_int_t)getpid(), "dim", w.m->cfg.dim, "load_bytes",
-                              (json_int_t)w.m->load_bytes, "load_s", w.m->load_s);
+                              (json_int_t)w.m->load_bytes, "load_s", w.m->load_s,
+                              "kv_dim", w.m->kv_dim, "cache_budget", (json_int_t)w.cache_budget);
     if (!hello || (rc = worker_reply(&w, hello, NULL, 0)))
         goto fail;
     sep_log(SEP_LOG_INFO, "rank %d of %d: layers %d..%d of %d on %s", w.rank, w.stages, l0,
