@@ -12,8 +12,15 @@
  * there, as a client sampling them would). Then N more steps sampled on
  * the device (the pick op: temperature 0.8, top-p 0.95), and N with top-k
  * 40 and the penalties over the last 256 tokens too, each against greedy.
- * Token ids are pseudo-random with a separator every 12 tokens. */
+ * Token ids are pseudo-random with a separator every 12 tokens.
+ *
+ *   gpu_bench --pick-bench N [--device cuda]
+ *
+ * times the pick op alone instead (no model): N calls, each on its own
+ * row of 128,256 logits (flat: normal with deviation 1; peaked: 4), one
+ * row a call and its answer fetched, for greedy and each sampled mode. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +51,75 @@ static int fail(int rc)
     return 1;
 }
 
+/* --pick-bench: the pick alone on n rows of Llama 3's vocabulary */
+static int pick_bench(sep_backend_t *be, int n)
+{
+    enum { V = 128256 };
+    int rc = be->reserve(be, 1, 64, 1);
+    if (rc)
+        return fail(rc);
+    float *host = malloc(sizeof *host * (size_t)n * V);
+    float *dev = be->alloc(be, sizeof *dev * (size_t)n * V);
+    if (!host || !dev)
+        return fail(sep_fail(SEP_ENOMEM, "pick bench: %d rows", n));
+    int32_t recent[256];
+    sep_rng_t rng;
+    sep_rng_seed(&rng, 7);
+    for (int i = 0; i < 256; i++)
+        recent[i] = (int32_t)(sep_rng_draw(&rng) % V);
+    static const char *modes[] = { "greedy", "temperature 0.8, top-p 0.95",
+                                   "temperature 0.8, min-p 0.05",
+                                   "temperature 0.8, top-k 40, top-p 0.95, penalties over 256" };
+    for (int shape = 0; shape < 2; shape++) {
+        double sd = shape ? 4.0 : 1.0;
+        for (size_t i = 0; i < (size_t)n * V; i += 2) {
+            /* Box-Muller on two draws */
+            double u = ((double)(sep_rng_draw(&rng) >> 1) + 1) * 0x1p-52;
+            double v = (double)sep_rng_draw(&rng) * 0x1p-53;
+            double r = sqrt(-2 * log(u));
+            host[i] = (float)(sd * r * cos(2 * M_PI * v));
+            host[i + 1] = (float)(sd * r * sin(2 * M_PI * v));
+        }
+        double greedy = 0;
+        for (int mode = 0; mode < 4; mode++) {
+            be->upload(be, dev, host, sizeof *dev * (size_t)n * V);
+            sep_pick_t p = { .temperature = mode ? 0.8f : 0, .top_p = 1, .repetition = 1,
+                             .limit = V, .recent = recent };
+            if (mode == 1 || mode == 3)
+                p.top_p = 0.95f;
+            if (mode == 2)
+                p.min_p = 0.05f;
+            if (mode == 3) {
+                p.top_k = 40;
+                p.repetition = 1.1f;
+                p.presence = 0.3f;
+                p.frequency = 0.2f;
+                p.n_recent = 256;
+            }
+            int32_t tok;
+            float nll;
+            for (int i = 0; i < 3 && i < n; i++) /* warm-up */
+                be->pick(be, &tok, &nll, dev + (size_t)i * V, 1, V, &p);
+            be->upload(be, dev, host, sizeof *dev * (size_t)3 * V);
+            double t = now();
+            for (int i = 0; i < n; i++) {
+                p.draw = sep_rng_draw(&rng);
+                be->pick(be, &tok, &nll, dev + (size_t)i * V, 1, V, &p);
+                if (tok < 0)
+                    return fail(sep_fail(SEP_EIO, "pick bench: no token"));
+            }
+            double us = 1e6 * (now() - t) / n;
+            greedy = mode ? greedy : us;
+            printf("pick alone, %s logits (sd %g), %s: %.1f us a call (%+.1f us on greedy; "
+                   "%d calls, a row of %d ids each, answer fetched)\n", shape ? "peaked" : "flat",
+                   sd, modes[mode], us, us - greedy, n, V);
+        }
+    }
+    be->free(be, dev);
+    free(host);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -51,9 +127,10 @@ int main(int argc, char **argv)
         { "device", required_argument, 0, 'd' }, { "precision", required_argument, 0, 'p' },
         { "streams", required_argument, 0, 'S' }, { "tokens", required_argument, 0, 'T' },
         { "chunk", required_argument, 0, 'K' }, { "steps", required_argument, 0, 'N' },
-        { "host-argmax", no_argument, 0, 'H' }, { 0, 0, 0, 0 } };
+        { "host-argmax", no_argument, 0, 'H' }, { "pick-bench", required_argument, 0, 'P' },
+        { 0, 0, 0, 0 } };
     const char *shape = "llama3-8b", *dir = NULL, *device = "cuda", *precision = NULL;
-    int streams = 1, tokens = 4096, chunk = 512, steps = 64, host_argmax = 0, c;
+    int streams = 1, tokens = 4096, chunk = 512, steps = 64, host_argmax = 0, pick_n = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 's': shape = optarg; break;
@@ -65,6 +142,7 @@ int main(int argc, char **argv)
         case 'K': chunk = atoi(optarg); break;
         case 'N': steps = atoi(optarg); break;
         case 'H': host_argmax = 1; break;
+        case 'P': pick_n = atoi(optarg); break;
         default: return 2;
         }
     }
@@ -77,6 +155,14 @@ int main(int argc, char **argv)
     sep_sepset_t seps;
     int rc;
     double t0 = now();
+    if (pick_n > 0) {
+        if ((rc = sep_backend_new(&be, device, precision, 0)))
+            return fail(rc);
+        printf("pick bench on %s\n", be->name);
+        rc = pick_bench(be, pick_n);
+        sep_backend_destroy(&be);
+        return rc;
+    }
     if ((rc = sep_backend_new(&be, device, precision, 0)) ||
         (rc = dir ? sep_model_load(&m, dir, be, streams * chunk)
                   : sep_model_synthetic(&m, shape, be, streams * chunk)) ||

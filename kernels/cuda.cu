@@ -14,6 +14,7 @@ extern "C" {
 #include "pick.h"
 }
 
+#include <cooperative_groups.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -21,6 +22,8 @@ extern "C" {
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+namespace cg = cooperative_groups;
 
 /* A one-token product not yet launched (see cuda_norm); w NULL: none. */
 typedef struct {
@@ -78,6 +81,7 @@ typedef struct {
     unsigned *d_count;    /* (FA_PART_BLOCKS + 1) finished splits of each row tile, zeroed */
     unsigned *d_done;     /* its last: finished blocks of a GEMV with a norm, zeroed */
     int n_sm;             /* multiprocessors: how many blocks fill the GPU */
+    int pick_cluster;     /* blocks a row of the pick (k_pick): 16 or 8 */
     gemv_pending_t pending; /* a product held back for the norm after it */
     int bf16;             /* weights and product inputs in bf16 */
 } cuda_backend_t;
@@ -114,20 +118,31 @@ __device__ __forceinline__ void griddep_launch(void)
 /* kernel<<<grid, block, shared, stream>>>(args), as above; a launch error
  * is left for cuda_sync to report (cudaGetLastError) */
 template <typename... Params, typename... Args>
-static void cuda_launch(cudaStream_t stream, void (*kernel)(Params...), dim3 grid, dim3 block,
-                        size_t shared, Args... args)
+static void cuda_launch_cluster(cudaStream_t stream, void (*kernel)(Params...), int cluster,
+                                dim3 grid, dim3 block, size_t shared, Args... args)
 {
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    attr[1].id = cudaLaunchAttributeClusterDimension;
+    attr[1].val.clusterDim.x = (unsigned)cluster;
+    attr[1].val.clusterDim.y = 1;
+    attr[1].val.clusterDim.z = 1;
     cudaLaunchConfig_t cfg;
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = shared;
     cfg.stream = stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = cluster > 1 ? 2 : 1;
     cudaLaunchKernelEx(&cfg, kernel, (Params)args...);
+}
+
+template <typename... Params, typename... Args>
+static void cuda_launch(cudaStream_t stream, void (*kernel)(Params...), dim3 grid, dim3 block,
+                        size_t shared, Args... args)
+{
+    cuda_launch_cluster(stream, kernel, 1, grid, block, shared, args...);
 }
 
 /* Grow a device scratch buffer (from reserve, before work is queued). */
@@ -1956,18 +1971,27 @@ static void cuda_nll(sep_backend_t *be, float *nll, const float *logits,
 }
 
 /* ---- pick ------------------------------------------------------------------ *
- * One block of PICK_THREADS a row, the row in global memory (it stays in
- * L2): the softmax of the row as it came (the NLL), the penalties and the
- * holes written into it, then the cuts as radix selections on the keys
- * of pick.h, a digit a pass, each pass a histogram of counts or weights
- * (fixed point: integer atomics, so the sums and every choice are the
- * same each run) in shared memory; no sort of the vocabulary. */
+ * A row is a cluster of 16 blocks of PICK_THREADS (Hopper thread block
+ * clusters; 8 where clusters of 16 cannot run), block r holding ids
+ * [r C, (r + 1) C) of the row (C the vocabulary over the cluster, rounded
+ * up), read once: the softmax of the row as it came (the NLL) while the
+ * block copies its ids to shared memory, the penalties and the holes
+ * written into that copy, then the cuts as radix selections on the keys
+ * of pick.h, a digit a pass over the copy, each pass a histogram of
+ * counts or weights in each block's shared memory (fixed point: integer
+ * atomics, so the sums and every choice are the same each run and for
+ * any split of the row), merged over the cluster through distributed
+ * shared memory; no sort, neither of the vocabulary nor of the recent
+ * ids. Every block makes the same choices from the same merged sums; the
+ * block that holds the token writes it. */
 #define PICK_THREADS 1024
+#define PICK_MAX_CLUSTER 16
 
 typedef unsigned long long pick_u64;
 
 /* A row's pick as the kernel reads it from the ring; its ids (recent,
- * holes) at offsets into the call's id area. */
+ * holes) at offsets into the call's id area, recent followed by room for
+ * as many logits (those the penalties changed, as they came). */
 typedef struct {
     float temperature, top_p, min_p, repetition, presence, frequency;
     int top_k, limit;
@@ -1975,10 +1999,26 @@ typedef struct {
     pick_u64 draw;
 } pick_dev_t;
 
-/* What the cuts see of a row: ids [0, limit) above -inf, the cut so far. */
+/* A block's shared state: its histogram of a digit, its share of the
+ * cluster's (merged), what it shows the cluster at an exchange (two
+ * sets, by the exchange's parity) and what it gathered there, the token
+ * found, the recent ids. */
+struct pick_shared {
+    pick_u64 hist[SEP_PICK_BUCKETS];
+    pick_u64 mrg[SEP_PICK_BUCKETS / 4];    /* clusters of 4 blocks or more */
+    pick_u64 show[2][4];
+    pick_u64 got[PICK_MAX_CLUSTER][4];
+    pick_u64 goal;
+    uint32_t bucket;
+    int found, first;
+    int ids[SEP_PICK_MAX_RECENT];
+};
+
+/* What the cuts see of a row: ids [0, limit) above -inf (this block's:
+ * [lo, hi), id j's logit at row[j - base]), the cut so far. */
 struct pick_ctx {
     const float *row;
-    int limit;
+    int base, lo, hi;
     float max, t, min_p;
     float cut;            /* SEP_PICK_CUT * t */
     int all;              /* no cut yet: every id ranks in */
@@ -1986,7 +2026,7 @@ struct pick_ctx {
     int cut_id;
 };
 
-enum { PICK_TIE, PICK_CUT, PICK_KEPT };
+enum { PICK_TIE, PICK_KEPT };
 
 __device__ __forceinline__ float pick_w(const pick_ctx &c, float v)
 {
@@ -1999,18 +2039,23 @@ __device__ __forceinline__ pick_u64 pick_weight(const pick_ctx &c, float v)
     return (pick_u64)(pick_w(c, v) * SEP_PICK_ONE);
 }
 
-/* Id j's amount: TIE, 1 when its key is tie_key; CUT, its weight when the
- * cut keeps it; KEPT, the same once min_p passed it too. */
+__device__ __forceinline__ int pick_in_cut(const pick_ctx &c, uint32_t k, int j)
+{
+    return c.all || k > c.cut_key || (k == c.cut_key && j <= c.cut_id);
+}
+
+/* Id j's amount: TIE, 1 when its key is tie_key; KEPT, its weight when
+ * the cut and min_p keep it. */
 __device__ __forceinline__ pick_u64 pick_amount(const pick_ctx &c, int mode, int j,
                                                 uint32_t tie_key)
 {
-    float v = c.row[j];
+    float v = c.row[j - c.base];
     if (!(v > -INFINITY))
         return 0;
     uint32_t k = sep_pick_key(v);
     if (mode == PICK_TIE)
         return k == tie_key;
-    if (!c.all && !(k > c.cut_key || (k == c.cut_key && j <= c.cut_id)))
+    if (!pick_in_cut(c, k, j))
         return 0;
     float w = pick_w(c, v);
     if (mode == PICK_KEPT && c.min_p > 0 && !(w >= c.min_p))
@@ -2050,8 +2095,8 @@ __device__ pick_u64 block_sum_u64(pick_u64 v)
     return s;
 }
 
-/* The sum of v over the threads before this one. */
-__device__ pick_u64 block_excl_u64(pick_u64 v)
+/* The sum of v over the threads before this one; *total the block's. */
+__device__ pick_u64 block_excl_u64(pick_u64 v, pick_u64 *total)
 {
     __shared__ pick_u64 part[32];
     pick_u64 inc = warp_scan_u64(v);
@@ -2059,32 +2104,70 @@ __device__ pick_u64 block_excl_u64(pick_u64 v)
     if ((threadIdx.x & 31) == 31)
         part[threadIdx.x >> 5] = inc;
     __syncthreads();
-    pick_u64 before = 0;
-    for (int w = 0; w < (int)(threadIdx.x >> 5); w++)
-        before += part[w];
+    pick_u64 before = 0, all = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) {
+        before += w < (int)(threadIdx.x >> 5) ? part[w] : 0;
+        all += part[w];
+    }
+    *total = all;
     return before + inc - v;
 }
 
-/* The first id (in id order) at which the running amount exceeds x
- * (x below the total): each warp sums a span of ids, then the warp whose
- * span holds it scans its span 32 ids at a time. */
-__device__ int pick_find(const pick_ctx &c, int mode, uint32_t tie_key, pick_u64 x)
+/* Shows n values (thread 0's v) to the cluster: on return sh.got[r][k]
+ * holds block r's k-th, for every thread. */
+template <int CL>
+__device__ void pick_exchange(pick_shared &sh, int &par, const pick_u64 *v, int n)
+{
+    cg::cluster_group cl = cg::this_cluster();
+    if (threadIdx.x == 0)
+        for (int k = 0; k < n; k++)
+            sh.show[par][k] = v[k];
+    cl.sync();
+    if ((int)threadIdx.x < CL * n) {
+        int r = threadIdx.x / n, k = threadIdx.x % n;
+        sh.got[r][k] = cl.map_shared_rank(&sh.show[par][0], r)[k];
+    }
+    __syncthreads();
+    par ^= 1;
+}
+
+/* The first id (in id order) at which the running amount exceeds x (x
+ * below the total), to every thread; with draw, x := the total times
+ * draw * 2^-53 instead. Each warp sums a span of its block's ids, the
+ * blocks show their sums, then the warp whose span holds x scans it 32
+ * ids at a time and tells every block. */
+template <int CL>
+__device__ int pick_find(const pick_ctx &c, int mode, uint32_t tie_key, pick_u64 x, int draw,
+                         pick_u64 bits, pick_shared &sh, int &par)
 {
     __shared__ pick_u64 wsum[32];
-    __shared__ int found;
+    cg::cluster_group cl = cg::this_cluster();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    int span = ((c.limit + nw - 1) / nw + 31) & ~31;
-    int lo = warp * span, hi = min(lo + span, c.limit);
+    int n = c.hi > c.lo ? c.hi - c.lo : 0;
+    int span = ((n + nw - 1) / nw + 31) & ~31;
+    int lo = c.lo + warp * span, hi = min(lo + span, c.lo + n);
     pick_u64 s = 0;
     for (int j = lo + lane; j < hi; j += 32)
         s += pick_amount(c, mode, j, tie_key);
     s = warp_sum_u64(s);
-    if (threadIdx.x == 0)
-        found = -1;
     if (lane == 0)
         wsum[warp] = s;
     __syncthreads();
-    pick_u64 acc = 0;
+    pick_u64 mine = 0;
+    for (int w = 0; w < nw; w++)
+        mine += wsum[w];
+    pick_exchange<CL>(sh, par, &mine, 1);
+    pick_u64 acc = 0, total = 0;
+    int rank = (int)cl.block_rank();
+    for (int r = 0; r < CL; r++) {
+        acc += r < rank ? sh.got[r][0] : 0;
+        total += sh.got[r][0];
+    }
+    if (draw) {
+        /* the best id weighs 2^40 and every cut keeps it: total > 0 */
+        x = (pick_u64)((double)bits * 0x1p-53 * (double)total);
+        x = x < total ? x : total - 1;
+    }
     for (int w = 0; w < warp; w++)
         acc += wsum[w];
     if (acc <= x && x < acc + wsum[warp]) {
@@ -2094,204 +2177,262 @@ __device__ int pick_find(const pick_ctx &c, int mode, uint32_t tie_key, pick_u64
             unsigned hit = __ballot_sync(0xffffffffu, acc + inc > x);
             if (hit) {
                 if (lane == __ffs(hit) - 1)
-                    found = j;
+                    for (int r = 0; r < CL; r++)
+                        *cl.map_shared_rank(&sh.found, r) = j;
                 break;
             }
             acc += __shfl_sync(0xffffffffu, inc, 31);
         }
     }
-    __syncthreads();
-    int r = found;
-    __syncthreads();
-    return r;
+    cl.sync();
+    return sh.found;
 }
 
-/* The rank at which the running amount in rank order (1 each, or with
- * mass the weight) first reaches goal (1 <= goal <= the total): its key
- * and id, to every thread. A digit a pass: the histogram of the ids whose
- * higher digits are those found, then the bucket, from the top, where the
- * goal falls (thread t holds buckets 2047 - 2t and 2046 - 2t). */
-__device__ void pick_select(const pick_ctx &c, int mass, pick_u64 goal, uint32_t *key, int *id,
-                            pick_u64 *hist)
+/* The rank at which the running amount of the ids in rank order (1 each,
+ * or with mass the weight; with filt only those of the cut so far, which
+ * are the first ranks) first reaches goal (1 <= goal <= the total; with
+ * top_p > 0, goal := top_p of the total, rounded up, instead): its key
+ * and id, to every thread. A digit a pass: each block's histogram of its
+ * ids whose higher digits are those found, the cluster's sums of them
+ * (block r sums buckets [r S, (r + 1) S)), then the bucket, from the top,
+ * where the goal falls (thread t holds buckets 2047 - 2t and 2046 - 2t). */
+template <int CL>
+__device__ void pick_select(const pick_ctx &c, int mass, int filt, float top_p, pick_u64 goal,
+                            uint32_t *key, int *id, pick_shared &sh, int &par)
 {
-    __shared__ uint32_t s_bucket;
-    __shared__ pick_u64 s_goal;
+    constexpr int SEG = SEP_PICK_BUCKETS / CL;
+    cg::cluster_group cl = cg::this_cluster();
+    int lane = threadIdx.x & 31, rank = (int)cl.block_rank();
     uint32_t pref = 0, pmask = 0;
     for (int d = 0; d < SEP_PICK_DIGITS; d++) {
         int shift = sep_pick_shift(d);
         uint32_t dmask = sep_pick_dmask(d);
         for (int b = threadIdx.x; b < SEP_PICK_BUCKETS; b += blockDim.x)
-            hist[b] = 0;
+            sh.hist[b] = 0;
         __syncthreads();
-        for (int j = threadIdx.x; j < c.limit; j += blockDim.x) {
-            float v = c.row[j];
-            uint32_t k = sep_pick_key(v);
-            if (v > -INFINITY && (k & pmask) == pref) {
-                pick_u64 a = mass ? pick_weight(c, v) : 1;
-                if (a)
-                    atomicAdd(&hist[(k >> shift) & dmask], a);
+        for (int base = c.lo + (int)(threadIdx.x & ~31u); base < c.hi; base += blockDim.x) {
+            int j = base + lane;
+            pick_u64 a = 0;
+            uint32_t k = 0;
+            if (j < c.hi) {
+                float v = c.row[j - c.base];
+                k = sep_pick_key(v);
+                if (v > -INFINITY && (k & pmask) == pref && (!filt || pick_in_cut(c, k, j)))
+                    a = mass ? pick_weight(c, v) : 1;
             }
+            if (a)
+                atomicAdd(&sh.hist[(k >> shift) & dmask], a);
         }
-        __syncthreads();
+        cl.sync();
+        for (int i = threadIdx.x; i < SEG; i += blockDim.x) {
+            pick_u64 s = 0;
+#pragma unroll
+            for (int r = 0; r < CL; r++)
+                s += cl.map_shared_rank(sh.hist, r)[rank * SEG + i];
+            sh.mrg[i] = s;
+        }
+        cl.sync();
         int b0 = SEP_PICK_BUCKETS - 1 - 2 * (int)threadIdx.x, b1 = b0 - 1;
-        pick_u64 h0 = b1 >= 0 ? hist[b0] : 0, h1 = b1 >= 0 ? hist[b1] : 0;
-        pick_u64 before = block_excl_u64(h0 + h1);
+        pick_u64 h0 = 0, h1 = 0, total;
+        if (b1 >= 0) {
+            h0 = cl.map_shared_rank(sh.mrg, b0 / SEG)[b0 % SEG];
+            h1 = cl.map_shared_rank(sh.mrg, b1 / SEG)[b1 % SEG];
+        }
+        pick_u64 before = block_excl_u64(h0 + h1, &total);
+        if (d == 0 && top_p > 0) {
+            goal = (pick_u64)ceil((double)top_p * (double)total);
+            goal = goal < 1 ? 1 : goal > total ? total : goal;
+        }
         if (before < goal && goal <= before + h0) {
-            s_bucket = (uint32_t)b0;
-            s_goal = goal - before;
+            sh.bucket = (uint32_t)b0;
+            sh.goal = goal - before;
         } else if (before + h0 < goal && goal <= before + h0 + h1) {
-            s_bucket = (uint32_t)b1;
-            s_goal = goal - before - h0;
+            sh.bucket = (uint32_t)b1;
+            sh.goal = goal - before - h0;
         }
         __syncthreads();
-        pref |= s_bucket << shift;
+        pref |= sh.bucket << shift;
         pmask |= dmask << shift;
-        goal = s_goal;
+        goal = sh.goal;
         __syncthreads();
     }
     /* ties share the key: the goal-th amount falls in the n-th of them */
     pick_u64 each = mass ? pick_weight(c, sep_pick_unkey(pref)) : 1;
     *key = pref;
-    *id = pick_find(c, PICK_TIE, pref, (goal + each - 1) / each - 1);
+    *id = pick_find<CL>(c, PICK_TIE, pref, (goal + each - 1) / each - 1, 0, 0, sh, par);
 }
 
+__device__ __forceinline__ pick_u64 pick_pack(float a, uint32_t b)
+{
+    return (pick_u64)__float_as_uint(a) | (pick_u64)b << 32;
+}
+
+/* A block's ids go to shared memory (after the shared state) when they fit. */
+#define PICK_MAX_SMEM (160 * 1024)
+
+template <int CL>
 __global__ void __launch_bounds__(PICK_THREADS)
 k_pick(const pick_dev_t *picks, int32_t *area, int32_t *token, float *nll, float *logits,
        int vocab)
 {
-    __shared__ pick_u64 hist[SEP_PICK_BUCKETS];
-    __shared__ int ids[SEP_PICK_MAX_RECENT];
+    __shared__ pick_shared sh;
+    extern __shared__ float pick_row[];
     griddep_wait();
     griddep_launch();
-    const pick_dev_t p = picks[blockIdx.x];
-    float *row = logits + (size_t)blockIdx.x * vocab;
+    cg::cluster_group cl = cg::this_cluster();
+    int ri = blockIdx.x / CL, rank = (int)cl.block_rank(), par = 0;
+    const pick_dev_t p = picks[ri];
+    const float *row = logits + (size_t)ri * vocab;
     int tid = threadIdx.x, nt = blockDim.x;
-    /* the softmax of the row as it came */
+    int chunk = (vocab + CL - 1) / CL;
+    int lo = min(rank * chunk, vocab), hi = min(lo + chunk, vocab);
+    /* this block's ids as the cuts see them: a copy in shared memory
+     * where they fit, else the row itself (scratch) */
+    int in_smem = (size_t)chunk * sizeof(float) <= PICK_MAX_SMEM;
+    float *w = in_smem ? pick_row : (float *)row;
+    int base = in_smem ? lo : 0;
+    /* the softmax of this block's ids as they came, four loads at a time */
     float m = -INFINITY, s = 0.0f;
     int bad = 0;
-    for (int j = tid; j < vocab; j += nt) {
-        float v = row[j];
-        bad |= !(v < INFINITY);
-        if (v > m) {
-            s = s * __expf(m - v) + 1.0f;
-            m = v;
-        } else if (v > -INFINITY) {
-            s += __expf(v - m);
+    for (int j0 = lo + tid; j0 < hi; j0 += 4 * nt) {
+        float v4[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            v4[u] = j0 + u * nt < hi ? row[j0 + u * nt] : -INFINITY;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            float v = v4[u];
+            if (j0 + u * nt < hi && in_smem)
+                w[j0 + u * nt - base] = v;
+            bad |= !(v < INFINITY);
+            if (v > m) {
+                s = s * __expf(m - v) + 1.0f;
+                m = v;
+            } else if (v > -INFINITY) {
+                s += __expf(v - m);
+            }
         }
     }
     bad = __syncthreads_or(bad);
     float mx = block_max(m);
-    float lse = mx + logf(block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx)));
-    /* the penalties, each distinct id once: the recent ids sorted in
-     * shared memory (bitonic), the logit of the first of each run kept in
-     * its place in the area for the NLL */
+    float sx = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx));
+    /* the penalties of this block's ids, each distinct id once (at its
+     * first place in recent, whose logit as it came is kept beside) */
     int n_rec = p.n_recent;
-    int pen = !bad && n_rec > 0 && (p.repetition != 1 || p.presence != 0 || p.frequency != 0);
-    int32_t *rec = area + p.recent_at;
+    int pen = n_rec > 0 && (p.repetition != 1 || p.presence != 0 || p.frequency != 0);
+    const int32_t *rec = area + p.recent_at;
+    float *raw = (float *)(area + p.recent_at + n_rec);
     if (pen) {
-        int P = 1;
-        while (P < n_rec)
-            P <<= 1;
-        for (int i = tid; i < P; i += nt)
-            ids[i] = i < n_rec ? rec[i] : INT32_MAX;
+        for (int i = tid; i < n_rec; i += nt)
+            sh.ids[i] = rec[i];
         __syncthreads();
-        for (int k = 2; k <= P; k <<= 1)
-            for (int h = k >> 1; h > 0; h >>= 1) {
-                for (int i = tid; i < P; i += nt) {
-                    int o = i ^ h;
-                    if (o > i && (ids[i] > ids[o]) == ((i & k) == 0)) {
-                        int x = ids[i];
-                        ids[i] = ids[o];
-                        ids[o] = x;
-                    }
-                }
-                __syncthreads();
-            }
         for (int i = tid; i < n_rec; i += nt) {
-            int id = ids[i];
-            if (i > 0 && ids[i - 1] == id)
+            int id = sh.ids[i], count = 0, first = 1;
+            if (id < lo || id >= hi)
                 continue;
-            int lo = i + 1, hi = n_rec;
-            while (lo < hi) {
-                int mid = (lo + hi) / 2;
-                if (ids[mid] <= id)
-                    lo = mid + 1;
-                else
-                    hi = mid;
+            for (int k = 0; k < n_rec; k++) {
+                int same = sh.ids[k] == id;
+                count += same;
+                first &= !(same && k < i);
             }
-            float v = row[id];
-            ((float *)rec)[i] = v;
-            row[id] = sep_pick_penalize(v, lo - i, p.repetition, p.presence, p.frequency);
+            if (first) {
+                float v = w[id - base];
+                raw[i] = v;
+                w[id - base] = sep_pick_penalize(v, count, p.repetition, p.presence,
+                                                 p.frequency);
+            }
         }
         __syncthreads();
     }
-    for (int i = tid; !bad && i < p.n_holes; i += nt)
-        row[area[p.holes_at + i]] = -INFINITY;
+    for (int i = tid; i < p.n_holes; i += nt) {
+        int id = area[p.holes_at + i];
+        if (id >= lo && id < hi)
+            w[id - base] = -INFINITY;
+    }
     __syncthreads();
     /* the best id it may take */
+    int hl = max(lo, min(hi, p.limit));
     float m2 = -INFINITY;
     int best = vocab, count = 0;
-    for (int j = tid; j < p.limit; j += nt) {
-        float v = row[j];
+    for (int j = lo + tid; j < hl; j += nt) {
+        float v = w[j - base];
         count += v > -INFINITY;
         if (v > m2) {
             m2 = v;
             best = j;
         }
     }
-    float vmax = block_max(m2);
+    float vb = block_max(m2);
     /* indices below 2^24 are exact as floats */
-    int tok = (int)block_reduce(m2 == vmax ? (float)best : (float)vocab, op_min(), (float)vocab);
-    int n_valid = (int)block_sum_u64((pick_u64)count);
+    int bb = (int)block_reduce(m2 == vb ? (float)best : (float)vocab, op_min(), (float)vocab);
+    pick_u64 mine[4] = { pick_pack(mx, __float_as_uint(sx)), pick_pack(vb, (uint32_t)bb),
+                         block_sum_u64((pick_u64)count), (pick_u64)bad };
+    pick_exchange<CL>(sh, par, mine, 4);
+    /* the row's, from the blocks' (in rank order) */
+    float lmax = -INFINITY, vmax = -INFINITY;
+    for (int r = 0; r < CL; r++) {
+        lmax = fmaxf(lmax, __uint_as_float((uint32_t)sh.got[r][0]));
+        vmax = fmaxf(vmax, __uint_as_float((uint32_t)sh.got[r][1]));
+    }
+    float lsum = 0.0f;
+    int tok = vocab, n_valid = 0;
+    bad = 0;
+    for (int r = 0; r < CL; r++) {
+        float mr = __uint_as_float((uint32_t)sh.got[r][0]);
+        if (mr > -INFINITY)
+            lsum += __uint_as_float((uint32_t)(sh.got[r][0] >> 32)) * __expf(mr - lmax);
+        if (__uint_as_float((uint32_t)sh.got[r][1]) == vmax)
+            tok = min(tok, (int)(sh.got[r][1] >> 32));
+        n_valid += (int)sh.got[r][2];
+        bad |= (int)sh.got[r][3];
+    }
+    float lse = lmax + logf(lsum);
     if (bad || !(vmax > -INFINITY && vmax < INFINITY)) {
-        if (tid == 0) {
-            token[blockIdx.x] = -1;
-            nll[blockIdx.x] = NAN;
+        if (rank == 0 && tid == 0) {
+            token[ri] = -1;
+            nll[ri] = NAN;
         }
+        cl.sync(); /* no block leaves while another reads its memory */
         return;
     }
     if (p.temperature > 0) {
-        pick_ctx c = { row, p.limit, vmax, p.temperature, p.min_p,
+        pick_ctx c = { w, base, lo, hl, vmax, p.temperature, p.min_p,
                        SEP_PICK_CUT * p.temperature, 1, 0, 0 };
         if (p.top_k > 0 && p.top_k < n_valid) {
-            pick_select(c, 0, (pick_u64)p.top_k, &c.cut_key, &c.cut_id, hist);
+            pick_select<CL>(c, 0, 0, 0.0f, (pick_u64)p.top_k, &c.cut_key, &c.cut_id, sh, par);
             c.all = 0;
         }
-        pick_u64 part = 0;
-        for (int j = tid; j < p.limit; j += nt)
-            part += pick_amount(c, PICK_CUT, j, 0);
-        pick_u64 total = block_sum_u64(part);
         if (p.top_p < 1) {
-            pick_u64 goal = (pick_u64)ceil((double)p.top_p * (double)total);
-            goal = goal < 1 ? 1 : goal > total ? total : goal;
-            pick_select(c, 1, goal, &c.cut_key, &c.cut_id, hist);
+            pick_select<CL>(c, 1, !c.all, p.top_p, 0, &c.cut_key, &c.cut_id, sh, par);
             c.all = 0;
         }
-        part = 0;
-        for (int j = tid; j < p.limit; j += nt)
-            part += pick_amount(c, PICK_KEPT, j, 0);
-        pick_u64 kept = block_sum_u64(part);
-        /* the best id weighs 2^40 and every cut keeps it: kept > 0 */
-        pick_u64 x = (pick_u64)((double)p.draw * 0x1p-53 * (double)kept);
-        tok = pick_find(c, PICK_KEPT, 0, x < kept ? x : kept - 1);
+        tok = pick_find<CL>(c, PICK_KEPT, 0, 0, 1, p.draw, sh, par);
     }
-    if (tid == 0) {
-        float v = row[tok];
-        if (pen) {
-            int lo = 0, hi = n_rec;
-            while (lo < hi) {
-                int mid = (lo + hi) / 2;
-                if (ids[mid] < tok)
-                    lo = mid + 1;
-                else
-                    hi = mid;
-            }
-            if (lo < n_rec && ids[lo] == tok)
-                v = ((float *)rec)[lo];
+    if (tok >= lo && tok < hi) {
+        /* the NLL of the row as it came: a penalised token's logit is at
+         * its first place in recent */
+        if (tid == 0)
+            sh.first = n_rec;
+        __syncthreads();
+        for (int i = tid; pen && i < n_rec; i += nt)
+            if (sh.ids[i] == tok)
+                atomicMin(&sh.first, i);
+        __syncthreads();
+        if (tid == 0) {
+            float v = sh.first < n_rec ? raw[sh.first] : w[tok - base];
+            token[ri] = tok;
+            nll[ri] = lse - v;
         }
-        token[blockIdx.x] = tok;
-        nll[blockIdx.x] = lse - v;
     }
+    cl.sync(); /* no block leaves while another reads its memory */
+}
+
+/* The pick's kernel for clusters of 16 blocks (Hopper's largest, not
+ * portable: where the GPU schedules them) or 8. */
+typedef void (*pick_kernel_t)(const pick_dev_t *, int32_t *, int32_t *, float *, float *, int);
+static pick_kernel_t pick_kernel(int cluster)
+{
+    return cluster == 16 ? k_pick<16> : k_pick<8>;
 }
 
 static void cuda_pick(sep_backend_t *be, int32_t *token, float *nll, float *logits, int n,
@@ -2300,14 +2441,16 @@ static void cuda_pick(sep_backend_t *be, int32_t *token, float *nll, float *logi
     cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
     /* rows go in groups whose staging fits half the ring: their picks,
-     * their ids (holes shared with the row before stage once), and the
-     * answers coming back, 8 bytes a row */
+     * their ids (recent with room for as many logits; holes shared with
+     * the row before stage once), and the answers coming back, 8 bytes a
+     * row */
     for (int i0 = 0, i1; i0 < n; i0 = i1) {
         size_t n_ids = 0;
         for (i1 = i0; i1 < n; i1++) {
             int shared = i1 > i0 && picks[i1].holes == picks[i1 - 1].holes &&
                          picks[i1].n_holes == picks[i1 - 1].n_holes;
-            size_t more = (size_t)picks[i1].n_recent + (shared ? 0 : (size_t)picks[i1].n_holes);
+            size_t more = 2 * (size_t)picks[i1].n_recent +
+                          (shared ? 0 : (size_t)picks[i1].n_holes);
             size_t bytes = (size_t)(i1 + 1 - i0) * (sizeof(pick_dev_t) + 8) + (n_ids + more) * 4;
             if (i1 > i0 && bytes > cb->ring_len / 2)
                 break;
@@ -2326,7 +2469,7 @@ static void cuda_pick(sep_backend_t *be, int32_t *token, float *nll, float *logi
                                q->frequency, q->top_k, q->limit, off, q->n_recent, 0,
                                q->n_holes, q->draw };
             memcpy(area + off, q->recent, (size_t)q->n_recent * sizeof(int32_t));
-            off += q->n_recent;
+            off += 2 * q->n_recent;
             if (i > 0 && q->holes == q[-1].holes && q->n_holes == q[-1].n_holes) {
                 d->holes_at = d[-1].holes_at;
             } else {
@@ -2337,9 +2480,12 @@ static void cuda_pick(sep_backend_t *be, int32_t *token, float *nll, float *logi
         }
         cuda_ring_send(cb, at, in);
         int32_t *d_tok = (int32_t *)(cb->d_ring + at + in);
-        cuda_launch(cb->stream, k_pick, m, PICK_THREADS, 0, (const pick_dev_t *)(cb->d_ring + at),
-                    (int32_t *)(cb->d_ring + at + head), d_tok, (float *)(d_tok + m),
-                    logits + (size_t)i0 * vocab, vocab);
+        int cl = cb->pick_cluster, chunk = (vocab + cl - 1) / cl;
+        size_t smem = (size_t)chunk * sizeof(float) <= PICK_MAX_SMEM ? (size_t)chunk * 4 : 0;
+        cuda_launch_cluster(cb->stream, pick_kernel(cl), cl, (unsigned)(m * cl), PICK_THREADS,
+                            smem, (const pick_dev_t *)(cb->d_ring + at),
+                            (int32_t *)(cb->d_ring + at + head), d_tok, (float *)(d_tok + m),
+                            logits + (size_t)i0 * vocab, vocab);
         const unsigned char *got = cuda_ring_fetch(cb, at + in, (size_t)m * 8);
         memcpy(token + i0, got, (size_t)m * sizeof(int32_t));
         memcpy(nll + i0, got + (size_t)m * sizeof(int32_t), (size_t)m * sizeof(float));
@@ -2393,6 +2539,27 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
         cublasSetMathMode(cb->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
         cuda_destroy(be);
         return sep_fail(SEP_EIO, "cuda: cuBLAS would not start on device %d", device);
+    }
+    /* the pick's clusters: of 16 blocks where they can run, else of 8 */
+    cudaFuncSetAttribute(k_pick<16>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    cudaFuncSetAttribute(k_pick<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, PICK_MAX_SMEM);
+    cudaFuncSetAttribute(k_pick<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, PICK_MAX_SMEM);
+    {
+        cudaLaunchAttribute attr;
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = 16;
+        attr.val.clusterDim.y = 1;
+        attr.val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = 16;
+        cfg.blockDim = PICK_THREADS;
+        cfg.dynamicSmemBytes = PICK_MAX_SMEM;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        int n = 0;
+        cb->pick_cluster = cudaOccupancyMaxActiveClusters(&n, k_pick<16>, &cfg) == cudaSuccess &&
+                                   n > 0 ? 16 : 8;
+        cudaGetLastError();
     }
     /* attention's shared memory at head_dim 256: above the 48 KB default */
     cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
