@@ -23,6 +23,12 @@ typedef struct {
     int spin_us;             /* the workers' --spin-us; -1: their default */
     const char *log_level;
     int start_timeout_s;
+    /* the workers' endpoint (NULL: a private ipc socket in run_dir); over
+       tcp the workers get sepd's public key and their own key file */
+    const char *endpoint, *server_public, *worker_key;
+    /* called on the socket before it binds (auth.h: sepd_auth_listen) */
+    int (*listen)(void *arg, void *sock, const char *endpoint);
+    void *listen_arg;
 } sep_pool_opts_t;
 
 typedef struct {

@@ -14,6 +14,7 @@
  * Exit codes: 0 after SIGTERM/SIGINT, 1 a runtime error (including a
  * worker that died or hung), 2 a usage error.
  */
+#include "auth.h"
 #include "conf.h"
 #include "daemon.h"
 #include "persist.h"
@@ -198,6 +199,8 @@ static int sepd_loop(sepd_t *d)
                 } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
                     sep_log(SEP_LOG_WARN, "signal %u again: stopping now", si.ssi_signo);
                     d->stop = 1;
+                } else if (si.ssi_signo == SIGHUP) {
+                    sepd_hup(d); /* access.c: the key lists */
                 }
         }
         if (d->stopping && sepd_drained(d))
@@ -357,9 +360,15 @@ static int sepd_bind(sepd_t *d)
      * the connection before it costs memory */
     int linger = 0, mandatory = 1;
     int64_t max_frame = SEP_MSG_MAX_FRAME;
-    mode_t old = umask(0077); /* the ipc socket file is created 0600 */
     d->clients = zmq_socket(d->zctx, ZMQ_ROUTER);
-    int bad = !d->clients || zmq_setsockopt(d->clients, ZMQ_LINGER, &linger, sizeof linger) ||
+    if (!d->clients)
+        return sep_fail(SEP_EIO, "zmq: %s", zmq_strerror(errno));
+    /* who may connect: the ZAP domain, CURVE over tcp (auth.h) */
+    int rc = sepd_auth_listen(d->auth, d->clients, d->conf.socket, SEPD_DOMAIN_CLIENTS);
+    if (rc)
+        return rc;
+    mode_t old = umask(0077); /* the ipc socket file is created 0600 */
+    int bad = zmq_setsockopt(d->clients, ZMQ_LINGER, &linger, sizeof linger) ||
               zmq_setsockopt(d->clients, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory) ||
               zmq_setsockopt(d->clients, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) ||
               zmq_bind(d->clients, d->conf.socket);
@@ -368,7 +377,7 @@ static int sepd_bind(sepd_t *d)
         return sep_fail(SEP_EIO, "bind %s: %s", d->conf.socket, zmq_strerror(errno));
     if (strncmp(d->conf.socket, "ipc://", 6) == 0 && chmod(d->conf.socket + 6, 0600) != 0)
         return sep_fail(SEP_EIO, "chmod %s: %s", d->conf.socket + 6, strerror(errno));
-    return SEP_OK;
+    return sepd_auth_check_ipc(d->conf.socket);
 }
 
 /* Detach: the parent waits on a pipe until the child serves (or fails),
@@ -414,11 +423,22 @@ static int sepd_signals(sepd_t *d)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP); /* re-read the key lists (sepd_hup) */
     signal(SIGPIPE, SIG_IGN);
     if (sigprocmask(SIG_BLOCK, &set, NULL) != 0 ||
         (d->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
         return sep_fail(SEP_EIO, "signals: %s", strerror(errno));
     return SEP_OK;
+}
+
+static int sepd_pool_listen(void *arg, void *sock, const char *endpoint)
+{
+    sepd_t *d = arg;
+    if (strncmp(endpoint, "ipc://", 6) != 0 && sepd_auth_server_public(d->auth) &&
+        !d->conf.worker_key)
+        return sep_fail(SEP_EINVAL, "%s: workers over CURVE need worker_key, their secret "
+                        "key file", endpoint);
+    return sepd_auth_listen(d->auth, sock, endpoint, SEPD_DOMAIN_WORKERS);
 }
 
 static int sepd_start(sepd_t *d)
@@ -436,13 +456,25 @@ static int sepd_start(sepd_t *d)
     d->n_eos = cfg.n_eos;
     if (!(d->zctx = zmq_ctx_new()))
         return sep_fail(SEP_EIO, "zmq: %s", zmq_strerror(errno));
+    /* the ZAP handler is bound before any listener: fail closed */
+    sepd_auth_opts_t ao = { .server_key = d->conf.server_key,
+                            .allowed_keys = d->conf.allowed_keys,
+                            .worker_keys = d->conf.worker_keys,
+                            .operators = d->conf.operators,
+                            .allow_insecure_tcp = d->conf.allow_insecure_tcp };
+    if ((rc = sepd_auth_new(&d->auth, d->zctx, &ao)))
+        return rc;
     sep_pool_opts_t po = { .stages = d->conf.stages, .worker = d->conf.worker,
                            .mpirun = d->conf.mpirun, .mpirun_args = d->conf.mpirun_args,
                            .model = d->conf.model, .device = d->conf.device,
                            .precision = d->conf.precision, .threads = d->conf.threads,
                            .max_tokens = d->conf.max_batch, .log_level = d->conf.log_level,
                            .spin_us = d->conf.poll_spin_us,
-                           .start_timeout_s = d->conf.start_timeout };
+                           .start_timeout_s = d->conf.start_timeout,
+                           .endpoint = d->conf.worker_socket,
+                           .server_public = sepd_auth_server_public(d->auth),
+                           .worker_key = d->conf.worker_key,
+                           .listen = sepd_pool_listen, .listen_arg = d };
     if ((rc = sep_pool_start(&d->pool, d->zctx, d->run_dir, &po)))
         return rc;
     if (d->pool->stages > SEP_MAX_STAGES)
@@ -492,6 +524,7 @@ static void sepd_cleanup(sepd_t *d)
     sepd_outbox_destroy(&d->out);
     if (d->clients)
         zmq_close(d->clients);
+    sepd_auth_destroy(&d->auth); /* its sockets close before the context ends */
     if (d->zctx)
         zmq_ctx_term(d->zctx);
     for (int i = 0; d->flight && i < d->max_flight; i++)

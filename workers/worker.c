@@ -17,6 +17,7 @@
 #include "log.h"
 #include "model.h"
 #include "proto.h"
+#include "keys.h"
 #include "sample.h"
 #include "util.h"
 
@@ -71,6 +72,7 @@ static const char *usage_text =
     "usage: sepd-worker --connect ENDPOINT [--model DIR] [--device cpu|cuda|auto]\n"
     "       [--precision fp32|bf16] [--threads T] [--max-tokens N] [--layers A:B]\n"
     "       [--daemon-pid PID] [--log-level L] [--spin-us US]\n"
+    "       [--server-key KEY --key SECRET_FILE]   (CURVE, over tcp)\n"
     "One pipeline stage of sepd; normally started by sepd (see sepd-worker(8)).\n";
 
 static wk_session_t *worker_find(worker_t *w, uint32_t sid)
@@ -496,6 +498,7 @@ static int worker_serve(worker_t *w)
 
 typedef struct {
     const char *connect, *model, *device, *precision, *layers;
+    const char *server_key, *key; /* CURVE over tcp: sepd's public key, this worker's secret file */
     long threads, max_tokens, daemon_pid, spin_us;
     sep_log_level_t log_level;
 } worker_opts_t;
@@ -509,6 +512,22 @@ static int worker_int(const char *name, const char *arg, long lo, long hi, long 
     return 0;
 }
 
+/* CURVE on the link to sepd: sepd's public key, this worker's key pair
+ * (docs/security.md). */
+static int worker_curve(void *sock, const worker_opts_t *o)
+{
+    char server[SEP_KEY_Z85 + 1];
+    sep_keypair_t kp;
+    int rc = sep_key_public(o->server_key, server);
+    if (rc || (rc = sep_key_pair(o->key, &kp)))
+        return rc;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, SEP_KEY_Z85) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, kp.pub, SEP_KEY_Z85) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, kp.sec, SEP_KEY_Z85))
+        return sep_fail(SEP_EIO, "CURVE: %s", zmq_strerror(errno));
+    return SEP_OK;
+}
+
 static int worker_parse(int argc, char **argv, worker_opts_t *o)
 {
     static const struct option opts[] = {
@@ -517,6 +536,7 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
         { "threads", required_argument, 0, 't' }, { "max-tokens", required_argument, 0, 'n' },
         { "layers", required_argument, 0, 'L' }, { "daemon-pid", required_argument, 0, 'p' },
         { "log-level", required_argument, 0, 'l' }, { "spin-us", required_argument, 0, 'S' },
+        { "server-key", required_argument, 0, 'K' }, { "key", required_argument, 0, 'k' },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 } };
     *o = (worker_opts_t){ .max_tokens = 2048, .spin_us = -1, .log_level = SEP_LOG_INFO };
@@ -528,6 +548,8 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
         case 'd': o->device = optarg; break;
         case 'P': o->precision = optarg; break;
         case 'L': o->layers = optarg; break;
+        case 'K': o->server_key = optarg; break;
+        case 'k': o->key = optarg; break;
         case 't': if (worker_int("threads", optarg, 1, 1024, &o->threads)) return 2; break;
         case 'n': if (worker_int("max-tokens", optarg, 1, 1 << 20, &o->max_tokens)) return 2; break;
         case 'p': if (worker_int("daemon-pid", optarg, 1, 1L << 30, &o->daemon_pid)) return 2; break;
@@ -544,6 +566,10 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
     }
     if (optind != argc || !o->connect || !o->model) {
         fprintf(stderr, "sepd-worker: --connect and --model are required\n%s", usage_text);
+        return 2;
+    }
+    if (!o->server_key != !o->key) {
+        fprintf(stderr, "sepd-worker: --server-key and --key go together\n%s", usage_text);
         return 2;
     }
     return 0;
@@ -624,6 +650,8 @@ int main(int argc, char **argv)
     w.zctx = zmq_ctx_new();
     w.sock = w.zctx ? zmq_socket(w.zctx, ZMQ_DEALER) : NULL;
     int linger = 0;
+    if (w.sock && o.server_key && (rc = worker_curve(w.sock, &o)))
+        goto fail;
     if (!w.sock || zmq_setsockopt(w.sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_connect(w.sock, o.connect)) {
         rc = sep_fail(SEP_EIO, "connect %s: %s", o.connect, zmq_strerror(errno));
