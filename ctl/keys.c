@@ -3,7 +3,8 @@
  *
  * Over tcp sepctl takes sepd's public key and its own secret key file, in
  * order, from --server-key / --key, from $SEPD_SERVER_KEY / $SEPD_KEY, from
- * CONFIG/sepctl.conf ("server_key = ..." and "key = ..." lines), and last
+ * CONFIG/sepctl.conf ("server_key = ..." and "key = ..." lines, '#' lines
+ * comments), and last
  * from CONFIG/server.pub and CONFIG/sepctl.secret when they exist, where
  * CONFIG is $XDG_CONFIG_HOME/sepd, else ~/.config/sepd. Without a server
  * key it connects without CURVE (a sepd with allow_insecure_tcp). ipc
@@ -56,9 +57,9 @@ static int ctl_config_read(const char *dir, char *server, char *key, size_t cap)
     while (!rc && fgets(line, sizeof line, f)) {
         no++;
         char *s = line + strspn(line, " \t");
-        s[strcspn(s, "#\r\n")] = '\0';
-        if (!*s)
-            continue;
+        s[strcspn(s, "\r\n")] = '\0';
+        if (!*s || *s == '#')
+            continue; /* comments are whole lines: a Z85 key may hold '#' */
         char *eq = strchr(s, '=');
         if (!eq) {
             rc = sep_fail(SEP_EFORMAT, "%s:%d: expected 'key = value'", path, no);

@@ -451,17 +451,29 @@ static int auth_operators(sepd_auth_t *a, const char *list)
         size_t n = strcspn(p, " \t,");
         if (!n)
             break;
-        char id[SEP_USER_MAX + 8];
-        if (n == SEP_KEY_Z85)
+        char id[SEP_USER_MAX + 8], path[4096], pubk[SEP_KEY_Z85 + 1];
+        if (n == SEP_KEY_Z85) {
             snprintf(id, sizeof id, "key:%.*s", (int)n, p);
-        else
+        } else if (memchr(p, '/', n) && n < sizeof path) {
+            /* a .pub file: keys may hold '#', which starts a comment in sepd.conf */
+            snprintf(path, sizeof path, "%.*s", (int)n, p);
+            int rc = sep_key_public(path, pubk);
+            if (rc) {
+                char msg[600];
+                snprintf(msg, sizeof msg, "%s", sep_errmsg());
+                return sep_fail(rc, "operators: %s", msg);
+            }
+            snprintf(id, sizeof id, "key:%s", pubk);
+        } else {
             snprintf(id, sizeof id, "%.*s", (int)(n < SEP_USER_MAX ? n : SEP_USER_MAX), p);
+        }
         int key = strncmp(id, "key:", 4) == 0 && sep_key_valid(id + 4);
         char *e = NULL;
         int uid = strncmp(id, "uid:", 4) == 0 && id[4] && (strtoul(id + 4, &e, 10), !*e);
         if (!key && !uid)
-            return sep_fail(SEP_EINVAL, "operators: '%.*s' is neither uid:N nor key:KEY (or "
-                            "a 40-character Z85 key)", (int)(n < 64 ? n : 64), p);
+            return sep_fail(SEP_EINVAL, "operators: '%.*s' is neither uid:N, key:KEY, a "
+                            "40-character Z85 key nor a .pub file (a key with '#' must be "
+                            "given as a file: '#' starts a comment)", (int)(n < 64 ? n : 64), p);
         char **grown = realloc(a->ops, (a->n_ops + 1) * sizeof *grown);
         if (!grown || !(grown[a->n_ops] = strdup(id))) {
             if (grown)

@@ -46,7 +46,8 @@ typedef struct {
     const char *server_key;    /* sepd's secret key file (NULL: no CURVE) */
     const char *allowed_keys;  /* file or folder of client public keys */
     const char *worker_keys;   /* file or folder of worker public keys */
-    const char *operators;     /* identities that manage every session */
+    const char *operators;     /* identities that manage every session: uid:N, key:Z85,
+                                  a bare key or a .pub file (a path, with '/') */
     int allow_insecure_tcp;
 } sepd_auth_opts_t;
 

@@ -241,6 +241,12 @@ int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_
         rc = sep_fail(SEP_EIO, "workers: bind %s: %s", p->endpoint, zmq_strerror(errno));
         goto fail;
     }
+    size_t elen = sizeof p->endpoint; /* tcp://HOST:*: the port bound, for the workers */
+    if (strncmp(p->endpoint, "tcp://", 6) == 0 &&
+        zmq_getsockopt(p->sock, ZMQ_LAST_ENDPOINT, p->endpoint, &elen) != 0) {
+        rc = sep_fail(SEP_EIO, "workers: %s: %s", p->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
     char buf[1024], *argv[POOL_MAX_ARGS];
     if ((rc = pool_argv(o, p->endpoint, buf, sizeof buf, argv)))
         goto fail;

@@ -375,6 +375,13 @@ static int sepd_bind(sepd_t *d)
     umask(old);
     if (bad)
         return sep_fail(SEP_EIO, "bind %s: %s", d->conf.socket, zmq_strerror(errno));
+    /* tcp://HOST:* binds a free port: the log and the clients get the real one */
+    char bound[300];
+    size_t blen = sizeof bound;
+    if (strncmp(d->conf.socket, "tcp://", 6) == 0 &&
+        zmq_getsockopt(d->clients, ZMQ_LAST_ENDPOINT, bound, &blen) == 0 &&
+        (rc = sep_conf_set(&d->conf, "socket", bound)))
+        return rc;
     if (strncmp(d->conf.socket, "ipc://", 6) == 0 && chmod(d->conf.socket + 6, 0600) != 0)
         return sep_fail(SEP_EIO, "chmod %s: %s", d->conf.socket + 6, strerror(errno));
     return sepd_auth_check_ipc(d->conf.socket);

@@ -8,15 +8,26 @@
 # session's verbs nor see it; share, operators, SIGHUP reloads, owners
 # survive a restart; the ipc socket is its owner's (another local user
 # is refused: needs root to become one, skipped otherwise). Needs SEPCTL,
-# SEPD, MPIRUN and SEP_SHARED, set by make check.
+# SEPD, ZCLIENT, ZSTORE, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
-echo "1..48"
+: "${ZCLIENT:?}" "${ZSTORE:?}"
+echo "1..55"
 
 K=$tmp/keys
 export XDG_CONFIG_HOME="$tmp/config" # no sepctl.conf of the user's
-base=$((20000 + $$ % 20000))
-cport=$base
-wport=$((base + 1))
+
+# start_tcp: sepd on tcp://127.0.0.1:* (a free port, as the log tells it),
+# SEPD_SOCKET set to it
+start_tcp() {
+    from=$(($(cat "$tmp/sepd.log" 2>/dev/null | wc -l) + 1))
+    "$SEPD" --foreground --socket "tcp://127.0.0.1:*" --store "$tmp/store" --threads 1 \
+        --config "$conf" >>"$tmp/sepd.log" 2>&1 &
+    daemon=$!
+    wait_for 120 'tail -n +$from "$tmp/sepd.log" | grep -q "serving on tcp://" || ! kill -0 $daemon'
+    sock=$(tail -n +$from "$tmp/sepd.log" | grep -o "serving on tcp://127.0.0.1:[0-9]*" | sed 's/serving on //')
+    export SEPD_SOCKET="$sock"
+    [ -n "$sock" ] && "$SEPCTL" ls >/dev/null
+}
 
 # ---- keys ----------------------------------------------------------------
 for who in server alice bob mallory worker oper; do
@@ -31,15 +42,13 @@ mkdir "$tmp/allowed"
 cp "$K/alice.pub" "$K/bob.pub" "$tmp/allowed/"
 
 # ---- plain tcp ---------------------------------------------------------------
-run "$SEPD" --foreground --socket "tcp://127.0.0.1:$cport" --store "$tmp/store" --threads 1 \
+run "$SEPD" --foreground --socket "tcp://127.0.0.1:*" --store "$tmp/store" --threads 1 \
     --config /dev/null
 ok "plain tcp without allow_insecure_tcp: sepd refuses to start, naming what to set" \
     'test $rc = 1 && grep -q "needs CURVE: set server_key and allowed_keys" "$tmp/err"'
 conf=$tmp/insecure.conf
 echo "allow_insecure_tcp = yes" >"$conf"
-sock="tcp://127.0.0.1:$cport"
-export SEPD_SOCKET="$sock"
-ok "allow_insecure_tcp = yes: unauthenticated tcp starts" 'start_daemon'
+ok "allow_insecure_tcp = yes: unauthenticated tcp starts" 'start_tcp'
 ok "... with a warning in the log" 'grep -q "WITHOUT authentication (allow_insecure_tcp = yes)" "$tmp/sepd.log"'
 run "$SEPCTL" open plain
 ok "... where every client is one identity, insecure" \
@@ -54,15 +63,15 @@ server_key = $K/server.secret
 allowed_keys = $tmp/allowed
 worker_keys = $K/worker.pub
 worker_key = $K/worker.secret
-worker_socket = tcp://127.0.0.1:$wport
-operators = key:$(cat "$K/oper.pub")
+worker_socket = tcp://127.0.0.1:*
+operators = uid:65534 $K/oper.pub
 EOF
 export SEPD_SERVER_KEY="$K/server.pub" SEPD_KEY="$K/alice.secret"
 as() { who=$1; shift; SEPD_KEY="$K/$who.secret" "$SEPCTL" "$@"; }
-ok "sepd starts with CURVE on tcp, its worker stage on tcp with CURVE too" 'start_daemon'
+ok "sepd starts with CURVE on tcp, its worker stage on tcp with CURVE too" 'start_tcp'
 w=$(pgrep -P "$daemon" | head -1)
-ok "... the worker connects to tcp://127.0.0.1:$wport with sepd's public key" \
-    'tr "\0" " " </proc/$w/cmdline >"$tmp/cmdline" && grep -qF -- "--connect tcp://127.0.0.1:$wport " "$tmp/cmdline" &&
+ok "... the worker connects to 127.0.0.1 over tcp with sepd's public key" \
+    'tr "\0" " " </proc/$w/cmdline >"$tmp/cmdline" && grep -qE -- "--connect tcp://127.0.0.1:[0-9]+ " "$tmp/cmdline" &&
      grep -qF -- "--server-key $(cat "$K/server.pub") --key $K/worker.secret" "$tmp/cmdline"'
 
 # the allowed client, end to end: NLLs as eval's, byte for byte
@@ -129,7 +138,7 @@ as alice share s1 --off >/dev/null 2>&1
 run as bob info s1
 ok "unshared again: refused again" 'test $rc = 1 && grep -q "belongs to another identity" "$tmp/err"'
 run as oper ls
-ok "an operator (operators = key:...) sees and manages every session" \
+ok "an operator (operators = its .pub file) sees and manages every session" \
     'test $rc = 0 && grep -q "^s1 " "$tmp/out" && as oper suspend s1 >/dev/null && as oper resume s1 >/dev/null'
 
 # SIGHUP re-reads the allow-list
@@ -145,10 +154,16 @@ ok "... a key removed is refused" 'test $rc = 1 && grep -q "not on sepd.s allow-
 
 # owners survive a restart
 stop_daemon
-ok "restarted, the session comes back" 'start_daemon && as alice info s1 >/dev/null'
+ok "restarted, the session comes back" 'start_tcp && as alice info s1 >/dev/null'
 run as mallory info s1
 ok "... still its owner's" 'test $rc = 1 && grep -q "belongs to another identity" "$tmp/err"'
-as alice close s1 >/dev/null 2>&1
+stop_daemon
+run "$ZSTORE" "$tmp/store/db" unown-record s1
+ok "a record from before owners (version 2, no owner) loads, owned by sepd's own uid" \
+    'test $rc = 0 && start_tcp && grep -q "a record without an owner.*belongs to uid:$(id -u)" "$tmp/sepd.log" &&
+     as oper info s1 --json | grep -q "\"owner\":\"uid:$(id -u)\""'
+run as alice info s1
+ok "... which its key no longer reaches" 'test $rc = 1 && grep -q "belongs to another identity" "$tmp/err"'
 stop_daemon
 
 # ---- ipc ------------------------------------------------------------------
@@ -159,6 +174,8 @@ export SEPD_SOCKET="$sock"
 ok "sepd on its ipc socket" 'start_daemon'
 ok "the socket is 0600 in a 0700 folder" \
     'test "$(stat -c %a "$tmp/sepd.sock")" = 600 && test "$(stat -c %a "$tmp")" = 700'
+ok "... where sepd's own user reaches the record from before owners" \
+    '"$SEPCTL" info s1 >/dev/null && "$SEPCTL" close s1 >/dev/null'
 run "$SEPCTL" open mine
 me=$(id -u)
 ok "a session over ipc belongs to the peer's uid" \
@@ -168,7 +185,7 @@ run "$SEPD" --foreground --socket "ipc://$tmp/open/s.sock" --store "$tmp/store2"
 ok "an ipc socket in a folder others may write is refused" \
     'test $rc = 1 && grep -q "is writable by others" "$tmp/err"'
 if [ "$(id -u)" != 0 ] || ! command -v setpriv >/dev/null; then
-    for i in 1 2; do
+    for i in 1 2 3 4 5 6; do
         n=$((n + 1))
         echo "ok $n # SKIP another local user needs root (setpriv) to become one"
     done
@@ -186,7 +203,46 @@ else
     chmod 0700 "$tmp"
     ok "... nor connect with the folder open (the socket is 0600)" \
         'test $rc = 1 && grep -q "permission denied: the socket belongs to another user" "$tmp/err"'
+
+    # sepd run by another user: root's client over its ipc socket is uid:0,
+    # another identity than the sessions' owner (nobody must be able to run
+    # the build: it may sit where only root can read)
+    model=$(dirname "$SEPCTL")/../models/books-llama-16m
+    if ! setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c \
+        'test -x "$1" && test -x "$2" && test -r "$3/model.safetensors.index.json"' sh \
+        "$SEPD" "$(dirname "$SEPD")/../workers/sepd-worker" "$model" 2>/dev/null; then
+        for i in 1 2 3 4; do
+            n=$((n + 1))
+            echo "ok $n # SKIP user nobody cannot run this build (its folder is not readable)"
+        done
+        rm -rf "$bin"
+    else
+    u=$bin/u
+    mkdir -m 0700 "$u"
+    chown nobody "$u"
+    usock="ipc://$u/run/s.sock"
+    setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$u" XDG_RUNTIME_DIR="$u" \
+        "$SEPD" --foreground --socket "$usock" --store "$u/store" --threads 1 \
+        --config /dev/null >"$tmp/nobody.log" 2>&1 &
+    upid=$!
+    wait_for 60 'other ls --socket "$usock" >/dev/null 2>&1'
+    run other open theirs --socket "$usock"
+    ok "a sepd of another user: its user opens a session over ipc (uid:$(id -u nobody))" \
+        'test $rc = 0 && other info theirs --socket "$usock" --json | grep -q "\"owner\": *\"uid:$(id -u nobody)\""'
+    run "$SEPCTL" ls --socket "$usock" --json
+    ok "... root (uid:0), another identity, does not see it" 'test $rc = 0 && ! grep -q theirs "$tmp/out"'
+    printf '%s\n' 'send {"v":2,"op":"cancel","session":"theirs"}' 'recv' \
+        'send {"v":2,"op":"ack","session":"theirs","tokens":0}' 'recv' \
+        'send {"v":2,"op":"feed_end","session":"theirs"}' 'recv' \
+        'send {"v":2,"op":"feed","session":"theirs","seq":0} =text' 'recv' >"$tmp/zc"
+    run "$ZCLIENT" "$usock" <"$tmp/zc"
+    ok "... and its cancel, ack, feed_end and feed are denied" \
+        'test $rc = 0 && test $(grep -c "\"code\": *\"denied\"" "$tmp/out") = 4'
+    kill "$upid"
+    wait "$upid"
+    ok "that sepd stops cleanly" 'test $? = 0'
     rm -rf "$bin"
+    fi
 fi
 ok "the daemon is unaffected" '"$SEPCTL" info mine >/dev/null && kill -0 $daemon'
 stop_daemon
