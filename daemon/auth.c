@@ -278,7 +278,7 @@ static void zap_serve(sepd_auth_t *a)
             size_t n = zmq_msg_size(&m) < 255 ? zmq_msg_size(&m) : 255;
             memcpy(r.frame[r.n], zmq_msg_data(&m), n);
             r.frame[r.n][n] = '\0';
-            r.len[r.n] = zmq_msg_size(&m);
+            r.len[r.n] = n; /* longer frames are cut: a key is 32 bytes, an id a few */
         }
         r.n++;
         more = zmq_msg_more(&m);
