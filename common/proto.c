@@ -53,6 +53,10 @@ int sep_msg_recv(void *sock, int routed, sep_msg_t *m, int flags)
         return e == EAGAIN ? SEP_ENOTFOUND : sep_fail(SEP_EIO, "receive: %s", zmq_strerror(e));
     }
     size_t hlen = zmq_msg_size(&part);
+    /* who sent it: the connection's User-Id, as the ZAP handler set it */
+    const char *user = zmq_msg_gets(&part, "User-Id");
+    if (user && strlen(user) < sizeof m->user)
+        memcpy(m->user, user, strlen(user) + 1);
     json_error_t jerr;
     if (hlen > SEP_MSG_MAX_HEADER) {
         zmq_msg_close(&part);

@@ -52,6 +52,7 @@
 #define SEP_OP_IMPORT "import"       /* such a stream, as a new session */
 #define SEP_OP_IMPORT_END "import_end"
 #define SEP_OP_CANCEL "cancel"       /* stop the sender's operation on its session */
+#define SEP_OP_SHARE "share"         /* mark a session shared, or its owner's alone */
 #define SEP_OP_ACK "ack"             /* generate: "tokens" received so far */
 #define SEP_OP_HEARTBEAT "heartbeat" /* sepd -> client, unasked: ignore it */
 
@@ -83,6 +84,8 @@
 #define SEP_ERR_CANCELLED "cancelled" /* the operation was stopped before its end */
 #define SEP_ERR_UNAVAILABLE "unavailable" /* sepd is stopping, or lost a worker */
 #define SEP_ERR_INTERNAL "internal"
+#define SEP_ERR_DENIED "denied"       /* the session belongs to another identity */
+#define SEP_USER_MAX 64               /* bytes of an identity, its NUL included */
 
 typedef struct {
     const void *data;
@@ -94,6 +97,8 @@ typedef struct {
 typedef struct {
     uint8_t peer[256];      /* routing id (ROUTER sockets) */
     size_t peer_len;
+    char user[SEP_USER_MAX]; /* the sender's identity: the ZAP handler's User-Id of its
+                                connection ("key:Z85", "uid:N"; daemon/auth.h), "" if none */
     json_t *hdr;            /* the header object (owned) */
     const char *op;         /* hdr's "op" */
     int n_frames;

@@ -36,4 +36,16 @@ int ctl_policy_done(sep_policy_t *p, int window_given);
  * resume flush close. argv[0] is the verb. */
 int ctl_remote(const char *verb, int argc, char **argv);
 
+/* keys.c: `sepctl keygen [--out DIR] [--name NAME]`. */
+int ctl_keygen(int argc, char **argv);
+/* --server-key and --key (NULL: not given). */
+void ctl_keys_opts(const char *server_key, const char *key);
+/* CURVE on sock for a tcp endpoint when a server key is known (options,
+ * environment, sepctl.conf, defaults); *curve says whether it is on. */
+int ctl_keys_apply(void *sock, const char *endpoint, int *curve);
+/* A handshake that failed (a monitor event, its value; shook: a handshake
+ * succeeded before; tcp: the endpoint is tcp) as an error (message set),
+ * or 0. */
+int ctl_handshake_failed(int event, unsigned value, int curve, int shook, int tcp);
+
 #endif

@@ -42,6 +42,8 @@
 
 typedef struct {
     void *zctx, *sock, *mon;
+    int curve, shook, tcp;       /* CURVE on (keys.c); a handshake succeeded; over tcp */
+    int failed;                  /* the handshake failed: the error is set */
     const char *session;
     int unanswered;              /* pings sent since sepd last said anything */
 } ctl_conn_t;
@@ -91,6 +93,9 @@ static int ctl_signals(void)
 static int ctl_ipc_alive(const char *path)
 {
     struct stat st;
+    if (stat(path, &st) != 0 && errno == EACCES)
+        return sep_fail(SEP_EINVAL, "%s: permission denied: the socket's folder belongs to "
+                        "another user (sepd's ipc socket is its owner's alone)", path);
     if (stat(path, &st) != 0)
         return sep_fail(SEP_ENOTFOUND, "sepd is not running (no socket at %s)", path);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -106,6 +111,10 @@ static int ctl_ipc_alive(const char *path)
     if (rc != 0 && e == ECONNREFUSED)
         return sep_fail(SEP_ENOTFOUND, "sepd is not running (a stale socket at %s: nobody "
                         "listens)", path);
+    if (rc != 0 && e == EACCES)
+        return sep_fail(SEP_EINVAL, "%s: permission denied: the socket belongs to another "
+                        "user (mode %03o; sepd's ipc socket is its owner's alone)", path,
+                        (unsigned)(st.st_mode & 0777));
     if (rc != 0)
         return sep_fail(SEP_EIO, "%s: %s", path, strerror(e));
     return SEP_OK;
@@ -126,9 +135,15 @@ static int ctl_connect(ctl_conn_t *c, const char *endpoint_opt)
     c->sock = c->zctx ? zmq_socket(c->zctx, ZMQ_DEALER) : NULL;
     if (!c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger))
         return sep_fail(SEP_EIO, "zmq: %s", zmq_strerror(errno));
-    /* the monitor says when the connection closes (sepd died) */
+    if ((rc = ctl_keys_apply(c->sock, ep, &c->curve)))
+        return rc;
+    c->tcp = strncmp(ep, "tcp://", 6) == 0;
+    /* the monitor says when the connection closes (sepd died) or its
+     * handshake fails (keys.c names why) */
     snprintf(mon_ep, sizeof mon_ep, "inproc://ctl-monitor-%d", (int)getpid());
-    if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_DISCONNECTED) ||
+    if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_DISCONNECTED |
+                           ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                           ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) ||
         !(c->mon = zmq_socket(c->zctx, ZMQ_PAIR)) ||
         zmq_setsockopt(c->mon, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_connect(c->mon, mon_ep))
@@ -174,8 +189,11 @@ static int ctl_monitor_closed(ctl_conn_t *c)
             return closed;
         }
         uint16_t what = 0;
-        if (zmq_msg_size(&ev) >= 2)
+        uint32_t value = 0;
+        if (zmq_msg_size(&ev) >= 6) {
             memcpy(&what, zmq_msg_data(&ev), 2);
+            memcpy(&value, (uint8_t *)zmq_msg_data(&ev) + 2, 4);
+        }
         int more = zmq_msg_more(&ev);
         zmq_msg_close(&ev);
         while (more) { /* the event's endpoint */
@@ -186,6 +204,12 @@ static int ctl_monitor_closed(ctl_conn_t *c)
             }
             more = zmq_msg_more(&ev);
             zmq_msg_close(&ev);
+        }
+        c->shook |= what == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+        if (!c->failed && what != ZMQ_EVENT_HANDSHAKE_SUCCEEDED &&
+            ctl_handshake_failed(what, value, c->curve, c->shook, c->tcp)) {
+            c->failed = 1;
+            closed = 1;
         }
         closed |= what == ZMQ_EVENT_DISCONNECTED;
     }
@@ -223,7 +247,8 @@ static int ctl_recv(ctl_conn_t *c, sep_msg_t *m, int extra_fd, int *woke)
             return SEP_OK;
         }
         if (n > 0 && (it[1].revents & ZMQ_POLLIN) && ctl_monitor_closed(c))
-            return sep_fail(SEP_EPEER, "sepd went away (its connection closed)");
+            return c->failed ? SEP_EINVAL /* the handshake's error */
+                             : sep_fail(SEP_EPEER, "sepd went away (its connection closed)");
         if (n > 0 && (it[2].revents & ZMQ_POLLIN)) {
             char drain[16];
             while (read(ctl_sig_fds[0], drain, sizeof drain) > 0)
@@ -1373,7 +1398,8 @@ static int ctl_transfer(const ctl_common_t *o, const char *verb, const char *nam
 
 /* ---- the verbs ---------------------------------------------------------- */
 
-enum { CTL_OPT_STOP = 0x200, CTL_OPT_IGNORE_EOS }; /* long options without a letter */
+enum { CTL_OPT_STOP = 0x200, CTL_OPT_IGNORE_EOS, CTL_OPT_SERVER_KEY, CTL_OPT_KEY, CTL_OPT_SHARED,
+       CTL_OPT_OFF }; /* long options without a letter */
 
 /* A --stop string: 1 to SEP_STOP_LEN bytes of UTF-8, at most SEP_STOP_MAX
  * of them; -1 with the message printed. */
@@ -1442,6 +1468,9 @@ int ctl_remote(const char *verb, int argc, char **argv)
 {
     static const struct option opts[] = {
         { "socket", required_argument, 0, 'k' }, { "json", no_argument, 0, 'j' },
+        { "server-key", required_argument, 0, CTL_OPT_SERVER_KEY },
+        { "key", required_argument, 0, CTL_OPT_KEY },
+        { "shared", no_argument, 0, CTL_OPT_SHARED }, { "off", no_argument, 0, CTL_OPT_OFF },
         { "nll-out", required_argument, 0, 'o' }, CTL_CACHE_OPTIONS,
         { "n", required_argument, 0, 'n' }, { "temperature", required_argument, 0, 'T' },
         { "top-p", required_argument, 0, 'p' }, { "seed", required_argument, 0, 'e' },
@@ -1472,7 +1501,7 @@ int ctl_remote(const char *verb, int argc, char **argv)
     long from = 0, to = LONG_MAX;
     const char *export_to = NULL, *archive = NULL;
     const char *stops[SEP_STOP_MAX];
-    int n_stops = 0, ignore_eos = 0;
+    int n_stops = 0, ignore_eos = 0, shared = 0, share_off = 0;
     while ((c = getopt_long(argc, argv, "n:", opts, NULL)) != -1) {
         if (is_open && (r = ctl_cache_opt(c, optarg, &pol, &window_given, &separators)) <= 0) {
             if (r < 0)
@@ -1491,6 +1520,18 @@ int ctl_remote(const char *verb, int argc, char **argv)
         }
         switch (c) {
         case 'k': o.socket = optarg; break;
+        case CTL_OPT_SERVER_KEY: ctl_keys_opts(optarg, NULL); break;
+        case CTL_OPT_KEY: ctl_keys_opts(NULL, optarg); break;
+        case CTL_OPT_SHARED:
+            if (!is_open)
+                goto bad;
+            shared = 1;
+            break;
+        case CTL_OPT_OFF:
+            if (strcmp(verb, SEP_OP_SHARE))
+                goto bad;
+            share_off = 1;
+            break;
         case 'j': o.json = 1; break;
         case 'R':
         case 'F':
@@ -1603,6 +1644,8 @@ int ctl_remote(const char *verb, int argc, char **argv)
                                 separators);
         if (req && archive)
             json_object_set_new(req, "archive", json_string(archive));
+        if (req && shared)
+            json_object_set_new(req, "shared", json_true());
         return ctl_simple(&o, name, req);
     }
     if (is_seps || is_export || is_import)
@@ -1624,5 +1667,7 @@ int ctl_remote(const char *verb, int argc, char **argv)
         json_decref(gen_opts);
         return ctl_generate(&o, name, req);
     }
+    if (!strcmp(verb, SEP_OP_SHARE))
+        return ctl_simple(&o, name, json_pack("{s:s, s:b}", "op", verb, "shared", !share_off));
     return ctl_simple(&o, name, json_pack("{s:s}", "op", verb));
 }

@@ -39,11 +39,15 @@ static const char *usage_text =
     "                                score a text (stdin, or ids from FILE)\n"
     "  separators [--model DIR] [--separators X]\n"
     "                                print the separator ids, ascending\n"
+    "  keygen [--out DIR] [--name NAME]\n"
+    "                                a CURVE key pair: DIR/NAME.pub and NAME.secret\n"
+    "                                (DIR: $XDG_CONFIG_HOME/sepd; NAME: sepctl)\n"
     "  version                       print the version\n"
     "\n"
     "session commands (a running sepd; --socket ENDPOINT, else $SEPD_SOCKET, else\n"
-    "the default ipc socket; --json on each for scripts):\n"
-    "  open NAME [cache options] [--archive off|f32|bf16]\n"
+    "the default ipc socket; --json on each for scripts; over tcp --server-key KEY\n"
+    "and --key SECRET_FILE, else $SEPD_SERVER_KEY and $SEPD_KEY, else sepctl.conf):\n"
+    "  open NAME [cache options] [--archive off|f32|bf16] [--shared]\n"
     "                                open a session\n"
     "  feed NAME [--nll-out FILE] [--from-committed] [--retry]\n"
     "                                stream stdin into it (progress on a terminal)\n"
@@ -61,6 +65,7 @@ static const char *usage_text =
     "                                its archive of evicted separators\n"
     "  export NAME FILE | import FILE [NAME]\n"
     "                                a suspended session to a file, and back\n"
+    "  share NAME [--off]            let every client use it (--off: its owner alone)\n"
     "\n"
     "cache options: --method full|streaming|sepllm (sepllm) --init A (4)\n"
     "  --seps S (64) --window W (256; streaming: C - A) --capacity C (800)\n"
@@ -592,9 +597,11 @@ int main(int argc, char **argv)
         return cmd_eval(argc, argv);
     if (strcmp(cmd, "separators") == 0)
         return cmd_separators(argc, argv);
+    if (strcmp(cmd, "keygen") == 0)
+        return ctl_keygen(argc, argv);
     static const char *remote[] = { "open", "feed", "generate", "ls", "info", "stats",
                                     "suspend", "resume", "flush", "close", "seps",
-                                    "export", "import" };
+                                    "export", "import", "share" };
     for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
         if (strcmp(cmd, remote[i]) == 0)
             return ctl_remote(cmd, argc, argv);

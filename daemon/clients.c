@@ -9,6 +9,7 @@
  * so none is dropped: a client that reads slowly gets them late, and
  * generation waits for it (its window).
  */
+#include "auth.h"
 #include "daemon.h"
 #include "err.h"
 #include "persist.h"
@@ -107,6 +108,10 @@ json_t *sepd_info(const sep_session_t *s)
                           "checkpoints", (json_int_t)s->checkpoints,
                           "held_bytes", (json_int_t)s->held_len, "queued_ids", (json_int_t)s->q_len,
                           "ids", (json_int_t)s->ids_total);
+    if (h) {
+        json_object_set_new(h, "owner", json_string(s->owner));
+        json_object_set_new(h, "shared", json_boolean(s->shared));
+    }
     if (h && s->ckpt_error[0])
         json_object_set_new(h, "checkpoint_error", json_string(s->ckpt_error));
     if (h && s->foreign[0])
@@ -235,6 +240,8 @@ static sep_session_t *session_for(sepd_t *d, const sep_msg_t *m)
     if (!s)
         sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_NOT_FOUND, "no session '%s'",
                    sep_clip(name, clip));
+    else if (!sepd_access(d, s, m)) /* access.c: its owner's, shared, or an operator's */
+        return NULL;
     return s;
 }
 
@@ -278,6 +285,7 @@ static int op_defer(sepd_t *d, sep_session_t *s, const sep_msg_t *m)
     s->op.next = json_incref(m->hdr);
     memcpy(s->op.next_peer, m->peer, m->peer_len);
     s->op.next_peer_len = m->peer_len;
+    snprintf(s->op.next_user, sizeof s->op.next_user, "%s", m->user);
     return 0;
 }
 
@@ -468,9 +476,10 @@ static void op_open(sepd_t *d, const sep_msg_t *m)
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_INTERNAL, "open: %s",
                           sep_errmsg());
     }
+    sepd_access_own(d, s, m);
     op_admit(d, s, m, SEP_SOP_OPEN);
-    sep_log(SEP_LOG_INFO, "session '%s' opened: %s a=%d s=%d w=%d c=%d shift=%d seps=%s "
-            "archive=%s", s->name, sep_method_name(p.method), p.a, p.s, p.w, p.c, p.shift,
+    sep_log(SEP_LOG_INFO, "session '%s' opened by %s: %s a=%d s=%d w=%d c=%d shift=%d seps=%s "
+            "archive=%s", s->name, s->owner, sep_method_name(p.method), p.a, p.s, p.w, p.c, p.shift,
             s->separators, archive);
     /* its record first: an open that returned survives a crash */
     sepd_persist_create(d, s);
@@ -800,7 +809,8 @@ static void op_ls(sepd_t *d, const sep_msg_t *m)
 {
     json_t *list = json_array();
     for (size_t i = 0; list && i < d->n_sess; i++)
-        json_array_append_new(list, sepd_info(d->sess[i]));
+        if (sepd_visible(d, d->sess[i], m)) /* another identity's unshared sessions are not listed */
+            json_array_append_new(list, sepd_info(d->sess[i]));
     sepd_send(d, m->peer, m->peer_len,
               list ? json_pack("{s:s, s:b, s:o}", "op", m->op, "ok", 1, "sessions", list) : NULL,
               NULL, 0);
@@ -866,6 +876,9 @@ void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank)
                               (json_int_t)sepd_store_file_bytes(d), "loop", "batches",
                               (json_int_t)d->batches_sent, "answers_s", d->done_s,
                               "schedule_s", d->sched_s);
+        if (h)
+            json_object_set_new(h, "auth_failures",
+                                json_integer((json_int_t)sepd_auth_failures(d->auth)));
         sepd_send(d, st->waiting[i].id, st->waiting[i].len, h, NULL, 0);
     }
     st->n_waiting = 0;
@@ -899,6 +912,7 @@ static const struct {
               { SEP_OP_FLUSH, op_flush }, { SEP_OP_CLOSE, op_close },
               { SEP_OP_CANCEL, op_cancel }, { SEP_OP_ACK, op_ack },
               { SEP_OP_SEPS, op_seps }, { SEP_OP_EXPORT, op_export },
+              { SEP_OP_SHARE, sepd_share },
               { SEP_OP_IMPORT, sepd_import_piece }, { SEP_OP_IMPORT_END, sepd_import_piece } };
 
 static void sepd_request(sepd_t *d, const sep_msg_t *m)
@@ -916,9 +930,10 @@ static void sepd_request(sepd_t *d, const sep_msg_t *m)
     sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BAD_REQUEST, "%s", why);
 }
 
-void sepd_redo(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr)
+void sepd_redo(sepd_t *d, const uint8_t *peer, size_t peer_len, const char *user, json_t *hdr)
 {
     sep_msg_t m = { .hdr = hdr, .op = sep_hdr_str(hdr, "op", "") };
+    snprintf(m.user, sizeof m.user, "%s", user);
     memcpy(m.peer, peer, peer_len);
     m.peer_len = peer_len;
     sepd_request(d, &m);

@@ -88,6 +88,13 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
             return sep_fail(SEP_EINVAL, "archive: '%.64s': expected off, f32 or bf16", v);
         return conf_str(&c->archive, v);
     }
+    if (!strcmp(key, "server_key")) return conf_str(&c->server_key, v);
+    if (!strcmp(key, "allowed_keys")) return conf_str(&c->allowed_keys, v);
+    if (!strcmp(key, "worker_keys")) return conf_str(&c->worker_keys, v);
+    if (!strcmp(key, "operators")) return conf_str(&c->operators, v);
+    if (!strcmp(key, "allow_insecure_tcp")) return conf_bool(&c->allow_insecure_tcp, key, v);
+    if (!strcmp(key, "worker_socket")) return conf_str(&c->worker_socket, v);
+    if (!strcmp(key, "worker_key")) return conf_str(&c->worker_key, v);
     int rc = sepd_limits_conf_set(&c->limits, key, v);
     if (rc != SEP_ENOTFOUND)
         return rc;
@@ -150,5 +157,11 @@ void sep_conf_free(sep_conf_t *c)
     free(c->mpirun_args);
     free(c->log_level);
     free(c->archive);
+    free(c->server_key);
+    free(c->allowed_keys);
+    free(c->worker_keys);
+    free(c->operators);
+    free(c->worker_socket);
+    free(c->worker_key);
     memset(c, 0, sizeof *c);
 }

@@ -34,6 +34,14 @@ typedef struct {
     long store_max_mib;      /* the most it may grow to */
     int store_sync;          /* 1: a checkpoint is on disk when it is acknowledged */
     char *archive;           /* a session's separator archive unless open says: off f32 bf16 */
+    /* security (daemon/auth.h, docs/security.md) */
+    char *server_key;        /* sepd's CURVE secret key file: tcp listeners use CURVE */
+    char *allowed_keys;      /* file or folder of the clients' public keys (SIGHUP re-reads) */
+    char *worker_keys;       /* ... of the workers' public keys */
+    char *operators;         /* identities that manage every session (uid:N key:KEY ...) */
+    int allow_insecure_tcp;  /* 1: a tcp listener without CURVE may start (warned of) */
+    char *worker_socket;     /* the workers' endpoint (NULL: a private ipc socket) */
+    char *worker_key;        /* the workers' secret key file, over tcp */
     int foreground;
 } sep_conf_t;
 

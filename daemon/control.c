@@ -168,13 +168,15 @@ int sepd_op_finish(sepd_t *d, sep_session_t *s)
 {
     json_t *next = s->op.next;
     uint8_t peer[256];
+    char user[SEP_USER_MAX];
     size_t len = s->op.next_peer_len;
     sep_session_t *self = s;
     memcpy(peer, s->op.next_peer, len);
+    memcpy(user, s->op.next_user, sizeof user);
     s->op.next = NULL;
     sep_session_op_end(s);
     if (next) {
-        sepd_redo(d, peer, len, next);
+        sepd_redo(d, peer, len, user, next);
         json_decref(next);
     }
     for (size_t i = 0; i < d->n_sess; i++)

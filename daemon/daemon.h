@@ -11,6 +11,8 @@
  *   session.c   one session's text, ids and counters
  *   pool.c      the worker processes; conf.c the settings
  *   quota.c     the limits (quota.h): sessions, caches, pending text, clients
+ *   auth.c      who may connect, and who each client is (the auth thread);
+ *               access.c which identity may use which session
  */
 #ifndef SEPD_DAEMON_H
 #define SEPD_DAEMON_H
@@ -70,9 +72,11 @@ typedef struct {
 
 struct sepd_storer;
 struct sepd_known;
+struct sepd_auth;
 
 typedef struct sepd {
     sep_conf_t conf;
+    struct sepd_auth *auth;   /* ZAP handler, key lists, identities (auth.h) */
     struct sepd_storer *storer;  /* the store thread (persist.c) */
     struct arch_job *arch;    /* archive rows waiting for their job */
     struct sepd_import **imports; /* (n_imports) imports under way (transfer.c) */
@@ -131,7 +135,7 @@ typedef struct sepd {
 /* ---- clients.c ---- */
 void sepd_client_msg(sepd_t *d);
 /* Serve a request that waited for an op to end (it is not a reply). */
-void sepd_redo(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr);
+void sepd_redo(sepd_t *d, const uint8_t *peer, size_t peer_len, const char *user, json_t *hdr);
 /* A reply to peer (hdr's reference is taken); a peer found gone is
  * handled (sepd_peer_gone). */
 void sepd_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr,
@@ -158,6 +162,18 @@ void sepd_heartbeats(sepd_t *d);
 /* Tell every waiting client why sepd stops (code, message). */
 void sepd_fail_all(sepd_t *d, const char *code, const char *why);
 void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank);
+
+/* ---- access.c ---- */
+/* Whether m's sender may use s; if not, a "denied" error to it. */
+int sepd_access(sepd_t *d, const sep_session_t *s, const sep_msg_t *m);
+/* Whether m's sender sees s in ls. */
+int sepd_visible(const sepd_t *d, const sep_session_t *s, const sep_msg_t *m);
+/* open: s belongs to m's sender (shared when m asks). */
+void sepd_access_own(sepd_t *d, sep_session_t *s, const sep_msg_t *m);
+/* The share op: mark the session shared or not (its owner, an operator). */
+void sepd_share(sepd_t *d, const sep_msg_t *m);
+/* The signal loop's SIGHUP hook: re-read what may be re-read. */
+void sepd_hup(sepd_t *d);
 
 /* ---- control.c ---- */
 sep_session_t *sepd_find(sepd_t *d, const char *name);

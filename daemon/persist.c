@@ -1,5 +1,6 @@
 /* persist.c: sessions in the store, through the store thread (persist.h). */
 #include "persist.h"
+#include "auth.h"
 #include "err.h"
 #include "fingerprint.h"
 #include "grow.h"
@@ -24,7 +25,9 @@ typedef struct {
     uint32_t sid;
     char name[SEP_NAME_MAX + 1];
     sep_store_session_t rec;      /* CREATE: the record to write */
-    uint32_t state;               /* NONE: the state the stored record takes */
+    uint32_t state;               /* NONE: the state the stored record takes ... */
+    char owner[SEP_USER_MAX];     /* ... and its owner and access (access.c) */
+    uint32_t access;
     sep_ckpt_t *ck;               /* WRITE: the cut; READ: the stored record and states */
 } persist_job_t;
 
@@ -73,7 +76,9 @@ static int persist_record(const sepd_t *d, const sep_session_t *s, uint32_t stat
         .repetition = s->sampler.repetition, .presence = s->sampler.presence,
         .frequency = s->sampler.frequency, .top_k = s->sampler.top_k,
         .penalty_window = s->penalty_window,
+        .owner_len = (uint32_t)strlen(s->owner), .access = s->shared ? SEP_STORE_SHARED : 0,
     };
+    memcpy(r.owner, s->owner, r.owner_len);
     _Static_assert(SEP_STORE_MAX_RECENT == SEP_PICK_MAX_RECENT, "a record holds the ring");
     int32_t recent[SEP_PICK_MAX_RECENT];
     r.n_recent = (uint32_t)sep_session_recent(s, SEP_PICK_MAX_RECENT, recent);
@@ -135,6 +140,23 @@ static void persist_fit(const sepd_t *d, const sep_store_session_t *r, char *why
                        r->layer1[i] - 1);
     if (at > 0 && (size_t)at < cap)
         snprintf(why + at, cap - (size_t)at, "); this sepd runs %d stage(s)", d->pool->stages);
+}
+
+/* Its owner: the record's, or for a record from before ownership (no
+ * owner) sepd's own uid, the only user its ipc socket admitted then;
+ * it is stored with the next checkpoint. */
+static void persist_owner(sepd_t *d, const sep_store_session_t *r, sep_session_t *s)
+{
+    if (r->owner_len && r->owner_len < sizeof s->owner) {
+        memcpy(s->owner, r->owner, r->owner_len);
+        s->owner[r->owner_len] = '\0';
+        s->shared = (r->access & SEP_STORE_SHARED) != 0;
+        return;
+    }
+    snprintf(s->owner, sizeof s->owner, "%s", sepd_auth_self(d->auth));
+    s->shared = 0;
+    sep_log(SEP_LOG_INFO, "session '%s': a record without an owner (made before sessions had "
+            "owners): it belongs to %s, sepd's own user", s->name, s->owner);
 }
 
 /* A session as its record left it: counters, stream and sampler at the
@@ -207,6 +229,7 @@ static int persist_session(sepd_t *d, const sep_store_session_t *r, sep_session_
         snprintf(s->foreign, sizeof s->foreign, "its separator set '%s' names other ids than "
                  "it did (%u then, %zu now)", s->separators, r->n_sep_ids, s->n_sep_ids);
     persist_fit(d, r, s->foreign, sizeof s->foreign);
+    persist_owner(d, r, s);
     if (r->n_stages && strcmp(r->precision, d->pool->stage[0].device) != 0)
         sep_log(SEP_LOG_WARN, "session '%s' was computed on %s; it goes on on %s (its NLLs "
                 "from here are that backend's)", r->name, r->precision,
@@ -226,6 +249,7 @@ static int persist_damaged(sepd_t *d, const sep_store_session_t *r)
         return rc;
     s->state = SEP_SS_FAILED;
     snprintf(s->foreign, sizeof s->foreign, "its record is damaged: %s", r->damage);
+    snprintf(s->owner, sizeof s->owner, "%s", sepd_auth_self(d->auth)); /* its owner is unknown */
     if ((rc = sepd_add(d, s)))
         sep_session_destroy(&s);
     return rc;
@@ -354,6 +378,9 @@ static int job_run(sep_store_t *st, sepd_job_t *job)
         /* the stored record with another state: its snapshot stays as it is */
         if (!(rc = sep_store_get_session(st, j->name, &j->rec))) {
             j->rec.state = j->state;
+            j->rec.owner_len = (uint32_t)strlen(j->owner);
+            memcpy(j->rec.owner, j->owner, j->rec.owner_len);
+            j->rec.access = j->access;
             rc = sep_store_put_session(st, &j->rec);
         }
         return rc;
@@ -502,6 +529,8 @@ void sepd_persist_put(sepd_t *d, sep_session_t *s, uint32_t state)
         return;
     }
     j->state = state;
+    snprintf(j->owner, sizeof j->owner, "%s", s->owner);
+    j->access = s->shared ? SEP_STORE_SHARED : 0;
     sepd_storer_submit(d->storer, &j->job);
 }
 

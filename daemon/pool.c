@@ -57,8 +57,17 @@ static int pool_argv(const sep_pool_opts_t *o, const char *endpoint, char *buf, 
     ARG(endpoint);
     ARG("--model");
     ARG(o->model);
-    ARG("--daemon-pid");
-    ARG(nums[1]);
+    if (strncmp(endpoint, "ipc://", 6) == 0) {
+        /* a worker on this host watches sepd's pid; over tcp it may be elsewhere */
+        ARG("--daemon-pid");
+        ARG(nums[1]);
+    }
+    if (o->server_public && o->worker_key) {
+        ARG("--server-key");
+        ARG(o->server_public);
+        ARG("--key");
+        ARG(o->worker_key);
+    }
     ARG("--max-tokens");
     ARG(nums[2]);
     if (o->threads > 0) {
@@ -227,14 +236,26 @@ int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_
     p->stages = o->stages;
     p->child = -1;
     int rc, linger = 0, mandatory = 1;
-    snprintf(p->endpoint, sizeof p->endpoint, "ipc://%s/workers-%d.sock", run_dir, (int)getpid());
+    if (o->endpoint)
+        snprintf(p->endpoint, sizeof p->endpoint, "%s", o->endpoint);
+    else
+        snprintf(p->endpoint, sizeof p->endpoint, "ipc://%s/workers-%d.sock", run_dir,
+                 (int)getpid());
     p->sock = zmq_socket(zctx, ZMQ_ROUTER);
+    if (p->sock && o->listen && (rc = o->listen(o->listen_arg, p->sock, p->endpoint)))
+        goto fail;
     /* mandatory: an op for a worker that is gone fails instead of vanishing */
     if (!p->sock || zmq_setsockopt(p->sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(p->sock, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory) ||
         zmq_setsockopt(p->sock, ZMQ_MAXMSGSIZE, &o->max_msg, sizeof o->max_msg) ||
         zmq_bind(p->sock, p->endpoint)) {
         rc = sep_fail(SEP_EIO, "workers: bind %s: %s", p->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
+    size_t elen = sizeof p->endpoint; /* tcp://HOST:*: the port bound, for the workers */
+    if (strncmp(p->endpoint, "tcp://", 6) == 0 &&
+        zmq_getsockopt(p->sock, ZMQ_LAST_ENDPOINT, p->endpoint, &elen) != 0) {
+        rc = sep_fail(SEP_EIO, "workers: %s: %s", p->endpoint, zmq_strerror(errno));
         goto fail;
     }
     char buf[1024], *argv[POOL_MAX_ARGS];
@@ -307,7 +328,8 @@ void sep_pool_stop(sep_pool_t **self_p)
     }
     if (p->sock) {
         zmq_close(p->sock);
-        unlink(p->endpoint + strlen("ipc://"));
+        if (strncmp(p->endpoint, "ipc://", 6) == 0)
+            unlink(p->endpoint + strlen("ipc://"));
     }
     free(p->stage);
     free(p);

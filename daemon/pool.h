@@ -25,6 +25,12 @@ typedef struct {
     int start_timeout_s;
     long cache_memory_mib;   /* each worker's --cache-memory (0: auto) */
     int64_t max_msg;         /* ZMQ_MAXMSGSIZE of the workers' socket (-1: none) */
+    /* the workers' endpoint (NULL: a private ipc socket in run_dir); over
+       tcp the workers get sepd's public key and their own key file */
+    const char *endpoint, *server_public, *worker_key;
+    /* called on the socket before it binds (auth.h: sepd_auth_listen) */
+    int (*listen)(void *arg, void *sock, const char *endpoint);
+    void *listen_arg;
 } sep_pool_opts_t;
 
 typedef struct {

@@ -14,6 +14,7 @@
  * Exit codes: 0 after SIGTERM/SIGINT, 1 a runtime error (including a
  * worker that died or hung), 2 a usage error.
  */
+#include "auth.h"
 #include "conf.h"
 #include "daemon.h"
 #include "persist.h"
@@ -198,6 +199,8 @@ static int sepd_loop(sepd_t *d)
                 } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
                     sep_log(SEP_LOG_WARN, "signal %u again: stopping now", si.ssi_signo);
                     d->stop = 1;
+                } else if (si.ssi_signo == SIGHUP) {
+                    sepd_hup(d); /* access.c: the key lists */
                 }
         }
         if (d->stopping && sepd_drained(d))
@@ -357,18 +360,31 @@ static int sepd_bind(sepd_t *d)
      * the connection before it costs memory */
     int linger = 0, mandatory = 1;
     int64_t max_frame = SEP_MSG_MAX_FRAME;
-    mode_t old = umask(0077); /* the ipc socket file is created 0600 */
     d->clients = zmq_socket(d->zctx, ZMQ_ROUTER);
-    int bad = !d->clients || zmq_setsockopt(d->clients, ZMQ_LINGER, &linger, sizeof linger) ||
+    if (!d->clients)
+        return sep_fail(SEP_EIO, "zmq: %s", zmq_strerror(errno));
+    /* who may connect: the ZAP domain, CURVE over tcp (auth.h) */
+    int rc = sepd_auth_listen(d->auth, d->clients, d->conf.socket, SEPD_DOMAIN_CLIENTS);
+    if (rc)
+        return rc;
+    mode_t old = umask(0077); /* the ipc socket file is created 0600 */
+    int bad = zmq_setsockopt(d->clients, ZMQ_LINGER, &linger, sizeof linger) ||
               zmq_setsockopt(d->clients, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory) ||
               zmq_setsockopt(d->clients, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame) ||
               zmq_bind(d->clients, d->conf.socket);
     umask(old);
     if (bad)
         return sep_fail(SEP_EIO, "bind %s: %s", d->conf.socket, zmq_strerror(errno));
+    /* tcp://HOST:* binds a free port: the log and the clients get the real one */
+    char bound[300];
+    size_t blen = sizeof bound;
+    if (strncmp(d->conf.socket, "tcp://", 6) == 0 &&
+        zmq_getsockopt(d->clients, ZMQ_LAST_ENDPOINT, bound, &blen) == 0 &&
+        (rc = sep_conf_set(&d->conf, "socket", bound)))
+        return rc;
     if (strncmp(d->conf.socket, "ipc://", 6) == 0 && chmod(d->conf.socket + 6, 0600) != 0)
         return sep_fail(SEP_EIO, "chmod %s: %s", d->conf.socket + 6, strerror(errno));
-    return SEP_OK;
+    return sepd_auth_check_ipc(d->conf.socket);
 }
 
 /* Detach: the parent waits on a pipe until the child serves (or fails),
@@ -414,6 +430,7 @@ static int sepd_signals(sepd_t *d)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP); /* re-read the key lists (sepd_hup) */
     signal(SIGPIPE, SIG_IGN);
     if (sigprocmask(SIG_BLOCK, &set, NULL) != 0 ||
         (d->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
@@ -434,6 +451,16 @@ static int64_t sepd_worker_max_msg(const sepd_t *d, const sep_config_t *cfg)
     return (states > rows ? states : rows) + SEP_WORKER_MSG_SLACK;
 }
 
+static int sepd_pool_listen(void *arg, void *sock, const char *endpoint)
+{
+    sepd_t *d = arg;
+    if (strncmp(endpoint, "ipc://", 6) != 0 && sepd_auth_server_public(d->auth) &&
+        !d->conf.worker_key)
+        return sep_fail(SEP_EINVAL, "%s: workers over CURVE need worker_key, their secret "
+                        "key file", endpoint);
+    return sepd_auth_listen(d->auth, sock, endpoint, SEPD_DOMAIN_WORKERS);
+}
+
 static int sepd_start(sepd_t *d)
 {
     char path[4200];
@@ -449,6 +476,14 @@ static int sepd_start(sepd_t *d)
     d->n_eos = cfg.n_eos;
     if (!(d->zctx = zmq_ctx_new()))
         return sep_fail(SEP_EIO, "zmq: %s", zmq_strerror(errno));
+    /* the ZAP handler is bound before any listener: fail closed */
+    sepd_auth_opts_t ao = { .server_key = d->conf.server_key,
+                            .allowed_keys = d->conf.allowed_keys,
+                            .worker_keys = d->conf.worker_keys,
+                            .operators = d->conf.operators,
+                            .allow_insecure_tcp = d->conf.allow_insecure_tcp };
+    if ((rc = sepd_auth_new(&d->auth, d->zctx, &ao)))
+        return rc;
     sep_pool_opts_t po = { .stages = d->conf.stages, .worker = d->conf.worker,
                            .mpirun = d->conf.mpirun, .mpirun_args = d->conf.mpirun_args,
                            .model = d->conf.model, .device = d->conf.device,
@@ -457,7 +492,11 @@ static int sepd_start(sepd_t *d)
                            .spin_us = d->conf.poll_spin_us,
                            .start_timeout_s = d->conf.start_timeout,
                            .cache_memory_mib = d->conf.limits.cache_memory_mib,
-                           .max_msg = sepd_worker_max_msg(d, &cfg) };
+                           .max_msg = sepd_worker_max_msg(d, &cfg),
+                           .endpoint = d->conf.worker_socket,
+                           .server_public = sepd_auth_server_public(d->auth),
+                           .worker_key = d->conf.worker_key,
+                           .listen = sepd_pool_listen, .listen_arg = d };
     if ((rc = sep_pool_start(&d->pool, d->zctx, d->run_dir, &po)))
         return rc;
     if (d->pool->stages > SEP_MAX_STAGES)
@@ -508,6 +547,7 @@ static void sepd_cleanup(sepd_t *d)
     sepd_limits_free(d);
     if (d->clients)
         zmq_close(d->clients);
+    sepd_auth_destroy(&d->auth); /* its sockets close before the context ends */
     if (d->zctx)
         zmq_ctx_term(d->zctx);
     for (int i = 0; d->flight && i < d->max_flight; i++)

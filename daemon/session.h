@@ -123,6 +123,7 @@ typedef struct {
     json_t *next;
     uint8_t next_peer[256];
     size_t next_peer_len;
+    char next_user[SEP_USER_MAX]; /* its sender's identity */
 } sep_op_t;
 
 typedef struct {
@@ -136,6 +137,8 @@ typedef struct {
 typedef struct {
     char name[SEP_NAME_MAX + 1];
     uint32_t sid;
+    char owner[SEP_USER_MAX];     /* the identity that opened it (auth.h) */
+    int shared;                   /* 1: every identity may use it and see it in ls */
     sep_ss_state_t state;
     sep_policy_t policy;          /* is_sep points into seps */
     char *separators;             /* the separator spec it was opened with */

@@ -133,6 +133,7 @@ typedef struct sepd_import {
     char name[SEP_NAME_MAX + 1];  /* reserved until the end */
     uint8_t peer[256];
     size_t peer_len;
+    char user[SEP_USER_MAX];      /* the importer: the new session's owner */
     sep_store_import_t *im;       /* the store's; on the store thread */
     int dead;                     /* store thread only: aborted, later pieces skip */
     int in_flight;                /* pieces at the thread */
@@ -218,6 +219,10 @@ static void import_done(void *loop, sepd_job_t *job)
             sepd_error(d, imp->peer, imp->peer_len, SEP_OP_IMPORT_END, SEP_ERR_INTERNAL,
                        "import of '%s': %s", imp->name, sep_errmsg());
         } else {
+            /* it belongs to its importer, whoever exported it */
+            snprintf(s->owner, sizeof s->owner, "%s", imp->user);
+            s->shared = 0;
+            sepd_persist_put(d, s, SEP_STORE_SUSPENDED);
             sep_log(SEP_LOG_INFO, "session '%s' imported (%lld bytes, %lld tokens)%s%s",
                     s->name, (long long)imp->bytes, (long long)s->tokens,
                     s->foreign[0] ? "; it cannot be resumed here: " : "", s->foreign);
@@ -286,6 +291,7 @@ void sepd_import_piece(sepd_t *d, const sep_msg_t *m)
         snprintf(imp->name, sizeof imp->name, "%s", name);
         memcpy(imp->peer, m->peer, m->peer_len);
         imp->peer_len = m->peer_len;
+        snprintf(imp->user, sizeof imp->user, "%s", m->user);
         d->imports[d->n_imports++] = imp;
     } else if (imp->peer_len != m->peer_len || memcmp(imp->peer, m->peer, m->peer_len) != 0) {
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_BUSY,

@@ -326,24 +326,27 @@ static int delete_data(sep_store_t *st, uint32_t sid, uint64_t *blocks, uint64_t
 enum {
     T_NAME = 1, T_SID, T_STATE, T_SETTINGS, T_SEPARATORS, T_SEP_IDS, T_ARCHIVE, T_MODEL_FP,
     T_PRECISION, T_STAGES, T_COUNTERS, T_REALS, T_HELD, T_TOK_AT, T_QUEUE, T_SAMPLER,
-    T_OWNER, T_NLLS, T_PICK, T_RECENT, T_END
+    T_OWNER, T_NLLS, T_PICK, T_RECENT, T_ACCESS, T_END
 };
 /* fields a record may leave out (a later addition: records without it read) */
 #define TAGS_OPTIONAL (1u << T_NLLS)
 /* fields version 2 added: a version 1 record has none of them */
 #define TAGS_V2 (1u << T_PICK | 1u << T_RECENT)
+/* fields version 3 added: records of versions 1 and 2 have none of them */
+#define TAGS_V3 (1u << T_ACCESS)
 static const char *tag_name[T_END] = {
     [T_NAME] = "name", [T_SID] = "sid", [T_STATE] = "state", [T_SETTINGS] = "settings",
     [T_SEPARATORS] = "separators", [T_SEP_IDS] = "sep_ids", [T_ARCHIVE] = "archive",
     [T_MODEL_FP] = "model_fp", [T_PRECISION] = "precision", [T_STAGES] = "stages",
     [T_COUNTERS] = "counters", [T_REALS] = "reals", [T_HELD] = "held", [T_TOK_AT] = "tok_at",
     [T_QUEUE] = "queue", [T_SAMPLER] = "sampler", [T_OWNER] = "owner", [T_NLLS] = "nlls",
-    [T_PICK] = "pick", [T_RECENT] = "recent",
+    [T_PICK] = "pick", [T_RECENT] = "recent", [T_ACCESS] = "access",
 };
 /* exact length of each fixed-size field (0: variable) */
 static const uint32_t tag_len[T_END] = {
     [T_SID] = 4, [T_STATE] = 4, [T_SETTINGS] = 24, [T_ARCHIVE] = 4, [T_MODEL_FP] = 32,
     [T_COUNTERS] = 64, [T_REALS] = 24, [T_TOK_AT] = 4, [T_SAMPLER] = 40, [T_PICK] = 24,
+    [T_ACCESS] = 4,
 };
 #define STAGE_BYTES 16 /* layer0, layer1, state_len */
 
@@ -374,6 +377,8 @@ static const char *record_check(const sep_store_session_t *r, char why[160])
     else if (r->n_recent > SEP_STORE_MAX_RECENT || (int64_t)r->n_recent > r->ids_total)
         snprintf(why, 160, "%u recent ids of %lld (at most %d)", r->n_recent,
                  (long long)r->ids_total, SEP_STORE_MAX_RECENT);
+    else if (r->access & ~(uint32_t)SEP_STORE_SHARED)
+        snprintf(why, 160, "access flags 0x%x", r->access);
     else if (r->owner_len > sizeof r->owner)
         snprintf(why, 160, "owner of %u bytes (at most %zu)", r->owner_len, sizeof r->owner);
     else if ((r->n_sep_ids && !r->sep_ids) || (r->held_len && !r->held) ||
@@ -455,6 +460,7 @@ static void encode_body(wbuf_t *w, const sep_store_session_t *r)
     w_bytes(w, &r->top_k, 4);
     w_bytes(w, &r->penalty_window, 4);
     w_field(w, T_RECENT, r->recent, (size_t)r->n_recent * 4);
+    w_field(w, T_ACCESS, &r->access, 4);
     if (r->n_nlls) {
         w_tag(w, T_NLLS, 8 + (size_t)r->n_nlls * 4);
         w_u64(w, (uint64_t)r->nll_at);
@@ -576,6 +582,7 @@ static int decode_field(sep_store_session_t *r, unsigned tag, const uint8_t *v, 
         r->penalty_window = (int32_t)get_le32(v + 20);
         return SEP_OK;
     case T_ARCHIVE: r->archive = get_le32(v); return SEP_OK;
+    case T_ACCESS: r->access = get_le32(v); return SEP_OK;
     case T_MODEL_FP: memcpy(r->model_fp, v, 32); return SEP_OK;
     case T_STAGES:
         if (n % STAGE_BYTES || n / STAGE_BYTES > SEP_STORE_MAX_STAGES)
@@ -681,6 +688,8 @@ int sep_store_session_decode(sep_store_session_t *r, const uint8_t *buf, size_t 
         r->penalty_window = 64;
         seen |= TAGS_V2;
     }
+    if (version < 3 && !(seen & TAGS_V3))
+        seen |= TAGS_V3; /* before version 3: not shared */
     for (unsigned tag = 1; tag < T_END; tag++)
         if (!(seen & (1u << tag)) && !(TAGS_OPTIONAL & (1u << tag))) {
             rc = sep_fail(SEP_EFORMAT, "record: field %s missing", tag_name[tag]);

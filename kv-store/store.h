@@ -57,10 +57,11 @@
 #define SEP_STORE_FORMAT 1       /* the version of the store this code writes and reads */
 #define SEP_STORE_MAX_STAGES 64  /* pipeline stages a snapshot can have */
 #define SEP_STORE_MAX_RECENT 4096 /* recent ids a record holds */
-#define SEP_STORE_RECORD 2       /* the version of the session records this code writes */
+#define SEP_STORE_RECORD 3       /* the version of the session records this code writes */
 #define SEP_STORE_BLOCK_PAGES 64 /* pages of each full snapshot block */
 
 enum { SEP_STORE_ACTIVE = 1, SEP_STORE_SUSPENDED = 2 };                       /* record state */
+enum { SEP_STORE_SHARED = 1 };                                                /* record access */
 enum { SEP_ARCHIVE_OFF = 0, SEP_ARCHIVE_F32 = 1, SEP_ARCHIVE_BF16 = 2 };     /* record archive */
 
 typedef struct sep_store sep_store_t;
@@ -166,9 +167,12 @@ typedef struct {
     int64_t nll_at;
     float *nlls;                  /* (n_nlls) */
     uint32_t n_nlls;
-    /* owner identity (opaque) */
+    /* owner identity (opaque; sepd: "uid:N" or "key:Z85", daemon/auth.h) and
+       access (SEP_STORE_SHARED: every identity may use it; version 3, a
+       record of version 1 or 2 reads as 0) */
     uint8_t owner[64];
-    uint32_t owner_len;           /* 0..64 */
+    uint32_t owner_len;           /* 0..64; 0: made before sessions had owners */
+    uint32_t access;
     /* set by sep_store_sessions only; never encoded */
     int damaged;                  /* 1: the stored record failed to decode */
     char damage[256];             /* why */
@@ -176,14 +180,14 @@ typedef struct {
 
 /* Encoding of a record: a versioned, checksummed, extensible binary:
  *     0  "SEPS"
- *     4  uint16 version (2; 1 is read), uint16 flags (0)
+ *     4  uint16 version (3; 1 and 2 are read), uint16 flags (0)
  *     8  uint32 body length B
  *    12  body: TLV fields, each uint16 tag, uint32 length, value
  *  12+B  uint32 CRC32C of bytes [0, 12 + B)
  * Little-endian. A decoder skips tags it does not know, so a later version
  * can add fields without breaking this one; a version requires every tag
  * it defines, each once and of its exact length (version 2 added the
- * sampling settings and the recent ids). */
+ * sampling settings and the recent ids, version 3 the access flags). */
 
 /* Encode r into a malloc'ed *buf of *len bytes (the caller frees it).
  * A record that is not valid (name, state, archive, counts above their

@@ -147,6 +147,7 @@ static void fill_record(sep_store_session_t *r, const char *name, uint32_t sid, 
     r->ids_total = r->ids_total < 5 ? 5 : r->ids_total;
     r->owner_len = 10;
     memcpy(r->owner, "owner\0\x01\x02\x03\x04", 10);
+    r->access = SEP_STORE_SHARED;
 }
 
 /* fill_record under a sid allocated from st, as the daemon does. */
@@ -209,6 +210,7 @@ static void assert_records_equal(const sep_store_session_t *a, const sep_store_s
         assert_memory_equal(a->recent, b->recent, a->n_recent * 4);
     assert_int_equal(a->owner_len, b->owner_len);
     assert_memory_equal(a->owner, b->owner, a->owner_len);
+    assert_int_equal(a->access, b->access);
 }
 
 /* Checkpoint r with n stages of lens[] bytes made from seed. */
@@ -379,7 +381,8 @@ static void test_crc32c(void **state)
 static uint8_t *frame(const uint8_t *body, size_t n, size_t *len)
 {
     uint8_t *b = malloc(n + 16);
-    memcpy(b, "SEPS\2\0\0\0", 8);
+    memcpy(b, "SEPS\0\0\0\0", 8);
+    b[4] = SEP_STORE_RECORD;
     uint32_t n32 = (uint32_t)n;
     memcpy(b + 8, &n32, 4);
     memcpy(b + 12, body, n);
@@ -459,6 +462,34 @@ static void test_record_round_trip(void **state)
     assert_true(d.repetition == 1 && d.presence == 0 && d.frequency == 0 && d.min_p == 0 &&
                 d.top_k == 0 && d.penalty_window == 64 && d.n_recent == 0 && !d.recent);
     assert_true(d.temperature == r.temperature && d.tokens == r.tokens);
+    sep_store_session_free(&d);
+    free(f);
+    free(body);
+
+    /* version 2, before the access flags (tag 21): it reads as not shared
+     * (owner kept); version 3 needs them */
+    body = malloc(n);
+    kept = 0;
+    for (size_t at = 0; at < n;) {
+        uint16_t tag;
+        uint32_t flen32;
+        memcpy(&tag, buf + 12 + at, 2);
+        memcpy(&flen32, buf + 12 + at + 2, 4);
+        if (tag != 21) {
+            memcpy(body + kept, buf + 12 + at, 6 + flen32);
+            kept += 6 + flen32;
+        }
+        at += 6 + flen32;
+    }
+    assert_true(kept == n - 10);
+    f = frame(body, kept, &flen);
+    assert_fails(sep_store_session_decode(&d, f, flen), SEP_EFORMAT, "field access missing");
+    f[4] = 2;
+    crc = sep_crc32c(0, f, flen - 4);
+    memcpy(f + flen - 4, &crc, 4);
+    assert_ok(sep_store_session_decode(&d, f, flen));
+    assert_true(d.access == 0 && d.owner_len == r.owner_len &&
+                memcmp(d.owner, r.owner, r.owner_len) == 0 && d.tokens == r.tokens);
     sep_store_session_free(&d);
     free(f);
     free(body);

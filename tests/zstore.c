@@ -4,6 +4,8 @@
  *   zstore DIR flip-block NAME STAGE BLOCK   flip a byte of a snapshot block
  *   zstore DIR cut-block NAME STAGE BLOCK    cut a snapshot block short
  *   zstore DIR flip-record NAME              flip a byte of a session record
+ *   zstore DIR unown-record NAME             rewrite it as a version 2 record
+ *                                            without an owner (made before owners)
  *   zstore DIR blocks NAME                   print the blocks of each stage
  *
  * DIR is the LMDB environment (STORE/db). Exit 0 done, 1 not done.
@@ -14,7 +16,41 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crc32c.h"
 #include "store.h"
+
+/* A record as version 2 wrote it: no owner (tag 17 empty), no access
+ * flags (tag 21), version 2; into out (as long as v). */
+static size_t unown(const uint8_t *v, size_t n, uint8_t *out)
+{
+    uint32_t body, at = 12, w = 12;
+    memcpy(&body, v + 8, 4);
+    memcpy(out, v, 12);
+    while (at < 12 + body) {
+        uint16_t tag;
+        uint32_t len;
+        memcpy(&tag, v + at, 2);
+        memcpy(&len, v + at + 2, 4);
+        if (tag == 17) {
+            uint32_t zero = 0;
+            memcpy(out + w, v + at, 2);
+            memcpy(out + w + 2, &zero, 4);
+            w += 6;
+        } else if (tag != 21) {
+            memcpy(out + w, v + at, 6 + len);
+            w += 6 + len;
+        }
+        at += 6 + len;
+    }
+    (void)n;
+    out[4] = 2;
+    out[5] = 0;
+    body = w - 12;
+    memcpy(out + 8, &body, 4);
+    uint32_t crc = sep_crc32c(0, out, w);
+    memcpy(out + w, &crc, 4);
+    return w + 4;
+}
 
 static int fail(const char *what, int rc)
 {
@@ -43,7 +79,7 @@ int main(int argc, char **argv)
 {
     if (argc < 4) {
         fprintf(stderr, "usage: zstore DIR flip-block|cut-block NAME STAGE BLOCK | "
-                        "flip-record NAME | blocks NAME\n");
+                        "flip-record NAME | unown-record NAME | blocks NAME\n");
         return 2;
     }
     const char *dir = argv[1], *cmd = argv[2], *name = argv[3];
@@ -58,7 +94,15 @@ int main(int argc, char **argv)
         (rc = mdb_dbi_open(txn, "sessions", 0, &sessions)) ||
         (rc = mdb_dbi_open(txn, "snapshots", 0, &snapshots)))
         return fail(dir, rc);
-    if (!strcmp(cmd, "flip-record")) {
+    if (!strcmp(cmd, "unown-record")) {
+        MDB_val k = { strlen(name), (void *)name }, v;
+        if ((rc = mdb_get(txn, sessions, &k, &v)))
+            return fail(name, rc);
+        uint8_t *copy = malloc(v.mv_size);
+        MDB_val nv = { unown(v.mv_data, v.mv_size, copy), copy };
+        if ((rc = mdb_put(txn, sessions, &k, &nv, 0)))
+            return fail(name, rc);
+    } else if (!strcmp(cmd, "flip-record")) {
         MDB_val k = { strlen(name), (void *)name }, v;
         if ((rc = mdb_get(txn, sessions, &k, &v)))
             return fail(name, rc);

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "model.h"
 #include "proto.h"
+#include "keys.h"
 #include "sample.h"
 #include "util.h"
 
@@ -74,6 +75,7 @@ static const char *usage_text =
     "usage: sepd-worker --connect ENDPOINT [--model DIR] [--device cpu|cuda|auto]\n"
     "       [--precision fp32|bf16] [--threads T] [--max-tokens N] [--layers A:B]\n"
     "       [--daemon-pid PID] [--log-level L] [--spin-us US] [--cache-memory BYTES]\n"
+    "       [--server-key KEY --key SECRET_FILE]   (CURVE, over tcp)\n"
     "One pipeline stage of sepd; normally started by sepd (see sepd-worker(8)).\n";
 
 static wk_session_t *worker_find(worker_t *w, uint32_t sid)
@@ -543,6 +545,7 @@ static int worker_serve(worker_t *w)
 
 typedef struct {
     const char *connect, *model, *device, *precision, *layers;
+    const char *server_key, *key; /* CURVE over tcp: sepd's public key, this worker's secret file */
     long threads, max_tokens, daemon_pid, spin_us;
     long cache_memory;    /* bytes; 0: auto */
     sep_log_level_t log_level;
@@ -557,6 +560,22 @@ static int worker_int(const char *name, const char *arg, long lo, long hi, long 
     return 0;
 }
 
+/* CURVE on the link to sepd: sepd's public key, this worker's key pair
+ * (docs/security.md). */
+static int worker_curve(void *sock, const worker_opts_t *o)
+{
+    char server[SEP_KEY_Z85 + 1];
+    sep_keypair_t kp;
+    int rc = sep_key_public(o->server_key, server);
+    if (rc || (rc = sep_key_pair(o->key, &kp)))
+        return rc;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, SEP_KEY_Z85) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, kp.pub, SEP_KEY_Z85) ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, kp.sec, SEP_KEY_Z85))
+        return sep_fail(SEP_EIO, "CURVE: %s", zmq_strerror(errno));
+    return SEP_OK;
+}
+
 static int worker_parse(int argc, char **argv, worker_opts_t *o)
 {
     static const struct option opts[] = {
@@ -565,7 +584,9 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
         { "threads", required_argument, 0, 't' }, { "max-tokens", required_argument, 0, 'n' },
         { "layers", required_argument, 0, 'L' }, { "daemon-pid", required_argument, 0, 'p' },
         { "log-level", required_argument, 0, 'l' }, { "spin-us", required_argument, 0, 'S' },
-        { "cache-memory", required_argument, 0, 'C' }, { "help", no_argument, 0, 'h' },
+        { "cache-memory", required_argument, 0, 'C' },
+        { "server-key", required_argument, 0, 'K' }, { "key", required_argument, 0, 'k' },
+        { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 } };
     *o = (worker_opts_t){ .max_tokens = 2048, .spin_us = -1, .log_level = SEP_LOG_INFO };
     int c;
@@ -576,6 +597,8 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
         case 'd': o->device = optarg; break;
         case 'P': o->precision = optarg; break;
         case 'L': o->layers = optarg; break;
+        case 'K': o->server_key = optarg; break;
+        case 'k': o->key = optarg; break;
         case 't': if (worker_int("threads", optarg, 1, 1024, &o->threads)) return 2; break;
         case 'n': if (worker_int("max-tokens", optarg, 1, 1 << 20, &o->max_tokens)) return 2; break;
         case 'p': if (worker_int("daemon-pid", optarg, 1, 1L << 30, &o->daemon_pid)) return 2; break;
@@ -593,6 +616,10 @@ static int worker_parse(int argc, char **argv, worker_opts_t *o)
     }
     if (optind != argc || !o->connect || !o->model) {
         fprintf(stderr, "sepd-worker: --connect and --model are required\n%s", usage_text);
+        return 2;
+    }
+    if (!o->server_key != !o->key) {
+        fprintf(stderr, "sepd-worker: --server-key and --key go together\n%s", usage_text);
         return 2;
     }
     return 0;
@@ -701,6 +728,8 @@ int main(int argc, char **argv)
     /* the largest message from sepd is a cache state for w_load, which
      * fits the budget; a batch is small beside SEP_WORKER_MSG_SLACK */
     int64_t max_msg = w.cache_budget > 0 ? w.cache_budget + SEP_WORKER_MSG_SLACK : -1;
+    if (w.sock && o.server_key && (rc = worker_curve(w.sock, &o)))
+        goto fail;
     if (!w.sock || zmq_setsockopt(w.sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(w.sock, ZMQ_MAXMSGSIZE, &max_msg, sizeof max_msg) ||
         zmq_connect(w.sock, o.connect)) {
