@@ -19,6 +19,14 @@
  * times the pick op alone instead (no model): N calls, each on its own
  * row of 128,256 logits (flat: normal with deviation 1; peaked: 4), one
  * row a call and its answer fetched, for greedy and each sampled mode. */
+ *   gpu_bench --evict [--streams S]...
+ *
+ * instead times eviction at full size (issue 17), for 1 and 64 streams
+ * (or each --streams given): StreamingLLM c=800 (a=4) and SepLLM at the
+ * defaults above, each timed over 2048 tokens a stream once its cache is
+ * full (1024 tokens in), against full attention over 1600 and 1124 tokens
+ * from an empty cache (their average spans, 800 and about 562), chunks of
+ * K; one untimed forward first warms each batch size up. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -120,6 +128,102 @@ static int pick_bench(sep_backend_t *be, int n)
     return 0;
 }
 
+/* tokens/s of S streams under policy p: `warm` tokens a stream untimed,
+ * then `timed` tokens timed, in chunks of chunk, every token scored. */
+static int evict_rate(sep_model_t *m, const sep_policy_t *p, int streams, int warm, int timed,
+                      int chunk, const int32_t *ids, float *nll, double *rate)
+{
+    sep_cache_t **caches = calloc((size_t)streams, sizeof *caches);
+    sep_chunk_t *batch = calloc((size_t)streams, sizeof *batch);
+    int rc = SEP_OK;
+    double t_all = 0;
+    long n_all = 0;
+    if (!caches || !batch) {
+        rc = sep_fail(SEP_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (int s = 0; s < streams; s++)
+        if ((rc = sep_model_cache_new(m, p, &caches[s])))
+            goto done;
+    for (int at = 0; at < warm + timed; at += chunk) {
+        int end = at < warm ? warm : warm + timed;
+        int k = end - at < chunk ? end - at : chunk;
+        for (int s = 0; s < streams; s++)
+            batch[s] = (sep_chunk_t){ .cache = caches[s], .ids = ids + at, .n = k,
+                                      .targets = ids + at + 1, .nll = nll + (size_t)s * chunk };
+        double t = now();
+        if ((rc = sep_model_forward(m, batch, streams)))
+            goto done;
+        if (at >= warm) {
+            t_all += now() - t;
+            n_all += (long)k * streams;
+        } else {
+            at = at + k - chunk; /* the warm part ends on its own */
+        }
+    }
+    *rate = n_all / t_all;
+done:
+    for (int s = 0; caches && s < streams; s++)
+        sep_cache_destroy(&caches[s]);
+    free(caches);
+    free(batch);
+    return rc;
+}
+
+/* The --evict table for each stream count. */
+static int evict_bench(sep_model_t *m, const sep_sepset_t *seps, const int *counts, int n_counts,
+                       int chunk)
+{
+    const int max_tok = 1024 + 2048 + 1;
+    int max_streams = 1, rc;
+    for (int i = 0; i < n_counts; i++)
+        max_streams = counts[i] > max_streams ? counts[i] : max_streams;
+    int32_t *ids = malloc(sizeof *ids * max_tok);
+    float *nll = malloc(sizeof *nll * (size_t)max_streams * chunk);
+    if (!ids || !nll)
+        return sep_fail(SEP_ENOMEM, "out of memory");
+    uint32_t x = 12345;
+    for (int i = 0; i < max_tok; i++) {
+        x = x * 1664525u + 1013904223u;
+        ids[i] = i % 12 == 11 ? 13 : (int32_t)(x >> 8) % m->cfg.vocab;
+    }
+    const struct {
+        const char *name;
+        sep_policy_t p;
+        int warm, timed;
+    } runs[] = {
+        { "streaming a=4 c=800", { .method = SEP_METHOD_STREAMING, .a = 4, .w = 796, .c = 800,
+                                   .shift = 1 }, 1024, 2048 },
+        { "full over 1600 tokens", { .method = SEP_METHOD_FULL, .shift = 1 }, 0, 1600 },
+        { "sepllm a=4 s=64 w=256 c=800", { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64,
+                                           .w = 256, .c = 800, .shift = 1,
+                                           .is_sep = seps->is_sep, .n_vocab = seps->n_vocab },
+          1024, 2048 },
+        { "full over 1124 tokens", { .method = SEP_METHOD_FULL, .shift = 1 }, 0, 1124 },
+    };
+    const int n_runs = sizeof runs / sizeof runs[0];
+    for (int i = 0; i < n_counts; i++) {
+        double warmup, rate[4];
+        if ((rc = evict_rate(m, &runs[1].p, counts[i], 0, chunk, chunk, ids, nll, &warmup)))
+            goto done;
+        for (int r = 0; r < n_runs; r++) {
+            if ((rc = evict_rate(m, &runs[r].p, counts[i], runs[r].warm, runs[r].timed, chunk,
+                                 ids, nll, &rate[r])))
+                goto done;
+            printf("evict: %2d stream(s), chunks of %d: %-28s %9.0f tokens/s", counts[i],
+                   chunk, runs[r].name, rate[r]);
+            if (r % 2)
+                printf("  (eviction / full: %.3f)", rate[r - 1] / rate[r]);
+            printf("\n");
+            fflush(stdout);
+        }
+    }
+done:
+    free(ids);
+    free(nll);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -128,16 +232,23 @@ int main(int argc, char **argv)
         { "streams", required_argument, 0, 'S' }, { "tokens", required_argument, 0, 'T' },
         { "chunk", required_argument, 0, 'K' }, { "steps", required_argument, 0, 'N' },
         { "host-argmax", no_argument, 0, 'H' }, { "pick-bench", required_argument, 0, 'P' },
+        { "evict", no_argument, 0, 'E' },
         { 0, 0, 0, 0 } };
     const char *shape = "llama3-8b", *dir = NULL, *device = "cuda", *precision = NULL;
     int streams = 1, tokens = 4096, chunk = 512, steps = 64, host_argmax = 0, pick_n = 0, c;
+    int evict = 0, counts[8], n_counts = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 's': shape = optarg; break;
         case 'm': dir = optarg; break;
         case 'd': device = optarg; break;
         case 'p': precision = optarg; break;
-        case 'S': streams = atoi(optarg); break;
+        case 'S':
+            streams = atoi(optarg);
+            if (n_counts < 8)
+                counts[n_counts++] = streams;
+            break;
+        case 'E': evict = 1; break;
         case 'T': tokens = atoi(optarg); break;
         case 'K': chunk = atoi(optarg); break;
         case 'N': steps = atoi(optarg); break;
@@ -146,6 +257,12 @@ int main(int argc, char **argv)
         default: return 2;
         }
     }
+    if (evict && n_counts == 0) {
+        counts[n_counts++] = 1;
+        counts[n_counts++] = streams = 64;
+    }
+    for (int i = 0; i < n_counts; i++)
+        streams = counts[i] > streams ? counts[i] : streams;
     if (streams < 1 || tokens < 2 || chunk < 1 || steps < 0 || (long)streams * chunk > (1 << 20)) {
         fprintf(stderr, "gpu_bench: bad sizes\n");
         return 2;
@@ -170,6 +287,13 @@ int main(int argc, char **argv)
         return fail(rc);
     printf("model %s on %s: %d layers, dim %d, vocab %d; built in %.1f s\n", dir ? dir : shape,
            be->name, m->cfg.n_layers, m->cfg.dim, m->cfg.vocab, now() - t0);
+    if (evict) {
+        rc = evict_bench(m, &seps, counts, n_counts, chunk);
+        sep_sepset_free(&seps);
+        sep_model_destroy(&m);
+        sep_backend_destroy(&be);
+        return rc ? fail(rc) : 0;
+    }
     sep_policy_t p = { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 64, .w = 256, .c = 800,
                        .shift = 1, .is_sep = seps.is_sep, .n_vocab = seps.n_vocab };
     int32_t *ids = malloc(sizeof *ids * (tokens + 1));

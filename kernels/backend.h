@@ -51,8 +51,8 @@ typedef struct {
 
 /* One gather: row i of dst := row idx[i] of src, n rows of `width`
  * floats; idx in host memory. dst may lie inside src (in-place
- * compaction) when idx ascends and each dst row i sits at or before src
- * row idx[i]. */
+ * compaction) when idx ascends and either each dst row i sits at or
+ * before src row idx[i], or each at or after it. */
 typedef struct {
     float *dst;
     const float *src;

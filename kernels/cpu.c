@@ -54,15 +54,19 @@ static void cpu_copy(sep_backend_t *be, void *dst, const void *src, size_t bytes
 static void cpu_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gathers)
 {
     (void)be;
-    /* in place, rows are read at or after where they are written: in order
-     * no row is overwritten before it is read */
-    for (int b = 0; b < n_gathers; b++)
-        for (int i = 0; i < g[b].n; i++) {
+    /* in place, rows are read at or after where they are written (in
+     * order, no row is overwritten before it is read) or all at or before
+     * (the same from the last down) */
+    for (int b = 0; b < n_gathers; b++) {
+        int up = g[b].n > 0 && g[b].dst > g[b].src + (size_t)g[b].idx[0] * g[b].width;
+        for (int k = 0; k < g[b].n; k++) {
+            int i = up ? g[b].n - 1 - k : k;
             float *d = g[b].dst + (size_t)i * g[b].width;
             const float *s = g[b].src + (size_t)g[b].idx[i] * g[b].width;
             if (d != s)
                 memmove(d, s, (size_t)g[b].width * sizeof(float));
         }
+    }
 }
 
 static void cpu_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_blocks)
@@ -286,7 +290,9 @@ static void cpu_rope(sep_backend_t *be, const sep_rope_t *blocks, int n_blocks, 
     for (int b = 0; b < n_blocks; b++) {
         float *x = blocks[b].x;
         const float *cs = blocks[b].cs;
-        #pragma omp parallel for num_threads(be->n_threads) schedule(static)
+        /* a compaction's few prefix rows are not worth waking threads */
+        #pragma omp parallel for num_threads(be->n_threads) schedule(static) \
+            if ((long)blocks[b].n * n_heads * rot_dim >= 4096)
         for (int i = 0; i < blocks[b].n; i++) {
             const float *c = cs + (size_t)i * rot_dim, *s = c + half;
             for (int h = 0; h < n_heads; h++) {

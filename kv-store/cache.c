@@ -106,14 +106,16 @@ void sep_cache_destroy(sep_cache_t **self_p)
     *self_p = NULL;
 }
 
-/* Move the rows in use of *buf into a new backend buffer of cap rows. */
+/* Move the rows in use of *buf into a new backend buffer of cap rows,
+ * at the same rows. */
 static int cache_regrow(sep_cache_t *c, float **buf, int cap)
 {
     float *nb = c->be->alloc(c->be, (size_t)cap * c->kv_dim * sizeof(float));
     if (!nb)
         return SEP_ENOMEM;
     if (*buf && c->n) {
-        sep_rows_t all = { nb, *buf, c->kv_dim, c->kv_dim, c->n, c->kv_dim };
+        size_t at = (size_t)c->lo * c->kv_dim;
+        sep_rows_t all = { nb + at, *buf + at, c->kv_dim, c->kv_dim, c->n, c->kv_dim };
         c->be->copy_rows(c->be, &all, 1);
     }
     c->be->free(c->be, *buf);
@@ -123,9 +125,10 @@ static int cache_regrow(sep_cache_t *c, float **buf, int cap)
 
 int sep_cache_cap_for(const sep_policy_t *p, int cap_now, int entries)
 {
-    /* an evicting cache never holds more than c + 1: size it exactly once */
-    if (p->method != SEP_METHOD_FULL && entries <= p->c + 1)
-        return p->c + 1;
+    /* an evicting cache never needs more than its rows (the recent region
+     * slides up through 2 (c + 1) rows before it moves down): size it once */
+    if (p->method != SEP_METHOD_FULL && entries <= SEP_CACHE_ROWS(p->c))
+        return SEP_CACHE_ROWS(p->c);
     int cap = cap_now ? cap_now : 256;
     while (cap < entries)
         cap *= 2;
@@ -166,6 +169,32 @@ fail:
                     cap, c->n_layers);
 }
 
+/* Slots before the recent region: the initial entries and separators. */
+static int prefix_of(const sep_policy_t *po, int n, int n_sep)
+{
+    if (po->method == SEP_METHOD_FULL)
+        return 0;
+    long p = (long)po->a + n_sep;
+    return p < n ? (int)p : n;
+}
+
+int sep_cache_prefix(const sep_cache_t *c)
+{
+    return prefix_of(&c->policy, c->n, c->n_sep);
+}
+
+/* The recent region holds the newest tokens: slot P is at stream position
+ * n_seen - (n - P), rotated there less rope_off, so slot 0 at that less P. */
+static int64_t rope_base_of(int64_t n_seen, int n, int prefix, int64_t rope_off)
+{
+    return n_seen - (n - prefix) - prefix - rope_off;
+}
+
+int64_t sep_cache_rope_base(const sep_cache_t *c)
+{
+    return rope_base_of(c->n_seen, c->n, sep_cache_prefix(c), c->rope_off);
+}
+
 /* Grow *buf to hold n elements of size sz (capacity in *cap). */
 static int plan_grow(void **buf, int *cap, int n, size_t sz)
 {
@@ -197,19 +226,19 @@ static int plan_grow_shared(int *cap, int n, int n_bufs, void **bufs[], const si
     return SEP_OK;
 }
 
-/* The compaction of the plan's m entries by the policy: the kept indices
- * into keep, their count in *nk; *n_sep updated and the separators it
- * evicts appended to the plan's evict arrays (sepllm). */
-static int plan_keep(const sep_policy_t *po, sep_plan_t *p, int m, int *n_sep, int32_t *keep,
-                     int *nk)
+/* The compaction of the m entries at rows [lo, lo + m) of the plan by
+ * the policy: the slots the new prefix keeps into keep (*nk of them), the
+ * first slot of the recent region that stays in *rs; *n_sep updated and
+ * the separators it evicts appended to the plan's evict arrays (sepllm). */
+static int plan_keep(const sep_policy_t *po, sep_plan_t *p, int lo, int m, int *n_sep,
+                     int32_t *keep, int *nk, int *rs)
 {
-    const int32_t *ids = p->ids;
+    const int32_t *ids = p->ids + lo;
     int k = 0;
     for (int i = 0; i < po->a; i++)
         keep[k++] = i;
     if (po->method == SEP_METHOD_STREAMING) {
-        for (int i = m - (po->c - po->a); i < m; i++)
-            keep[k++] = i;
+        *rs = m - (po->c - po->a);
         *nk = k;
         return SEP_OK;
     }
@@ -237,15 +266,14 @@ static int plan_keep(const sep_policy_t *po, sep_plan_t *p, int m, int *n_sep, i
         if (seen++ >= skip) {
             keep[k++] = i;
         } else {
-            p->evict_idx[e] = i;
+            p->evict_idx[e] = lo + i;
             p->evict_id[e] = ids[i];
-            p->evict_pos[e++] = p->pos[i];
+            p->evict_pos[e++] = p->pos[lo + i];
         }
     }
     p->n_evict = e;
     *n_sep = total - skip;
-    for (int i = win; i < m; i++)
-        keep[k++] = i;
+    *rs = win;
     *nk = k;
     return SEP_OK;
 }
@@ -254,36 +282,50 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
 {
     const sep_policy_t *po = &c->policy;
     int evict = po->method != SEP_METHOD_FULL;
-    int meta = evict ? po->c + 1 : c->n + n;
-    int rc;
     if (evict && c->n > po->c)
         return sep_fail(SEP_EINVAL, "cache plan: cache holds %d entries, above c=%d", c->n, po->c);
+    if (!evict && n > INT32_MAX / 2 - c->n)
+        return sep_fail(SEP_ERANGE, "cache plan: %d entries and %d tokens exceed the "
+                        "cache's limit", c->n, n);
+    int rows = evict ? SEP_CACHE_ROWS(po->c) : c->lo + c->n + n;
+    int rc;
     if ((rc = plan_grow((void **)&p->rope_pos, &p->tok_cap, n, sizeof *p->rope_pos)) ||
         (rc = plan_grow((void **)&p->seg, &p->seg_cap, evict ? n : 1, sizeof *p->seg)))
         return rc;
     void **meta_bufs[] = { (void **)&p->ids, (void **)&p->pos };
     const size_t meta_sz[] = { sizeof *p->ids, sizeof *p->pos };
-    if ((rc = plan_grow_shared(&p->meta_cap, meta, 2, meta_bufs, meta_sz)))
+    if ((rc = plan_grow_shared(&p->meta_cap, rows, 2, meta_bufs, meta_sz)))
         return rc;
-    memcpy(p->ids, c->ids, (size_t)c->n * sizeof *p->ids);
-    memcpy(p->pos, c->pos, (size_t)c->n * sizeof *p->pos);
+    int lo = c->lo, m = c->n, n_sep = c->n_sep, used_keep = 0;
+    memcpy(p->ids + lo, c->ids + lo, (size_t)m * sizeof *p->ids);
+    memcpy(p->pos + lo, c->pos + lo, (size_t)m * sizeof *p->pos);
 
-    int m = c->n, n_sep = c->n_sep, used_keep = 0;
     p->n_tokens = n;
     p->n_seg = 0;
     p->n_evict = 0;
     p->max_entries = m;
+    p->rows = rows;
+    p->rope_lo = INT64_MAX;
+    p->rope_hi = INT64_MIN;
     for (int t = 0; t < n;) {
         int k = n - t;
         if (evict && k > po->c + 1 - m)
             k = po->c + 1 - m;
         sep_segment_t *sg = &p->seg[p->n_seg++];
-        *sg = (sep_segment_t){ .start = t, .len = k, .n_past = m };
+        *sg = (sep_segment_t){ .start = t, .len = k, .n_past = m, .lo = lo, .move_from = -1 };
+        /* no room for a whole cache past lo: down to row 0, where the
+         * entries (at most c) do not reach the rows they come from */
+        if (evict && lo + po->c + 1 > rows) {
+            sg->move_from = lo;
+            memcpy(p->ids, p->ids + lo, (size_t)m * sizeof *p->ids);
+            memcpy(p->pos, p->pos + lo, (size_t)m * sizeof *p->pos);
+            lo = sg->lo = 0;
+        }
         for (int i = 0; i < k; i++) {
             int64_t spos = c->n_seen + t + i;
-            p->rope_pos[t + i] = po->shift ? m + i : spos;
-            p->ids[m + i] = ids[t + i];
-            p->pos[m + i] = spos;
+            p->rope_pos[t + i] = po->shift ? spos - c->rope_off : spos;
+            p->ids[lo + m + i] = ids[t + i];
+            p->pos[lo + m + i] = spos;
         }
         m += k;
         t += k;
@@ -291,34 +333,49 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
             p->max_entries = m;
         if (!evict || m <= po->c)
             continue;
-        /* a compaction keeps at most c entries; keep lists are stored as
-         * offsets until the buffer stops moving */
-        if ((rc = plan_grow((void **)&p->keep_buf, &p->keep_cap, used_keep + po->c,
+        /* a compaction's prefix is at most a + s entries; keep lists are
+         * stored as offsets until the buffer stops moving */
+        if ((rc = plan_grow((void **)&p->keep_buf, &p->keep_cap, used_keep + po->a + po->s,
                             sizeof *p->keep_buf)))
             return rc;
         int32_t *keep = p->keep_buf + used_keep;
-        int nk;
+        int nk, rs;
         sg->evict_at = p->n_evict;
-        if ((rc = plan_keep(po, p, m, &n_sep, keep, &nk)))
+        if ((rc = plan_keep(po, p, lo, m, &n_sep, keep, &nk, &rs)))
             return rc;
         sg->n_evict = p->n_evict - sg->evict_at;
-        int moved = 0;
-        while (moved < nk && keep[moved] == moved)
-            moved++;
-        for (int i = moved; i < nk; i++) {
-            p->ids[i] = p->ids[keep[i]];
-            p->pos[i] = p->pos[keep[i]];
+        /* the prefix goes to the rows just before the recent region's
+         * first, which stays where it is; rows move up (or stay), so from
+         * the last down none is overwritten before it is read */
+        int lo2 = lo + rs - nk;
+        for (int i = nk - 1; i >= 0; i--) {
+            keep[i] += lo;
+            p->ids[lo2 + i] = p->ids[keep[i]];
+            p->pos[lo2 + i] = p->pos[keep[i]];
         }
-        sg->n_keep = nk;
-        sg->first_moved = moved;
-        sg->keep_at = used_keep;
+        sg->n_keep = nk + (m - rs);
+        sg->lo_after = lo2;
+        sg->n_pre = nk;
+        sg->pre_at = used_keep;
         used_keep += nk;
-        m = nk;
+        if (po->shift) {
+            int64_t spos = c->n_seen + t; /* the next token's */
+            sg->pre_rope = rope_base_of(spos, sg->n_keep, nk, c->rope_off);
+            if (nk && sg->pre_rope < p->rope_lo)
+                p->rope_lo = sg->pre_rope;
+            if (nk && sg->pre_rope + nk > p->rope_hi)
+                p->rope_hi = sg->pre_rope + nk;
+        }
+        lo = lo2;
+        m = sg->n_keep;
     }
+    if (p->rope_lo > p->rope_hi)
+        p->rope_lo = p->rope_hi = 0;
     for (int i = 0; i < p->n_seg; i++)
-        p->seg[i].keep = p->seg[i].n_keep ? p->keep_buf + p->seg[i].keep_at : NULL;
+        p->seg[i].pre = p->seg[i].n_pre ? p->keep_buf + p->seg[i].pre_at : NULL;
     p->n = m;
     p->n_sep = n_sep;
+    p->lo = lo;
     return SEP_OK;
 }
 
@@ -335,23 +392,38 @@ void sep_plan_free(sep_plan_t *p)
     memset(p, 0, sizeof *p);
 }
 
+int sep_cache_move_copies(const sep_cache_t *c, int layer, const sep_segment_t *sg,
+                          sep_rows_t out[3])
+{
+    if (sg->move_from < 0 || sg->n_past == 0)
+        return 0;
+    float *planes[3] = { c->k[layer], c->v[layer], c->k_raw ? c->k_raw[layer] : NULL };
+    int k = 0, kv = c->kv_dim;
+    for (int b = 0; b < 3; b++)
+        if (planes[b])
+            out[k++] = (sep_rows_t){ planes[b] + (size_t)sg->lo * kv,
+                                     planes[b] + (size_t)sg->move_from * kv, kv, kv,
+                                     sg->n_past, kv };
+    return k;
+}
+
 int sep_cache_compact_gathers(const sep_cache_t *c, int layer, const sep_segment_t *sg,
                               sep_gather_t out[2])
 {
-    int from = sg->first_moved, n = sg->n_keep - from;
-    if (n <= 0)
+    if (sg->n_pre <= 0)
         return 0;
     float *rows[2] = { c->v[layer], c->k_raw ? c->k_raw[layer] : c->k[layer] };
     for (int b = 0; b < 2; b++)
-        out[b] = (sep_gather_t){ rows[b] + (size_t)from * c->kv_dim, rows[b], sg->keep + from,
-                                 n, c->kv_dim };
+        out[b] = (sep_gather_t){ rows[b] + (size_t)sg->lo_after * c->kv_dim, rows[b], sg->pre,
+                                 sg->n_pre, c->kv_dim };
     return 2;
 }
 
 void sep_cache_commit(sep_cache_t *c, const sep_plan_t *p)
 {
-    memcpy(c->ids, p->ids, (size_t)p->n * sizeof *c->ids);
-    memcpy(c->pos, p->pos, (size_t)p->n * sizeof *c->pos);
+    memcpy(c->ids + p->lo, p->ids + p->lo, (size_t)p->n * sizeof *c->ids);
+    memcpy(c->pos + p->lo, p->pos + p->lo, (size_t)p->n * sizeof *c->pos);
+    c->lo = p->lo;
     c->n = p->n;
     c->n_sep = p->n_sep;
     c->n_seen += p->n_tokens;
@@ -360,12 +432,14 @@ void sep_cache_commit(sep_cache_t *c, const sep_plan_t *p)
 /* ---- state ------------------------------------------------------------ */
 
 #define STATE_MAGIC "SEPC"
-#define STATE_VERSION 1
+#define STATE_VERSION 2
+#define STATE_VERSION_SLOTS 1 /* keys at their slots, no rope_off */
 
 /* The int32 fields after the magic, in order (cache.h has the layout). */
 enum { H_VERSION, H_METHOD, H_A, H_S, H_W, H_C, H_SHIFT, H_LAYERS, H_KV_DIM,
        H_N, H_N_SEP, H_RAW, H_COUNT };
-#define STATE_HEADER (4 + H_COUNT * 4 + 8)
+#define STATE_HEADER_V1 (4 + H_COUNT * 4 + 8)
+#define STATE_HEADER (STATE_HEADER_V1 + 8)
 
 /* Bytes a state spends per entry: id, position and its row of every
  * plane of every layer. */
@@ -394,19 +468,20 @@ int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len)
     memcpy(b, STATE_MAGIC, 4);
     memcpy(b + 4, head, sizeof head);
     memcpy(b + 4 + sizeof head, &c->n_seen, sizeof c->n_seen);
+    memcpy(b + STATE_HEADER_V1, &c->rope_off, sizeof c->rope_off);
     /* an empty cache may have no arrays at all */
     if (n) {
         uint8_t *p = b + STATE_HEADER;
-        size_t rows = n * c->kv_dim * sizeof(float);
-        memcpy(p, c->ids, n * sizeof *c->ids);
+        size_t rows = n * c->kv_dim * sizeof(float), at = (size_t)c->lo * c->kv_dim;
+        memcpy(p, c->ids + c->lo, n * sizeof *c->ids);
         p += n * sizeof *c->ids;
-        memcpy(p, c->pos, n * sizeof *c->pos);
+        memcpy(p, c->pos + c->lo, n * sizeof *c->pos);
         p += n * sizeof *c->pos;
         for (int l = 0; l < c->n_layers; l++) {
             const float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
             for (int i = 0; i < 3; i++)
                 if (planes[i]) {
-                    c->be->download(c->be, p, planes[i], rows);
+                    c->be->download(c->be, p, planes[i] + at, rows);
                     p += rows;
                 }
         }
@@ -418,7 +493,7 @@ int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len)
 
 int sep_cache_state_seen(const uint8_t *buf, size_t len, int64_t *n_seen)
 {
-    if (len < STATE_HEADER || memcmp(buf, STATE_MAGIC, 4) != 0)
+    if (len < STATE_HEADER_V1 || memcmp(buf, STATE_MAGIC, 4) != 0)
         return sep_fail(SEP_EFORMAT, "cache state: %zu bytes without its header", len);
     memcpy(n_seen, buf + 4 + H_COUNT * 4, sizeof *n_seen);
     return SEP_OK;
@@ -427,18 +502,25 @@ int sep_cache_state_seen(const uint8_t *buf, size_t len, int64_t *n_seen)
 int sep_cache_restore(sep_cache_t *c, const uint8_t *buf, size_t len)
 {
     /* everything is checked before c is touched, so a failure leaves it as it was */
-    if (len < STATE_HEADER)
+    if (len < STATE_HEADER_V1)
         return sep_fail(SEP_EFORMAT, "cache state: %zu bytes, shorter than the %d-byte header",
-                        len, STATE_HEADER);
+                        len, STATE_HEADER_V1);
     if (memcmp(buf, STATE_MAGIC, 4) != 0)
         return sep_fail(SEP_EFORMAT, "cache state: bad magic");
     int32_t h[H_COUNT];
-    int64_t n_seen;
+    int64_t n_seen, rope_off = 0;
     memcpy(h, buf + 4, sizeof h);
     memcpy(&n_seen, buf + 4 + sizeof h, sizeof n_seen);
-    if (h[H_VERSION] != STATE_VERSION)
-        return sep_fail(SEP_EFORMAT, "cache state: version %d, expected %d",
-                        h[H_VERSION], STATE_VERSION);
+    if (h[H_VERSION] != STATE_VERSION && h[H_VERSION] != STATE_VERSION_SLOTS)
+        return sep_fail(SEP_EFORMAT, "cache state: version %d, expected %d or %d",
+                        h[H_VERSION], STATE_VERSION_SLOTS, STATE_VERSION);
+    int v1 = h[H_VERSION] == STATE_VERSION_SLOTS;
+    size_t header = v1 ? STATE_HEADER_V1 : STATE_HEADER;
+    if (len < header)
+        return sep_fail(SEP_EFORMAT, "cache state: %zu bytes, shorter than the %zu-byte header",
+                        len, header);
+    if (!v1)
+        memcpy(&rope_off, buf + STATE_HEADER_V1, sizeof rope_off);
 
     const sep_policy_t *po = &c->policy;
     static const char *names[H_COUNT] = {
@@ -468,13 +550,15 @@ int sep_cache_restore(sep_cache_t *c, const uint8_t *buf, size_t len)
         (n_sep && (long)po->a + n_sep > n))
         return sep_fail(SEP_EFORMAT, "cache state: n_sep=%d with n=%d under %s s=%d",
                         n_sep, n, sep_method_name(po->method), po->s);
-    size_t entry = state_entry_bytes(c), body = len - STATE_HEADER;
+    size_t entry = state_entry_bytes(c), body = len - header;
     if (body % entry || body / entry != (size_t)n)
         return sep_fail(SEP_EFORMAT, "cache state: %zu bytes do not hold the header and "
                         "%d entries of %zu bytes", len, n, entry);
-    const uint8_t *ids = buf + STATE_HEADER, *pos = ids + (size_t)n * sizeof(int32_t);
+    const uint8_t *ids = buf + header, *pos = ids + (size_t)n * sizeof(int32_t);
     /* stream positions ascend and lie before n_seen: rotary positions and
-     * the next chunk's come from them */
+     * the next chunk's come from them; the recent region is the newest
+     * tokens, one after another */
+    int prefix = prefix_of(po, n, n_sep);
     int64_t prev = -1;
     for (int i = 0; i < n; i++) {
         int64_t p;
@@ -485,6 +569,23 @@ int sep_cache_restore(sep_cache_t *c, const uint8_t *buf, size_t len)
                             (long long)n_seen);
         prev = p;
     }
+    for (int i = prefix; i < n; i++) {
+        int64_t p;
+        memcpy(&p, pos + (size_t)i * sizeof p, sizeof p);
+        if (p != n_seen - (n - i))
+            return sep_fail(SEP_EFORMAT, "cache state: entry %d at position %lld: the recent "
+                            "entries from slot %d on must be the last %d tokens before %lld",
+                            i, (long long)p, prefix, n - prefix, (long long)n_seen);
+    }
+    /* version 1 rotated slot i at i: the recent region's first slot,
+     * `prefix`, at its stream position less rope_off */
+    int64_t first_recent = n_seen - (n - prefix);
+    if (v1 && po->shift)
+        rope_off = first_recent - prefix;
+    if (po->shift ? rope_off < 0 || rope_off > first_recent - prefix : rope_off != 0)
+        return sep_fail(SEP_EFORMAT, "cache state: rope_off=%lld with shift=%d and %lld "
+                        "tokens evicted", (long long)rope_off, po->shift,
+                        (long long)(first_recent - prefix));
     int rc = sep_cache_reserve(c, n);
     if (rc)
         return rc;
@@ -503,8 +604,10 @@ int sep_cache_restore(sep_cache_t *c, const uint8_t *buf, size_t len)
                 }
         }
     }
+    c->lo = 0;
     c->n = n;
     c->n_sep = n_sep;
     c->n_seen = n_seen;
+    c->rope_off = rope_off;
     return SEP_OK;
 }

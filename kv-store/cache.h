@@ -1,15 +1,28 @@
 /* cache.h: the streaming KV cache of one stream, for a range of layers.
  *
  * Entries are kept in slot order in the regions
- *     [ initial (a) | separators (n_sep <= s) | past window | local window (w) ]
- * with each entry's token id and stream position. The policy decides what
- * a compaction keeps once the cache holds more than c entries:
+ *     [ initial (a) | separators (n_sep <= s) | recent ]
+ * (the recent region is the past window and the local window of w: the
+ * stream's newest tokens, consecutive) with each entry's token id and
+ * stream position. The policy decides what a compaction keeps once the
+ * cache holds more than c entries:
  *   full       nothing is ever evicted;
  *   streaming  the first a and the last c - a entries (StreamingLLM);
  *   sepllm     the first a, the newest s separators seen so far, the last w.
- * Keys are stored rotated at their position (the slot index with shift on,
- * the stream position with it off); with shift on they are also kept
- * unrotated, so a compaction re-rotates moved keys exactly.
+ *
+ * Eviction costs what the prefix (initial and separators) holds, not c:
+ * slot i lives in row lo + i of arrays of 2 (c + 1) rows, so the oldest
+ * recent entries leave by lo moving up; a compaction rewrites only the
+ * prefix, in the rows just before the recent region's first; when the
+ * rows run out (every c + 1 tokens or so) the entries move down to row 0
+ * in one copy. Rotary positions (shift on, positions are slots): only
+ * differences of positions matter, and those within the recent region
+ * never change as it slides, so a recent entry keeps the rotation of its
+ * append, at its stream position less rope_off, and a query is rotated
+ * the same way; a compaction re-rotates the prefix (from its unrotated
+ * keys) at rope positions just below the recent region's. So slot i is at
+ * rope position base + i for one base, as if it sat at i, for all i. With
+ * shift off keys are rotated at their stream position and never again.
  *
  * Compaction points depend on token ids alone. sep_cache_plan() lays out a
  * chunk of ids as segments: tokens between two compactions, each followed
@@ -60,26 +73,42 @@ typedef struct {
     sep_policy_t policy;
     int n_layers;      /* layers held */
     int kv_dim;        /* n_kv_heads * head_dim */
-    int cap;           /* entries allocated per layer */
+    int cap;           /* rows allocated per layer */
+    int lo;            /* row of slot 0: the entries are rows [lo, lo + n) */
     int n;             /* entries in use */
-    int n_sep;         /* entries in the separator region [a, a + n_sep) */
+    int n_sep;         /* entries in the separator region, slots [a, a + n_sep) */
+    int64_t rope_off;  /* shift on: a token at stream position t is rotated at
+                          t - rope_off (0 but in caches restored from version 1
+                          states or rebased); shift off: 0 */
     float **k;         /* (n_layers) -> (cap, kv_dim) keys rotated at their position */
     float **k_raw;     /* (n_layers) -> (cap, kv_dim) unrotated keys; NULL unless
                           shift is on and entries can move */
     float **v;         /* (n_layers) -> (cap, kv_dim) values */
-    int32_t *ids;      /* (cap) token id of each entry */
-    int64_t *pos;      /* (cap) stream position of each entry */
+    int32_t *ids;      /* (cap) token id of the entry in each row */
+    int64_t *pos;      /* (cap) stream position of the entry in each row */
     int64_t n_seen;    /* tokens appended over the stream's life */
 } sep_cache_t;
+
+/* Rows an evicting cache of capacity c allocates per layer. */
+#define SEP_CACHE_ROWS(c) (2 * ((c) + 1))
 
 /* One run of tokens between two compactions. */
 typedef struct {
     int start, len;      /* tokens [start, start + len) of the chunk */
     int n_past;          /* entries in the cache before the segment */
+    int lo;              /* row of slot 0 during the segment: its tokens' K/V go to
+                            rows lo + n_past .. */
+    int move_from;       /* >= 0: first the n_past entries move from rows
+                            [move_from, move_from + n_past) down to [lo, ..)
+                            (never overlapping); -1: they stay */
     int n_keep;          /* > 0: compaction after the segment keeps n_keep entries */
-    const int32_t *keep; /* (n_keep) ascending indices of the kept entries */
-    int first_moved;     /* first kept slot whose entry moved (n_keep: none) */
-    int keep_at;         /* offset of keep in the plan's keep_buf */
+    int lo_after;        /* after it: the row of slot 0 */
+    int n_pre;           /* the compaction rewrites slots [0, n_pre) (initial and
+                            separators) at rows lo_after .., from rows pre */
+    const int32_t *pre;  /* (n_pre) ascending rows, each at or before its new one */
+    int pre_at;          /* offset of pre in the plan's keep_buf */
+    int64_t pre_rope;    /* shift on: rope position of slot 0 after the compaction,
+                            at which, plus the slot, the prefix is re-rotated */
     int n_evict;         /* separators the compaction evicts (sepllm: those beyond
                             the newest s) */
     int evict_at;        /* offset of them in the plan's evict_idx, _id and _pos */
@@ -92,15 +121,17 @@ typedef struct {
     sep_segment_t *seg;   /* (n_seg) */
     int64_t *rope_pos;    /* (n_tokens) rotary position of each token */
     int max_entries;      /* most entries held during the chunk */
-    int n, n_sep;         /* after the chunk */
-    int32_t *ids;         /* (n) ids of the entries after the chunk */
-    int64_t *pos;         /* (n) their stream positions */
+    int rows;             /* rows the cache must hold (sep_cache_reserve) */
+    int64_t rope_lo, rope_hi; /* the rope positions pre_rope + slot of the chunk's
+                                 re-rotations lie in [rope_lo, rope_hi) */
+    int n, n_sep, lo;     /* after the chunk */
+    int32_t *ids;         /* (rows) ids of the entries after the chunk, rows [lo, lo + n) */
+    int64_t *pos;         /* (rows) their stream positions */
     /* The separators the chunk's compactions evict, segment after segment
      * (so in stream order); only sepllm evicts any. The arrays stay
      * unallocated while nothing is evicted. */
     int n_evict;
-    int32_t *evict_idx;   /* (n_evict) entry index before its compaction, the row
-                             to read it from then */
+    int32_t *evict_idx;   /* (n_evict) the row to read it from before its compaction */
     int32_t *evict_id;    /* (n_evict) token id */
     int64_t *evict_pos;   /* (n_evict) stream position, ascending */
     /* storage */
@@ -129,12 +160,26 @@ int64_t sep_cache_bytes(const sep_policy_t *p, int n_layers, int kv_dim, int cap
 /* Make room for `entries` entries per layer (keeps contents). */
 int sep_cache_reserve(sep_cache_t *c, int entries);
 
-/* The gathers that compact one layer by a segment's keep list (values,
- * and keys or raw keys), for the caller to run with those of other
- * caches in one gather_rows call; returns how many (0 to 2). Re-rotation
- * of moved keys (shift on) is the model's, which knows the rotary map. */
+/* The copies that move one layer's entries down before a segment
+ * (seg->move_from >= 0: keys, values, raw keys), for the caller to run
+ * with others in one copy_rows call; returns how many (0 to 3). */
+int sep_cache_move_copies(const sep_cache_t *c, int layer, const sep_segment_t *seg,
+                          sep_rows_t out[3]);
+
+/* The gathers that rewrite one layer's prefix by a segment's compaction
+ * (values, and keys or raw keys), for the caller to run with those of
+ * other caches in one gather_rows call; returns how many (0 to 2).
+ * Re-rotation of the prefix keys at pre_rope + slot (shift on) is the
+ * model's, which knows the rotary map. */
 int sep_cache_compact_gathers(const sep_cache_t *c, int layer, const sep_segment_t *seg,
                               sep_gather_t out[2]);
+
+/* Slots [0, prefix) are the initial and separator entries (none for
+ * full); the rest, the recent region, are the stream's newest tokens. */
+int sep_cache_prefix(const sep_cache_t *c);
+
+/* Rope position of slot 0 (shift on): slot i is at base + i. */
+int64_t sep_cache_rope_base(const sep_cache_t *c);
 
 /* After every layer ran the plan: adopt its metadata. */
 void sep_cache_commit(sep_cache_t *c, const sep_plan_t *plan);
@@ -142,11 +187,15 @@ void sep_cache_commit(sep_cache_t *c, const sep_plan_t *plan);
 /* A cache's state as bytes, to suspend a stream and resume it exactly.
  * Little-endian, no padding:
  *     0  "SEPC"
- *     4  int32 version (1), method, a, s, w, c, shift, n_layers, kv_dim,
+ *     4  int32 version (2), method, a, s, w, c, shift, n_layers, kv_dim,
  *        n, n_sep, has_raw (1 when k_raw is written)
  *    52  int64 n_seen
- *    60  int32 ids[n], int64 pos[n], then for each layer the n rows in
- *        use of k, k_raw (when has_raw) and v, kv_dim floats each.
+ *    60  int64 rope_off
+ *    68  int32 ids[n], int64 pos[n], then for each layer the n entries
+ *        in slot order of k, k_raw (when has_raw) and v, kv_dim floats each.
+ * Version 1 (written before eviction kept the recent region in place) has
+ * no rope_off, its ids at 60, and keys rotated at their slot (shift on):
+ * read as rope_off = (stream position of the first recent entry) - prefix.
  * The separator table is not written: the restoring cache keeps its own. */
 
 /* Write c's whole state, rows downloaded from the backend, into a

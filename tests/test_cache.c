@@ -21,6 +21,7 @@
 typedef struct {
     int32_t ids[4096];
     int64_t pos[4096];
+    int64_t rot[4096]; /* the rope position each entry's key is rotated at */
     int n, sep_ex;
     int64_t t;
     /* the separators evicted: by the last step (their indices before it
@@ -38,6 +39,7 @@ static int ref_step(ref_t *r, const sep_policy_t *p, int32_t id, int64_t *rope_p
     r->step_n_ev = 0;
     *rope_pos = p->shift ? r->n : r->t;
     r->ids[r->n] = id;
+    r->rot[r->n] = r->t; /* a fresh cache: its new keys at their stream position */
     r->pos[r->n++] = r->t++;
     int size = r->n;
     if (p->method == SEP_METHOD_FULL || r->n <= p->c)
@@ -75,6 +77,7 @@ static int ref_step(ref_t *r, const sep_policy_t *p, int32_t id, int64_t *rope_p
     for (int i = 0; i < k; i++) {
         r->ids[i] = r->ids[keep[i]];
         r->pos[i] = r->pos[keep[i]];
+        r->rot[i] = r->rot[keep[i]];
     }
     r->n = k;
     return size;
@@ -91,6 +94,45 @@ static void rand_ids(int32_t *ids, int k, unsigned *seed)
     }
 }
 
+/* Slots of the reference's prefix (initial and separators). */
+static int ref_prefix(const sep_policy_t *p, const ref_t *r)
+{
+    if (p->method == SEP_METHOD_FULL)
+        return 0;
+    int pre = p->a + (p->method == SEP_METHOD_SEPLLM && r->sep_ex > 0 ? r->sep_ex - p->a : 0);
+    return pre < r->n ? pre : r->n;
+}
+
+/* The compaction that ended sg: the prefix the reference keeps, from
+ * rows at or before the ones it goes to (in ascending order), the
+ * recent region left where it is; its keys re-rotated at pre_rope +
+ * slot (shift on) in the reference's rotations. */
+static void check_compaction(const sep_policy_t *p, const sep_segment_t *sg, ref_t *ref)
+{
+    int pre = ref_prefix(p, ref), m = sg->n_past + sg->len;
+    assert_int_equal(sg->n_pre, pre);
+    /* the recent region's first row stays */
+    assert_int_equal(sg->lo_after + pre, sg->lo + m - (ref->n - pre));
+    for (int k = 0; k < pre; k++) {
+        assert_true(sg->pre[k] >= sg->lo && sg->pre[k] <= sg->lo_after + k);
+        if (k)
+            assert_true(sg->pre[k] > sg->pre[k - 1]);
+        if (p->shift)
+            ref->rot[k] = sg->pre_rope + k;
+    }
+}
+
+/* Shift on: slot i's key at base + i for one base; off: at its stream
+ * position. */
+static void check_rotations(const sep_policy_t *p, const ref_t *ref)
+{
+    for (int i = 0; i < ref->n; i++)
+        if (p->shift)
+            assert_int_equal(ref->rot[i] - i, ref->rot[0]);
+        else
+            assert_int_equal(ref->rot[i], ref->pos[i]);
+}
+
 /* The separators segment sg of plan evicts: what the reference's step
  * that ended it evicted, each a separator from between the initial region
  * and the window, in order. */
@@ -101,12 +143,12 @@ static void check_evicted(const sep_policy_t *p, const sep_plan_t *plan, const s
     assert_int_equal(sg->n_evict, ref->step_n_ev);
     assert_true(sg->evict_at >= 0 && sg->evict_at + sg->n_evict <= plan->n_evict);
     for (int e = 0; e < sg->n_evict; e++) {
-        int at = sg->evict_at + e, idx = plan->evict_idx[at];
+        int at = sg->evict_at + e, idx = plan->evict_idx[at] - sg->lo;
         assert_int_equal(idx, ref->step_ev[e]);
         assert_true(idx >= p->a && idx < m - p->w);
         assert_true(p->is_sep[plan->evict_id[at]]);
         if (e)
-            assert_true(idx > plan->evict_idx[at - 1]);
+            assert_true(plan->evict_idx[at] > plan->evict_idx[at - 1]);
     }
 }
 
@@ -139,20 +181,23 @@ static int check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
                 int64_t want_pos;
                 int size = ref_step(ref, &p, ids[sg->start + i], &want_pos);
                 assert_int_equal(sg->n_past + i + 1, size);
-                assert_int_equal(plan.rope_pos[sg->start + i], want_pos);
+                (void)want_pos;
+                /* with shift on a key is rotated at its stream position (the
+                 * cache started fresh: rope_off 0), and a compaction moves the
+                 * prefix's to just below the recent region's: slot i is at
+                 * base + i for one base, as in the reference's slot i at i */
+                assert_int_equal(plan.rope_pos[sg->start + i], c->n_seen + sg->start + i);
                 /* a compaction ends exactly the segments that exceed c */
                 int compacts = p.method != SEP_METHOD_FULL && size > p.c;
                 assert_int_equal(compacts, i == sg->len - 1 && sg->n_keep > 0);
                 if (compacts) {
                     assert_int_equal(sg->n_keep, ref->n);
-                    for (int j = 0; j < sg->first_moved; j++)
-                        assert_int_equal(sg->keep[j], j);
-                    if (sg->first_moved < sg->n_keep)
-                        assert_true(sg->keep[sg->first_moved] != sg->first_moved);
+                    check_compaction(&p, sg, ref);
                     check_evicted(&p, &plan, sg, ref);
                 } else if (i == sg->len - 1) {
                     assert_int_equal(sg->n_evict, 0);
                 }
+                check_rotations(&p, ref);
             }
             covered += sg->len;
         }
@@ -166,11 +211,15 @@ static int check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
         memcpy(got_id + n_got, plan.evict_id, sizeof *got_id * plan.n_evict);
         memcpy(got_pos + n_got, plan.evict_pos, sizeof *got_pos * plan.n_evict);
         n_got += plan.n_evict;
-        assert_int_equal(sep_cache_reserve(c, plan.max_entries), 0);
+        assert_true(plan.rows <= (p.method == SEP_METHOD_FULL ? done + k
+                                                               : SEP_CACHE_ROWS(p.c)));
+        assert_int_equal(sep_cache_reserve(c, plan.rows), 0);
         sep_cache_commit(c, &plan);
         assert_int_equal(c->n, ref->n);
-        assert_memory_equal(c->ids, ref->ids, sizeof(int32_t) * ref->n);
-        assert_memory_equal(c->pos, ref->pos, sizeof(int64_t) * ref->n);
+        assert_true(c->lo >= 0 && c->lo + c->n <= c->cap);
+        assert_memory_equal(c->ids + c->lo, ref->ids, sizeof(int32_t) * ref->n);
+        assert_memory_equal(c->pos + c->lo, ref->pos, sizeof(int64_t) * ref->n);
+        assert_int_equal(sep_cache_prefix(c), ref_prefix(&p, ref));
         assert_int_equal(c->n_seen, done + k);
     }
     /* the union of every compaction's evicted separators is the
@@ -183,7 +232,7 @@ static int check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
     for (int e = 0; e < n_got; e++) {
         assert_true(e == 0 || got_pos[e] > got_pos[e - 1]);
         for (int i = 0; i < c->n; i++)
-            assert_true(c->pos[i] != got_pos[e]);
+            assert_true(c->pos[c->lo + i] != got_pos[e]);
     }
     sep_plan_free(&plan);
     free(got_id);
@@ -282,7 +331,8 @@ static void test_policy_checks(void **state)
 /* ---- state ------------------------------------------------------------ */
 
 /* Offsets of the state's fields (the layout in cache.h). */
-enum { ST_VERSION = 4, ST_N = 40, ST_N_SEP = 44, ST_RAW = 48, ST_N_SEEN = 52, ST_IDS = 60 };
+enum { ST_VERSION = 4, ST_N = 40, ST_N_SEP = 44, ST_RAW = 48, ST_N_SEEN = 52, ST_ROPE_OFF = 60,
+       ST_IDS = 68 };
 
 /* A row value of entry `pos` of a plane (0 k, 1 k_raw, 2 v) of a layer:
  * every bit pattern differs, so a misplaced row shows. */
@@ -311,11 +361,14 @@ static void fill_cache(sep_cache_t *c, int n, int chunk, unsigned seed)
         int k = n - done < chunk ? n - done : chunk;
         rand_ids(ids, k, &seed);
         assert_int_equal(sep_cache_plan(c, ids, k, &plan), 0);
-        assert_int_equal(sep_cache_reserve(c, plan.max_entries), 0);
+        assert_int_equal(sep_cache_reserve(c, plan.rows), 0);
         for (int s = 0; s < plan.n_seg; s++) {
             const sep_segment_t *sg = &plan.seg[s];
+            sep_rows_t moves[3];
+            for (int l = 0; l < c->n_layers; l++)
+                be->copy_rows(be, moves, sep_cache_move_copies(c, l, sg, moves));
             for (int i = 0; i < sg->len; i++) {
-                size_t at = (size_t)(sg->n_past + i) * kv;
+                size_t at = (size_t)(sg->lo + sg->n_past + i) * kv;
                 int64_t spos = c->n_seen + sg->start + i;
                 for (int l = 0; l < c->n_layers; l++) {
                     float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
@@ -339,11 +392,9 @@ static void fill_cache(sep_cache_t *c, int n, int chunk, unsigned seed)
             be->gather_rows(be, g, ng);
             free(g);
             for (int l = 0; l < c->n_layers; l++) {
-                int from = sg->first_moved;
-                if (c->k_raw && from < sg->n_keep) {
-                    sep_rows_t raw = { c->k[l] + (size_t)from * kv,
-                                       c->k_raw[l] + (size_t)from * kv, kv, kv,
-                                       sg->n_keep - from, kv };
+                if (c->k_raw && sg->n_pre > 0) {
+                    size_t at = (size_t)sg->lo_after * kv;
+                    sep_rows_t raw = { c->k[l] + at, c->k_raw[l] + at, kv, kv, sg->n_pre, kv };
                     be->copy_rows(be, &raw, 1);
                 }
             }
@@ -372,7 +423,8 @@ static void assert_rows_equal(sep_backend_t *be, const float *a, const float *b,
     free(hb);
 }
 
-/* Equal field by field and row by row, bitwise. */
+/* Equal field by field and entry by entry, bitwise (wherever their rows
+ * lie). */
 static void assert_caches_equal(const sep_cache_t *a, const sep_cache_t *b)
 {
     assert_int_equal(a->policy.method, b->policy.method);
@@ -381,17 +433,19 @@ static void assert_caches_equal(const sep_cache_t *a, const sep_cache_t *b)
     assert_int_equal(a->n, b->n);
     assert_int_equal(a->n_sep, b->n_sep);
     assert_int_equal(a->n_seen, b->n_seen);
-    assert_true(b->cap >= b->n);
+    assert_int_equal(a->rope_off, b->rope_off);
+    assert_true(b->lo >= 0 && b->lo + b->n <= b->cap);
     assert_int_equal(a->k_raw != NULL, b->k_raw != NULL);
     if (!a->n)
         return;
-    assert_memory_equal(a->ids, b->ids, sizeof(int32_t) * a->n);
-    assert_memory_equal(a->pos, b->pos, sizeof(int64_t) * a->n);
+    assert_memory_equal(a->ids + a->lo, b->ids + b->lo, sizeof(int32_t) * a->n);
+    assert_memory_equal(a->pos + a->lo, b->pos + b->lo, sizeof(int64_t) * a->n);
+    size_t ra = (size_t)a->lo * a->kv_dim, rb = (size_t)b->lo * b->kv_dim;
     for (int l = 0; l < a->n_layers; l++) {
-        assert_rows_equal(a->be, a->k[l], b->k[l], a->n, a->kv_dim);
-        assert_rows_equal(a->be, a->v[l], b->v[l], a->n, a->kv_dim);
+        assert_rows_equal(a->be, a->k[l] + ra, b->k[l] + rb, a->n, a->kv_dim);
+        assert_rows_equal(a->be, a->v[l] + ra, b->v[l] + rb, a->n, a->kv_dim);
         if (a->k_raw)
-            assert_rows_equal(a->be, a->k_raw[l], b->k_raw[l], a->n, a->kv_dim);
+            assert_rows_equal(a->be, a->k_raw[l] + ra, b->k_raw[l] + rb, a->n, a->kv_dim);
     }
 }
 
@@ -455,14 +509,14 @@ static void check_size(sep_policy_t p, int n)
     assert_int_equal(sep_backend_cpu_new(&be, 1), 0);
     assert_int_equal(sep_cache_new(&c, be, 3, 8, &p), 0);
     fill_cache(c, n, 37, 9);
-    int want = p.method == SEP_METHOD_FULL ? n : p.c + 1;
+    int want = p.method == SEP_METHOD_FULL ? n : SEP_CACHE_ROWS(p.c);
     assert_int_equal(c->cap, sep_cache_cap_for(&p, 0, want > 0 ? want : 1));
     int64_t row = 8 * 4 * 3 * (c->k_raw ? 3 : 2);
     assert_int_equal(sep_cache_bytes(&p, 3, 8, c->cap), (int64_t)c->cap * (row + 12));
     uint8_t *buf;
     size_t len;
     assert_int_equal(sep_cache_save(c, &buf, &len), 0);
-    assert_true((int64_t)len <= sep_cache_bytes(&p, 3, 8, c->cap) + 60);
+    assert_true((int64_t)len <= sep_cache_bytes(&p, 3, 8, c->cap) + 68);
     free(buf);
     sep_cache_destroy(&c);
     sep_backend_destroy(&be);
@@ -475,12 +529,70 @@ static void test_cache_sizes(void **state)
     sep_policy_t st = { .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 };
     check_size(full, 300);  /* 256 doubling: 512 */
     check_size(full, 1500); /* 2048 */
-    check_size(st, 300);    /* c + 1, with raw keys */
+    check_size(st, 300);    /* 2 (c + 1) rows, with raw keys */
     st.shift = 0;
-    check_size(st, 30);     /* c + 1 before it is full, no raw keys */
+    check_size(st, 30);     /* 2 (c + 1) rows before it is full, no raw keys */
     check_size(sepllm(4, 16, 32, 64, 1), 400);
     assert_int_equal(sep_cache_cap_for(&full, 0, 1), 256);
     assert_int_equal(sep_cache_cap_for(&full, 512, 513), 1024);
+}
+
+/* A version 1 state (written before eviction kept the recent region in
+ * place: no rope_off, keys rotated at their slots) of a cache fed n
+ * tokens, from its version 2 one: it restores with the same entries and
+ * rope_off = the first recent entry's stream position - the prefix, so
+ * that slot i is at rope position i (shift on); 0 with shift off. */
+static void check_version1(sep_policy_t p, int n, int chunk, unsigned seed)
+{
+    sep_backend_t *be;
+    sep_cache_t *c, *back;
+    assert_int_equal(sep_backend_cpu_new(&be, 1), 0);
+    assert_int_equal(sep_cache_new(&c, be, 2, 8, &p), 0);
+    assert_int_equal(sep_cache_new(&back, be, 2, 8, &p), 0);
+    fill_cache(c, n, chunk, seed);
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(sep_cache_save(c, &buf, &len), 0);
+    uint8_t *v1 = malloc(len - 8);
+    assert_non_null(v1);
+    memcpy(v1, buf, ST_ROPE_OFF);
+    memcpy(v1 + ST_ROPE_OFF, buf + ST_IDS, len - ST_IDS);
+    int32_t one = 1;
+    memcpy(v1 + ST_VERSION, &one, 4);
+    int64_t seen;
+    assert_int_equal(sep_cache_state_seen(v1, len - 8, &seen), 0);
+    assert_int_equal(seen, n);
+    assert_int_equal(sep_cache_restore(back, v1, len - 8), 0);
+    int pre = sep_cache_prefix(c);
+    int64_t first_recent = c->n_seen - (c->n - pre);
+    assert_int_equal(back->rope_off, p.shift ? first_recent - pre : 0);
+    if (p.shift)
+        assert_int_equal(sep_cache_rope_base(back), 0);
+    c->rope_off = back->rope_off; /* the one field version 1 did not hold */
+    assert_caches_equal(c, back);
+    /* and it goes on as the original does */
+    fill_cache(c, 60, 7, seed + 3);
+    fill_cache(back, 60, 7, seed + 3);
+    assert_caches_equal(c, back);
+    free(v1);
+    free(buf);
+    sep_cache_destroy(&c);
+    sep_cache_destroy(&back);
+    sep_backend_destroy(&be);
+}
+
+static void test_state_version1(void **state)
+{
+    (void)state;
+    sep_policy_t full = { .method = SEP_METHOD_FULL, .shift = 1 };
+    sep_policy_t st = { .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 };
+    check_version1(full, 100, 37, 1);
+    check_version1(st, 300, 37, 2);
+    st.shift = 0;
+    check_version1(st, 300, 64, 3);
+    check_version1(sepllm(4, 16, 32, 64, 1), 400, 37, 4);
+    check_version1(sepllm(4, 16, 32, 64, 0), 400, 1, 5);
+    check_version1(sepllm(2, 3, 5, 11, 1), 3, 3, 6); /* fewer entries than a + ... */
 }
 
 /* A small sepllm state (2 layers, kv_dim 3, 40 tokens), and a target
@@ -584,7 +696,7 @@ static void test_state_lies(void **state)
         const char *needle;
     } lies[] = {
         { 0, 0x43504553 ^ 0x20, "bad magic" }, /* "SEPC" with one bit flipped */
-        { ST_VERSION, 2, "version 2, expected 1" },
+        { ST_VERSION, 3, "version 3, expected 1 or 2" },
         { ST_VERSION, 1 << 24, "version" },
         { ST_N, 12, "n=12" },                   /* above c = 11 */
         { ST_N, -1, "n=-1" },
@@ -595,6 +707,9 @@ static void test_state_lies(void **state)
         { ST_N_SEEN, 9, "after 9 tokens" },     /* fewer tokens than entries */
         { ST_N_SEEN + 4, -1, "tokens" },        /* n_seen negative */
         { ST_N_SEEN, 39, "position 39" },       /* the newest entry is at 39 */
+        { ST_N_SEEN, 41, "recent entries" },    /* the newest tokens are not held */
+        { ST_ROPE_OFF + 4, -1, "rope_off" },    /* rope_off negative */
+        { ST_ROPE_OFF, 1 << 20, "rope_off" },   /* beyond what was evicted */
     };
     assert_int_equal(n, 11); /* the values above assume it */
     for (size_t i = 0; i < sizeof lies / sizeof lies[0]; i++) {
@@ -658,6 +773,7 @@ int main(void)
         cmocka_unit_test(test_policy_checks),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_cache_sizes),
+        cmocka_unit_test(test_state_version1),
         cmocka_unit_test(test_state_truncated),
         cmocka_unit_test(test_state_lies),
         cmocka_unit_test(test_state_mismatch),

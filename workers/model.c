@@ -546,7 +546,7 @@ void sep_model_destroy(sep_model_t **self_p)
     be->free(be, m->norm_b);
     sep_run_t *r = &m->run;
     float *bufs[] = { r->x, r->h, r->o, r->qkv, r->att, r->ff, r->act, r->logits, r->cs,
-                      r->k_raw, r->slot_cs, r->arch_k, r->arch_v };
+                      r->k_raw, r->pre_cs, r->arch_k, r->arch_v };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         be->free(be, bufs[i]);
     for (int i = 0; i < r->n_plans; i++)
@@ -557,6 +557,8 @@ void sep_model_destroy(sep_model_t **self_p)
     free(r->gathers);
     free(r->rotations);
     free(r->arch_at);
+    free(r->pre_at);
+    free(r->pre_pos);
     free(r->evicted.chunk);
     free(r->evicted.pos);
     free(r->evicted.id);
@@ -606,6 +608,40 @@ int sep_model_cache_new(const sep_model_t *m, const sep_policy_t *policy, sep_ca
                          .c = cfg->window - 1, .shift = 0, .is_sep = policy->is_sep,
                          .n_vocab = policy->n_vocab };
     return sep_cache_new(out, m->be, m->layer1 - m->layer0, m->kv_dim, &win);
+}
+
+int sep_model_cache_rebase(sep_model_t *m, sep_cache_t *c)
+{
+    sep_backend_t *be = m->be;
+    int rot = m->cfg.rot_dim, kv = m->kv_dim, rc;
+    if (!c->k_raw)
+        return SEP_OK;
+    if (c->n == 0) {
+        c->rope_off = c->n_seen;
+        return SEP_OK;
+    }
+    int64_t *pos = malloc((size_t)c->n * sizeof *pos);
+    float *cs = be->alloc(be, (size_t)c->n * rot * sizeof *cs);
+    if (!pos || !cs) {
+        rc = sep_fail(SEP_ENOMEM, "rebase: no memory for %d rotary positions", c->n);
+        goto done;
+    }
+    for (int i = 0; i < c->n; i++)
+        pos[i] = i;
+    be->rope_table(be, cs, pos, c->n, m->inv_freq, rot);
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t at = (size_t)c->lo * kv;
+        sep_rows_t raw = { c->k[l] + at, c->k_raw[l] + at, kv, kv, c->n, kv };
+        sep_rope_t r = { c->k[l] + at, cs, c->n, NULL, 0, 0 };
+        be->copy_rows(be, &raw, 1);
+        be->rope(be, &r, 1, kv, m->cfg.n_kv_heads, m->cfg.head_dim, rot);
+    }
+    if (!(rc = be->sync(be)))
+        c->rope_off = c->n_seen - c->n;
+done:
+    free(pos);
+    be->free(be, cs);
+    return rc;
 }
 
 /* ---- forward ------------------------------------------------------------ */
@@ -749,7 +785,7 @@ static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
 static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
 {
     sep_run_t *r = &m->run;
-    int rc, slots = 0, max_keys = 0;
+    int rc, max_keys = 0;
     if (nc > r->n_plans) {
         sep_plan_t *np = realloc(r->plans, (size_t)nc * sizeof *np);
         if (np)
@@ -757,7 +793,7 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
         sep_attn_t *pp = realloc(r->probs, (size_t)nc * sizeof *pp);
         if (pp)
             r->probs = pp;
-        sep_rows_t *ap = realloc(r->appends, (size_t)3 * nc * sizeof *ap);
+        sep_rows_t *ap = realloc(r->appends, (size_t)6 * nc * sizeof *ap);
         if (ap)
             r->appends = ap;
         sep_gather_t *gp = realloc(r->gathers, (size_t)4 * nc * sizeof *gp);
@@ -769,19 +805,29 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
         int32_t *at = realloc(r->arch_at, (size_t)nc * sizeof *at);
         if (at)
             r->arch_at = at;
-        if (!np || !pp || !ap || !gp || !rp || !at)
+        int32_t *pa = realloc(r->pre_at, (size_t)nc * sizeof *pa);
+        if (pa)
+            r->pre_at = pa;
+        if (!np || !pp || !ap || !gp || !rp || !at || !pa)
             return sep_fail(SEP_ENOMEM, "forward: no memory to plan %d chunks", nc);
         memset(r->plans + r->n_plans, 0, (size_t)(nc - r->n_plans) * sizeof *np);
         r->n_plans = nc;
     }
+    /* rows of the rotary table for the prefixes the compactions
+     * re-rotate (shift on): each plan's range of positions */
+    size_t pre = 0;
     for (int j = 0; j < nc; j++) {
-        if ((rc = sep_cache_plan(ch[j].cache, ch[j].ids, ch[j].n, &r->plans[j])) ||
-            (rc = sep_cache_reserve(ch[j].cache, r->plans[j].max_entries)))
+        sep_plan_t *p = &r->plans[j];
+        if ((rc = sep_cache_plan(ch[j].cache, ch[j].ids, ch[j].n, p)) ||
+            (rc = sep_cache_reserve(ch[j].cache, p->rows)))
             return rc;
-        if (ch[j].cache->k_raw && r->plans[j].max_entries > slots)
-            slots = r->plans[j].max_entries;
-        if (r->plans[j].max_entries > max_keys)
-            max_keys = r->plans[j].max_entries;
+        if (p->max_entries > max_keys)
+            max_keys = p->max_entries;
+        r->pre_at[j] = (int32_t)pre;
+        if (ch[j].cache->k_raw)
+            pre += (size_t)(p->rope_hi - p->rope_lo);
+        if (pre > INT32_MAX / 2)
+            return sep_fail(SEP_ERANGE, "forward: %zu rotary positions to re-rotate", pre);
     }
     /* rows: tokens (products, embeddings), entries (compactions), a
      * block of logit rows (NLLs); width: the widest product input */
@@ -791,24 +837,26 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
     if ((rc = m->be->reserve(m->be, max_keys, rows > r->logit_rows ? rows : r->logit_rows,
                              width)))
         return rc;
-    if (slots <= r->n_slot_cs)
+    if (pre == 0)
         return SEP_OK;
-    /* keys re-rotated after a compaction sit at slots below max_entries */
     sep_backend_t *be = m->be;
-    int64_t *pos = malloc((size_t)slots * sizeof *pos);
-    float *dev = be->alloc(be, (size_t)slots * m->cfg.rot_dim * sizeof *dev);
-    if (!pos || !dev) {
-        free(pos);
-        be->free(be, dev);
-        return sep_fail(SEP_ENOMEM, "forward: no memory for %d rotary positions", slots);
+    if ((rc = SEP_GROW(r->pre_pos, r->pre_pos_cap, pre)))
+        return rc;
+    if ((int)pre > r->pre_cs_cap) {
+        int cap = 2 * (int)pre;
+        be->free(be, r->pre_cs);
+        r->pre_cs = be->alloc(be, (size_t)cap * m->cfg.rot_dim * sizeof(float));
+        r->pre_cs_cap = r->pre_cs ? cap : 0;
+        if (!r->pre_cs)
+            return sep_fail(SEP_ENOMEM, "forward: no memory for %zu rotary positions", pre);
     }
-    for (int i = 0; i < slots; i++)
-        pos[i] = i;
-    be->rope_table(be, dev, pos, slots, m->inv_freq, m->cfg.rot_dim);
-    free(pos);
-    be->free(be, r->slot_cs);
-    r->slot_cs = dev;
-    r->n_slot_cs = slots;
+    for (int j = 0; j < nc; j++) {
+        const sep_plan_t *p = &r->plans[j];
+        if (ch[j].cache->k_raw)
+            for (int64_t x = p->rope_lo; x < p->rope_hi; x++)
+                r->pre_pos[r->pre_at[j] + (x - p->rope_lo)] = x;
+    }
+    be->rope_table(be, r->pre_cs, r->pre_pos, (int)pre, m->inv_freq, m->cfg.rot_dim);
     return SEP_OK;
 }
 
@@ -886,8 +934,9 @@ static int model_archive_gathers(const sep_model_t *m, const sep_chunk_t *ch, in
 }
 
 /* After round `round` of layer l's attention: the compactions that end
- * the round's segments, all chunks' at once, and the re-rotation of moved
- * keys at their new slots (shift on). */
+ * the round's segments, all chunks' at once: each rewrites its cache's
+ * prefix before the recent region, and with shift on re-rotates the
+ * prefix keys there from their raw keys. */
 static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int round)
 {
     sep_backend_t *be = m->be;
@@ -896,35 +945,40 @@ static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int ro
     sep_gather_t *arch = r->gathers + 2 * nc;
     int ng = 0, nr = 0, na = 0;
     for (int j = 0; j < nc; j++) {
-        if (round >= r->plans[j].n_seg || !r->plans[j].seg[round].n_keep)
+        const sep_plan_t *p = &r->plans[j];
+        if (round >= p->n_seg || !p->seg[round].n_keep)
             continue;
-        const sep_segment_t *seg = &r->plans[j].seg[round];
+        const sep_segment_t *seg = &p->seg[round];
         sep_cache_t *kc = ch[j].cache;
         na += model_archive_gathers(m, ch, j, l, seg, arch + na);
         ng += sep_cache_compact_gathers(kc, l, seg, r->gathers + ng);
-        int from = seg->first_moved, n = seg->n_keep - from;
-        if (!kc->k_raw || n <= 0)
+        if (!kc->k_raw || seg->n_pre <= 0)
             continue;
-        float *k = kc->k[l] + (size_t)from * m->kv_dim;
-        r->appends[nr] = (sep_rows_t){ k, kc->k_raw[l] + (size_t)from * m->kv_dim, m->kv_dim,
-                                       m->kv_dim, n, m->kv_dim };
-        r->rotations[nr++] = (sep_rope_t){ k, r->slot_cs + (size_t)from * c->rot_dim, n,
-                                           NULL, 0, 0 };
+        size_t at = (size_t)seg->lo_after * m->kv_dim;
+        float *k = kc->k[l] + at;
+        r->appends[nr] = (sep_rows_t){ k, kc->k_raw[l] + at, m->kv_dim, m->kv_dim, seg->n_pre,
+                                       m->kv_dim };
+        size_t cs = (size_t)r->pre_at[j] + (size_t)(seg->pre_rope - p->rope_lo);
+        r->rotations[nr++] = (sep_rope_t){ k, r->pre_cs + cs * c->rot_dim, seg->n_pre, NULL,
+                                           0, 0 };
     }
     /* the evicted rows leave before the compactions overwrite them: a call
      * of their own, since no gather of one call may read rows another
      * writes (one more launch, queued, on a GPU) */
     if (na)
         be->gather_rows(be, arch, na);
-    be->gather_rows(be, r->gathers, ng);
-    be->copy_rows(be, r->appends, nr);
-    be->rope(be, r->rotations, nr, m->kv_dim, c->n_kv_heads, c->head_dim, c->rot_dim);
+    if (ng)
+        be->gather_rows(be, r->gathers, ng);
+    if (nr) {
+        be->copy_rows(be, r->appends, nr);
+        be->rope(be, r->rotations, nr, m->kv_dim, c->n_kv_heads, c->head_dim, c->rot_dim);
+    }
 }
 
 /* Attention of layer l over every chunk, a segment round at a time:
- * round r runs the r-th segment of each chunk (its K/V appended to the
- * cache first, all chunks' rows in one copy), then the compactions that
- * end those segments. */
+ * round r runs the r-th segment of each chunk (its cache's entries moved
+ * down first where the plan says, and its K/V appended, all chunks' rows
+ * in one copy), then the compactions that end those segments. */
 static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
 {
     sep_backend_t *be = m->be;
@@ -940,7 +994,8 @@ static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
             sep_cache_t *kc = ch[j].cache;
             int r0 = row + sg->start;
             const float *qkv = r->qkv + (size_t)r0 * m->qkv_dim;
-            size_t at = (size_t)sg->n_past * kv;
+            na += sep_cache_move_copies(kc, l, sg, r->appends + na);
+            size_t base = (size_t)sg->lo * kv, at = base + (size_t)sg->n_past * kv;
             r->appends[na++] = (sep_rows_t){ kc->k[l] + at, qkv + m->q_dim, kv, m->qkv_dim,
                                              sg->len, kv };
             r->appends[na++] = (sep_rows_t){ kc->v[l] + at, qkv + m->q_dim + kv, kv,
@@ -950,8 +1005,8 @@ static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
                                                  kv, kv, sg->len, kv };
             r->probs[np++] = (sep_attn_t){
                 .out = r->att + (size_t)r0 * m->q_dim, .q = qkv,
-                .k = kc->k[l], .v = kc->v[l], .n_q = sg->len, .n_past = sg->n_past,
-                .out_stride = m->q_dim, .q_stride = m->qkv_dim,
+                .k = kc->k[l] + base, .v = kc->v[l] + base, .n_q = sg->len,
+                .n_past = sg->n_past, .out_stride = m->q_dim, .q_stride = m->qkv_dim,
             };
         }
         if (np == 0)

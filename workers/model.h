@@ -80,16 +80,20 @@ typedef struct {
     float *nll;      /* (logit_rows) host: a block's NLLs, or its greedy tokens' */
     int32_t *next;   /* (logit_rows) host: a block's picked tokens */
     sep_pick_t *picks; /* (logit_rows) host: how each row of a block picks */
-    float *slot_cs;  /* (n_slot_cs, rot_dim) rope cos|sin at positions 0.., backend */
-    int n_slot_cs;   /* positions slot_cs covers (re-rotation after compaction) */
+    float *pre_cs;   /* (pre_cs_cap, rot_dim) rope cos|sin at the positions that the
+                        compactions of a forward re-rotate prefixes at, backend */
+    int pre_cs_cap;
+    int64_t *pre_pos;  /* (pre_pos_cap) host: those positions, plan after plan */
+    size_t pre_pos_cap;
+    int32_t *pre_at;   /* (n_plans) row of pre_cs at each plan's rope_lo */
     sep_plan_t *plans; /* (n_plans) compaction plan of each chunk of a batch */
     int n_plans;
     sep_attn_t *probs; /* (n_plans) attention problems of one round */
-    sep_rows_t *appends; /* (3 * n_plans) K, V and raw-K rows a round appends,
-                            or the moved raw keys a compaction re-rotates */
+    sep_rows_t *appends; /* (6 * n_plans) K, V and raw-K rows a round moves down
+                            and appends, or the raw keys a compaction re-rotates */
     sep_gather_t *gathers; /* (4 * n_plans) the compactions that end a round, then
                               the copies of the separators they evict */
-    sep_rope_t *rotations; /* (n_plans) their moved keys at their new slots */
+    sep_rope_t *rotations; /* (n_plans) their prefix keys at their new positions */
     /* the separator archive: what a forward's compactions evict from the
      * chunks that archive, copied out on the backend before each
      * compaction moves rows, downloaded once at the end */
@@ -160,6 +164,14 @@ int sep_model_synthetic(sep_model_t **out, const char *shape, sep_backend_t *be,
 int sep_model_synthetic_stage(sep_model_t **out, const char *shape, sep_backend_t *be,
                               int max_tokens, int layer0, int layer1);
 void sep_model_destroy(sep_model_t **self_p);
+
+/* Re-rotate the keys of c (shift on) from its unrotated keys at its
+ * slots, slot i at rope position i, as a cache that was never compacted
+ * would hold them (rope_off := n_seen - n): the same attention in other
+ * roundings. Rotations far down a stream and near its start can so be
+ * compared (tests); a cache without raw keys is left as it is. Fails
+ * only for memory. */
+int sep_model_cache_rebase(sep_model_t *m, sep_cache_t *c);
 
 /* A cache for this model's (this stage's) layers under policy (its separator set must
  * outlive the cache). On a model with a sliding window (cfg.window): full
