@@ -18,7 +18,8 @@
  *
  * times the pick op alone instead (no model): N calls, each on its own
  * row of 128,256 logits (flat: normal with deviation 1; peaked: 4), one
- * row a call and its answer fetched, for greedy and each sampled mode. */
+ * row a call and its answer fetched, for greedy and each sampled mode.
+ *
  *   gpu_bench --evict [--streams S]...
  *
  * instead times eviction at full size (issue 17), for 1 and 64 streams
