@@ -12,12 +12,13 @@ echo "1..45"
 zc() { "$ZCLIENT" "$sock"; }
 
 # books-llama-16m: 8 layers, kv_dim 128; a cache with shift on costs
-# (c + 1) x (8 x 128 x 4 x 3 + 12) bytes: 9852300 at c = 800, 3702300 at
-# c = 300, 11082300 at c = 900. 24 MiB hold two of 800 and one of 300.
+# 2 (c + 1) rows x (8 x 128 x 4 x 3 + 12) bytes: 19704600 at c = 800,
+# 7404600 at c = 300, 22164600 at c = 900. 48 MiB hold two of 800 and one
+# of 300.
 cat >"$tmp/limits.conf" <<EOF
 max_sessions = 4
 max_active_sessions = 3
-cache_memory_mib = 24
+cache_memory_mib = 48
 max_pending_bytes = 65536
 EOF
 conf="$tmp/limits.conf"
@@ -63,9 +64,9 @@ ok "a name of 64 bytes is fine" 'test $rc = 0 && "$SEPCTL" close "$(printf "%064
 # ---- sessions, caches, cache memory --------------------------------------
 "$SEPCTL" open s1 >/dev/null && "$SEPCTL" open s2 >/dev/null
 run "$SEPCTL" open s3
-ok "a third cache of c=800 does not fit 24 MiB: limit, naming the bytes and the key" \
-    'test $rc = 1 && grep -q "needs 9852300 bytes on stage 0 (layers 0..7)" "$tmp/err" &&
-     grep -q "cache_memory_mib = 24" "$tmp/err"'
+ok "a third cache of c=800 does not fit 48 MiB: limit, naming the bytes and the key" \
+    'test $rc = 1 && grep -q "needs 19704600 bytes on stage 0 (layers 0..7)" "$tmp/err" &&
+     grep -q "cache_memory_mib = 48" "$tmp/err"'
 ok "the refused open left nothing" '! "$SEPCTL" info s3 >/dev/null 2>&1'
 run "$SEPCTL" open s3 --capacity 300 --window 200
 ok "a smaller one (c=300) fits" 'test $rc = 0'
@@ -89,13 +90,13 @@ run "$SEPCTL" open s5 --capacity 900 --window 600
 ok "a cache of c=900 fits beside the one of 800" 'test $rc = 0'
 run "$SEPCTL" resume s2
 ok "resume of a cache that would not fit: limit naming cache_memory_mib" \
-    'test $rc = 1 && grep -q "resume .s2.: its cache needs 9852300 bytes" "$tmp/err" &&
-     grep -q "cache_memory_mib = 24" "$tmp/err"'
+    'test $rc = 1 && grep -q "resume .s2.: its cache needs 19704600 bytes" "$tmp/err" &&
+     grep -q "cache_memory_mib = 48" "$tmp/err"'
 "$SEPCTL" close s5 >/dev/null
 run "$SEPCTL" resume s2
 ok "once there is room, it resumes" 'test $rc = 0'
 run "$SEPCTL" stats --json
-ok "stats reports each stage's cache budget" 'grep -q "\"cache_budget\": *25165824" "$tmp/out"'
+ok "stats reports each stage's cache budget" 'grep -q "\"cache_budget\": *50331648" "$tmp/out"'
 
 # ---- text pending per session --------------------------------------------
 # more than one piece of text that is cheap to score (runs of 200 spaces)
@@ -166,16 +167,16 @@ ok "after every refusal sepd serves, the session unchanged" \
 
 # ---- a full cache grows with its text --------------------------------------
 # shift does not matter to full: (8 x 128 x 4 x 2 + 12) = 8204 bytes an
-# entry, 256 doubling: 2048 entries fit 24 MiB, 4096 do not
+# entry, 256 doubling: 4096 entries fit 48 MiB, 8192 do not
 "$SEPCTL" open f --method full >/dev/null
 head -c 1500 "$T/persuasion.txt" >"$tmp/f0.txt"
-tail -c +1501 "$T/persuasion.txt" | head -c 3000 >"$tmp/f1.txt"
+tail -c +1501 "$T/persuasion.txt" | head -c 6000 >"$tmp/f1.txt"
 run "$SEPCTL" feed f <"$tmp/f0.txt"
 ok "a full session takes text while its cache fits" 'test $rc = 0'
 run "$SEPCTL" feed f <"$tmp/f1.txt"
 ok "a piece that could take it past cache_memory_mib: limit, naming the key" \
-    'test $rc = 1 && grep -q "a full cache grows with its text: 3000 more tokens" "$tmp/err" &&
-     grep -q "cache_memory_mib = 24" "$tmp/err"'
+    'test $rc = 1 && grep -q "a full cache grows with its text: 6000 more tokens" "$tmp/err" &&
+     grep -q "cache_memory_mib = 48" "$tmp/err"'
 run "$SEPCTL" generate f -n 5000 --ignore-eos
 ok "so is a generation that could" 'test $rc = 1 && grep -q "5000 more tokens" "$tmp/err"'
 run "$SEPCTL" info f --json
