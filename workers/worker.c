@@ -223,9 +223,12 @@ static int worker_save(worker_t *w, const sep_msg_t *m)
                         (long long)sep_msg_int(m, "sid", 0));
     uint8_t *buf;
     size_t len;
+    double t0 = sep_now();
     int rc = sep_cache_save(s->cache, &buf, &len);
     if (rc)
         return rc;
+    sep_log(SEP_LOG_DEBUG, "rank %d: session %u: a state of %zu bytes taken in %.1f ms",
+            w->rank, (unsigned)s->sid, len, (sep_now() - t0) * 1e3);
     /* hundreds of MB for a large model: the buffer goes to ZeroMQ as it is */
     sep_frame_t f = { buf, len };
     json_t *h = json_pack("{s:s, s:I, s:i}", "op", m->op, "sid", (json_int_t)s->sid, "rank",
