@@ -146,6 +146,14 @@ int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char 
 int sep_msg_send_owned(void *sock, const void *peer, size_t peer_len, json_t *hdr,
                        const sep_frame_t *frames, int n, uint32_t owned);
 
+/* The same with lent frames: each whose bit is set in lent goes without a
+ * copy and release(its data, hint) is called once ZeroMQ is done with it,
+ * on one of ZeroMQ's threads (or here, before the return, if the send
+ * fails); release must be safe there. */
+int sep_msg_send_lent(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                      const sep_frame_t *frames, int n, uint32_t lent,
+                      void (*release)(void *data, void *hint), void *hint);
+
 /* A session name as stored: 1..SEP_NAME_MAX bytes of [A-Za-z0-9._-]. */
 int sep_name_ok(const char *name);
 

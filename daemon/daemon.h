@@ -34,6 +34,7 @@
 #define SEPD_HEARTBEAT_S 2.0     /* a waiting client hears from sepd this often */
 #define SEPD_MAX_GENERATE 1000000
 #define SEPD_OUTBOX_MAX 1024     /* replies a client may leave unread */
+#define SEPD_FLIGHT_SAVING 16   /* batches more in flight while a checkpoint's states come */
 #define SEPD_ARCHIVE_BATCH (16u << 20) /* bytes of archive rows one job writes at most */
 #define SEPD_ARCHIVE_DELAY_S 0.25      /* how long they wait for more */
 #define SEPD_ARCHIVE_BACKLOG (256u << 20) /* rows waiting for the store before archiving
@@ -100,7 +101,8 @@ typedef struct sepd {
     sep_session_t **sess;     /* (n_sess) */
     size_t n_sess, cap_sess;
     sepd_batch_t *flight;     /* (max_flight) FIFO of batches in flight */
-    int n_flight, max_flight;
+    int n_flight, max_flight; /* stages + batches_ahead, + SEPD_FLIGHT_SAVING while a
+                                 checkpoint's states are on their way */
     int64_t next_seq;
     int32_t *ids, *targets;   /* (max_batch) a batch being built */
     uint8_t *picks;           /* (max_batch * SEP_PICK_WIRE) its picks, on the wire */

@@ -142,7 +142,16 @@ static int sched_one(sepd_t *d)
 void sepd_schedule(sepd_t *d)
 {
     double t0 = sep_now();
-    while (!d->stop && d->n_flight < d->max_flight && sched_one(d))
+    /* a checkpoint's state on its way from the stages (hundreds of MB at
+     * full size) holds back every answer sent after it on that socket:
+     * more batches go ahead meanwhile, so the stages keep working */
+    int limit = d->max_flight - SEPD_FLIGHT_SAVING;
+    for (size_t k = 0; k < d->n_sess; k++)
+        if (d->sess[k]->ctl.kind == SEP_WAIT_SAVE) {
+            limit = d->max_flight;
+            break;
+        }
+    while (!d->stop && d->n_flight < limit && sched_one(d))
         d->batches_sent++;
     d->sched_s += sep_now() - t0;
 }

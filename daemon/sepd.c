@@ -508,7 +508,7 @@ static int sepd_start(sepd_t *d)
         if (strncmp(d->pool->stage[r].device, "cuda", 4) == 0)
             d->spin_us = SEPD_SPIN_AUTO_US;
     d->spin_us = d->spin_us < 0 ? 0 : d->spin_us;
-    d->max_flight = d->pool->stages + d->conf.batches_ahead;
+    d->max_flight = d->pool->stages + d->conf.batches_ahead + SEPD_FLIGHT_SAVING;
     d->flight = calloc((size_t)d->max_flight, sizeof *d->flight);
     d->ids = malloc((size_t)d->conf.max_batch * sizeof *d->ids);
     d->targets = malloc((size_t)d->conf.max_batch * sizeof *d->targets);

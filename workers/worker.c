@@ -26,6 +26,7 @@
 #include <math.h>
 #include <mpi.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,12 @@ typedef struct {
     int spin_us;          /* after a generation step, poll this long without sleeping */
     int gen_batch;        /* the last batch held a generation step */
     int64_t cache_budget; /* bytes the sessions' caches may take (0: no limit of sepd's) */
+    /* w_save's buffer (be->host_alloc: a GPU downloads into it at full
+     * speed), kept between checkpoints; lent to ZeroMQ while a state is
+     * sent, busy until its I/O thread gives it back */
+    uint8_t *stage;       /* (stage_cap) */
+    size_t stage_cap;
+    atomic_int stage_busy;
 } worker_t;
 
 static const char *usage_text =
@@ -215,26 +222,60 @@ static int worker_open(worker_t *w, const sep_msg_t *m, int load)
     return worker_reply(w, json_pack("{s:s, s:I}", "op", m->op, "sid", (json_int_t)sid), NULL, 0);
 }
 
+/* ZeroMQ is done with the state in w->stage (on its I/O thread). */
+static void worker_stage_back(void *data, void *hint)
+{
+    (void)data;
+    atomic_store(&((worker_t *)hint)->stage_busy, 0);
+}
+
+/* The staging buffer for a state of len bytes, grown when short; NULL
+ * while ZeroMQ still sends the last one or without memory (the state then
+ * goes through a malloc'ed buffer). */
+static uint8_t *worker_stage(worker_t *w, size_t len)
+{
+    if (atomic_load(&w->stage_busy))
+        return NULL;
+    if (w->stage_cap < len) {
+        w->be->host_free(w->be, w->stage);
+        w->stage_cap = len + len / 4; /* a cache's state grows and shrinks by its compactions */
+        if (!(w->stage = w->be->host_alloc(w->be, w->stage_cap)))
+            w->stage_cap = 0;
+    }
+    return w->stage;
+}
+
 static int worker_save(worker_t *w, const sep_msg_t *m)
 {
     wk_session_t *s = worker_find(w, (uint32_t)sep_msg_int(m, "sid", 0));
     if (!s)
         return sep_fail(SEP_ENOTFOUND, "w_save: no session %lld",
                         (long long)sep_msg_int(m, "sid", 0));
-    uint8_t *buf;
-    size_t len;
     double t0 = sep_now();
-    int rc = sep_cache_save(s->cache, &buf, &len);
+    size_t len = sep_cache_state_bytes(s->cache);
+    uint8_t *buf = worker_stage(w, len);
+    int staged = buf != NULL,
+        rc = staged ? sep_cache_save_to(s->cache, buf, len) : sep_cache_save(s->cache, &buf, &len);
     if (rc)
         return rc;
-    sep_log(SEP_LOG_DEBUG, "rank %d: session %u: a state of %zu bytes taken in %.1f ms",
-            w->rank, (unsigned)s->sid, len, (sep_now() - t0) * 1e3);
+    sep_log(SEP_LOG_DEBUG, "rank %d: session %u: a state of %zu bytes taken in %.1f ms%s",
+            w->rank, (unsigned)s->sid, len, (sep_now() - t0) * 1e3,
+            staged ? "" : " (the staging buffer was busy or short)");
     /* hundreds of MB for a large model: the buffer goes to ZeroMQ as it is */
     sep_frame_t f = { buf, len };
     json_t *h = json_pack("{s:s, s:I, s:i}", "op", m->op, "sid", (json_int_t)s->sid, "rank",
                           w->rank);
-    rc = h ? sep_msg_send_owned(w->sock, NULL, 0, h, &f, 1, 1u)
-           : (free(buf), sep_fail(SEP_ENOMEM, "w_save: out of memory"));
+    if (!h) {
+        if (!staged)
+            free(buf);
+        return sep_fail(SEP_ENOMEM, "w_save: out of memory");
+    }
+    if (staged) {
+        atomic_store(&w->stage_busy, 1);
+        rc = sep_msg_send_lent(w->sock, NULL, 0, h, &f, 1, 1u, worker_stage_back, w);
+    } else {
+        rc = sep_msg_send_owned(w->sock, NULL, 0, h, &f, 1, 1u);
+    }
     json_decref(h);
     return rc; /* the cache stays: w_close drops it once the state is safe */
 }
@@ -762,7 +803,9 @@ fail:
     if (w.sock)
         zmq_close(w.sock);
     if (w.zctx)
-        zmq_ctx_term(w.zctx);
+        zmq_ctx_term(w.zctx); /* after the last state went (or was dropped): stage is ours */
+    if (w.stage)
+        w.be->host_free(w.be, w.stage);
     free(w.x);
     free(w.chunks);
     free(w.nll);
