@@ -15,8 +15,10 @@
 #include <stdint.h>
 
 #define SEP_PROTO_VERSION 2        /* 2: generate's stop, ignore_eos and its eos stop */
-#define SEP_WORKER_REVISION 2      /* of the worker ops (hello's "revision"): 2, the last
-                                      stage picks the tokens of generation */
+#define SEP_WORKER_REVISION 3      /* of the worker ops (hello's "revision"): 2, the last
+                                      stage picks the tokens of generation; 3, a lone
+                                      stage runs generation steps ahead (w_step, w_yield) */
+#define SEP_AHEAD_MAX 1024         /* steps one run ahead may be granted (decode_ahead) */
 #define SEP_NAME_MAX 64            /* bytes of a session name */
 #define SEP_FEED_PIECE (1 << 16)   /* most text bytes of one feed message */
 #define SEP_FEED_WINDOW 8          /* feed pieces a client may have unacknowledged */
@@ -62,7 +64,12 @@
 #define SEP_OP_W_BATCH "w_batch"     /* frames: ids, targets (int32), picks, recent ids,
                                         holes (int32) */
 #define SEP_OP_W_DONE "w_done"       /* frames: nll (f32), kv (int32), picked token
-                                        (int32), its nll (f32) */
+                                        (int32), its nll (f32); a run ahead's "steps" */
+#define SEP_OP_W_STEP "w_step"       /* worker -> sepd: one step of a run ahead, the
+                                        worker goes on (frames: kv, token (int32), its
+                                        nll (f32)) */
+#define SEP_OP_W_YIELD "w_yield"     /* sepd -> worker: end the run ahead of batch seq
+                                        after the step under way (no reply of its own) */
 #define SEP_OP_W_SAVE "w_save"       /* reply frame: the cache state */
 #define SEP_OP_W_ARCHIVE "w_archive" /* worker -> sepd: evicted separators (frames:
                                         sid, pos, id, K, V) */

@@ -49,6 +49,12 @@ typedef struct {
     int off, n;       /* rows [off, off + n) of the batch */
     int gen;          /* a generation step: the token the last stage picked */
     int archive;      /* SEP_ARCHIVE_*: the stages ship the separators it evicts */
+    /* a run ahead (sched.c): the lone stage may take up to `ahead` steps
+     * on its own picks; `ran` of them came back as w_step so far */
+    int ahead, ran;
+    int draws;        /* its steps draw from the session's generator (sampled) */
+    int eos;          /* the eos ids went with it: the stage stops at one */
+    int yielded;      /* w_yield went */
 } sepd_bchunk_t;
 
 typedef struct {
@@ -124,6 +130,10 @@ typedef struct sepd {
      * building and sending batches; batches sent */
     double done_s, sched_s;
     uint64_t batches_sent;
+    /* runs ahead (sched.c): granted, steps taken past each one's first,
+     * ended early by a w_yield */
+    uint64_t ahead_runs, ahead_steps, ahead_yields;
+    uint64_t *draws;          /* (conf.decode_ahead) a run's draws, being sent */
     int spin_us;              /* poll_spin_us resolved: 0 never spins */
     double spin_since;        /* when the wait for a generation step began spinning */
     double started, rate_t0, rate;
@@ -203,6 +213,11 @@ int sepd_workers_owe(const sepd_t *d);
 void sepd_schedule(sepd_t *d);
 void sepd_batch_done(sepd_t *d, const sep_msg_t *m);
 void sepd_batch_failed(sepd_t *d, const sep_msg_t *m);
+/* w_step: one step of the run ahead in flight came back; the worker goes on. */
+void sepd_batch_step(sepd_t *d, const sep_msg_t *m);
+/* A run ahead that should end (its generation stopped or waits, a
+ * checkpoint or a suspend is due) is told to: w_yield, once. */
+void sepd_ahead_yields(sepd_t *d);
 
 /* ---- generate.c ---- */
 /* Whether s may take a generation step now: its text is scored, nothing

@@ -59,6 +59,11 @@ static void sepd_worker_msg(sepd_t *d)
         sepd_batch_done(d, &m);
         d->done_s += sep_now() - t0;
         d->spin_since = 0;
+    } else if (strcmp(m.op, SEP_OP_W_STEP) == 0) {
+        double t0 = sep_now();
+        sepd_batch_step(d, &m);
+        d->done_s += sep_now() - t0;
+        d->spin_since = 0; /* the run goes on: the next step comes as soon */
     } else if (strcmp(m.op, SEP_OP_W_ERROR) == 0 &&
                strcmp(sep_msg_str(&m, "of", ""), SEP_OP_W_BATCH) == 0) {
         sepd_batch_failed(d, &m);
@@ -221,6 +226,7 @@ static int sepd_loop(sepd_t *d)
         if (!d->stopping)
             sepd_checkpoint_due(d);
         sepd_archive_due(d);
+        sepd_ahead_yields(d);
         sepd_schedule(d);
         sepd_heartbeats(d);
         sepd_rate(d);
@@ -513,7 +519,8 @@ static int sepd_start(sepd_t *d)
     d->ids = malloc((size_t)d->conf.max_batch * sizeof *d->ids);
     d->targets = malloc((size_t)d->conf.max_batch * sizeof *d->targets);
     d->picks = malloc((size_t)d->conf.max_batch * SEP_PICK_WIRE);
-    if (!d->flight || !d->ids || !d->targets || !d->picks)
+    d->draws = malloc((size_t)d->conf.decode_ahead * sizeof *d->draws);
+    if (!d->flight || !d->ids || !d->targets || !d->picks || !d->draws)
         return sep_fail(SEP_ENOMEM, "out of memory");
     /* generation never picks an id the tokenizer cannot decode */
     int n_ids = sep_tok_vocab_size(d->tok);
@@ -556,6 +563,7 @@ static void sepd_cleanup(sepd_t *d)
     free(d->ids);
     free(d->targets);
     free(d->picks);
+    free(d->draws);
     free(d->recent);
     free(d->holes);
     json_decref(d->stats.workers);
@@ -578,7 +586,7 @@ int main(int argc, char **argv)
     sepd_t d = { .conf = { .stages = 1, .max_batch = 2048, .chunk = 512, .batches_ahead = 2, .max_sessions = 1024,
                            .limits = SEPD_LIMITS_DEFAULTS,
                            .start_timeout = 120, .worker_timeout = 300, .poll_spin_us = -1,
-                           .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
+                           .decode_ahead = 32, .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
                            .checkpoint_seconds = 30, .checkpoint_budget = 2, .shutdown_timeout = 30,
                            .store_map_mib = 1024, .store_max_mib = 65536, .store_sync = 1 },
                  .lock_fd = -1, .sig_fd = -1, .store_lock_fd = -1 };
