@@ -56,6 +56,8 @@ sepd_start() {
 sepd_stop() {
     kill $sepd_pid
     wait $sepd_pid
+    # with log_level = debug in SEPD_CONF: what the checkpoints took
+    grep -E "state of|checkpoint of" "$work/sepd.log" | tail -n 4
 }
 # where the time went since the last call: the worker's batches and idle
 # time, the loop's (from `sepctl stats --json`, differences)
@@ -122,7 +124,7 @@ gen() {
 
 echo "== sepd, chunk 512"
 sepd_start "chunk = 512"
-feed_n 1 1048576 5
+feed_n 1 2800000 20
 where
 gen --temperature 0
 where
