@@ -186,6 +186,8 @@ typedef struct {
     int ckpt_want;                /* a checkpoint is due: batches wait for its cut */
     int hold;                     /* brought back from the store: runs nothing until a
                                      client's op begins */
+    int recovering;               /* a worker fault: the session waits to be reloaded from
+                                     the store (recover.c); info says "recovering" */
     int reviving;                 /* active, brought back at start: its caches are being
                                      loaded into the workers (no op holds it, so a client
                                      may feed it meanwhile: its ids wait) */
