@@ -155,9 +155,15 @@ void sepd_fault(sepd_t *d, const char *why)
         return;
     }
     d->faults++;
-    snprintf(d->fault_why, sizeof d->fault_why, "%s", why);
+    /* a batch that could not be sent, say: name what became of the workers */
+    char how[128] = "";
+    if (strncmp(why, "the workers ", 12) != 0 && sep_pool_dead(d->pool, how, sizeof how) &&
+        how[0])
+        snprintf(d->fault_why, sizeof d->fault_why, "the workers %s (%s)", how, why);
+    else
+        snprintf(d->fault_why, sizeof d->fault_why, "%s", why);
     sep_log(SEP_LOG_ERROR, "worker fault: %s; killing the workers, the sessions go back to "
-            "their last checkpoints", why);
+            "their last checkpoints", d->fault_why);
     sep_pool_kill(d->pool);
     d->recover = SEPD_RECOVER_DRAIN;
     d->n_flight = 0;
