@@ -607,12 +607,15 @@ static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t 
             return rc;
         if (woke == CTL_GOT_SIGNAL)
             return SEP_EAGAIN;
-        if (json_is_false(json_object_get(m.hdr, "ok"))) {
+        int ok = !json_is_false(json_object_get(m.hdr, "ok"));
+        if (!ok && strcmp(sep_msg_str(&m, "code", ""), SEP_ERR_UNAVAILABLE) != 0) {
             rc = sep_fail(SEP_EINVAL, "%s", sep_msg_str(&m, "error", "info refused"));
             sep_msg_close(&m);
             return rc;
         }
-        int recovering = !strcmp(sep_msg_str(&m, "state", ""), "recovering");
+        /* unavailable: sepd shuts down, or restarts its workers; asked
+         * again until it is gone (the connection breaks) or serves */
+        int recovering = !ok || !strcmp(sep_msg_str(&m, "state", ""), "recovering");
         *bytes_in = sep_msg_int(&m, "bytes_in", 0);
         *tokens = sep_msg_int(&m, "tokens", 0);
         *committed = sep_msg_int(&m, "bytes_committed", 0);
@@ -623,8 +626,8 @@ static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t 
         if (!recovering)
             return SEP_OK;
         if (!said)
-            fprintf(stderr, "sepctl: session '%s': sepd restarts its workers; waiting\n",
-                    c->session ? c->session : "?");
+            fprintf(stderr, "sepctl: session '%s': %s; waiting\n", c->session ? c->session : "?",
+                    ok ? "sepd restarts its workers" : "sepd is not ready");
         if (ctl_signal)
             return SEP_EAGAIN;
         usleep(200 * 1000);

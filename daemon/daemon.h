@@ -198,7 +198,7 @@ void sepd_recover_msg(sepd_t *d, sep_msg_t *m);
 /* Dead or hung workers: why, in *why; 0 while they serve. */
 int sepd_workers_lost(sepd_t *d, char *why, size_t cap);
 /* While recovering: refuse m (1) unless it is ls, info, stats, ping, ack
- * or cancel. */
+ * or cancel; while shutting down, unless it is ls, stats or ping. */
 int sepd_recover_refuses(sepd_t *d, const sep_msg_t *m);
 /* stats' "recovery" object. */
 json_t *sepd_recover_stats(const sepd_t *d);

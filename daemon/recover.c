@@ -299,6 +299,14 @@ int sepd_recover_refuses(sepd_t *d, const sep_msg_t *m)
 {
     static const char *served[] = { SEP_OP_LS, SEP_OP_INFO, SEP_OP_STATS, SEP_OP_PING,
                                     SEP_OP_ACK, SEP_OP_CANCEL };
+    if (d->stopping && strcmp(m->op, SEP_OP_LS) && strcmp(m->op, SEP_OP_STATS) &&
+        strcmp(m->op, SEP_OP_PING)) {
+        /* not even info: its figures are past what the restart comes back
+         * at, and a feed --retry must not resend from them */
+        sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_UNAVAILABLE,
+                   "sepd is shutting down (checkpointing every session)");
+        return 1;
+    }
     if (!d->recover)
         return 0;
     for (size_t i = 0; i < sizeof served / sizeof served[0]; i++)
