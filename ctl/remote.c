@@ -592,11 +592,13 @@ static void feed_confirm(feed_t *f, json_t *h)
     json_object_set_new(h, "nll_have", json_integer(f->k.nll_at + (json_int_t)f->k.nll_n));
 }
 
-/* The session's figures (info). A session that sepd reloads after a
- * worker fault ("recovering") is asked again until it is back at its
- * checkpoint: only then do its figures say where to resend from. */
-static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t *committed,
-                     int64_t *pending_max)
+/* The session's figures (info). With wait (--retry, --from-committed), a
+ * session that sepd reloads after a worker fault ("recovering") is asked
+ * again until it is back at its checkpoint: only then do its figures say
+ * where to resend from. Without, a plain feed goes on and its first piece
+ * is refused (unavailable), as every verb is while the workers restart. */
+static int feed_info(ctl_conn_t *c, int wait, int64_t *bytes_in, int64_t *tokens,
+                     int64_t *committed, int64_t *pending_max)
 {
     for (int said = 0;; said = 1) {
         sep_msg_t m;
@@ -623,7 +625,7 @@ static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t 
         if (*pending_max < 1)
             *pending_max = SEP_FEED_PIECE;
         sep_msg_close(&m);
-        if (!recovering)
+        if (!recovering || !wait)
             return SEP_OK;
         if (!said)
             fprintf(stderr, "sepctl: session '%s': %s; waiting\n", c->session ? c->session : "?",
@@ -705,7 +707,7 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
     size_t resend = 0; /* bytes of f->k.kept still to send again */
     if (resume) {
         int64_t bytes_in, tokens, committed;
-        if ((rc = feed_info(c, &bytes_in, &tokens, &committed, &f->pending_max)))
+        if ((rc = feed_info(c, 1, &bytes_in, &tokens, &committed, &f->pending_max)))
             return rc == SEP_EAGAIN ? ctl_signal_code(ctl_signal)
                    : f->retry && rc != SEP_EINVAL ? -1 : ctl_conn_error(rc);
         feed_keep_t *k = &f->k;
@@ -729,15 +731,19 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
         resend = (size_t)(f->sent_to - bytes_in);
         fprintf(stderr, "sepctl: sepd is back: session '%s' at %lld bytes; sending %zu again\n",
                 f->session, (long long)bytes_in, resend);
-        if (f->eof && !resend) {
-            /* all was sent: the feed's end again, on a feed of its own */
+        if (!resend) {
+            /* all was sent: the feed is taken again at once with an empty
+             * piece (sepd runs a session it brought back from the store
+             * for its client only, so the ids its checkpoint queued are
+             * scored now and their NLLs come here, not once more text
+             * arrives); at the end of stdin, the feed's end again */
             sep_frame_t none = { "", 0 };
             plen[seq % SEP_FEED_WINDOW] = 0;
             json_t *h = json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
                                   (json_int_t)seq++, "nll", f->nf != NULL);
             feed_confirm(f, h);
             if ((rc = ctl_send(c, h, &none, 1)) ||
-                (rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_FEED_END), NULL, 0)))
+                (f->eof && (rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_FEED_END), NULL, 0))))
                 return -1;
             sent_any = 1;
         }
@@ -871,7 +877,8 @@ static int ctl_feed(const ctl_common_t *o, const char *session, int retry, int f
     }
     /* the session's figures, and how much text sepd lets wait */
     int64_t bytes_in = 0, tokens = 0, committed = 0;
-    if ((rc = feed_info(&c, &bytes_in, &tokens, &committed, &f.pending_max))) {
+    if ((rc = feed_info(&c, retry || from_committed, &bytes_in, &tokens, &committed,
+                        &f.pending_max))) {
         code = rc == SEP_EAGAIN ? ctl_signal_code(ctl_signal) : ctl_conn_error(rc);
         goto done;
     }

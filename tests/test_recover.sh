@@ -9,7 +9,7 @@
 # SIGHUP reopens the log, a second sepd on the store or socket is refused.
 # Needs SEPCTL, SEPD, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
-echo "1..31"
+echo "1..35"
 
 conf=$tmp/sepd.conf
 crash=$tmp/crash
@@ -30,21 +30,22 @@ same_figures() { test "$(figures "$1")" = "$(figures "$2")" && test -n "$(figure
 info_num() { "$SEPCTL" info "$1" --json 2>/dev/null | grep -o "\"$2\": *[0-9.e+-]*" | head -1 | sed 's/.*: *//'; }
 info_state() { "$SEPCTL" info "$1" --json 2>/dev/null | grep -o '"state": *"[a-z]*"' | sed 's/.*: *"//; s/"$//'; }
 stats_num() { "$SEPCTL" stats --json 2>/dev/null | grep -o "\"$1\": *[0-9]*" | head -1 | sed 's/.*: *//'; }
-# gated FILE AT GATE: FILE's first AT bytes, then, once the file GATE
-# exists (60 s at most), the rest
+# gated FILE AT GATE [SECONDS]: FILE's first AT bytes, then, once the file
+# GATE exists (SECONDS at most, 60 by default), the rest
 gated() {
     head -c "$2" "$1"
     g=0
-    while [ ! -e "$3" ] && [ $g -lt 600 ]; do sleep 0.1; g=$((g + 1)); done
+    while [ ! -e "$3" ] && [ $g -lt $((${4:-60} * 10)) ]; do sleep 0.1; g=$((g + 1)); done
     tail -c +$(($2 + 1)) "$1"
 }
-# retry_feed NAME FILE AT: open NAME, feed it FILE with --retry, gated at
-# AT by $tmp/NAME.go, in the background (pid in feeder_NAME)
+# retry_feed NAME FILE AT [SECONDS]: open NAME, feed it FILE with --retry,
+# gated at AT by $tmp/NAME.go, in the background (pid in feeder_NAME)
 retry_feed() {
     "$SEPCTL" open "$1" >/dev/null
-    gated "$2" "$3" "$tmp/$1.go" | "$SEPCTL" feed "$1" --retry --nll-out "$tmp/$1.nll" \
+    gated "$2" "$3" "$tmp/$1.go" "${4:-60}" | "$SEPCTL" feed "$1" --retry --nll-out "$tmp/$1.nll" \
         >/dev/null 2>"$tmp/$1.err" &
     eval "feeder_$1=\$!"
+    bg="$bg $!"
 }
 # exact NAME FILE: wait for NAME's feeder, close NAME; whether its
 # figures and NLLs (fed, then at close) are FILE's eval, bitwise
@@ -123,6 +124,32 @@ ok "and the --retry feed completes exactly" 'exact d "$tmp/short.txt"'
 stop_daemon
 ok "SIGTERM after the faults: exit 0" 'test $stop_rc = 0'
 
+# ---- a --retry feeder with nothing to send again takes its feed back ----------
+# One piece of 4000 bytes (one write, so one read), a checkpoint due at once
+# (checkpoint_bytes = 2048) whose cut comes before the first batch, and that
+# batch fails: the session comes back with all the text and none of its
+# tokens scored, every id queued. sepd runs such a session for a client
+# only; the feeder has nothing to resend and its stdin waits for the gate,
+# yet it takes the feed again at once: the queued ids are scored now.
+{ cat "$conf"; echo "checkpoint_bytes = 2048"; } >"$tmp/small.conf"
+ok "sepd restarts (checkpoint_bytes = 2048)" 'start_daemon --config "$tmp/small.conf"'
+echo fail >"$crash"
+retry_feed r "$tmp/short.txt" 4000 600
+# caught_up: r's queued ids are scored while it still holds the first piece
+# alone (the gate holds the rest back for 600 s, past every wait here)
+caught_up() {
+    test "$(info_state r)" = active && test "$(info_num r queued_ids)" -le 1 2>/dev/null &&
+        test "$(info_num r tokens)" -gt 0 2>/dev/null && test "$(info_num r bytes_in)" = 4000
+}
+ok "the session is back with the whole piece and no token scored" \
+    'wait_for 120 "restarts_are 1 && test \"\$(info_num r bytes_committed)\" = 4000" &&
+     grep -q "session .r. back at 0 tokens" "$tmp/sepd.log"'
+ok "the feeder, with nothing to send again, takes the feed back: the queued ids are scored" \
+    'wait_for 120 caught_up && grep -q "at 4000 bytes; sending 0 again" "$tmp/r.err"'
+touch "$tmp/r.go"
+ok "and the --retry feed completes exactly" 'exact r "$tmp/short.txt"'
+stop_daemon
+
 # ---- two stages under mpirun ----------------------------------------------------
 cat >"$tmp/two.conf" <<EOF
 stages = 2
@@ -192,6 +219,7 @@ stop_daemon
 hsock="ipc://$tmp/h.sock"
 run "$SEPD" --socket "$hsock" --store "$tmp/hstore" --threads 1
 hpid=$(pgrep -f -- "--store $tmp/hstore")
+bg="$bg $hpid"
 mv "$tmp/hstore/sepd.log" "$tmp/hstore/sepd.log.1"
 kill -HUP $hpid
 ok "SIGHUP: a detached sepd writes a new sepd.log" \
