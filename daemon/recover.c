@@ -10,9 +10,11 @@
  *           land). Then every client op ends with a `worker_fault` error
  *           carrying the session's bytes_committed and tokens_committed.
  *   WAIT    the backoff: the first fault restarts at once, each one after
- *           it within SEPD_FAULT_CALM_S of the last restart waits twice as
- *           long as the one before, up to restart_backoff_max seconds.
- *   START   a new pool is started (its own endpoint) and says hello.
+ *           it within SEPD_FAULT_CALM_S of the last restart (and every
+ *           start that fails) waits twice as long as the one before, up
+ *           to restart_backoff_max seconds.
+ *   START   a new pool is started (its own endpoint, or worker_socket
+ *           bound again) and says hello.
  *   RELOAD  the store thread lists every record; the session table is
  *           built again from them, as at a start: active sessions are
  *           loaded into the new workers from their last checkpoint and
@@ -115,10 +117,13 @@ static void recover_tell(sepd_t *d)
     }
 }
 
-static void recover_wait(sepd_t *d)
+/* The backoff before the next start. again: the fault came while
+ * restarting (a start that failed), which never starts the count over:
+ * only workers that served SEPD_FAULT_CALM_S since they came back do. */
+static void recover_wait(sepd_t *d, int again)
 {
     double now = sep_now();
-    if (now - d->recovered_at > SEPD_FAULT_CALM_S)
+    if (!again && now - d->recovered_at > SEPD_FAULT_CALM_S)
         d->faults_row = 0;
     d->faults_row++;
     double delay = 0;
@@ -144,7 +149,7 @@ static void recover_fault_again(sepd_t *d, const char *why)
     if (d->pool)
         sep_pool_kill(d->pool);
     d->recover = SEPD_RECOVER_WAIT;
-    recover_wait(d);
+    recover_wait(d, 1);
 }
 
 void sepd_fault(sepd_t *d, const char *why)
@@ -242,7 +247,7 @@ void sepd_recover_tick(sepd_t *d)
             return;
         recover_tell(d);
         d->recover = SEPD_RECOVER_WAIT;
-        recover_wait(d);
+        recover_wait(d, 0);
         /* fall through */
     case SEPD_RECOVER_WAIT:
         if (sep_now() >= d->restart_at)

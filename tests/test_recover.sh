@@ -9,7 +9,7 @@
 # SIGHUP reopens the log, a second sepd on the store or socket is refused.
 # Needs SEPCTL, SEPD, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
-echo "1..35"
+echo "1..38"
 
 conf=$tmp/sepd.conf
 crash=$tmp/crash
@@ -123,6 +123,28 @@ ok "a stopped worker: the hang is detected and the workers start again" \
 ok "and the --retry feed completes exactly" 'exact d "$tmp/short.txt"'
 stop_daemon
 ok "SIGTERM after the faults: exit 0" 'test $stop_rc = 0'
+
+# ---- workers that fail to start: each start waits longer -------------------------
+# (sepd's worker is a wrapper that exits 1 while $tmp/noworker exists)
+cat >"$tmp/worker.sh" <<EOF
+#!/bin/sh
+[ -e "$tmp/noworker" ] && exit 1
+exec "$(dirname "$SEPD")/../workers/sepd-worker" "\$@"
+EOF
+chmod +x "$tmp/worker.sh"
+{ cat "$conf"; echo "worker = $tmp/worker.sh"; } >"$tmp/wrap.conf"
+from=$(($(cat "$tmp/sepd.log" 2>/dev/null | wc -l) + 1))
+newlog() { tail -n +$from "$tmp/sepd.log"; }
+ok "sepd restarts, its worker a wrapper" 'start_daemon --config "$tmp/wrap.conf"'
+touch "$tmp/noworker"
+kill -9 $(pgrep -P "$daemon")
+ok "a worker killed whose restarts fail: each start that fails waits longer than the last" \
+    'wait_for 60 "newlog | grep -q \"(3 in a row): the workers start again in 2 s\"" &&
+     newlog | grep -q "worker fault while restarting: workers: sepd-worker exited with status 1"'
+rm -f "$tmp/noworker"
+ok "once a start succeeds, sepd serves again" \
+    'wait_for 60 "restarts_are 1" && "$SEPCTL" open w >/dev/null && "$SEPCTL" close w >/dev/null'
+stop_daemon
 
 # ---- a --retry feeder with nothing to send again takes its feed back ----------
 # One piece of 4000 bytes (one write, so one read), a checkpoint due at once
