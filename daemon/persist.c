@@ -631,6 +631,10 @@ void sepd_checkpoint_due(sepd_t *d)
         int changed = s->tokens != s->committed_tokens || s->bytes_in != s->committed_bytes;
         if (!changed)
             continue;
+        /* after one that failed (a full store, say) the next is tried
+         * checkpoint_seconds later, not on every turn of the loop */
+        if (s->ckpt_error[0] && now - s->ckpt_tried_at < d->conf.checkpoint_seconds)
+            continue;
         /* the checkpoints of tokens and seconds take at most
          * checkpoint_budget percent of the time: a state that is slow to
          * take (hundreds of MB at full size) is taken less often; the
@@ -640,6 +644,7 @@ void sepd_checkpoint_due(sepd_t *d)
             (afford && (s->tokens - s->committed_tokens >= d->conf.checkpoint_tokens ||
                         now - s->committed_at >= d->conf.checkpoint_seconds))) {
             s->ckpt_want = 1;
+            s->ckpt_tried_at = now;
             sepd_step(d, s);
         }
     }

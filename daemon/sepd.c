@@ -106,12 +106,17 @@ static void sepd_farewell(sepd_t *d)
 }
 
 /* SIGTERM: every active session is checkpointed first (shutdown_timeout
- * at most), then the loop ends. 1 once nothing is left to wait for. */
+ * at most), then the loop ends. Each session that has changed since its
+ * last checkpoint gets one try after the signal, whether or not the one
+ * before failed; one that fails (a full store) is not waited for again.
+ * 1 once nothing is left to wait for, or the time is up (logged, naming
+ * the sessions left at their last checkpoint). */
 static int sepd_drained(sepd_t *d)
 {
     /* after a worker fault the sessions are at their checkpoints already */
     if (d->recover)
         return 1;
+    double now = sep_now(), since = d->stop_by - d->conf.shutdown_timeout;
     int busy = 0;
     for (size_t i = 0; i < d->n_sess; i++) {
         sep_session_t *s = d->sess[i];
@@ -119,14 +124,33 @@ static int sepd_drained(sepd_t *d)
             continue;
         if (s->committed_tokens != s->tokens || s->committed_bytes != s->bytes_in ||
             s->cut || s->sj != SEP_SJ_NONE) {
-            if (!s->ckpt_want && !s->cut && s->sj == SEP_SJ_NONE && !s->ckpt_error[0]) {
+            if (!s->ckpt_want && !s->cut && s->sj == SEP_SJ_NONE && s->ckpt_tried_at < since) {
                 s->ckpt_want = 1;
+                s->ckpt_tried_at = now;
                 sepd_step(d, s);
             }
-            busy += !s->ckpt_error[0] || s->cut || s->sj != SEP_SJ_NONE;
+            busy += s->ckpt_tried_at < since || s->ckpt_want || s->cut || s->sj != SEP_SJ_NONE;
         }
     }
-    return !busy || sep_now() > d->stop_by;
+    if (!busy)
+        return 1;
+    if (now <= d->stop_by)
+        return 0;
+    char names[400];
+    size_t at = 0;
+    names[0] = '\0';
+    for (size_t i = 0; i < d->n_sess && at < sizeof names; i++) {
+        sep_session_t *s = d->sess[i];
+        if (s->state == SEP_SS_ACTIVE &&
+            (s->committed_tokens != s->tokens || s->committed_bytes != s->bytes_in)) {
+            int k = snprintf(names + at, sizeof names - at, "%s'%s'", at ? ", " : "", s->name);
+            at += k > 0 ? (size_t)k : 0;
+        }
+    }
+    sep_log(SEP_LOG_WARN, "shutdown_timeout (%d s) passed: not checkpointed: %s (back at "
+            "their last checkpoints when sepd starts again)", d->conf.shutdown_timeout,
+            names[0] ? names : "none");
+    return 1;
 }
 
 static int sepd_loop(sepd_t *d)

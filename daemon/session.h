@@ -198,6 +198,7 @@ typedef struct {
     int64_t committed_tokens;     /* tokens then */
     double committed_at;          /* when it was taken (monotonic); 0: never */
     double ckpt_cost;             /* seconds the last one's states took from the stages */
+    double ckpt_tried_at;         /* when the last one that came due began (monotonic) */
     int64_t checkpoints;          /* checkpoints written over the session's life */
     int n_stages_saved;           /* stages in the store's snapshot (0: none) */
     int64_t saved_bytes;          /* bytes of its cache states there */

@@ -9,7 +9,7 @@
 # SIGHUP reopens the log, a second sepd on the store or socket is refused.
 # Needs SEPCTL, SEPD, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
-echo "1..38"
+echo "1..40"
 
 conf=$tmp/sepd.conf
 crash=$tmp/crash
@@ -226,9 +226,13 @@ stop_rc=$?
 kill $watchdog 2>/dev/null
 daemon=
 ok "SIGTERM with hung workers: the shutdown is bounded and exits 0" 'test $stop_rc = 0'
+ok "... by shutdown_timeout, which the log names with the session it left" \
+    'grep -q "shutdown_timeout (2 s) passed: not checkpointed: .h." "$tmp/sepd.log"'
 
 # ---- one sepd per store and per socket ------------------------------------------
 ok "sepd starts" 'start_daemon --config "$tmp/two.conf"'
+ok "the session left by the timeout is back at its last checkpoint" \
+    'wait_for 60 "test \"\$(info_state h)\" = active" && test "$(info_num h bytes_in)" = 3000'
 run "$SEPD" --foreground --socket "ipc://$tmp/other.sock" --store "$tmp/store" --threads 1
 ok "a second sepd on the same store is refused, naming it" \
     'test $rc = 1 && grep -q "another sepd uses the store" "$tmp/err"'
