@@ -10,7 +10,8 @@
 # call: gpu_bench on that folder (one stream in 512-token chunks, 64
 # streams in 64-token chunks, greedy decode), and the same work through
 # sepd and sepctl (1 session fed, 64 sessions fed at once, greedy and
-# sampled generate), with each run's worker and loop times from `sepctl
+# sampled generate, run ahead at the defaults and one round trip a step
+# with decode_ahead = 1), with each run's worker and loop times from `sepctl
 # stats --json` (where the time goes). sepllm a=4 s=64 w=256 c=800, bf16.
 # Sessions run with archive = off (gpu_bench keeps no archive; the
 # archive's own cost is in BENCHMARKS.md, "Durable sessions"); extra
@@ -66,13 +67,16 @@ cur = dict(s["workers"][-1]); cur.update(s["loop"])
 prev_path = sys.argv[1]
 prev = json.load(open(prev_path)) if os.path.exists(prev_path) else {}
 json.dump(cur, open(prev_path, "w"))
-d = {k: cur[k] - prev.get(k, 0) for k in ("batches", "rows", "batch_seconds", "idle_seconds",
-                                          "answers_s", "schedule_s")}
+d = {k: cur.get(k, 0) - prev.get(k, 0) for k in ("batches", "rows", "batch_seconds", "idle_seconds",
+                                          "answers_s", "schedule_s", "ahead_runs",
+                                          "ahead_steps", "ahead_yields")}
 b = max(d["batches"], 1)
 print("  worker: %d batches, %d rows, %.3f s in batches (%.3f ms each), %.3f s idle (%.3f ms a batch);"
-      " loop: %.3f s on answers, %.3f s building batches"
+      " loop: %.3f s on answers, %.3f s building batches; runs ahead: %d, %d steps past their"
+      " first, %d yielded"
       % (d["batches"], d["rows"], d["batch_seconds"], 1e3 * d["batch_seconds"] / b,
-         d["idle_seconds"], 1e3 * d["idle_seconds"] / b, d["answers_s"], d["schedule_s"]))' \
+         d["idle_seconds"], 1e3 * d["idle_seconds"] / b, d["answers_s"], d["schedule_s"],
+         d["ahead_runs"], d["ahead_steps"], d["ahead_yields"]))' \
         "$work/prev.json"
 }
 # N sessions, each fed BYTES bytes at once; tokens/s from the first feed to the
@@ -120,6 +124,13 @@ echo "== sepd, chunk 512"
 sepd_start "chunk = 512"
 feed_n 1 1048576 5
 where
+gen --temperature 0
+where
+gen --temperature 0.8 --top-p 0.95
+where
+sepd_stop
+echo "== sepd, chunk 512, decode_ahead = 1 (one round trip a generation step)"
+sepd_start "chunk = 512\ndecode_ahead = 1"
 gen --temperature 0
 where
 gen --temperature 0.8 --top-p 0.95

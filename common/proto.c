@@ -154,26 +154,39 @@ static void proto_free_owned(void *data, void *hint)
     free(data);
 }
 
-/* Free the owned frames from i on (those a failed send did not hand over). */
-static void proto_drop_owned(const sep_frame_t *frames, int i, int n, uint32_t owned)
+/* Who gets the owned frames back: free() (sep_msg_send_owned) or the
+ * lender's release (sep_msg_send_lent). */
+typedef struct {
+    void (*release)(void *data, void *hint);
+    void *hint;
+} proto_owner_t;
+
+static const proto_owner_t proto_malloced = { proto_free_owned, NULL };
+
+/* Give back the owned frames from i on (those a failed send did not hand over). */
+static void proto_drop_owned(const sep_frame_t *frames, int i, int n, uint32_t owned,
+                             const proto_owner_t *o)
 {
     for (; i < n; i++)
         if (owned >> i & 1)
-            free((void *)frames[i].data);
+            o->release((void *)frames[i].data, o->hint);
 }
 
 /* One frame; an owned one goes without a copy. */
-static int proto_send_frame(void *sock, const sep_frame_t *f, int owned, int flags)
+static int proto_send_frame(void *sock, const sep_frame_t *f, int owned, int flags,
+                            const proto_owner_t *o)
 {
     if (!owned || !f->len) {
         int rc = zmq_send(sock, f->len ? f->data : "", f->len, flags) < 0 ? -1 : 0;
         if (owned)
-            free((void *)f->data);
+            o->release((void *)f->data, o->hint);
         return rc;
     }
     zmq_msg_t msg;
-    if (zmq_msg_init_data(&msg, (void *)f->data, f->len, proto_free_owned, NULL))
+    if (zmq_msg_init_data(&msg, (void *)f->data, f->len, o->release, o->hint)) {
+        o->release((void *)f->data, o->hint);
         return -1;
+    }
     if (zmq_msg_send(&msg, sock, flags) < 0) {
         int e = errno;
         zmq_msg_close(&msg); /* frees the data */
@@ -186,7 +199,7 @@ static int proto_send_frame(void *sock, const sep_frame_t *f, int owned, int fla
 /* sep_msg_send_text with owned frames (sep_msg_send_owned). */
 static int proto_send(void *sock, const void *peer, size_t peer_len, const char *hdr,
                       size_t hdr_len, const sep_frame_t *frames, int n, int flags,
-                      uint32_t owned)
+                      uint32_t owned, const proto_owner_t *o)
 {
     int more = n ? ZMQ_SNDMORE : 0, rc;
     if (peer)
@@ -196,7 +209,7 @@ static int proto_send(void *sock, const void *peer, size_t peer_len, const char 
     if (rc < 0) {
         /* nothing went: the first part decides */
         int e = errno;
-        proto_drop_owned(frames, 0, n, owned);
+        proto_drop_owned(frames, 0, n, owned, o);
         if (e == EAGAIN)
             return SEP_EAGAIN;
         if (e == EHOSTUNREACH)
@@ -206,10 +219,11 @@ static int proto_send(void *sock, const void *peer, size_t peer_len, const char 
     rc = peer ? zmq_send(sock, hdr, hdr_len, more) < 0 : 0;
     int i = 0;
     for (; !rc && i < n; i++)
-        rc = proto_send_frame(sock, &frames[i], owned >> i & 1, i + 1 < n ? ZMQ_SNDMORE : 0);
+        rc = proto_send_frame(sock, &frames[i], owned >> i & 1, i + 1 < n ? ZMQ_SNDMORE : 0, o);
     if (rc) {
         int e = errno;
-        proto_drop_owned(frames, i, n, owned);
+        /* frame i-1 failed and was given back; those after it were never handed over */
+        proto_drop_owned(frames, i, n, owned, o);
         return sep_fail(SEP_EIO, "send: %s", zmq_strerror(e));
     }
     return SEP_OK;
@@ -218,20 +232,35 @@ static int proto_send(void *sock, const void *peer, size_t peer_len, const char 
 int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char *hdr,
                       size_t hdr_len, const sep_frame_t *frames, int n, int flags)
 {
-    return proto_send(sock, peer, peer_len, hdr, hdr_len, frames, n, flags, 0);
+    return proto_send(sock, peer, peer_len, hdr, hdr_len, frames, n, flags, 0, &proto_malloced);
+}
+
+static int proto_send_json(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                           const sep_frame_t *frames, int n, uint32_t owned,
+                           const proto_owner_t *o)
+{
+    char *text = sep_msg_header_text(hdr);
+    if (!text) {
+        proto_drop_owned(frames, 0, n, owned, o);
+        return sep_fail(SEP_ENOMEM, "send: out of memory");
+    }
+    int rc = proto_send(sock, peer, peer_len, text, strlen(text), frames, n, 0, owned, o);
+    free(text);
+    return rc;
 }
 
 int sep_msg_send_owned(void *sock, const void *peer, size_t peer_len, json_t *hdr,
                        const sep_frame_t *frames, int n, uint32_t owned)
 {
-    char *text = sep_msg_header_text(hdr);
-    if (!text) {
-        proto_drop_owned(frames, 0, n, owned);
-        return sep_fail(SEP_ENOMEM, "send: out of memory");
-    }
-    int rc = proto_send(sock, peer, peer_len, text, strlen(text), frames, n, 0, owned);
-    free(text);
-    return rc;
+    return proto_send_json(sock, peer, peer_len, hdr, frames, n, owned, &proto_malloced);
+}
+
+int sep_msg_send_lent(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                      const sep_frame_t *frames, int n, uint32_t lent,
+                      void (*release)(void *data, void *hint), void *hint)
+{
+    const proto_owner_t o = { release, hint };
+    return proto_send_json(sock, peer, peer_len, hdr, frames, n, lent, &o);
 }
 
 int sep_msg_send(void *sock, const void *peer, size_t peer_len, json_t *hdr,

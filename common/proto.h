@@ -15,8 +15,10 @@
 #include <stdint.h>
 
 #define SEP_PROTO_VERSION 2        /* 2: generate's stop, ignore_eos and its eos stop */
-#define SEP_WORKER_REVISION 2      /* of the worker ops (hello's "revision"): 2, the last
-                                      stage picks the tokens of generation */
+#define SEP_WORKER_REVISION 3      /* of the worker ops (hello's "revision"): 2, the last
+                                      stage picks the tokens of generation; 3, a lone
+                                      stage runs generation steps ahead (w_step, w_yield) */
+#define SEP_AHEAD_MAX 1024         /* steps one run ahead may be granted (decode_ahead) */
 #define SEP_NAME_MAX 64            /* bytes of a session name */
 #define SEP_FEED_PIECE (1 << 16)   /* most text bytes of one feed message */
 #define SEP_FEED_WINDOW 8          /* feed pieces a client may have unacknowledged */
@@ -62,7 +64,12 @@
 #define SEP_OP_W_BATCH "w_batch"     /* frames: ids, targets (int32), picks, recent ids,
                                         holes (int32) */
 #define SEP_OP_W_DONE "w_done"       /* frames: nll (f32), kv (int32), picked token
-                                        (int32), its nll (f32) */
+                                        (int32), its nll (f32); a run ahead's "steps" */
+#define SEP_OP_W_STEP "w_step"       /* worker -> sepd: one step of a run ahead, the
+                                        worker goes on (frames: kv, token (int32), its
+                                        nll (f32)) */
+#define SEP_OP_W_YIELD "w_yield"     /* sepd -> worker: end the run ahead of batch seq
+                                        after the step under way (no reply of its own) */
 #define SEP_OP_W_SAVE "w_save"       /* reply frame: the cache state */
 #define SEP_OP_W_ARCHIVE "w_archive" /* worker -> sepd: evicted separators (frames:
                                         sid, pos, id, K, V) */
@@ -147,6 +154,14 @@ int sep_msg_send_text(void *sock, const void *peer, size_t peer_len, const char 
  * must not touch it after the call. */
 int sep_msg_send_owned(void *sock, const void *peer, size_t peer_len, json_t *hdr,
                        const sep_frame_t *frames, int n, uint32_t owned);
+
+/* The same with lent frames: each whose bit is set in lent goes without a
+ * copy and release(its data, hint) is called once ZeroMQ is done with it,
+ * on one of ZeroMQ's threads (or here, before the return, if the send
+ * fails); release must be safe there. */
+int sep_msg_send_lent(void *sock, const void *peer, size_t peer_len, json_t *hdr,
+                      const sep_frame_t *frames, int n, uint32_t lent,
+                      void (*release)(void *data, void *hint), void *hint);
 
 /* A session name as stored: 1..SEP_NAME_MAX bytes of [A-Za-z0-9._-]. */
 int sep_name_ok(const char *name);

@@ -337,6 +337,11 @@ static int op_admit(sepd_t *d, sep_session_t *s, const sep_msg_t *m, sep_sop_t k
                 "it over", s->name);
         sep_session_op_end(s);
     }
+    /* a generation step still in flight after its op ended (its client
+     * went away) is the stream's: a new op waits for its token, which
+     * comes before any text the op adds (a run ahead feeds it on) */
+    if (op->kind == SEP_SOP_NONE && s->gen_inflight)
+        return op_defer(d, s, m);
     /* a checkpoint under way is no op: what comes next waits for it in sepd_step */
     if (op->kind == SEP_SOP_NONE)
         goto take;
@@ -888,7 +893,7 @@ static void stats_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *
         suspended += d->sess[i]->state == SEP_SS_SUSPENDED;
     }
     json_t *h = json_pack("{s:s, s:b, s:I, s:i, s:i, s:I, s:f, s:f, s:i, s:O, s:{s:I, "
-                          "s:I, s:f, s:I, s:I, s:f, s:I}, s:{s:I, s:f, s:f}}", "op",
+                          "s:I, s:f, s:I, s:I, s:f, s:I}, s:{s:I, s:f, s:f, s:I, s:I, s:I}}", "op",
                           SEP_OP_STATS, "ok", 1, "sessions", (json_int_t)d->n_sess,
                           "active", active, "suspended", suspended,
                           "tokens", (json_int_t)d->tokens_total, "tokens_per_s", d->rate,
@@ -901,7 +906,10 @@ static void stats_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *
                           "archive_s", d->arch_seconds, "file_bytes",
                           (json_int_t)sepd_store_file_bytes(d), "loop", "batches",
                           (json_int_t)d->batches_sent, "answers_s", d->done_s,
-                          "schedule_s", d->sched_s);
+                          "schedule_s", d->sched_s, "ahead_runs",
+                          (json_int_t)d->ahead_runs, "ahead_steps",
+                          (json_int_t)d->ahead_steps, "ahead_yields",
+                          (json_int_t)d->ahead_yields);
     if (h) {
         json_object_set_new(h, "auth_failures",
                             json_integer((json_int_t)sepd_auth_failures(d->auth)));

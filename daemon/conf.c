@@ -72,6 +72,7 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
         c->poll_spin_us = (int)us;
         return SEP_OK;
     }
+    if (!strcmp(key, "decode_ahead")) return conf_int(&c->decode_ahead, key, v, 1, SEP_AHEAD_MAX);
     if (!strcmp(key, "max_sessions")) return conf_int(&c->max_sessions, key, v, 1, 1 << 20);
     if (!strcmp(key, "start_timeout")) return conf_int(&c->start_timeout, key, v, 1, 3600);
     if (!strcmp(key, "worker_timeout")) return conf_int(&c->worker_timeout, key, v, 1, 86400);

@@ -25,6 +25,8 @@ typedef struct {
     int restart_backoff_max; /* most seconds between restarts of the workers after faults */
     int poll_spin_us;   /* how long sepd and its workers poll without sleeping while a
                            generation step is under way; -1: auto (on a GPU only) */
+    int decode_ahead;   /* generation steps a lone stage may run on its own picks per
+                           batch (1: one round trip a step) */
     /* durability (persist.h) */
     long checkpoint_tokens;  /* a checkpoint every so many tokens scored ... */
     long checkpoint_bytes;   /* ... or bytes fed ... */

@@ -507,7 +507,7 @@ int sepd_step(sepd_t *d, sep_session_t *s)
     sep_op_t *op = &s->op;
     switch (op->kind) {
     case SEP_SOP_NONE:
-        return op->next && !waiting ? sepd_op_finish(d, s) : 0;
+        return op->next && !waiting && !s->gen_inflight ? sepd_op_finish(d, s) : 0;
     case SEP_SOP_OPEN:
     case SEP_SOP_EXPORT:
         return 0; /* its store jobs (and control op) are under way */

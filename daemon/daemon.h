@@ -37,6 +37,7 @@
 #define SEPD_HEARTBEAT_S 2.0     /* a waiting client hears from sepd this often */
 #define SEPD_MAX_GENERATE 1000000
 #define SEPD_OUTBOX_MAX 1024     /* replies a client may leave unread */
+#define SEPD_FLIGHT_SAVING 16   /* batches more in flight while a checkpoint's states come */
 #define SEPD_ARCHIVE_BATCH (16u << 20) /* bytes of archive rows one job writes at most */
 #define SEPD_ARCHIVE_DELAY_S 0.25      /* how long they wait for more */
 #define SEPD_ARCHIVE_BACKLOG (256u << 20) /* rows waiting for the store before archiving
@@ -51,6 +52,12 @@ typedef struct {
     int off, n;       /* rows [off, off + n) of the batch */
     int gen;          /* a generation step: the token the last stage picked */
     int archive;      /* SEP_ARCHIVE_*: the stages ship the separators it evicts */
+    /* a run ahead (sched.c): the lone stage may take up to `ahead` steps
+     * on its own picks; `ran` of them came back as w_step so far */
+    int ahead, ran;
+    int draws;        /* its steps draw from the session's generator (sampled) */
+    int eos;          /* the eos ids went with it: the stage stops at one */
+    int yielded;      /* w_yield went */
 } sepd_bchunk_t;
 
 typedef struct {
@@ -112,7 +119,8 @@ typedef struct sepd {
     sep_session_t **sess;     /* (n_sess) */
     size_t n_sess, cap_sess;
     sepd_batch_t *flight;     /* (max_flight) FIFO of batches in flight */
-    int n_flight, max_flight;
+    int n_flight, max_flight; /* stages + batches_ahead, + SEPD_FLIGHT_SAVING while a
+                                 checkpoint's states are on their way */
     int64_t next_seq;
     int32_t *ids, *targets;   /* (max_batch) a batch being built */
     uint8_t *picks;           /* (max_batch * SEP_PICK_WIRE) its picks, on the wire */
@@ -134,6 +142,10 @@ typedef struct sepd {
      * building and sending batches; batches sent */
     double done_s, sched_s;
     uint64_t batches_sent;
+    /* runs ahead (sched.c): granted, steps taken past each one's first,
+     * ended early by a w_yield */
+    uint64_t ahead_runs, ahead_steps, ahead_yields;
+    uint64_t *draws;          /* (conf.decode_ahead) a run's draws, being sent */
     int spin_us;              /* poll_spin_us resolved: 0 never spins */
     double spin_since;        /* when the wait for a generation step began spinning */
     double started, rate_t0, rate;
@@ -248,6 +260,11 @@ int sepd_workers_owe(const sepd_t *d);
 void sepd_schedule(sepd_t *d);
 void sepd_batch_done(sepd_t *d, const sep_msg_t *m);
 void sepd_batch_failed(sepd_t *d, const sep_msg_t *m);
+/* w_step: one step of the run ahead in flight came back; the worker goes on. */
+void sepd_batch_step(sepd_t *d, const sep_msg_t *m);
+/* A run ahead that should end (its generation stopped or waits, a
+ * checkpoint or a suspend is due) is told to: w_yield, once. */
+void sepd_ahead_yields(sepd_t *d);
 
 /* ---- generate.c ---- */
 /* Whether s may take a generation step now: its text is scored, nothing

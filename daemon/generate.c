@@ -6,7 +6,9 @@
  * alone, and its token comes back picked by the last stage where the
  * logits are (greedy, or sampled with a draw of the session's generator
  * that went with the step, sched.c); the token is scored and appended,
- * and its text goes out. The client acknowledges
+ * and its text goes out. (On a lone stage, the steps of a run ahead come
+ * back one by one the same way while the stage feeds its picks on;
+ * sched.c.) The client acknowledges
  * tokens (op ack); at most its window run ahead of what it has read, so a
  * stalled reader stalls only its own session.
  *

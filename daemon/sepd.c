@@ -67,6 +67,11 @@ static void sepd_worker_msg(sepd_t *d)
         sepd_batch_done(d, &m);
         d->done_s += sep_now() - t0;
         d->spin_since = 0;
+    } else if (strcmp(m.op, SEP_OP_W_STEP) == 0) {
+        double t0 = sep_now();
+        sepd_batch_step(d, &m);
+        d->done_s += sep_now() - t0;
+        d->spin_since = 0; /* the run goes on: the next step comes as soon */
     } else if (strcmp(m.op, SEP_OP_W_ERROR) == 0 &&
                strcmp(sep_msg_str(&m, "of", ""), SEP_OP_W_BATCH) == 0) {
         sepd_batch_failed(d, &m);
@@ -215,6 +220,7 @@ static int sepd_loop(sepd_t *d)
         if (!d->stopping && !d->recover)
             sepd_checkpoint_due(d);
         sepd_archive_due(d);
+        sepd_ahead_yields(d);
         sepd_schedule(d);
         sepd_heartbeats(d);
         sepd_rate(d);
@@ -489,12 +495,13 @@ static int sepd_start(sepd_t *d)
         if (strncmp(d->pool->stage[r].device, "cuda", 4) == 0)
             d->spin_us = SEPD_SPIN_AUTO_US;
     d->spin_us = d->spin_us < 0 ? 0 : d->spin_us;
-    d->max_flight = d->pool->stages + d->conf.batches_ahead;
+    d->max_flight = d->pool->stages + d->conf.batches_ahead + SEPD_FLIGHT_SAVING;
     d->flight = calloc((size_t)d->max_flight, sizeof *d->flight);
     d->ids = malloc((size_t)d->conf.max_batch * sizeof *d->ids);
     d->targets = malloc((size_t)d->conf.max_batch * sizeof *d->targets);
     d->picks = malloc((size_t)d->conf.max_batch * SEP_PICK_WIRE);
-    if (!d->flight || !d->ids || !d->targets || !d->picks)
+    d->draws = malloc((size_t)d->conf.decode_ahead * sizeof *d->draws);
+    if (!d->flight || !d->ids || !d->targets || !d->picks || !d->draws)
         return sep_fail(SEP_ENOMEM, "out of memory");
     /* generation never picks an id the tokenizer cannot decode */
     int n_ids = sep_tok_vocab_size(d->tok);
@@ -537,6 +544,7 @@ static void sepd_cleanup(sepd_t *d)
     free(d->ids);
     free(d->targets);
     free(d->picks);
+    free(d->draws);
     free(d->recent);
     free(d->holes);
     json_decref(d->stats.workers);
@@ -560,7 +568,7 @@ int main(int argc, char **argv)
                            .limits = SEPD_LIMITS_DEFAULTS,
                            .start_timeout = 120, .worker_timeout = 300, .poll_spin_us = -1,
                            .restart_backoff_max = 60,
-                           .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
+                           .decode_ahead = 32, .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
                            .checkpoint_seconds = 30, .checkpoint_budget = 2, .shutdown_timeout = 30,
                            .store_map_mib = 1024, .store_max_mib = 65536, .store_sync = 1 },
                  .lock_fd = -1, .sig_fd = -1, .store_lock_fd = -1 };

@@ -130,6 +130,12 @@ struct sep_backend {
     void (*free)(sep_backend_t *be, void *p);
     void (*upload)(sep_backend_t *be, void *dst, const void *src, size_t bytes);
     void (*download)(sep_backend_t *be, void *dst, const void *src, size_t bytes);
+    /* Host memory that download and upload reach at full speed (page-locked
+     * on a GPU, whose driver otherwise copies through its own staging;
+     * plain memory on the CPU); NULL without memory. host_free may wait for
+     * the device: keep such buffers and reuse them. */
+    void *(*host_alloc)(sep_backend_t *be, size_t bytes);
+    void (*host_free)(sep_backend_t *be, void *p);
     /* Every gather done (the compactions of many caches at once; one
      * launch pair on a GPU); no gather's rows overlap another's. */
     void (*gather_rows)(sep_backend_t *be, const sep_gather_t *g, int n_gathers);

@@ -45,6 +45,18 @@ static void cpu_free(sep_backend_t *be, void *p)
     free(p);
 }
 
+static void *cpu_host_alloc(sep_backend_t *be, size_t bytes)
+{
+    (void)be;
+    return malloc(bytes ? bytes : 1);
+}
+
+static void cpu_host_free(sep_backend_t *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
 static void cpu_copy(sep_backend_t *be, void *dst, const void *src, size_t bytes)
 {
     (void)be;
@@ -474,6 +486,8 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->free = cpu_free;
     be->upload = cpu_copy;
     be->download = cpu_copy;
+    be->host_alloc = cpu_host_alloc;
+    be->host_free = cpu_host_free;
     be->gather_rows = cpu_gather_rows;
     be->copy_rows = cpu_copy_rows;
     be->weight_new = cpu_weight_new;

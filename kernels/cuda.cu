@@ -317,6 +317,20 @@ static void cuda_download(sep_backend_t *be, void *dst, const void *src, size_t 
     cudaStreamSynchronize(CB(be)->stream);
 }
 
+static void *cuda_host_alloc(sep_backend_t *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    return cudaHostAlloc(&p, bytes ? bytes : 16, cudaHostAllocDefault) == cudaSuccess ? p : NULL;
+}
+
+static void cuda_host_free(sep_backend_t *be, void *p)
+{
+    cuda_flush(CB(be));
+    if (p)
+        cudaFreeHost(p);
+}
+
 /* ---- rows ---------------------------------------------------------------- */
 
 /* Gathers a launch takes, by value in the launch parameters; each with
@@ -2575,6 +2589,8 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     be->free = cuda_free;
     be->upload = cuda_upload;
     be->download = cuda_download;
+    be->host_alloc = cuda_host_alloc;
+    be->host_free = cuda_host_free;
     be->gather_rows = cuda_gather_rows;
     be->copy_rows = cuda_copy_rows;
     be->weight_new = cuda_weight_new;

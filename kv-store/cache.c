@@ -450,14 +450,34 @@ static size_t state_entry_bytes(const sep_cache_t *c)
            (size_t)c->n_layers * planes * c->kv_dim * sizeof(float);
 }
 
+size_t sep_cache_state_bytes(const sep_cache_t *c)
+{
+    return STATE_HEADER + (size_t)c->n * state_entry_bytes(c);
+}
+
 int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len)
 {
     *buf = NULL;
     *len = 0;
-    size_t n = (size_t)c->n, total = STATE_HEADER + n * state_entry_bytes(c);
+    size_t total = sep_cache_state_bytes(c);
     uint8_t *b = malloc(total);
     if (!b)
         return sep_fail(SEP_ENOMEM, "cache state: no memory for %zu bytes", total);
+    int rc = sep_cache_save_to(c, b, total);
+    if (rc) {
+        free(b);
+        return rc;
+    }
+    *buf = b;
+    *len = total;
+    return SEP_OK;
+}
+
+int sep_cache_save_to(const sep_cache_t *c, uint8_t *b, size_t cap)
+{
+    size_t n = (size_t)c->n, total = sep_cache_state_bytes(c);
+    if (cap < total)
+        return sep_fail(SEP_EINVAL, "cache state: %zu bytes, a buffer of %zu", total, cap);
     const sep_policy_t *po = &c->policy;
     const int32_t head[H_COUNT] = {
         [H_VERSION] = STATE_VERSION, [H_METHOD] = (int32_t)po->method, [H_A] = po->a,
@@ -486,8 +506,6 @@ int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len)
                 }
         }
     }
-    *buf = b;
-    *len = total;
     return SEP_OK;
 }
 

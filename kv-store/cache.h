@@ -202,6 +202,12 @@ void sep_cache_commit(sep_cache_t *c, const sep_plan_t *plan);
  * malloc'ed buffer *buf of *len bytes (the caller frees it). */
 int sep_cache_save(const sep_cache_t *c, uint8_t **buf, size_t *len);
 
+/* The bytes of c's state now, and the same state written into buf, which
+ * holds at least that many (SEP_EINVAL if cap is short; buf from the
+ * backend's host_alloc downloads at full speed). */
+size_t sep_cache_state_bytes(const sep_cache_t *c);
+int sep_cache_save_to(const sep_cache_t *c, uint8_t *buf, size_t cap);
+
 /* The n_seen of a state written by sep_cache_save (its header alone is
  * read); SEP_EFORMAT when buf is not such a state. */
 int sep_cache_state_seen(const uint8_t *buf, size_t len, int64_t *n_seen);

@@ -674,6 +674,28 @@ static void test_state_truncated(void **state)
     fx_close(&f);
 }
 
+/* A state written into a buffer of the caller's (a worker's staging
+ * buffer) is the state sep_cache_save writes, and a short buffer is
+ * refused untouched. */
+static void test_state_save_to(void **state)
+{
+    (void)state;
+    state_fx_t f;
+    fx_open(&f);
+    assert_int_equal(sep_cache_state_bytes(f.src), f.len);
+    uint8_t *b = malloc(f.len + 8);
+    assert_non_null(b);
+    memset(b, 0xa5, f.len + 8);
+    assert_int_equal(sep_cache_save_to(f.src, b, f.len - 1), SEP_EINVAL);
+    for (size_t i = 0; i < f.len + 8; i++)
+        assert_int_equal(b[i], 0xa5);
+    assert_int_equal(sep_cache_save_to(f.src, b, f.len + 8), 0);
+    assert_memory_equal(b, f.buf, f.len);
+    assert_int_equal(b[f.len], 0xa5);
+    free(b);
+    fx_close(&f);
+}
+
 /* A copy of the fixture's state with the int32 at `at` set to x. */
 static uint8_t *patched(const state_fx_t *f, size_t at, int32_t x)
 {
@@ -775,6 +797,7 @@ int main(void)
         cmocka_unit_test(test_cache_sizes),
         cmocka_unit_test(test_state_version1),
         cmocka_unit_test(test_state_truncated),
+        cmocka_unit_test(test_state_save_to),
         cmocka_unit_test(test_state_lies),
         cmocka_unit_test(test_state_mismatch),
     };

@@ -26,6 +26,7 @@
 #include <math.h>
 #include <mpi.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +69,24 @@ typedef struct {
     uint64_t batches, rows;
     int spin_us;          /* after a generation step, poll this long without sleeping */
     int gen_batch;        /* the last batch held a generation step */
+    /* a run ahead (docs/protocol.md): the batch's one generation step may
+     * go on for `ahead` steps, each fed the pick before it */
+    int ahead;            /* the budget of the batch being run (1: one step) */
+    int ahead_window;     /* the penalty window the picks' recent ids slide in */
+    const uint64_t *draws; /* (ahead) the draw of each step */
+    const int32_t *eos;   /* (n_eos) ids that end the run once picked */
+    int n_eos;
+    int32_t *run_recent;  /* (SEP_PICK_MAX_RECENT) the recent ids as the run goes on */
+    int32_t run_id;       /* the id of the step under way */
+    int steps;            /* steps the last batch ran */
+    uint64_t ahead_steps; /* steps run past each batch's first */
     int64_t cache_budget; /* bytes the sessions' caches may take (0: no limit of sepd's) */
+    /* w_save's buffer (be->host_alloc: a GPU downloads into it at full
+     * speed), kept between checkpoints; lent to ZeroMQ while a state is
+     * sent, busy until its I/O thread gives it back */
+    uint8_t *stage;       /* (stage_cap) */
+    size_t stage_cap;
+    atomic_int stage_busy;
 } worker_t;
 
 static const char *usage_text =
@@ -215,23 +233,60 @@ static int worker_open(worker_t *w, const sep_msg_t *m, int load)
     return worker_reply(w, json_pack("{s:s, s:I}", "op", m->op, "sid", (json_int_t)sid), NULL, 0);
 }
 
+/* ZeroMQ is done with the state in w->stage (on its I/O thread). */
+static void worker_stage_back(void *data, void *hint)
+{
+    (void)data;
+    atomic_store(&((worker_t *)hint)->stage_busy, 0);
+}
+
+/* The staging buffer for a state of len bytes, grown when short; NULL
+ * while ZeroMQ still sends the last one or without memory (the state then
+ * goes through a malloc'ed buffer). */
+static uint8_t *worker_stage(worker_t *w, size_t len)
+{
+    if (atomic_load(&w->stage_busy))
+        return NULL;
+    if (w->stage_cap < len) {
+        w->be->host_free(w->be, w->stage);
+        w->stage_cap = len + len / 4; /* a cache's state grows and shrinks by its compactions */
+        if (!(w->stage = w->be->host_alloc(w->be, w->stage_cap)))
+            w->stage_cap = 0;
+    }
+    return w->stage;
+}
+
 static int worker_save(worker_t *w, const sep_msg_t *m)
 {
     wk_session_t *s = worker_find(w, (uint32_t)sep_msg_int(m, "sid", 0));
     if (!s)
         return sep_fail(SEP_ENOTFOUND, "w_save: no session %lld",
                         (long long)sep_msg_int(m, "sid", 0));
-    uint8_t *buf;
-    size_t len;
-    int rc = sep_cache_save(s->cache, &buf, &len);
+    double t0 = sep_now();
+    size_t len = sep_cache_state_bytes(s->cache);
+    uint8_t *buf = worker_stage(w, len);
+    int staged = buf != NULL,
+        rc = staged ? sep_cache_save_to(s->cache, buf, len) : sep_cache_save(s->cache, &buf, &len);
     if (rc)
         return rc;
+    sep_log(SEP_LOG_DEBUG, "rank %d: session %u: a state of %zu bytes taken in %.1f ms%s",
+            w->rank, (unsigned)s->sid, len, (sep_now() - t0) * 1e3,
+            staged ? "" : " (the staging buffer was busy or short)");
     /* hundreds of MB for a large model: the buffer goes to ZeroMQ as it is */
     sep_frame_t f = { buf, len };
     json_t *h = json_pack("{s:s, s:I, s:i}", "op", m->op, "sid", (json_int_t)s->sid, "rank",
                           w->rank);
-    rc = h ? sep_msg_send_owned(w->sock, NULL, 0, h, &f, 1, 1u)
-           : (free(buf), sep_fail(SEP_ENOMEM, "w_save: out of memory"));
+    if (!h) {
+        if (!staged)
+            free(buf);
+        return sep_fail(SEP_ENOMEM, "w_save: out of memory");
+    }
+    if (staged) {
+        atomic_store(&w->stage_busy, 1);
+        rc = sep_msg_send_lent(w->sock, NULL, 0, h, &f, 1, 1u, worker_stage_back, w);
+    } else {
+        rc = sep_msg_send_owned(w->sock, NULL, 0, h, &f, 1, 1u);
+    }
     json_decref(h);
     return rc; /* the cache stays: w_close drops it once the state is safe */
 }
@@ -263,7 +318,7 @@ static int worker_stats(worker_t *w, const sep_msg_t *m)
         const sep_cache_t *c = w->sess[i].cache;
         cache_bytes += sep_cache_bytes(&c->policy, c->n_layers, c->kv_dim, c->cap);
     }
-    return worker_reply(w, json_pack("{s:s, s:I, s:i, s:I, s:I, s:i, s:i, s:s, s:I, s:I, s:I, s:f, s:f}",
+    return worker_reply(w, json_pack("{s:s, s:I, s:i, s:I, s:I, s:i, s:i, s:s, s:I, s:I, s:I, s:f, s:f, s:I}",
                                      "op", m->op, "rss_kib", (json_int_t)worker_rss_kib(),
                                      "sessions", w->n_sess, "cache_bytes",
                                      (json_int_t)cache_bytes, "cache_budget",
@@ -271,7 +326,8 @@ static int worker_stats(worker_t *w, const sep_msg_t *m)
                                      w->m->layer1, "device", w->be->name, "pid",
                                      (json_int_t)getpid(), "batches", (json_int_t)w->batches,
                                      "rows", (json_int_t)w->rows, "batch_seconds", w->batch_s,
-                                     "idle_seconds", w->idle_s),
+                                     "idle_seconds", w->idle_s, "ahead_steps",
+                                     (json_int_t)w->ahead_steps),
                         NULL, 0);
 }
 
@@ -337,7 +393,9 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
     size_t nc = json_array_size(arr);
     if (upstream_failed)
         return SEP_EIO;
-    if (nc < 1 || nc > (size_t)w->m->run.max_tokens || m->n_frames != 5)
+    json_int_t ahead = json_integer_value(json_object_get(json_array_get(arr, 0), "ahead"));
+    int want_frames = ahead > 1 ? 7 : 5;
+    if (nc < 1 || nc > (size_t)w->m->run.max_tokens || m->n_frames != want_frames)
         return sep_fail(SEP_EFORMAT, "w_batch: %zu chunks, %d frames", nc, m->n_frames);
     const int32_t *ids = m->frames[0].data, *targets = m->frames[1].data;
     size_t total = m->frames[0].len / 4;
@@ -350,6 +408,7 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
     const int32_t *recent = m->frames[3].data, *holes = m->frames[4].data;
     size_t n_wire = m->frames[2].len / SEP_PICK_WIRE, n_recent = m->frames[3].len / 4;
     int limit = (int)sep_msg_int(m, "id_limit", w->m->cfg.vocab);
+    w->ahead = 1;
     if (m->frames[2].len % SEP_PICK_WIRE || m->frames[3].len % 4 || m->frames[4].len % 4)
         return sep_fail(SEP_EFORMAT, "w_batch: pick frames of %zu, %zu and %zu bytes",
                         m->frames[2].len, m->frames[3].len, m->frames[4].len);
@@ -403,6 +462,25 @@ static int worker_batch_run(worker_t *w, const sep_msg_t *m, int upstream_failed
     if (at != total || (size_t)np != n_wire || used != n_recent)
         return sep_fail(SEP_EFORMAT, "w_batch: chunks cover %zu of %zu ids, %d of %zu picks, "
                         "%zu of %zu recent ids", at, total, np, n_wire, used, n_recent);
+    if (ahead > 1) {
+        json_int_t win = json_integer_value(json_object_get(json_array_get(arr, 0),
+                                                            "penalty_window"));
+        if (nc != 1 || total != 1 || np != 1 || !last || w->stages != 1 ||
+            ahead > SEP_AHEAD_MAX || win < 0 || win > SEP_PICK_MAX_RECENT ||
+            w->picks[0].n_recent > win || m->frames[5].len != (size_t)ahead * 8 ||
+            m->frames[6].len % 4)
+            return sep_fail(SEP_EFORMAT, "w_batch: a run ahead of %lld steps (at most %d) is "
+                            "one generation step alone on a lone stage, with a draw a step "
+                            "(%zu bytes) and a penalty window (%lld) that holds its recent "
+                            "ids", (long long)ahead, SEP_AHEAD_MAX, m->frames[5].len,
+                            (long long)win);
+        w->ahead = (int)ahead;
+        w->ahead_window = (int)win;
+        w->draws = m->frames[5].data;
+        w->eos = m->frames[6].data;
+        w->n_eos = (int)(m->frames[6].len / 4);
+        w->picks[0].draw = w->draws[0];
+    }
     *n_pick = np;
     for (size_t i = 0; i < total; i++)
         w->nll[i] = NAN;
@@ -474,11 +552,75 @@ static int worker_archive_send(worker_t *w, int64_t seq, const sep_evicted_t *ev
     return h ? worker_reply(w, h, f, 5) : sep_fail(SEP_ENOMEM, "w_archive: out of memory");
 }
 
+/* Every stage ships the separators its layers evicted in the last forward. */
+static void worker_archive_all(worker_t *w, int64_t seq)
+{
+    const sep_evicted_t *ev = sep_model_evicted(w->m);
+    for (int dt = 1; ev->n && dt <= 2; dt++)
+        if (worker_archive_send(w, seq, ev, dt))
+            sep_log(SEP_LOG_ERROR, "rank %d: batch %lld: %s", w->rank, (long long)seq,
+                    sep_errmsg());
+}
+
+static int worker_is_eos(const worker_t *w, int32_t tok)
+{
+    for (int i = 0; i < w->n_eos; i++)
+        if (w->eos[i] == tok)
+            return 1;
+    return 0;
+}
+
+/* A run ahead, after its first step: while the budget lasts, the last
+ * pick is a token the tokenizer has and no eos, and no message waits
+ * (sepd's next batch, a w_save, a w_yield...), that step goes to sepd as
+ * a w_step and its pick runs as the next step (the recent ids slid by it,
+ * the next draw). The last step's results stay in the batch's buffers
+ * for its w_done; w->steps says how many ran. */
+static int worker_ahead(worker_t *w, int64_t seq, uint32_t sid)
+{
+    sep_pick_t *p = &w->picks[0];
+    sep_chunk_t *c = &w->chunks[0];
+    memcpy(w->run_recent, p->recent, (size_t)p->n_recent * sizeof *w->run_recent);
+    p->recent = w->run_recent;
+    c->ids = &w->run_id;
+    while (w->steps < w->ahead) {
+        int32_t tok = w->next[0];
+        if (tok < 0 || tok >= p->limit || worker_is_eos(w, tok))
+            break;
+        zmq_pollitem_t it = { .socket = w->sock, .events = ZMQ_POLLIN };
+        if (zmq_poll(&it, 1, 0) != 0)
+            break; /* a message waits (or the poll failed: the serve loop sees it) */
+        sep_frame_t f[3] = { { w->kv, 4 }, { w->next, 4 }, { w->next_nll, 4 } };
+        json_t *h = json_pack("{s:s, s:I, s:I, s:i}", "op", SEP_OP_W_STEP, "seq",
+                              (json_int_t)seq, "sid", (json_int_t)sid, "step", w->steps - 1);
+        int rc = h ? worker_reply(w, h, f, 3) : sep_fail(SEP_ENOMEM, "w_step: out of memory");
+        if (rc)
+            return rc;
+        if (w->ahead_window > 0) {
+            if (p->n_recent == w->ahead_window)
+                memmove(w->run_recent, w->run_recent + 1,
+                        (size_t)--p->n_recent * sizeof *w->run_recent);
+            w->run_recent[p->n_recent++] = tok;
+        }
+        p->draw = w->draws[w->steps];
+        w->run_id = tok;
+        w->nll[0] = NAN;
+        if ((rc = sep_model_forward_stage(w->m, w->chunks, 1, NULL, NULL)))
+            return rc;
+        w->steps++;
+        w->ahead_steps++;
+        worker_archive_all(w, seq);
+    }
+    return SEP_OK;
+}
+
 static int worker_batch(worker_t *w, const sep_msg_t *m)
 {
     int64_t seq = sep_msg_int(m, "seq", -1);
     int failed = 0, n_pick = 0, dim = w->m->cfg.dim;
     long head[3] = { 0 };
+    w->steps = 1;
+    w->ahead = 1;
     if (w->rank > 0) {
         MPI_Recv(head, 3, MPI_LONG, w->rank - 1, WK_TAG_HEAD, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         failed = head[1] != 0 || head[0] != seq;
@@ -499,19 +641,18 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
     }
     if (rc)
         return failed ? SEP_OK : worker_error(w, m); /* the failing stage reports */
-    /* every stage ships the separators its layers evicted */
-    const sep_evicted_t *ev = sep_model_evicted(w->m);
-    for (int dt = 1; ev->n && dt <= 2; dt++)
-        if ((rc = worker_archive_send(w, seq, ev, dt)))
-            sep_log(SEP_LOG_ERROR, "rank %d: batch %lld: %s", w->rank, (long long)seq,
-                    sep_errmsg());
+    worker_archive_all(w, seq);
     if (!last)
         return SEP_OK;
+    if (w->ahead > 1 && (rc = worker_ahead(w, seq, w->chunk_sid[0])))
+        return worker_error(w, m); /* the steps sent are the session's; the batch failed */
     sep_frame_t f[4] = { { w->nll, total * sizeof(float) }, { w->kv, total * sizeof(int32_t) },
                          { w->next, (size_t)n_pick * sizeof(int32_t) },
                          { w->next_nll, (size_t)n_pick * sizeof(float) } };
-    return worker_reply(w, json_pack("{s:s, s:I}", "op", SEP_OP_W_DONE, "seq", (json_int_t)seq),
-                        f, 4);
+    json_t *h = json_pack("{s:s, s:I}", "op", SEP_OP_W_DONE, "seq", (json_int_t)seq);
+    if (h && w->ahead > 1)
+        json_object_set_new(h, "steps", json_integer(w->steps));
+    return h ? worker_reply(w, h, f, 4) : sep_fail(SEP_ENOMEM, "w_done: out of memory");
 }
 
 /* Serve ops until w_exit or the daemon's end. */
@@ -558,8 +699,11 @@ static int worker_serve(worker_t *w)
             rc = worker_batch(w, &m);
             w->batch_s += sep_now() - t0;
             w->batches++;
-            w->rows += m.n_frames >= 1 ? m.frames[0].len / 4 : 0;
+            w->rows += (m.n_frames >= 1 ? m.frames[0].len / 4 : 0) +
+                       (w->steps > 1 ? (uint64_t)w->steps - 1 : 0);
         }
+        else if (strcmp(m.op, SEP_OP_W_YIELD) == 0)
+            rc = SEP_OK; /* a run it ends came to its end already: nothing to do */
         else if (strcmp(m.op, SEP_OP_W_OPEN) == 0)
             rc = worker_open(w, &m, 0);
         else if (strcmp(m.op, SEP_OP_W_LOAD) == 0)
@@ -751,8 +895,9 @@ int main(int argc, char **argv)
     w.picks = malloc(rows * sizeof *w.picks);
     w.archive = malloc(rows * sizeof *w.archive);
     w.chunk_sid = malloc(rows * sizeof *w.chunk_sid);
+    w.run_recent = malloc(SEP_PICK_MAX_RECENT * sizeof *w.run_recent);
     if (!w.x || !w.chunks || !w.nll || !w.kv || !w.next || !w.next_nll || !w.picks ||
-        !w.archive || !w.chunk_sid) {
+        !w.archive || !w.chunk_sid || !w.run_recent) {
         rc = sep_fail(SEP_ENOMEM, "out of memory for %zu rows", rows);
         goto fail;
     }
@@ -794,7 +939,9 @@ fail:
     if (w.sock)
         zmq_close(w.sock);
     if (w.zctx)
-        zmq_ctx_term(w.zctx);
+        zmq_ctx_term(w.zctx); /* after the last state went (or was dropped): stage is ours */
+    if (w.stage)
+        w.be->host_free(w.be, w.stage);
     free(w.x);
     free(w.chunks);
     free(w.nll);
@@ -804,6 +951,7 @@ fail:
     free(w.picks);
     free(w.archive);
     free(w.chunk_sid);
+    free(w.run_recent);
     free(w.arch);
     sep_model_destroy(&w.m);
     sep_backend_destroy(&w.be);
