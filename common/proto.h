@@ -90,6 +90,8 @@
 #define SEP_ERR_LIMIT "limit"
 #define SEP_ERR_CANCELLED "cancelled" /* the operation was stopped before its end */
 #define SEP_ERR_UNAVAILABLE "unavailable" /* sepd is stopping, or lost a worker */
+#define SEP_ERR_WORKER_FAULT "worker_fault" /* the workers failed: the session is back at
+                                              bytes_committed (the error says it) */
 #define SEP_ERR_INTERNAL "internal"
 #define SEP_ERR_DENIED "denied"       /* the session belongs to another identity */
 #define SEP_USER_MAX 64               /* bytes of an identity, its NUL included */

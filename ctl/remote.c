@@ -528,6 +528,7 @@ typedef struct {
     int64_t pending_max;        /* sepd's max_pending_bytes: unacknowledged text at most */
     int eof, progress;
     double t0;
+    const char *lost;           /* why the last connection's feed broke (--retry) */
 } feed_t;
 
 /* Keep the bytes just sent (--retry). */
@@ -591,31 +592,48 @@ static void feed_confirm(feed_t *f, json_t *h)
     json_object_set_new(h, "nll_have", json_integer(f->k.nll_at + (json_int_t)f->k.nll_n));
 }
 
-/* The session's figures (info). */
-static int feed_info(ctl_conn_t *c, int64_t *bytes_in, int64_t *tokens, int64_t *committed,
-                     int64_t *pending_max)
+/* The session's figures (info). With wait (--retry, --from-committed), a
+ * session that sepd reloads after a worker fault ("recovering") is asked
+ * again until it is back at its checkpoint: only then do its figures say
+ * where to resend from. Without, a plain feed goes on and its first piece
+ * is refused (unavailable), as every verb is while the workers restart. */
+static int feed_info(ctl_conn_t *c, int wait, int64_t *bytes_in, int64_t *tokens,
+                     int64_t *committed, int64_t *pending_max)
 {
-    sep_msg_t m;
-    int woke, rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_INFO), NULL, 0);
-    if (!rc)
-        rc = ctl_recv(c, &m, -1, &woke);
-    if (rc)
-        return rc;
-    if (woke == CTL_GOT_SIGNAL)
-        return SEP_EAGAIN;
-    if (json_is_false(json_object_get(m.hdr, "ok"))) {
-        rc = sep_fail(SEP_EINVAL, "%s", sep_msg_str(&m, "error", "info refused"));
+    for (int said = 0;; said = 1) {
+        sep_msg_t m;
+        int woke, rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_INFO), NULL, 0);
+        if (!rc)
+            rc = ctl_recv(c, &m, -1, &woke);
+        if (rc)
+            return rc;
+        if (woke == CTL_GOT_SIGNAL)
+            return SEP_EAGAIN;
+        int ok = !json_is_false(json_object_get(m.hdr, "ok"));
+        if (!ok && strcmp(sep_msg_str(&m, "code", ""), SEP_ERR_UNAVAILABLE) != 0) {
+            rc = sep_fail(SEP_EINVAL, "%s", sep_msg_str(&m, "error", "info refused"));
+            sep_msg_close(&m);
+            return rc;
+        }
+        /* unavailable: sepd shuts down, or restarts its workers; asked
+         * again until it is gone (the connection breaks) or serves */
+        int recovering = !ok || !strcmp(sep_msg_str(&m, "state", ""), "recovering");
+        *bytes_in = sep_msg_int(&m, "bytes_in", 0);
+        *tokens = sep_msg_int(&m, "tokens", 0);
+        *committed = sep_msg_int(&m, "bytes_committed", 0);
+        *pending_max = sep_msg_int(&m, "max_pending_bytes", SEP_FEED_WINDOW * SEP_FEED_PIECE);
+        if (*pending_max < 1)
+            *pending_max = SEP_FEED_PIECE;
         sep_msg_close(&m);
-        return rc;
+        if (!recovering || !wait)
+            return SEP_OK;
+        if (!said)
+            fprintf(stderr, "sepctl: session '%s': %s; waiting\n", c->session ? c->session : "?",
+                    ok ? "sepd restarts its workers" : "sepd is not ready");
+        if (ctl_signal)
+            return SEP_EAGAIN;
+        usleep(200 * 1000);
     }
-    *bytes_in = sep_msg_int(&m, "bytes_in", 0);
-    *tokens = sep_msg_int(&m, "tokens", 0);
-    *committed = sep_msg_int(&m, "bytes_committed", 0);
-    *pending_max = sep_msg_int(&m, "max_pending_bytes", SEP_FEED_WINDOW * SEP_FEED_PIECE);
-    if (*pending_max < 1)
-        *pending_max = SEP_FEED_PIECE;
-    sep_msg_close(&m);
-    return SEP_OK;
 }
 
 /* --from-committed: read and drop the first n bytes of stdin. */
@@ -689,7 +707,7 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
     size_t resend = 0; /* bytes of f->k.kept still to send again */
     if (resume) {
         int64_t bytes_in, tokens, committed;
-        if ((rc = feed_info(c, &bytes_in, &tokens, &committed, &f->pending_max)))
+        if ((rc = feed_info(c, 1, &bytes_in, &tokens, &committed, &f->pending_max)))
             return rc == SEP_EAGAIN ? ctl_signal_code(ctl_signal)
                    : f->retry && rc != SEP_EINVAL ? -1 : ctl_conn_error(rc);
         feed_keep_t *k = &f->k;
@@ -713,15 +731,19 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
         resend = (size_t)(f->sent_to - bytes_in);
         fprintf(stderr, "sepctl: sepd is back: session '%s' at %lld bytes; sending %zu again\n",
                 f->session, (long long)bytes_in, resend);
-        if (f->eof && !resend) {
-            /* all was sent: the feed's end again, on a feed of its own */
+        if (!resend) {
+            /* all was sent: the feed is taken again at once with an empty
+             * piece (sepd runs a session it brought back from the store
+             * for its client only, so the ids its checkpoint queued are
+             * scored now and their NLLs come here, not once more text
+             * arrives); at the end of stdin, the feed's end again */
             sep_frame_t none = { "", 0 };
             plen[seq % SEP_FEED_WINDOW] = 0;
             json_t *h = json_pack("{s:s, s:I, s:b}", "op", SEP_OP_FEED, "seq",
                                   (json_int_t)seq++, "nll", f->nf != NULL);
             feed_confirm(f, h);
             if ((rc = ctl_send(c, h, &none, 1)) ||
-                (rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_FEED_END), NULL, 0)))
+                (f->eof && (rc = ctl_send(c, json_pack("{s:s}", "op", SEP_OP_FEED_END), NULL, 0))))
                 return -1;
             sent_any = 1;
         }
@@ -793,8 +815,13 @@ static int feed_run(feed_t *f, ctl_conn_t *c, char *buf, int resume)
             continue;
         }
         if (json_is_false(json_object_get(m.hdr, "ok"))) {
-            int lost = !strcmp(sep_msg_str(&m, "code", ""), SEP_ERR_UNAVAILABLE);
+            /* sepd went away, or its workers failed (worker_fault): the
+             * session is back at its checkpoint, sent again from there */
+            int lost = !strcmp(sep_msg_str(&m, "code", ""), SEP_ERR_UNAVAILABLE) ||
+                       !strcmp(sep_msg_str(&m, "code", ""), SEP_ERR_WORKER_FAULT);
             if (f->retry && lost) {
+                f->lost = strcmp(sep_msg_str(&m, "code", ""), SEP_ERR_WORKER_FAULT) == 0
+                              ? "sepd's workers failed" : "sepd went away";
                 sep_msg_close(&m);
                 return -1;
             }
@@ -850,7 +877,8 @@ static int ctl_feed(const ctl_common_t *o, const char *session, int retry, int f
     }
     /* the session's figures, and how much text sepd lets wait */
     int64_t bytes_in = 0, tokens = 0, committed = 0;
-    if ((rc = feed_info(&c, &bytes_in, &tokens, &committed, &f.pending_max))) {
+    if ((rc = feed_info(&c, retry || from_committed, &bytes_in, &tokens, &committed,
+                        &f.pending_max))) {
         code = rc == SEP_EAGAIN ? ctl_signal_code(ctl_signal) : ctl_conn_error(rc);
         goto done;
     }
@@ -874,10 +902,11 @@ static int ctl_feed(const ctl_common_t *o, const char *session, int retry, int f
     f.sent_to = f.k.kept_at = bytes_in;
     f.k.nll_at = tokens;
     for (int resume = 0;; resume = 1) {
+        f.lost = "sepd went away";
         code = feed_run(&f, &c, buf, resume);
         if (code != -1)
             break;
-        if ((rc = feed_reconnect(&f, &c, "sepd went away"))) {
+        if ((rc = feed_reconnect(&f, &c, f.lost))) {
             code = ctl_signal_code(ctl_signal);
             break;
         }

@@ -70,6 +70,7 @@ struct sepd_auth {
     int have_server, insecure;
     auth_domain_t dom[AUTH_MAX_DOMAINS];
     int n_dom;
+    unsigned n_listens;           /* sepd_auth_listen calls: monitor endpoints' names */
     uint64_t failures;            /* atomic */
     char self[SEP_USER_MAX];
 };
@@ -413,14 +414,25 @@ static void *auth_main(void *arg)
             cmd[len < (int)sizeof cmd ? len : (int)sizeof cmd - 1] = '\0';
             if (strcmp(cmd, "stop") == 0)
                 break;
-            /* "mon N": connect to domain N's monitor */
+            /* "mon N": connect to domain N's monitor (a new socket's, if
+               the domain had one: the old socket's connections are gone) */
             int i = atoi(cmd + 4), linger = 0;
             auth_domain_t *dom = i >= 0 && i < n_dom + 1 && i < AUTH_MAX_DOMAINS ? &a->dom[i]
                                                                                  : NULL;
+            if (dom && dom->mon) {
+                zmq_close(dom->mon);
+                dom->mon = NULL;
+                for (int c = 0; c < AUTH_CONNS; c++) {
+                    dom->conn[c].fd = -1;
+                    dom->conn[c].addr[0] = '\0';
+                }
+                dom->pending[0] = '\0';
+            }
             int ok = dom && (dom->mon = zmq_socket(a->zctx, ZMQ_PAIR)) &&
                      zmq_setsockopt(dom->mon, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
                      zmq_connect(dom->mon, dom->mon_ep) == 0;
             zmq_send(a->ctl_thread, ok ? "ok" : "no", 2, 0);
+            continue; /* the monitors are polled again, as they are now */
         }
         for (int k = 2, i = 0; i < n_dom; i++)
             if (a->dom[i].mon && (it[k++].revents & ZMQ_POLLIN))
@@ -430,7 +442,9 @@ static void *auth_main(void *arg)
                     zmq_getsockopt(a->dom[i].mon, ZMQ_EVENTS, &ev, &sz);
                     if (!(ev & ZMQ_POLLIN))
                         break;
+                    pthread_mutex_lock(&a->mu); /* its endpoint, kind */
                     mon_event(a, &a->dom[i]);
+                    pthread_mutex_unlock(&a->mu);
                 }
     }
     for (int i = 0; i < a->n_dom; i++)
@@ -609,9 +623,15 @@ int sepd_auth_check_ipc(const char *endpoint)
 
 int sepd_auth_listen(sepd_auth_t *a, void *sock, const char *endpoint, const char *domain)
 {
-    if (a->n_dom == AUTH_MAX_DOMAINS)
+    /* a domain listened on again (the workers' socket of a pool started
+       again after a fault) keeps its slot; the thread moves to the new
+       socket's monitor */
+    int idx = -1;
+    for (int i = 0; i < a->n_dom; i++)
+        if (strcmp(a->dom[i].name, domain) == 0)
+            idx = i;
+    if (idx < 0 && a->n_dom == AUTH_MAX_DOMAINS)
         return sep_fail(SEP_EINVAL, "auth: too many listeners");
-    auth_domain_t *dom = &a->dom[a->n_dom];
     auth_kind_t kind;
     int rc, workers = strcmp(domain, SEPD_DOMAIN_WORKERS) == 0, one = 1;
     if (strncmp(endpoint, "ipc://", 6) == 0) {
@@ -637,14 +657,21 @@ int sepd_auth_listen(sepd_auth_t *a, void *sock, const char *endpoint, const cha
                         endpoint, workers ? "worker_keys" : "allowed_keys");
     }
     pthread_mutex_lock(&a->mu);
-    memset(dom, 0, sizeof *dom);
-    for (int i = 0; i < AUTH_CONNS; i++)
-        dom->conn[i].fd = -1;
-    snprintf(dom->name, sizeof dom->name, "%s", domain);
+    if (idx < 0) {
+        idx = a->n_dom;
+        memset(&a->dom[idx], 0, sizeof a->dom[idx]);
+        for (int i = 0; i < AUTH_CONNS; i++)
+            a->dom[idx].conn[i].fd = -1;
+        snprintf(a->dom[idx].name, sizeof a->dom[idx].name, "%s", domain);
+        a->n_dom++;
+    }
+    auth_domain_t *dom = &a->dom[idx];
     snprintf(dom->endpoint, sizeof dom->endpoint, "%s", endpoint);
-    snprintf(dom->mon_ep, sizeof dom->mon_ep, "inproc://sepd-auth-mon-%d", a->n_dom);
+    /* a monitor endpoint of its own each time: the old socket's may not be
+       unbound yet */
+    snprintf(dom->mon_ep, sizeof dom->mon_ep, "inproc://sepd-auth-mon-%d-%u", idx,
+             a->n_listens++);
     dom->kind = kind;
-    int idx = a->n_dom++;
     pthread_mutex_unlock(&a->mu);
     if (zmq_setsockopt(sock, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) ||
         zmq_socket_monitor(sock, dom->mon_ep, AUTH_EVENTS))

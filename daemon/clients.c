@@ -94,7 +94,8 @@ json_t *sepd_info(const sep_session_t *s)
     static const char *archive[] = { "off", "f32", "bf16" };
     json_t *h = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:b, s:s, s:s, s:I, s:f, "
                           "s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                          "name", s->name, "state", sep_session_state_name(s->state),
+                          "name", s->name,
+                          "state", s->recovering ? "recovering" : sep_session_state_name(s->state),
                           "running", sep_sop_name(s->op.kind),
                           "method", sep_method_name(s->policy.method), "a", s->policy.a,
                           "s", s->policy.s, "w", s->policy.w, "c", s->policy.c,
@@ -821,9 +822,18 @@ static void op_ls(sepd_t *d, const sep_msg_t *m)
               NULL, 0);
 }
 
+static void stats_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *workers);
+
 static void op_stats(sepd_t *d, const sep_msg_t *m)
 {
     sepd_stats_t *st = &d->stats;
+    if (d->recover) {
+        /* the workers are restarting: what sepd knows itself */
+        json_t *none = json_array();
+        stats_send(d, m->peer, m->peer_len, none);
+        json_decref(none);
+        return;
+    }
     if (SEP_GROW(st->waiting, st->cap_waiting, st->n_waiting + 1))
         return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_INTERNAL, "stats: %s",
                           sep_errmsg());
@@ -858,38 +868,54 @@ void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank)
     st->answered |= 1ull << rank;
     if (st->answered != st->asked)
         return;
+    for (size_t i = 0; i < st->n_waiting; i++)
+        if (st->waiting[i].len)
+            stats_send(d, st->waiting[i].id, st->waiting[i].len, st->workers);
+    st->n_waiting = 0;
+}
+
+void sepd_stats_unanswered(sepd_t *d)
+{
+    sepd_stats_t *st = &d->stats;
+    json_t *none = json_array();
+    for (size_t i = 0; i < st->n_waiting; i++)
+        if (st->waiting[i].len)
+            stats_send(d, st->waiting[i].id, st->waiting[i].len, none);
+    json_decref(none);
+    st->n_waiting = 0;
+}
+
+static void stats_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *workers)
+{
     int active = 0, suspended = 0;
     for (size_t i = 0; i < d->n_sess; i++) {
         active += d->sess[i]->state == SEP_SS_ACTIVE;
         suspended += d->sess[i]->state == SEP_SS_SUSPENDED;
     }
-    for (size_t i = 0; i < st->n_waiting; i++) {
-        if (!st->waiting[i].len)
-            continue;
-        json_t *h = json_pack("{s:s, s:b, s:I, s:i, s:i, s:I, s:f, s:f, s:i, s:O, s:{s:I, "
-                              "s:I, s:f, s:I, s:I, s:f, s:I}, s:{s:I, s:f, s:f, s:I, s:I, s:I}}", "op",
-                              SEP_OP_STATS, "ok", 1, "sessions", (json_int_t)d->n_sess,
-                              "active", active, "suspended", suspended,
-                              "tokens", (json_int_t)d->tokens_total, "tokens_per_s", d->rate,
-                              "uptime_s", sep_now() - d->started, "stages", d->pool->stages,
-                              "workers", st->workers, "store", "checkpoints",
-                              (json_int_t)d->ckpt_count, "checkpoint_bytes",
-                              (json_int_t)d->ckpt_bytes, "checkpoint_s", d->ckpt_seconds,
-                              "archive_entries", (json_int_t)d->arch_entries,
-                              "archive_bytes", (json_int_t)d->arch_bytes,
-                              "archive_s", d->arch_seconds, "file_bytes",
-                              (json_int_t)sepd_store_file_bytes(d), "loop", "batches",
-                              (json_int_t)d->batches_sent, "answers_s", d->done_s,
-                              "schedule_s", d->sched_s, "ahead_runs",
-                              (json_int_t)d->ahead_runs, "ahead_steps",
-                              (json_int_t)d->ahead_steps, "ahead_yields",
-                              (json_int_t)d->ahead_yields);
-        if (h)
-            json_object_set_new(h, "auth_failures",
-                                json_integer((json_int_t)sepd_auth_failures(d->auth)));
-        sepd_send(d, st->waiting[i].id, st->waiting[i].len, h, NULL, 0);
+    json_t *h = json_pack("{s:s, s:b, s:I, s:i, s:i, s:I, s:f, s:f, s:i, s:O, s:{s:I, "
+                          "s:I, s:f, s:I, s:I, s:f, s:I}, s:{s:I, s:f, s:f, s:I, s:I, s:I}}", "op",
+                          SEP_OP_STATS, "ok", 1, "sessions", (json_int_t)d->n_sess,
+                          "active", active, "suspended", suspended,
+                          "tokens", (json_int_t)d->tokens_total, "tokens_per_s", d->rate,
+                          "uptime_s", sep_now() - d->started, "stages", d->pool->stages,
+                          "workers", workers, "store", "checkpoints",
+                          (json_int_t)d->ckpt_count, "checkpoint_bytes",
+                          (json_int_t)d->ckpt_bytes, "checkpoint_s", d->ckpt_seconds,
+                          "archive_entries", (json_int_t)d->arch_entries,
+                          "archive_bytes", (json_int_t)d->arch_bytes,
+                          "archive_s", d->arch_seconds, "file_bytes",
+                          (json_int_t)sepd_store_file_bytes(d), "loop", "batches",
+                          (json_int_t)d->batches_sent, "answers_s", d->done_s,
+                          "schedule_s", d->sched_s, "ahead_runs",
+                          (json_int_t)d->ahead_runs, "ahead_steps",
+                          (json_int_t)d->ahead_steps, "ahead_yields",
+                          (json_int_t)d->ahead_yields);
+    if (h) {
+        json_object_set_new(h, "auth_failures",
+                            json_integer((json_int_t)sepd_auth_failures(d->auth)));
+        json_object_set_new(h, "recovery", sepd_recover_stats(d));
     }
-    st->n_waiting = 0;
+    sepd_send(d, peer, peer_len, h, NULL, 0);
 }
 
 /* ---- dispatch ----------------------------------------------------------- */
@@ -929,6 +955,8 @@ static void sepd_request(sepd_t *d, const sep_msg_t *m)
     for (size_t i = 0; i < d->n_sess; i++)
         if (sepd_op_of(d->sess[i], m->peer, m->peer_len))
             d->sess[i]->op.seen = sep_now();
+    if (sepd_recover_refuses(d, m))
+        return;
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
         if (strcmp(m->op, verbs[i].op) == 0)
             return verbs[i].fn(d, m);

@@ -76,6 +76,7 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
     if (!strcmp(key, "max_sessions")) return conf_int(&c->max_sessions, key, v, 1, 1 << 20);
     if (!strcmp(key, "start_timeout")) return conf_int(&c->start_timeout, key, v, 1, 3600);
     if (!strcmp(key, "worker_timeout")) return conf_int(&c->worker_timeout, key, v, 1, 86400);
+    if (!strcmp(key, "restart_backoff_max")) return conf_int(&c->restart_backoff_max, key, v, 1, 86400);
     if (!strcmp(key, "checkpoint_tokens")) return conf_long(&c->checkpoint_tokens, key, v, 1, 1L << 40);
     if (!strcmp(key, "checkpoint_bytes")) return conf_long(&c->checkpoint_bytes, key, v, 1, 1L << 40);
     if (!strcmp(key, "checkpoint_seconds")) return conf_int(&c->checkpoint_seconds, key, v, 1, 86400);

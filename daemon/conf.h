@@ -21,7 +21,8 @@ typedef struct {
     int max_sessions;   /* sessions in the store, active and suspended (quota.h) */
     sepd_limits_conf_t limits; /* the other limits (quota.h) */
     int start_timeout;  /* seconds the workers have to start */
-    int worker_timeout; /* seconds the workers may owe an answer before sepd gives up */
+    int worker_timeout; /* seconds the workers may owe an answer before it is a fault */
+    int restart_backoff_max; /* most seconds between restarts of the workers after faults */
     int poll_spin_us;   /* how long sepd and its workers poll without sleeping while a
                            generation step is under way; -1: auto (on a GPU only) */
     int decode_ahead;   /* generation steps a lone stage may run on its own picks per

@@ -82,6 +82,11 @@ static const char *wait_op(sep_wait_t k)
 
 int sepd_ctl_send(sepd_t *d, sep_session_t *s, sep_wait_t kind, uint64_t ranks)
 {
+    if (d->recover) {
+        /* the workers are gone; the session is reloaded from the store */
+        memset(&s->ctl, 0, sizeof s->ctl);
+        return SEP_OK;
+    }
     int stages = d->pool->stages, rc = SEP_OK;
     uint64_t all = stages == 64 ? ~0ull : (1ull << stages) - 1;
     const sep_policy_t *p = &s->policy;
@@ -109,7 +114,7 @@ int sepd_ctl_send(sepd_t *d, sep_session_t *s, sep_wait_t kind, uint64_t ranks)
     }
     json_decref(h);
     if (rc) {
-        /* a stage that cannot be reached: the loop's liveness check ends sepd */
+        /* a stage that cannot be reached: the loop's liveness check finds the fault */
         s->ctl.failed = s->ctl.asked & ~s->ctl.answered;
         snprintf(s->ctl.error, sizeof s->ctl.error, "%s", sep_errmsg());
         return rc;
@@ -489,6 +494,9 @@ void sepd_store_answer(sepd_t *d, sep_session_t *s, sep_sj_t kind, int rc, const
 
 int sepd_step(sepd_t *d, sep_session_t *s)
 {
+    /* after a worker fault nothing moves until the sessions are reloaded */
+    if (d->recover)
+        return 0;
     if (s->ctl.kind != SEP_WAIT_NONE && (s->ctl.answered | s->ctl.failed) == s->ctl.asked)
         return ctl_done(d, s);
     int rc = ckpt_start(d, s);

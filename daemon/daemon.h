@@ -13,6 +13,9 @@
  *   quota.c     the limits (quota.h): sessions, caches, pending text, clients
  *   auth.c      who may connect, and who each client is (the auth thread);
  *               access.c which identity may use which session
+ *   recover.c   worker faults: the pool killed, started again, the sessions
+ *               reloaded from their checkpoints
+ *   signals.c   SIGTERM, SIGINT (shutdown), SIGHUP (the log reopened)
  */
 #ifndef SEPD_DAEMON_H
 #define SEPD_DAEMON_H
@@ -81,6 +84,15 @@ struct sepd_storer;
 struct sepd_known;
 struct sepd_auth;
 
+/* Where a restart of the workers after a fault is (recover.c). */
+enum {
+    SEPD_RECOVER_NONE = 0,  /* the workers serve */
+    SEPD_RECOVER_DRAIN,     /* killed; the store thread finishes its jobs */
+    SEPD_RECOVER_WAIT,      /* the backoff before the next start */
+    SEPD_RECOVER_START,     /* a new pool starts */
+    SEPD_RECOVER_RELOAD,    /* the sessions come back from the store */
+};
+
 typedef struct sepd {
     sep_conf_t conf;
     struct sepd_auth *auth;   /* ZAP handler, key lists, identities (auth.h) */
@@ -141,7 +153,17 @@ typedef struct sepd {
     int stop;                 /* 1: leave the loop */
     int stopping;             /* SIGTERM: checkpointing every session, then stop */
     double stop_by;           /* when stopping gives up waiting */
-    int failed;               /* the workers died or hung: exit 1 */
+    int failed;               /* a runtime error: exit 1 */
+    /* worker faults (recover.c) */
+    sep_pool_opts_t pool_opts; /* how the pool is started (strings are conf's) */
+    int pool_vocab;           /* the first pool's vocabulary: a new one must match */
+    int recover;              /* SEPD_RECOVER_* */
+    char fault_why[512];      /* the last fault */
+    uint64_t faults, restarts;
+    int faults_row;           /* faults since the workers last served SEPD_FAULT_CALM_S */
+    double restart_at;        /* WAIT: when the next start may begin */
+    double recovered_at;      /* when the workers last came back */
+    double stages_checked;    /* when the stages' processes were last looked at */
 } sepd_t;
 
 /* ---- clients.c ---- */
@@ -174,6 +196,31 @@ void sepd_heartbeats(sepd_t *d);
 /* Tell every waiting client why sepd stops (code, message). */
 void sepd_fail_all(sepd_t *d, const char *code, const char *why);
 void sepd_stats_ack(sepd_t *d, const sep_msg_t *m, int rank);
+/* Answer the stats round under way without the workers (they are gone). */
+void sepd_stats_unanswered(sepd_t *d);
+
+/* ---- recover.c ---- */
+/* A fault of the workers (why): kill the pool, start it again, reload
+ * every session from its last checkpoint; clients are told (worker_fault). */
+void sepd_fault(sepd_t *d, const char *why);
+/* The loop, every turn: the liveness check, or the next step of a restart. */
+void sepd_recover_tick(sepd_t *d);
+/* A message on the pool's socket while recovering (hellos of the new pool). */
+void sepd_recover_msg(sepd_t *d, sep_msg_t *m);
+/* Dead or hung workers: why, in *why; 0 while they serve. */
+int sepd_workers_lost(sepd_t *d, char *why, size_t cap);
+/* While recovering: refuse m (1) unless it is ls, info, stats, ping, ack
+ * or cancel; while shutting down, unless it is ls, stats or ping. */
+int sepd_recover_refuses(sepd_t *d, const sep_msg_t *m);
+/* stats' "recovery" object. */
+json_t *sepd_recover_stats(const sepd_t *d);
+const char *sepd_recover_name(int phase);
+
+/* ---- signals.c ---- */
+/* Block SIGTERM, SIGINT and SIGHUP for a signalfd (d->sig_fd). */
+int sepd_signals(sepd_t *d);
+/* The signalfd is readable: shutdown (SIGTERM, SIGINT), the log (SIGHUP). */
+void sepd_signal_msg(sepd_t *d);
 
 /* ---- access.c ---- */
 /* Whether m's sender may use s; if not, a "denied" error to it. */

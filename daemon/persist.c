@@ -281,6 +281,51 @@ static int persist_lock(sepd_t *d)
     return SEP_OK;
 }
 
+/* The sessions of the records recs into d's table: active ones marked
+ * for loading (reviving), suspended ones as they are, and those this sepd
+ * cannot load with the reason. */
+static int persist_load(sepd_t *d, const sep_store_session_t *recs, size_t n, int counts[3])
+{
+    int rc;
+    counts[0] = counts[1] = counts[2] = 0;
+    for (size_t i = 0; i < n; i++) {
+        sep_session_t *s = NULL;
+        if (recs[i].damaged) {
+            sep_log(SEP_LOG_ERROR, "session '%s': %s (only close works on it)", recs[i].name,
+                    recs[i].damage);
+            if ((rc = persist_damaged(d, &recs[i])))
+                return rc;
+            counts[2]++;
+            continue;
+        }
+        if ((rc = persist_session(d, &recs[i], &s)) || (rc = sepd_add(d, s))) {
+            sep_session_destroy(&s);
+            return rc;
+        }
+        if (s->foreign[0]) {
+            sep_log(SEP_LOG_WARN, "session '%s' stays suspended: %s", s->name, s->foreign);
+            counts[2]++;
+        } else if (recs[i].state == SEP_STORE_ACTIVE) {
+            s->state = SEP_SS_ACTIVE; /* loaded in the background (reviving) */
+            s->reviving = 1;
+            counts[0]++;
+        } else {
+            counts[1]++;
+        }
+    }
+    return SEP_OK;
+}
+
+/* The active sessions' snapshots read back, for the workers. */
+static void persist_revive(sepd_t *d, const char *dir, size_t n, const int counts[3])
+{
+    sep_log(SEP_LOG_INFO, "store %s: %zu session(s): %d to resume, %d suspended, %d that this "
+            "sepd cannot load", dir, n, counts[0], counts[1], counts[2]);
+    for (size_t i = 0; i < d->n_sess; i++)
+        if (d->sess[i]->reviving)
+            sepd_persist_read(d, d->sess[i]);
+}
+
 int sepd_persist_open(sepd_t *d)
 {
     char dir[4200];
@@ -294,48 +339,38 @@ int sepd_persist_open(sepd_t *d)
     sep_store_t *st = NULL;
     sep_store_session_t *recs = NULL;
     size_t n = 0;
+    int counts[3];
     if ((rc = sep_store_open(&st, dir, &o)) || (rc = sep_store_sessions(st, &recs, &n)))
         goto fail;
-    int active = 0, suspended = 0, foreign = 0;
-    for (size_t i = 0; i < n; i++) {
-        sep_session_t *s = NULL;
-        if (recs[i].damaged) {
-            sep_log(SEP_LOG_ERROR, "session '%s': %s (only close works on it)", recs[i].name,
-                    recs[i].damage);
-            if ((rc = persist_damaged(d, &recs[i])))
-                goto fail;
-            foreign++;
-            continue;
-        }
-        if ((rc = persist_session(d, &recs[i], &s)) || (rc = sepd_add(d, s))) {
-            sep_session_destroy(&s);
-            goto fail;
-        }
-        if (s->foreign[0]) {
-            sep_log(SEP_LOG_WARN, "session '%s' stays suspended: %s", s->name, s->foreign);
-            foreign++;
-        } else if (recs[i].state == SEP_STORE_ACTIVE) {
-            s->state = SEP_SS_ACTIVE; /* loaded in the background (reviving) */
-            s->reviving = 1;
-            active++;
-        } else {
-            suspended++;
-        }
-    }
+    if ((rc = persist_load(d, recs, n, counts)))
+        goto fail;
     sep_store_sessions_free(&recs, n);
     recs = NULL;
     if ((rc = sepd_storer_start(&d->storer, st)))
         goto fail;
     st = NULL;
-    sep_log(SEP_LOG_INFO, "store %s: %zu session(s): %d to resume, %d suspended, %d that this "
-            "sepd cannot load", dir, n, active, suspended, foreign);
-    for (size_t i = 0; i < d->n_sess; i++)
-        if (d->sess[i]->reviving)
-            sepd_persist_read(d, d->sess[i]);
+    persist_revive(d, dir, n, counts);
     return SEP_OK;
 fail:
     sep_store_sessions_free(&recs, n);
     sep_store_close(&st);
+    return rc;
+}
+
+int sepd_persist_reload(sepd_t *d, const sep_store_session_t *recs, size_t n)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/db", d->conf.store);
+    int counts[3];
+    while (d->n_sess) {
+        sep_session_t *s = d->sess[--d->n_sess];
+        sep_ckpt_free(&s->cut);
+        sep_ckpt_free(&s->loaded);
+        sep_session_destroy(&s);
+    }
+    int rc = persist_load(d, recs, n, counts);
+    if (!rc)
+        persist_revive(d, dir, n, counts);
     return rc;
 }
 
@@ -596,6 +631,10 @@ void sepd_checkpoint_due(sepd_t *d)
         int changed = s->tokens != s->committed_tokens || s->bytes_in != s->committed_bytes;
         if (!changed)
             continue;
+        /* after one that failed (a full store, say) the next is tried
+         * checkpoint_seconds later, not on every turn of the loop */
+        if (s->ckpt_error[0] && now - s->ckpt_tried_at < d->conf.checkpoint_seconds)
+            continue;
         /* the checkpoints of tokens and seconds take at most
          * checkpoint_budget percent of the time: a state that is slow to
          * take (hundreds of MB at full size) is taken less often; the
@@ -605,6 +644,7 @@ void sepd_checkpoint_due(sepd_t *d)
             (afford && (s->tokens - s->committed_tokens >= d->conf.checkpoint_tokens ||
                         now - s->committed_at >= d->conf.checkpoint_seconds))) {
             s->ckpt_want = 1;
+            s->ckpt_tried_at = now;
             sepd_step(d, s);
         }
     }

@@ -51,6 +51,10 @@ void sep_ckpt_free(sep_ckpt_t **self_p);
  * thread. */
 int sepd_persist_open(sepd_t *d);
 
+/* After a worker fault (recover.c): the session table built again from
+ * the records the store holds now (recs), as at a start. */
+int sepd_persist_reload(sepd_t *d, const sep_store_session_t *recs, size_t n);
+
 /* Bytes data.mdb takes on disk (its blocks: the map is sparse), -1 if unknown. */
 int64_t sepd_store_file_bytes(const sepd_t *d);
 

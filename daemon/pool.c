@@ -157,73 +157,91 @@ int sep_pool_rank_of(const sep_pool_t *p, const sep_msg_t *m)
     return -1;
 }
 
-/* Wait until every rank said hello, or the child died, or time ran out. */
-static int pool_wait_hellos(sep_pool_t *p, const sep_pool_opts_t *o)
+int sep_pool_hello(sep_pool_t *p, sep_msg_t *m)
 {
-    double deadline = sep_now() + o->start_timeout_s;
-    int got = 0;
-    char why[128];
-    while (got < p->stages) {
-        zmq_pollitem_t it = { .socket = p->sock, .events = ZMQ_POLLIN };
-        if (zmq_poll(&it, 1, 200) < 0 && errno != EINTR)
-            return sep_fail(SEP_EIO, "workers: poll: %s", zmq_strerror(errno));
-        if (sep_pool_dead(p, why, sizeof why))
-            return sep_fail(SEP_EIO, "workers: %s %s before all %d stages started (see the "
-                            "log above)", o->stages > 1 ? "mpirun" : "sepd-worker", why,
-                            p->stages);
-        if (sep_now() > deadline)
-            return sep_fail(SEP_EIO, "workers: %d of %d stages said hello within %d s", got,
-                            p->stages, o->start_timeout_s);
-        if (!(it.revents & ZMQ_POLLIN))
-            continue;
-        sep_msg_t m;
-        if (sep_msg_recv(p->sock, 1, &m, 0) || strcmp(m.op, SEP_OP_HELLO) != 0) {
-            sep_log(SEP_LOG_WARN, "workers: unexpected message before hello: %s", sep_errmsg());
-            sep_msg_close(&m);
-            continue;
-        }
-        int rank = (int)sep_msg_int(&m, "rank", -1), stages = (int)sep_msg_int(&m, "stages", 0);
-        if (rank < 0 || rank >= p->stages || stages != p->stages || p->stage[rank].peer_len) {
-            sep_msg_close(&m);
-            return sep_fail(SEP_EFORMAT, "workers: hello from rank %d of %d (expected %d stages)",
-                            rank, stages, p->stages);
-        }
-        int rev = (int)sep_msg_int(&m, "revision", 1);
-        if (rev != SEP_WORKER_REVISION) {
-            sep_msg_close(&m);
-            return sep_fail(SEP_EFORMAT, "workers: rank %d speaks revision %d of the worker ops, "
-                            "this sepd %d (install sepd and sepd-worker together)", rank, rev,
-                            SEP_WORKER_REVISION);
-        }
-        sep_stage_t *s = &p->stage[rank];
-        s->rank = rank;
-        memcpy(s->peer, m.peer, m.peer_len);
-        s->peer_len = m.peer_len;
-        s->layer0 = (int)sep_msg_int(&m, "layer0", 0);
-        s->layer1 = (int)sep_msg_int(&m, "layer1", 0);
-        s->pid = (pid_t)sep_msg_int(&m, "pid", 0);
-        snprintf(s->device, sizeof s->device, "%s", sep_msg_str(&m, "device", "?"));
-        s->kv_dim = (int)sep_msg_int(&m, "kv_dim", 0);
-        s->cache_budget = s->kv_dim > 0 ? sep_msg_int(&m, "cache_budget", 0) : 0;
-        if (s->cache_budget > 0)
-            sep_log(SEP_LOG_INFO, "stage %d: %lld MiB for caches", rank,
-                    (long long)(s->cache_budget >> 20));
-        p->vocab = (int)sep_msg_int(&m, "vocab", 0);
-        p->max_tokens = (int)sep_msg_int(&m, "max_tokens", 0);
-        p->dim = (int)sep_msg_int(&m, "dim", 0);
-        p->n_layers = (int)sep_msg_int(&m, "n_layers", 0);
-        char rate[96];
-        sep_log(SEP_LOG_INFO, "stage %d: layers %d..%d on %s (pid %d): model loaded: %s", rank,
-                s->layer0, s->layer1 - 1, s->device, (int)s->pid,
-                sep_rate_str(rate, sizeof rate, (double)sep_msg_int(&m, "load_bytes", 0),
-                             sep_msg_real(&m, "load_s", 0)));
-        sep_msg_close(&m);
-        got++;
+    if (strcmp(m->op, SEP_OP_HELLO) != 0) {
+        sep_log(SEP_LOG_WARN, "workers: unexpected %s before hello", m->op);
+        return SEP_OK;
     }
+    int rank = (int)sep_msg_int(m, "rank", -1), stages = (int)sep_msg_int(m, "stages", 0);
+    if (rank < 0 || rank >= p->stages || stages != p->stages || p->stage[rank].peer_len)
+        return sep_fail(SEP_EFORMAT, "workers: hello from rank %d of %d (expected %d stages)",
+                        rank, stages, p->stages);
+    int rev = (int)sep_msg_int(m, "revision", 1);
+    if (rev != SEP_WORKER_REVISION)
+        return sep_fail(SEP_EFORMAT, "workers: rank %d speaks revision %d of the worker ops, "
+                        "this sepd %d (install sepd and sepd-worker together)", rank, rev,
+                        SEP_WORKER_REVISION);
+    sep_stage_t *s = &p->stage[rank];
+    s->rank = rank;
+    memcpy(s->peer, m->peer, m->peer_len);
+    s->peer_len = m->peer_len;
+    s->layer0 = (int)sep_msg_int(m, "layer0", 0);
+    s->layer1 = (int)sep_msg_int(m, "layer1", 0);
+    s->pid = (pid_t)sep_msg_int(m, "pid", 0);
+    snprintf(s->device, sizeof s->device, "%s", sep_msg_str(m, "device", "?"));
+    s->kv_dim = (int)sep_msg_int(m, "kv_dim", 0);
+    s->cache_budget = s->kv_dim > 0 ? sep_msg_int(m, "cache_budget", 0) : 0;
+    if (s->cache_budget > 0)
+        sep_log(SEP_LOG_INFO, "stage %d: %lld MiB for caches", rank,
+                (long long)(s->cache_budget >> 20));
+    p->vocab = (int)sep_msg_int(m, "vocab", 0);
+    p->max_tokens = (int)sep_msg_int(m, "max_tokens", 0);
+    p->dim = (int)sep_msg_int(m, "dim", 0);
+    p->n_layers = (int)sep_msg_int(m, "n_layers", 0);
+    char rate[96];
+    sep_log(SEP_LOG_INFO, "stage %d: layers %d..%d on %s (pid %d): model loaded: %s", rank,
+            s->layer0, s->layer1 - 1, s->device, (int)s->pid,
+            sep_rate_str(rate, sizeof rate, (double)sep_msg_int(m, "load_bytes", 0),
+                         sep_msg_real(m, "load_s", 0)));
+    p->hellos++;
     return SEP_OK;
 }
 
-int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_pool_opts_t *o)
+int sep_pool_ready(const sep_pool_t *p)
+{
+    return p->hellos == p->stages;
+}
+
+int sep_pool_starting(sep_pool_t *p, double timeout_s)
+{
+    char why[128];
+    if (sep_pool_ready(p))
+        return SEP_OK;
+    if (sep_pool_dead(p, why, sizeof why))
+        return sep_fail(SEP_EIO, "workers: %s %s before all %d stages started (see the log "
+                        "above)", p->stages > 1 ? "mpirun" : "sepd-worker", why, p->stages);
+    if (sep_now() - p->spawned > timeout_s)
+        return sep_fail(SEP_EIO, "workers: %d of %d stages said hello within %.0f s", p->hellos,
+                        p->stages, timeout_s);
+    return SEP_EAGAIN;
+}
+
+/* Wait until every rank said hello, or the child died, or time ran out. */
+static int pool_wait_hellos(sep_pool_t *p, const sep_pool_opts_t *o)
+{
+    int rc;
+    while ((rc = sep_pool_starting(p, o->start_timeout_s)) == SEP_EAGAIN) {
+        zmq_pollitem_t it = { .socket = p->sock, .events = ZMQ_POLLIN };
+        if (zmq_poll(&it, 1, 200) < 0 && errno != EINTR)
+            return sep_fail(SEP_EIO, "workers: poll: %s", zmq_strerror(errno));
+        if (!(it.revents & ZMQ_POLLIN))
+            continue;
+        sep_msg_t m;
+        if (sep_msg_recv(p->sock, 1, &m, 0)) {
+            sep_log(SEP_LOG_WARN, "workers: unexpected message before hello: %s", sep_errmsg());
+            continue;
+        }
+        rc = sep_pool_hello(p, &m);
+        sep_msg_close(&m);
+        if (rc)
+            return rc;
+    }
+    return rc;
+}
+
+int sep_pool_spawn(sep_pool_t **out, void *zctx, const char *run_dir, const sep_pool_opts_t *o,
+                   int generation)
 {
     *out = NULL;
     if (o->stages < 1)
@@ -236,8 +254,14 @@ int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_
     p->stages = o->stages;
     p->child = -1;
     int rc, linger = 0, mandatory = 1;
+    /* a configured endpoint is the same for every pool (the one before
+     * has let it go: sep_pool_unbind); a private one is new for a pool
+     * started again, so that nothing of the old one's reaches it */
     if (o->endpoint)
         snprintf(p->endpoint, sizeof p->endpoint, "%s", o->endpoint);
+    else if (generation)
+        snprintf(p->endpoint, sizeof p->endpoint, "ipc://%s/workers-%d-%d.sock", run_dir,
+                 (int)getpid(), generation);
     else
         snprintf(p->endpoint, sizeof p->endpoint, "ipc://%s/workers-%d.sock", run_dir,
                  (int)getpid());
@@ -275,19 +299,32 @@ int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_
     }
     if (pid == 0) {
         setpgid(0, 0); /* one group: stopping the pool reaches every rank */
+        /* sepd blocks these for its signalfd; the workers take them as usual */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         execvp(argv[0], argv);
         fprintf(stderr, "sepd: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
     setpgid(pid, pid);
     p->child = pid;
+    p->spawned = sep_now();
     sep_log(SEP_LOG_INFO, "started %d stage(s): %s (pid %d)", o->stages, argv[0], (int)pid);
-    if ((rc = pool_wait_hellos(p, o)))
-        goto fail;
     *out = p;
     return SEP_OK;
 fail:
     sep_pool_stop(&p);
+    return rc;
+}
+
+int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_pool_opts_t *o)
+{
+    sep_pool_t *p = NULL;
+    int rc = sep_pool_spawn(&p, zctx, run_dir, o, 0);
+    if (!rc && (rc = pool_wait_hellos(p, o)))
+        sep_pool_stop(&p);
+    *out = p;
     return rc;
 }
 
@@ -299,6 +336,54 @@ int sep_pool_send_all(sep_pool_t *p, json_t *hdr, const sep_frame_t *frames, int
             return rc;
     }
     return SEP_OK;
+}
+
+void sep_pool_kill(sep_pool_t *p)
+{
+    if (p->child <= 0)
+        return;
+    kill(-p->child, SIGKILL);
+    /* the ranks of mpirun are its children, in its group: reap it */
+    waitpid(p->child, NULL, 0);
+    p->child = -1;
+}
+
+void sep_pool_unbind(sep_pool_t *p)
+{
+    if (!p->sock || !p->endpoint[0])
+        return;
+    if (zmq_unbind(p->sock, p->endpoint) != 0)
+        sep_log(SEP_LOG_WARN, "workers: unbind %s: %s", p->endpoint, zmq_strerror(errno));
+    if (strncmp(p->endpoint, "ipc://", 6) == 0)
+        unlink(p->endpoint + strlen("ipc://"));
+    p->endpoint[0] = '\0';
+}
+
+int sep_pool_stage_gone(const sep_pool_t *p, char *why, size_t why_len)
+{
+    for (int r = 0; r < p->stages; r++) {
+        pid_t pid = p->stage[r].pid;
+        if (pid <= 0 || !p->stage[r].peer_len)
+            continue;
+        char path[64], line[512], state = '?';
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+        FILE *f = fopen(path, "r");
+        if (f) {
+            if (fgets(line, sizeof line, f)) {
+                char *rp = strrchr(line, ')');
+                if (rp && rp[1] == ' ')
+                    state = rp[2];
+            }
+            fclose(f);
+        } else if (kill(pid, 0) == 0 || errno != ESRCH) {
+            continue; /* no /proc, or not ours to see: the socket will tell */
+        }
+        if (!f || state == 'Z' || state == 'X') {
+            snprintf(why, why_len, "stage %d (pid %d) has exited", r, (int)pid);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 void sep_pool_stop(sep_pool_t **self_p)

@@ -51,10 +51,38 @@ typedef struct {
     int stages;
     sep_stage_t *stage;      /* (stages) by rank */
     int vocab, max_tokens, dim, n_layers;
+    int hellos;              /* ranks that said hello */
+    double spawned;          /* when the child was started */
 } sep_pool_t;
 
 /* Bind, start the workers, wait for their hellos. */
 int sep_pool_start(sep_pool_t **out, void *zctx, const char *run_dir, const sep_pool_opts_t *o);
+
+/* Bind and start the workers without waiting for them (a pool started
+ * again after a fault: generation > 0 gives a private endpoint a name of
+ * its own; a configured o->endpoint is bound again, see sep_pool_unbind).
+ * The caller passes what arrives on p->sock to sep_pool_hello until
+ * sep_pool_ready; sep_pool_starting says how the start goes: SEP_EAGAIN
+ * while it goes on, 0 once ready, an error once the child died or
+ * timeout_s passed. */
+int sep_pool_spawn(sep_pool_t **out, void *zctx, const char *run_dir, const sep_pool_opts_t *o,
+                   int generation);
+int sep_pool_hello(sep_pool_t *p, sep_msg_t *m);
+int sep_pool_ready(const sep_pool_t *p);
+int sep_pool_starting(sep_pool_t *p, double timeout_s);
+
+/* Kill every process of the pool at once (SIGKILL to its group) and reap
+ * the child; the socket stays until sep_pool_stop. */
+void sep_pool_kill(sep_pool_t *p);
+
+/* Let the endpoint go (zmq_unbind; an ipc socket file is removed) while
+ * the socket stays open until sep_pool_stop: a configured endpoint
+ * (worker_socket) is then free for the pool that starts after it. */
+void sep_pool_unbind(sep_pool_t *p);
+
+/* Nonzero when a stage's process (a rank of mpirun) has exited though the
+ * child still runs; *why names it. */
+int sep_pool_stage_gone(const sep_pool_t *p, char *why, size_t why_len);
 
 /* Send hdr and frames to every rank (hdr keeps its reference). */
 int sep_pool_send_all(sep_pool_t *p, json_t *hdr, const sep_frame_t *frames, int n);

@@ -186,9 +186,10 @@ static int sched_one(sepd_t *d)
     json_decref(h);
     d->n_flight++;
     if (rc) {
-        /* the workers are unreachable: the loop's liveness check ends it */
-        sep_log(SEP_LOG_ERROR, "batch %lld: %s", (long long)b->seq, sep_errmsg());
-        d->stop = d->failed = 1;
+        /* the workers are unreachable: a fault */
+        char why[600];
+        snprintf(why, sizeof why, "batch %lld: %s", (long long)b->seq, sep_errmsg());
+        sepd_fault(d, why);
         return 0;
     }
     return 1;
@@ -196,6 +197,8 @@ static int sched_one(sepd_t *d)
 
 void sepd_schedule(sepd_t *d)
 {
+    if (d->recover)
+        return;
     double t0 = sep_now();
     /* a checkpoint's state on its way from the stages (hundreds of MB at
      * full size) holds back every answer sent after it on that socket:
@@ -234,17 +237,19 @@ void sepd_batch_done(sepd_t *d, const sep_msg_t *m)
     if (m->n_frames != 4 || m->frames[0].len != (size_t)total * 4 ||
         m->frames[1].len != (size_t)total * 4 || m->frames[2].len != (size_t)n_pick * 4 ||
         m->frames[3].len != (size_t)n_pick * 4) {
-        sep_log(SEP_LOG_ERROR, "batch %lld: malformed answer", (long long)seq);
-        d->stop = d->failed = 1;
+        char why[100];
+        snprintf(why, sizeof why, "batch %lld: a malformed answer", (long long)seq);
+        sepd_fault(d, why);
         return;
     }
     /* a run ahead's last step: the steps before it came as w_step */
     int64_t steps = sep_msg_int(m, "steps", 1);
     if (steps != b->ch[0].ran + 1 || steps > b->ch[0].ahead) {
-        sep_log(SEP_LOG_ERROR, "batch %lld: an answer after %lld steps, %d asked and %d "
-                "answered before", (long long)seq, (long long)steps, b->ch[0].ahead,
-                b->ch[0].ran);
-        d->stop = d->failed = 1;
+        char why[200];
+        snprintf(why, sizeof why, "batch %lld: an answer after %lld steps, %d asked and %d "
+                 "answered before", (long long)seq, (long long)steps, b->ch[0].ahead,
+                 b->ch[0].ran);
+        sepd_fault(d, why);
         return;
     }
     const float *nll = m->frames[0].data, *next_nll = m->frames[3].data;
@@ -276,11 +281,12 @@ void sepd_batch_step(sepd_t *d, const sep_msg_t *m)
     if (!c || d->flight[0].seq != seq || d->flight[0].nc != 1 || c->sid != sid ||
         step != c->ran || c->ran + 1 >= c->ahead || m->n_frames != 3 ||
         m->frames[0].len != 4 || m->frames[1].len != 4 || m->frames[2].len != 4) {
-        sep_log(SEP_LOG_ERROR, "workers sent step %lld of batch %lld (session %u), expected "
-                "%s", (long long)step, (long long)seq, sid,
-                !c ? "no batch" : c->ahead < 2 ? "none: it runs no steps ahead"
-                : "the next of its run, before the last step of its budget");
-        d->stop = d->failed = 1;
+        char why[300];
+        snprintf(why, sizeof why, "workers sent step %lld of batch %lld (session %u), "
+                 "expected %s", (long long)step, (long long)seq, sid,
+                 !c ? "no batch" : c->ahead < 2 ? "none: it runs no steps ahead"
+                 : "the next of its run, before the last step of its budget");
+        sepd_fault(d, why);
         return;
     }
     int32_t kv, tok;
@@ -351,23 +357,15 @@ void sepd_ahead_yields(sepd_t *d)
     }
 }
 
-/* A batch failed in a stage: its sessions cannot go on. */
+/* A batch failed in a stage (out of device memory, say): the stages'
+ * caches no longer agree with the sessions, nor with each other. A fault:
+ * the pool starts again and every session comes back from its last
+ * checkpoint (recover.c). */
 void sepd_batch_failed(sepd_t *d, const sep_msg_t *m)
 {
     int64_t seq = sep_msg_int(m, "seq", -1);
-    const char *why = sep_msg_str(m, "error", "?");
-    if (d->n_flight == 0 || d->flight[0].seq != seq) {
-        sep_log(SEP_LOG_ERROR, "batch %lld failed out of order: %s", (long long)seq, why);
-        return;
-    }
-    sepd_batch_t *b = &d->flight[0];
-    for (int j = 0; j < b->nc; j++) {
-        sep_session_t *s = sepd_find_sid(d, b->ch[j].sid);
-        if (s && s->state != SEP_SS_FAILED)
-            sepd_session_failed(d, s, why);
-    }
-    sched_pop(d);
-    for (size_t i = 0; i < d->n_sess; i++)
-        if (d->sess[i]->state == SEP_SS_FAILED && sepd_step(d, d->sess[i]))
-            i--;
+    char why[700];
+    snprintf(why, sizeof why, "batch %lld failed in a stage: %s", (long long)seq,
+             sep_msg_str(m, "error", "?"));
+    sepd_fault(d, why);
 }

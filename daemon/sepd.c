@@ -8,11 +8,12 @@
  * client as its tokens are scored; the state machine of every session is
  * in control.c. The loop also retries replies a slow client could not
  * take yet (outbox.h), sends heartbeats to clients that wait, and watches
- * the workers: one that dies or stops answering ends sepd, after every
- * waiting client has been told why. Protocol: docs/protocol.md.
+ * the workers: one that dies, fails a batch or stops answering is a fault
+ * (recover.c): the pool is killed and started again and every session
+ * reloaded from its last checkpoint, while ls, info and stats go on being
+ * served. Signals: signals.c. Protocol: docs/protocol.md.
  *
- * Exit codes: 0 after SIGTERM/SIGINT, 1 a runtime error (including a
- * worker that died or hung), 2 a usage error.
+ * Exit codes: 0 after SIGTERM/SIGINT, 1 a runtime error, 2 a usage error.
  */
 #include "auth.h"
 #include "conf.h"
@@ -51,6 +52,13 @@ static void sepd_worker_msg(sepd_t *d)
     if (rc == SEP_ENOTFOUND)
         return;
     d->workers_heard = sep_now();
+    if (d->recover) {
+        /* the new pool's hellos (what the old one said last is dropped) */
+        if (!rc)
+            sepd_recover_msg(d, &m);
+        sep_msg_close(&m);
+        return;
+    }
     int rank = rc ? -1 : sep_pool_rank_of(d->pool, &m);
     if (rc || rank < 0) {
         sep_log(SEP_LOG_WARN, "dropped a worker message: %s", rc ? sep_errmsg() : "unknown peer");
@@ -94,28 +102,6 @@ static void sepd_gone_cb(void *arg, const uint8_t *peer, size_t len)
     sepd_peer_gone(arg, peer, len);
 }
 
-/* Dead or hung workers: why, in *why; 0 while they serve. */
-static int sepd_workers_lost(sepd_t *d, char *why, size_t cap)
-{
-    char how[128];
-    if (sep_pool_dead(d->pool, how, sizeof how)) {
-        snprintf(why, cap, "the workers %s", how);
-        return 1;
-    }
-    /* the clock runs while the workers owe an answer and say nothing */
-    double now = sep_now(), quiet = now - d->workers_heard;
-    if (!sepd_workers_owe(d)) {
-        d->workers_heard = now;
-        return 0;
-    }
-    if (quiet < d->conf.worker_timeout)
-        return 0;
-    sep_pool_describe_hang(d->pool, how, sizeof how);
-    snprintf(why, cap, "the workers have not answered for %.0f s (worker_timeout)%s%s", quiet,
-             how[0] ? ": " : "", how);
-    return 1;
-}
-
 /* Give the last replies a moment to leave before the sockets close. */
 static void sepd_farewell(sepd_t *d)
 {
@@ -125,9 +111,17 @@ static void sepd_farewell(sepd_t *d)
 }
 
 /* SIGTERM: every active session is checkpointed first (shutdown_timeout
- * at most), then the loop ends. 1 once nothing is left to wait for. */
+ * at most), then the loop ends. Each session that has changed since its
+ * last checkpoint gets one try after the signal, whether or not the one
+ * before failed; one that fails (a full store) is not waited for again.
+ * 1 once nothing is left to wait for, or the time is up (logged, naming
+ * the sessions left at their last checkpoint). */
 static int sepd_drained(sepd_t *d)
 {
+    /* after a worker fault the sessions are at their checkpoints already */
+    if (d->recover)
+        return 1;
+    double now = sep_now(), since = d->stop_by - d->conf.shutdown_timeout;
     int busy = 0;
     for (size_t i = 0; i < d->n_sess; i++) {
         sep_session_t *s = d->sess[i];
@@ -135,19 +129,37 @@ static int sepd_drained(sepd_t *d)
             continue;
         if (s->committed_tokens != s->tokens || s->committed_bytes != s->bytes_in ||
             s->cut || s->sj != SEP_SJ_NONE) {
-            if (!s->ckpt_want && !s->cut && s->sj == SEP_SJ_NONE && !s->ckpt_error[0]) {
+            if (!s->ckpt_want && !s->cut && s->sj == SEP_SJ_NONE && s->ckpt_tried_at < since) {
                 s->ckpt_want = 1;
+                s->ckpt_tried_at = now;
                 sepd_step(d, s);
             }
-            busy += !s->ckpt_error[0] || s->cut || s->sj != SEP_SJ_NONE;
+            busy += s->ckpt_tried_at < since || s->ckpt_want || s->cut || s->sj != SEP_SJ_NONE;
         }
     }
-    return !busy || sep_now() > d->stop_by;
+    if (!busy)
+        return 1;
+    if (now <= d->stop_by)
+        return 0;
+    char names[400];
+    size_t at = 0;
+    names[0] = '\0';
+    for (size_t i = 0; i < d->n_sess && at < sizeof names; i++) {
+        sep_session_t *s = d->sess[i];
+        if (s->state == SEP_SS_ACTIVE &&
+            (s->committed_tokens != s->tokens || s->committed_bytes != s->bytes_in)) {
+            int k = snprintf(names + at, sizeof names - at, "%s'%s'", at ? ", " : "", s->name);
+            at += k > 0 ? (size_t)k : 0;
+        }
+    }
+    sep_log(SEP_LOG_WARN, "shutdown_timeout (%d s) passed: not checkpointed: %s (back at "
+            "their last checkpoints when sepd starts again)", d->conf.shutdown_timeout,
+            names[0] ? names : "none");
+    return 1;
 }
 
 static int sepd_loop(sepd_t *d)
 {
-    char why[512];
     while (!d->stop) {
         size_t waiting = sepd_outbox_flush(d->out, sepd_gone_cb, d);
         /* while a generation step is under way on a GPU, poll without
@@ -192,38 +204,20 @@ static int sepd_loop(sepd_t *d)
                 break;
             sepd_client_msg(d);
         }
-        if (it[2].revents & ZMQ_POLLIN) {
-            struct signalfd_siginfo si;
-            while (read(d->sig_fd, &si, sizeof si) == (ssize_t)sizeof si)
-                if ((si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) && !d->stopping) {
-                    sep_log(SEP_LOG_INFO, "signal %u: checkpointing every session, then "
-                            "shutting down", si.ssi_signo);
-                    sepd_fail_all(d, SEP_ERR_UNAVAILABLE, "sepd is shutting down");
-                    d->stopping = 1;
-                    d->stop_by = sep_now() + d->conf.shutdown_timeout;
-                } else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-                    sep_log(SEP_LOG_WARN, "signal %u again: stopping now", si.ssi_signo);
-                    d->stop = 1;
-                } else if (si.ssi_signo == SIGHUP) {
-                    sepd_hup(d); /* access.c: the key lists */
-                }
-        }
+        if (it[2].revents & ZMQ_POLLIN)
+            sepd_signal_msg(d);
         if (d->stopping && sepd_drained(d))
             d->stop = 1;
-        if (!d->stop && sepd_workers_lost(d, why, sizeof why)) {
-            char msg[700];
-            snprintf(msg, sizeof msg, "%s; sepd stops (the sessions are back at their last "
-                     "checkpoint when it restarts)", why);
-            sepd_fail_all(d, SEP_ERR_UNAVAILABLE, msg);
-            sepd_farewell(d);
-            return sep_fail(SEP_EIO, "%s", msg);
-        }
         if (d->failed) {
-            sepd_fail_all(d, SEP_ERR_UNAVAILABLE, "the workers failed; sepd stops");
+            sepd_fail_all(d, SEP_ERR_UNAVAILABLE, "sepd failed; it stops");
             sepd_farewell(d);
-            return sep_fail(SEP_EIO, "the workers failed");
+            return sep_fail(SEP_EIO, "sepd failed");
         }
-        if (!d->stopping)
+        /* dead or hung workers are a fault: killed, started again, the
+         * sessions reloaded (recover.c); sepd serves on */
+        if (!d->stop)
+            sepd_recover_tick(d);
+        if (!d->stopping && !d->recover)
             sepd_checkpoint_due(d);
         sepd_archive_due(d);
         sepd_ahead_yields(d);
@@ -430,20 +424,6 @@ static int sepd_detach(const char *store, int *ready_fd)
     return SEP_OK;
 }
 
-static int sepd_signals(sepd_t *d)
-{
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP); /* re-read the key lists (sepd_hup) */
-    signal(SIGPIPE, SIG_IGN);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0 ||
-        (d->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
-        return sep_fail(SEP_EIO, "signals: %s", strerror(errno));
-    return SEP_OK;
-}
-
 /* The workers' socket's cap on one frame: a stage's cache state (within
  * its cache memory: cache_memory_mib, else at most the machine's memory)
  * or a batch's archive rows (K or V of every row of a batch, f32). */
@@ -490,7 +470,7 @@ static int sepd_start(sepd_t *d)
                             .allow_insecure_tcp = d->conf.allow_insecure_tcp };
     if ((rc = sepd_auth_new(&d->auth, d->zctx, &ao)))
         return rc;
-    sep_pool_opts_t po = { .stages = d->conf.stages, .worker = d->conf.worker,
+    d->pool_opts = (sep_pool_opts_t){ .stages = d->conf.stages, .worker = d->conf.worker,
                            .mpirun = d->conf.mpirun, .mpirun_args = d->conf.mpirun_args,
                            .model = d->conf.model, .device = d->conf.device,
                            .precision = d->conf.precision, .threads = d->conf.threads,
@@ -503,8 +483,9 @@ static int sepd_start(sepd_t *d)
                            .server_public = sepd_auth_server_public(d->auth),
                            .worker_key = d->conf.worker_key,
                            .listen = sepd_pool_listen, .listen_arg = d };
-    if ((rc = sep_pool_start(&d->pool, d->zctx, d->run_dir, &po)))
+    if ((rc = sep_pool_start(&d->pool, d->zctx, d->run_dir, &d->pool_opts)))
         return rc;
+    d->pool_vocab = d->pool->vocab;
     if (d->pool->stages > SEP_MAX_STAGES)
         return sep_fail(SEP_EINVAL, "%d stages (at most %d)", d->pool->stages, SEP_MAX_STAGES);
     if ((rc = sep_tok_check_vocab(d->tok, d->pool->vocab)))
@@ -586,6 +567,7 @@ int main(int argc, char **argv)
     sepd_t d = { .conf = { .stages = 1, .max_batch = 2048, .chunk = 512, .batches_ahead = 2, .max_sessions = 1024,
                            .limits = SEPD_LIMITS_DEFAULTS,
                            .start_timeout = 120, .worker_timeout = 300, .poll_spin_us = -1,
+                           .restart_backoff_max = 60,
                            .decode_ahead = 32, .checkpoint_tokens = 65536, .checkpoint_bytes = 8L << 20,
                            .checkpoint_seconds = 30, .checkpoint_budget = 2, .shutdown_timeout = 30,
                            .store_map_mib = 1024, .store_max_mib = 65536, .store_sync = 1 },

@@ -186,6 +186,8 @@ typedef struct {
     int ckpt_want;                /* a checkpoint is due: batches wait for its cut */
     int hold;                     /* brought back from the store: runs nothing until a
                                      client's op begins */
+    int recovering;               /* a worker fault: the session waits to be reloaded from
+                                     the store (recover.c); info says "recovering" */
     int reviving;                 /* active, brought back at start: its caches are being
                                      loaded into the workers (no op holds it, so a client
                                      may feed it meanwhile: its ids wait) */
@@ -196,6 +198,7 @@ typedef struct {
     int64_t committed_tokens;     /* tokens then */
     double committed_at;          /* when it was taken (monotonic); 0: never */
     double ckpt_cost;             /* seconds the last one's states took from the stages */
+    double ckpt_tried_at;         /* when the last one that came due began (monotonic) */
     int64_t checkpoints;          /* checkpoints written over the session's life */
     int n_stages_saved;           /* stages in the store's snapshot (0: none) */
     int64_t saved_bytes;          /* bytes of its cache states there */

@@ -24,7 +24,10 @@ killall_daemon() {
     for w in $workers; do pkill -9 -P "$w" 2>/dev/null; done
     daemon=
 }
-trap 'killall_daemon; rm -rf "$tmp"' EXIT
+# bg: pids of background clients (a feed --retry waits for sepd forever),
+# killed at exit too
+bg=
+trap 'kill $bg 2>/dev/null; killall_daemon; rm -rf "$tmp"' EXIT
 
 # ok NAME TEST: one TAP line; a failure shows the last command's stderr
 # and the end of sepd's log

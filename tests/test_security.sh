@@ -11,7 +11,7 @@
 # SEPD, ZCLIENT, ZSTORE, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZCLIENT:?}" "${ZSTORE:?}"
-echo "1..55"
+echo "1..57"
 
 K=$tmp/keys
 export XDG_CONFIG_HOME="$tmp/config" # no sepctl.conf of the user's
@@ -151,6 +151,21 @@ ok "SIGHUP: a key added to the allow-list is let in (and sees no one's sessions)
     'test $rc = 0 && ! grep -q s1 "$tmp/out"'
 run as bob ls
 ok "... a key removed is refused" 'test $rc = 1 && grep -q "not on sepd.s allow-list" "$tmp/err"'
+
+# the worker on tcp with CURVE, killed three times: each pool started again
+# binds the workers' endpoint anew (another port of tcp://127.0.0.1:*),
+# under sepd's ZAP handler as the first one was
+for k in 1 2 3; do
+    kill -9 $(pgrep -P "$daemon")
+    wait_for 120 'grep -q "workers restarted (restart $k)" "$tmp/sepd.log"' || break
+done
+w=$(pgrep -P "$daemon" | head -1)
+ok "a worker on tcp killed three times: sepd starts it again each time, over CURVE" \
+    'grep -q "workers restarted (restart 3)" "$tmp/sepd.log" &&
+     tr "\0" " " </proc/$w/cmdline >"$tmp/cmdline" && grep -qE -- "--connect tcp://127.0.0.1:[0-9]+ " "$tmp/cmdline" &&
+     grep -qF -- "--server-key $(cat "$K/server.pub") --key $K/worker.secret" "$tmp/cmdline"'
+ok "... and the session, back at its checkpoint, goes on on the new worker" \
+    'echo " Once more." | SEPD_KEY="$K/alice.secret" timeout 60 "$SEPCTL" feed s1 >/dev/null && as alice info s1 --json | grep -q "\"state\": *\"active\""'
 
 # owners survive a restart
 stop_daemon

@@ -347,6 +347,41 @@ static int worker_fault(const worker_t *w, const char *op)
     return 1;
 }
 
+/* A test hook: with SEPD_WORKER_CRASH=PATH, a worker about to run a
+ * batch looks for the file PATH; when it holds "kill", "stop" or "fail"
+ * (optionally "@RANK": that rank only), the worker kills itself
+ * (SIGKILL), stops itself (SIGSTOP: a hang) or fails the batch (as when
+ * the device runs out of memory). The file is removed when it fires
+ * unless its second word is "always" (sepd-worker(8)). 1: fail the batch. */
+static int worker_crash(const worker_t *w)
+{
+    const char *path = getenv("SEPD_WORKER_CRASH");
+    if (!path || !*path)
+        return 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char what[32] = "", mode[32] = "";
+    int n = fscanf(f, "%31s %31s", what, mode);
+    fclose(f);
+    if (n < 1)
+        return 0;
+    char *at = strchr(what, '@');
+    if (at) {
+        *at = '\0';
+        if (atoi(at + 1) != w->rank)
+            return 0;
+    }
+    if (strcmp(mode, "always") != 0 && unlink(path) != 0)
+        return 0; /* another rank took it */
+    sep_log(SEP_LOG_WARN, "rank %d: SEPD_WORKER_CRASH: %s", w->rank, what);
+    if (!strcmp(what, "kill"))
+        kill(getpid(), SIGKILL);
+    else if (!strcmp(what, "stop"))
+        kill(getpid(), SIGSTOP);
+    return !strcmp(what, "fail");
+}
+
 /* Hidden states between ranks: a header (seq, status, rows), then the
  * rows when status is 0. A failed stage sends status 1 so the stages
  * after it skip the batch (the failing stage reported it). */
@@ -593,8 +628,8 @@ static int worker_batch(worker_t *w, const sep_msg_t *m)
             MPI_Recv(w->x, (int)head[2] * dim, MPI_FLOAT, w->rank - 1, WK_TAG_ROWS,
                      MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     }
-    int rc = !failed && worker_fault(w, SEP_OP_W_BATCH)
-                 ? sep_fail(SEP_EIO, "w_batch: an injected fault (SEPD_WORKER_FAULT)")
+    int rc = !failed && (worker_fault(w, SEP_OP_W_BATCH) || worker_crash(w))
+                 ? sep_fail(SEP_EIO, "w_batch: an injected fault (SEPD_WORKER_FAULT or SEPD_WORKER_CRASH)")
                  : worker_batch_run(w, m, failed, &n_pick);
     int last = w->rank == w->stages - 1;
     size_t total = m->n_frames >= 1 ? m->frames[0].len / 4 : 0;
