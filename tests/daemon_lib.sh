@@ -49,6 +49,15 @@ run() {
     rc=$?
 }
 
+# figures FILE: tokens, ppl, avg_kv and max_kv of a JSON reply, a line each;
+# same_figures A B: the two agree exactly (and A has them)
+figures() { for k in tokens ppl avg_kv max_kv; do grep -o "\"$k\": *[0-9.e+-]*" "$1" | head -1 | sed 's/.*: *//'; done; }
+same_figures() { test "$(figures "$1")" = "$(figures "$2")" && test -n "$(figures "$1")"; }
+# info_num NAME KEY, info_state NAME, stats_num KEY: what sepd reports now
+info_num() { "$SEPCTL" info "$1" --json 2>/dev/null | grep -o "\"$2\": *[0-9.e+-]*" | head -1 | sed 's/.*: *//'; }
+info_state() { "$SEPCTL" info "$1" --json 2>/dev/null | grep -o '"state": *"[a-z]*"' | sed 's/.*: *"//; s/"$//'; }
+stats_num() { "$SEPCTL" stats --json 2>/dev/null | grep -o "\"$1\": *[0-9]*" | head -1 | sed 's/.*: *//'; }
+
 # json_num KEY, json_str KEY: the value after "KEY": in $tmp/out
 json_num() { grep -o "\"$1\": *[0-9.e+-]*" "$tmp/out" | head -1 | sed 's/.*: *//'; }
 json_str() { grep -o "\"$1\": *\"[^\"]*\"" "$tmp/out" | head -1 | sed 's/.*: *"//; s/"$//'; }

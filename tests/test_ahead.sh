@@ -33,10 +33,6 @@ fresh() { "$SEPCTL" open "$1" >/dev/null && "$SEPCTL" feed "$1" <"$tmp/prompt" >
 toks() { grep -o '"token": *[0-9]*' "$1" | sed 's/.*: *//'; }
 # lines FILE: the token lines of generate --json (id, text, NLL)
 lines() { grep '^{"token"' "$1"; }
-# stat KEY: a number of sepctl stats
-stat() { "$SEPCTL" stats --json | grep -o "\"$1\": *[0-9]*" | head -1 | sed 's/.*: *//'; }
-# tokens NAME: the session's scored tokens
-tokens() { "$SEPCTL" info "$1" --json | grep -o '"tokens": *[0-9]*' | sed 's/.*: *//'; }
 # model_copy DIR EOS: books-llama-16m in DIR, its files linked, eos_token_id EOS
 model_copy() {
     mkdir "$1" && ln -s "$M0"/* "$1/" && rm "$1/config.json" &&
@@ -56,8 +52,8 @@ scenario() {
     fresh s && "$SEPCTL" generate s -n 80 $SAMPLE --seed 11 --json >"$tmp/$1.sampled" 2>&1
     "$SEPCTL" generate s -n 40 $SAMPLE --json >"$tmp/$1.sampled2" 2>&1
     { "$SEPCTL" info g --json && "$SEPCTL" info s --json; } >"$tmp/$1.info"
-    runs=$(stat ahead_runs)
-    steps=$(stat ahead_steps)
+    runs=$(stats_num ahead_runs)
+    steps=$(stats_num ahead_steps)
     stop_daemon
 }
 
@@ -110,23 +106,23 @@ ok "sepd starts with decode_ahead = 1000, chunk = 16" 'start_daemon --model "$M0
 fresh g1
 printf 'send {"v":2,"op":"generate","session":"g1","n":400,"window":400,"temperature":0}\ndrain 3000\n' |
     zc >"$tmp/g1.out"
-t_text=$(($(tokens g1) - 400))
+t_text=$(($(info_num g1 tokens) - 400))
 toks "$tmp/g1.out" >"$tmp/g1.t"
 ok "alone, a generation of 400 in a window of 400 is one run of 400 steps" \
-    'test "$(wc -l <"$tmp/g1.t")" = 400 && test "$(stat ahead_runs)" = 1 && test "$(stat ahead_steps)" = 399'
+    'test "$(wc -l <"$tmp/g1.t")" = 400 && test "$(stats_num ahead_runs)" = 1 && test "$(stats_num ahead_steps)" = 399'
 "$SEPCTL" eval --threads 1 --nll-out "$tmp/other.eval" <"$tmp/other.txt" >/dev/null 2>&1
 fresh g2
 "$SEPCTL" open f >/dev/null
 printf 'send {"v":2,"op":"generate","session":"g2","n":400,"window":400,"temperature":0}\ndrain 3000\n' |
     zc >"$tmp/g2.out" &
 zpid=$!
-wait_for 60 'test "$(tokens g2)" -ge $((t_text + 20))'
+wait_for 60 'test "$(info_num g2 tokens)" -ge $((t_text + 20))'
 "$SEPCTL" feed f --nll-out "$tmp/f.nll" <"$tmp/other.txt" >/dev/null
 "$SEPCTL" close f --nll-out "$tmp/f.close" >/dev/null
 running=$("$SEPCTL" info g2 --json | grep -o '"running": *"[a-z]*"')
 wait $zpid
 ok "a feed in the middle of the run is served then: the run yields to its batches" \
-    'echo "$running" | grep -q generate && test "$(stat ahead_runs)" -gt 2'
+    'echo "$running" | grep -q generate && test "$(stats_num ahead_runs)" -gt 2'
 ok "the generation meanwhile makes the tokens it makes alone" \
     'toks "$tmp/g2.out" | cmp -s - "$tmp/g1.t"'
 ok "the feed meanwhile scores the NLLs of eval" \
@@ -134,12 +130,12 @@ ok "the feed meanwhile scores the NLLs of eval" \
 
 # ---- a cancel in the middle of a run -----------------------------------------
 fresh c
-y0=$(stat ahead_yields)
+y0=$(stats_num ahead_yields)
 printf 'send {"v":2,"op":"generate","session":"c","n":400,"window":400,"temperature":0}\nrecv 20\nsend {"v":2,"op":"cancel","session":"c"}\ndrain 2000\n' |
     zc >"$tmp/c.out"
-made=$(($(tokens c) - t_text))
+made=$(($(info_num c tokens) - t_text))
 ok "cancel mid-run: sepd sends w_yield, the generation says cancelled" \
-    'test "$(stat ahead_yields)" -gt "$y0" && grep -q "\"stop\": *\"cancelled\"" "$tmp/c.out" && test $made -lt 380'
+    'test "$(stats_num ahead_yields)" -gt "$y0" && grep -q "\"stop\": *\"cancelled\"" "$tmp/c.out" && test $made -lt 380'
 "$SEPCTL" generate c -n 20 --temperature 0 --json >"$tmp/c.next" 2>/dev/null
 sed -n "$((made + 1)),$((made + 20))p" "$tmp/g1.t" >"$tmp/c.want"
 ok "every step the stage ran after the cancel is the session's: it goes on from there ($made made)" \
@@ -153,20 +149,20 @@ ok "sepd starts with a checkpoint every 8 tokens" 'start_daemon --model "$M0"'
 fresh r
 "$SEPCTL" generate r -n 300 $SAMPLE --seed 11 --json >"$tmp/r.json" 2>/dev/null
 lines "$tmp/r.json" >"$tmp/r.l"
-t_text=$(($(tokens r) - 300))
+t_text=$(($(info_num r tokens) - 300))
 lines "$tmp/one.sampled" >"$tmp/o.l"
 ok "runs cut by checkpoints (w_yield) give the tokens and NLLs of one round trip a step" \
-    'test "$(stat ahead_yields)" -gt 0 && head -80 "$tmp/r.l" | cmp -s - "$tmp/o.l"'
+    'test "$(stats_num ahead_yields)" -gt 0 && head -80 "$tmp/r.l" | cmp -s - "$tmp/o.l"'
 fresh k
-ck0=$("$SEPCTL" info k --json | grep -o '"checkpoints": *[0-9]*' | sed 's/.*: *//')
+ck0=$(info_num k checkpoints)
 "$SEPCTL" generate k -n 300 $SAMPLE --seed 11 --json >/dev/null 2>&1 &
 gpid=$!
-wait_for 60 'test "$("$SEPCTL" info k --json | grep -o "\"checkpoints\": *[0-9]*" | sed "s/.*: *//")" -ge $((ck0 + 4))'
+wait_for 60 'test "$(info_num k checkpoints)" -ge $((ck0 + 4))'
 killall_daemon
 wait $gpid 2>/dev/null
 ok "sepd restarts after kill -9 in the middle of the generation" 'start_daemon --model "$M0"'
 wait_for 20 '"$SEPCTL" info k --json | grep -q "\"state\": *\"active\""'
-at=$(($(tokens k) - t_text))
+at=$(($(info_num k tokens) - t_text))
 "$SEPCTL" generate k -n $((300 - at)) $SAMPLE --json >"$tmp/k.json" 2>/dev/null
 tail -n +$((at + 1)) "$tmp/r.l" >"$tmp/k.want"
 ok "from its checkpoint ($at tokens in) the generation goes on with the tokens and NLLs of one that ran through" \
@@ -184,9 +180,9 @@ fresh u
 ok "suspend and resume after 50: the next 30 are those of one generation of 80" \
     '{ lines "$tmp/u1"; lines "$tmp/u2"; } | cmp -s - "$tmp/o.l"'
 fresh p
-r0=$(stat ahead_runs)
+r0=$(stats_num ahead_runs)
 "$SEPCTL" generate p -n 80 --temperature 0 --stop "never such a string" --json >"$tmp/p.json" 2>/dev/null
-ok "--stop: one step a round trip, nothing run ahead" 'test "$(stat ahead_runs)" = "$r0"'
+ok "--stop: one step a round trip, nothing run ahead" 'test "$(stats_num ahead_runs)" = "$r0"'
 lines "$tmp/one.greedy" >"$tmp/g.l"
 ok "--stop: the tokens and NLLs of the generation without it" \
     'lines "$tmp/p.json" | cmp -s - "$tmp/g.l"'

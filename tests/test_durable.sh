@@ -23,9 +23,6 @@ eval_of() {
 # state_is NAME STATE: the session's state is STATE
 state_is() { "$SEPCTL" info "$1" --json | grep -q "\"state\": *\"$2\""; }
 
-# same_figures A B: tokens, ppl, avg_kv and max_kv of two JSON lines agree exactly
-figures() { for k in tokens ppl avg_kv max_kv; do grep -o "\"$k\": *[0-9.e+-]*" "$1" | head -1 | sed 's/.*: *//'; done; }
-same_figures() { test "$(figures "$1")" = "$(figures "$2")" && test -n "$(figures "$1")"; }
 
 head -c 150000 "$T/persuasion.txt" >"$tmp/book.txt"
 head -c 20000 "$T/jack_sheppard.txt" >"$tmp/short.txt"

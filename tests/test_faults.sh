@@ -29,11 +29,6 @@ for s in $S; do
     "$SEPCTL" eval --threads 1 --nll-out "$tmp/$s.eval" --json <"$tmp/$s.txt" >"$tmp/$s.ej" 2>/dev/null
 done
 
-figures() { for k in tokens ppl avg_kv max_kv; do grep -o "\"$k\": *[0-9.e+-]*" "$1" | head -1 | sed 's/.*: *//'; done; }
-same_figures() { test "$(figures "$1")" = "$(figures "$2")" && test -n "$(figures "$1")"; }
-info_num() { "$SEPCTL" info "$1" --json 2>/dev/null | grep -o "\"$2\": *[0-9.e+-]*" | head -1 | sed 's/.*: *//'; }
-info_state() { "$SEPCTL" info "$1" --json 2>/dev/null | grep -o '"state": *"[a-z]*"' | sed 's/.*: *"//; s/"$//'; }
-stats_num() { "$SEPCTL" stats --json 2>/dev/null | grep -o "\"$1\": *[0-9]*" | head -1 | sed 's/.*: *//'; }
 
 # parts FILE NAME: FILE in five parts of 4800 bytes; part k+1 goes once
 # the file NAME.gK exists (120 s at most each)

@@ -24,12 +24,6 @@ EOF
 
 # eval_of FILE: eval's NLLs in FILE.eval, its figures in FILE.json
 eval_of() { "$SEPCTL" eval --threads 1 --nll-out "$1.eval" --json <"$1" >"$1.json" 2>/dev/null; }
-figures() { for k in tokens ppl avg_kv max_kv; do grep -o "\"$k\": *[0-9.e+-]*" "$1" | head -1 | sed 's/.*: *//'; done; }
-same_figures() { test "$(figures "$1")" = "$(figures "$2")" && test -n "$(figures "$1")"; }
-# info_num NAME KEY, stats_num KEY: a figure sepd reports now
-info_num() { "$SEPCTL" info "$1" --json 2>/dev/null | grep -o "\"$2\": *[0-9.e+-]*" | head -1 | sed 's/.*: *//'; }
-info_state() { "$SEPCTL" info "$1" --json 2>/dev/null | grep -o '"state": *"[a-z]*"' | sed 's/.*: *"//; s/"$//'; }
-stats_num() { "$SEPCTL" stats --json 2>/dev/null | grep -o "\"$1\": *[0-9]*" | head -1 | sed 's/.*: *//'; }
 # gated FILE AT GATE [SECONDS]: FILE's first AT bytes, then, once the file
 # GATE exists (SECONDS at most, 60 by default), the rest
 gated() {
