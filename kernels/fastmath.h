@@ -25,8 +25,13 @@ static inline float sep_expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale = { .i = ((int32_t)k + 127) << 23 };
-    return p * scale.f;
+    /* a NaN x gives a NaN p: k is taken as 0 there (converting NaN to an
+     * int, and shifting the negative result, would be undefined) */
+    int32_t ki = (int32_t)(k == k ? k : 0.0f);
+    int32_t bits = (ki + 127) << 23;
+    float scale; /* the bits as a float (clang rejects a union in a declare simd function) */
+    __builtin_memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
 }
 
 /* row[0..n) := softmax(row[0..n)) */

@@ -297,8 +297,10 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
     if ((rc = plan_grow_shared(&p->meta_cap, rows, 2, meta_bufs, meta_sz)))
         return rc;
     int lo = c->lo, m = c->n, n_sep = c->n_sep, used_keep = 0;
-    memcpy(p->ids + lo, c->ids + lo, (size_t)m * sizeof *p->ids);
-    memcpy(p->pos + lo, c->pos + lo, (size_t)m * sizeof *p->pos);
+    if (m) { /* an empty cache has no arrays yet (memcpy from NULL is undefined) */
+        memcpy(p->ids + lo, c->ids + lo, (size_t)m * sizeof *p->ids);
+        memcpy(p->pos + lo, c->pos + lo, (size_t)m * sizeof *p->pos);
+    }
 
     p->n_tokens = n;
     p->n_seg = 0;
