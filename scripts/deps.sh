@@ -4,7 +4,8 @@
 set -eu
 pkgs="build-essential autoconf automake pkg-config gawk
   libopenblas-dev libpcre2-dev libjansson-dev libzmq3-dev liblmdb-dev libsodium-dev
-  libopenmpi-dev openmpi-bin libcmocka-dev libunistring-dev"
+  libopenmpi-dev openmpi-bin libcmocka-dev libunistring-dev
+  clang-14 libclang-rt-14-dev llvm-14"
 sudo=
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 export DEBIAN_FRONTEND=noninteractive

@@ -18,7 +18,7 @@ scripts/tree-copy.sh build-fuzz
     cd build-fuzz
     [ -x configure ] && [ configure -nt configure.ac ] || autoreconf -fi
     if [ ! -f Makefile ]; then
-        ./configure CC=clang --enable-fuzzers --without-cuda >configure.out 2>&1 ||
+        ./configure CC="${FUZZ_CC:-clang-14}" --enable-fuzzers --without-cuda >configure.out 2>&1 ||
             { tail -n 20 configure.out; exit 1; }
     fi
     make -j"$(nproc)" fuzzers >make.out 2>&1 || { tail -n 40 make.out; exit 1; }

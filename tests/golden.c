@@ -22,6 +22,13 @@ const char *golden_precision(void)
     return env && *env ? env : "fp32";
 }
 
+int golden_scale(void)
+{
+    const char *env = getenv("SEP_TEST_SCALE");
+    int k = env && *env ? atoi(env) : 1;
+    return k >= 1 ? k : 1;
+}
+
 const char *golden_path(const char *rel)
 {
     static char buf[4096];

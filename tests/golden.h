@@ -15,6 +15,11 @@ const char *golden_device(void);
 /* Their precision: $SEP_TEST_PRECISION, else "fp32". */
 const char *golden_precision(void);
 
+/* $SEP_TEST_SCALE (default 1): the heavy tests divide their stream
+ * lengths by it (the sanitizer pass of scripts/check-sanitizers.sh runs
+ * every test at 4), keeping what each checks on the shorter stream. */
+int golden_scale(void);
+
 /* shared/rel as a path in a static buffer (valid until the next call). */
 const char *golden_path(const char *rel);
 

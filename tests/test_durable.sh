@@ -24,7 +24,11 @@ eval_of() {
 state_is() { "$SEPCTL" info "$1" --json | grep -q "\"state\": *\"$2\""; }
 
 
-head -c 150000 "$T/persuasion.txt" >"$tmp/book.txt"
+# SEP_TEST_SCALE k (the sanitizer pass): a book of 150000 / k bytes
+scale=${SEP_TEST_SCALE:-1}
+book_len=$((150000 / scale))
+first_len=$((60000 / scale))
+head -c $book_len "$T/persuasion.txt" >"$tmp/book.txt"
 head -c 20000 "$T/jack_sheppard.txt" >"$tmp/short.txt"
 eval_of "$tmp/book.txt"
 eval_of "$tmp/short.txt" --capacity 200 --window 64 --seps 32
@@ -58,9 +62,9 @@ feed_rest u "$tmp/short.txt" 7000
 ok "suspend, restart, resume: the NLLs are bitwise those of one eval" \
     'stream_is u "$tmp/short.txt.eval"'
 
-# a producer that sends the first 60000 bytes, waits, then the rest: a
+# a producer that sends the first 60000 bytes (/ k), waits, then the rest: a
 # crash in the pause finds some of the text fed and checkpointed
-slow_book() { head -c 60000 "$tmp/book.txt"; sleep "$1"; tail -c +60001 "$tmp/book.txt"; }
+slow_book() { head -c $first_len "$tmp/book.txt"; sleep "$1"; tail -c +$((first_len + 1)) "$tmp/book.txt"; }
 # retry_feed NAME PAUSE: open NAME and feed it slow_book with --retry in
 # the background (its pid in feeder, NLLs in NAME.nll, stderr in NAME.err)
 retry_feed() {
@@ -93,7 +97,7 @@ ok "after kill -9 of sepd and its workers, sepd restarts" 'start_daemon'
 run "$SEPCTL" info k --json
 committed=$(json_num bytes_committed)
 ok "the session is back at its last checkpoint" \
-    'test "$committed" -gt 0 && test "$committed" -lt 150000 && test "$(json_num bytes_in)" = "$committed"'
+    'test "$committed" -gt 0 && test "$committed" -lt $book_len && test "$(json_num bytes_in)" = "$committed"'
 run "$SEPCTL" feed k --from-committed <"$tmp/book.txt"
 ok "feed --from-committed completes the stream" 'test $rc = 0'
 "$SEPCTL" close k --json >"$tmp/k.json"
