@@ -76,7 +76,8 @@ static int dec_apply(const sep_tok_t *t, const struct decoder *d,
             return rc;
     }
     for (size_t i = 0; i < in->n && !rc; i++) {
-        const char *s = in->s.p + in->v[i].off;
+        /* pieces that are all empty have no buffer: NULL + 0 is undefined */
+        const char *s = in->s.p ? in->s.p + in->v[i].off : "";
         size_t n = in->v[i].len, k, l, bad;
         uint32_t cp;
         int b;
@@ -178,8 +179,10 @@ static int decode_run(const sep_tok_t *t, const int32_t *ids, size_t n,
             for (size_t i = 0; i < in->n; i++) {
                 if (i && !t->has_decoder)
                     *w++ = ' ';
-                memcpy(w, in->s.p + in->v[i].off, in->v[i].len);
-                w += in->v[i].len;
+                if (in->v[i].len) { /* empty pieces may have no buffer (NULL + 0) */
+                    memcpy(w, in->s.p + in->v[i].off, in->v[i].len);
+                    w += in->v[i].len;
+                }
             }
             *w = 0;
             *text = r;

@@ -339,7 +339,7 @@ int pretok_run(const sep_tok_t *t, struct enc *e, size_t lv,
     size_t np = rec && split ? nfin : out->n;
     for (size_t i = 0; i < np && !rc; i++) {
         const struct span *v = &out->v[i];
-        rc = pretok_run(t, e, lv + 1, out->s.p + v->off, v->len, v->first,
+        rc = pretok_run(t, e, lv + 1, out->s.p ? out->s.p + v->off : "", v->len, v->first,
                         cont && !split, rec && !split);
         if (!rc && rec && split)
             rc = cand_add(e, v->end);
