@@ -104,7 +104,12 @@ static void fz_fields(sep_msg_t *m)
             int32_t tok = -1;
             float nll = 0;
             sep_pick_row(&tok, &nll, row, 300, &p);
-            FUZZ_CHECK(tok >= 0 && tok < 300, "a checked pick picks an id of the row: %d", tok);
+            /* -1: no id it may take (every id below the limit a hole), which
+             * generate reports as an error (daemon/generate.c) */
+            FUZZ_CHECK(tok >= -1 && tok < p.limit, "a checked pick picks an id below its limit "
+                       "%d, or none: %d", p.limit, tok);
+            for (int h = 0; tok >= 0 && h < p.n_holes; h++)
+                FUZZ_CHECK(holes[h] != tok, "the pick %d is a hole", tok);
         }
         free(recent);
         free(holes);
