@@ -3,6 +3,7 @@
 #include "err.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,23 @@ int sep_msg_recv(void *sock, int routed, sep_msg_t *m, int flags)
         zmq_msg_init(f);
         if (zmq_msg_recv(f, sock, 0) < 0)
             return sep_fail(SEP_EIO, "receive: %s", zmq_strerror(errno));
+        if ((uintptr_t)zmq_msg_data(f) % SEP_FRAME_ALIGN) {
+            /* ZeroMQ's decoder may hand out a frame in place in its receive
+             * buffer, at any offset: copy it so that its arrays can be
+             * read in place (a misaligned int32 load is undefined) */
+            zmq_msg_t copy;
+            size_t len = zmq_msg_size(f);
+            if (zmq_msg_init_size(&copy, len)) {
+                m->n_frames++; /* closed with the others */
+                proto_drain(sock);
+                return sep_fail(SEP_ENOMEM, "message '%s': out of memory for a frame of %zu "
+                                "bytes", m->op, len);
+            }
+            memcpy(zmq_msg_data(&copy), zmq_msg_data(f), len);
+            zmq_msg_close(f);
+            zmq_msg_init(f);
+            zmq_msg_move(f, &copy);
+        }
         m->frames[m->n_frames++] = (sep_frame_t){ zmq_msg_data(f), zmq_msg_size(f) };
     }
     return SEP_OK;

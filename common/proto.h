@@ -102,7 +102,10 @@ typedef struct {
 } sep_frame_t;
 
 /* A received message. Frames point into ZeroMQ's buffers until
- * sep_msg_close(). */
+ * sep_msg_close(); each frame's data is aligned to SEP_FRAME_ALIGN bytes
+ * (sep_msg_recv copies one ZeroMQ hands out misaligned), so its int32,
+ * float and int64 arrays are read in place. */
+#define SEP_FRAME_ALIGN 8
 typedef struct {
     uint8_t peer[256];      /* routing id (ROUTER sockets) */
     size_t peer_len;

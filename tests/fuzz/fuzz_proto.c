@@ -164,6 +164,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == SEP_OK) {
         FUZZ_CHECK(m.op && json_is_object(m.hdr) && m.n_frames <= SEP_MSG_MAX_FRAMES,
                    "a decoded message has its op and frames");
+        for (int i = 0; i < m.n_frames; i++)
+            FUZZ_CHECK((uintptr_t)m.frames[i].data % SEP_FRAME_ALIGN == 0,
+                       "frame %d aligned for in-place arrays", i);
         fz_fields(&m);
         if (m.n_frames) {
             void *h = sep_msg_take_frame(&m, 0);
