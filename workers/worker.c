@@ -518,9 +518,11 @@ static int worker_archive_send(worker_t *w, int64_t seq, const sep_evicted_t *ev
         w->arch = p;
         w->arch_cap = need;
     }
-    uint32_t *sid = w->arch;
-    int64_t *pos = (int64_t *)(sid + n);
-    int32_t *id = (int32_t *)(pos + n);
+    /* the int64 array first: after n uint32 sids it would sit at an odd
+     * multiple of 4 whenever n is odd (a misaligned store, UBSan) */
+    int64_t *pos = w->arch;
+    uint32_t *sid = (uint32_t *)(pos + n);
+    int32_t *id = (int32_t *)(sid + n);
     uint8_t *k = (uint8_t *)(id + n), *v = k + rows;
     for (int e = 0, o = 0; e < ev->n; e++) {
         if (w->archive[ev->chunk[e]] != dt)
