@@ -74,6 +74,11 @@ void sepd_export_drop(sepd_t *d, sep_session_t *s);
 void sepd_import_piece(sepd_t *d, const sep_msg_t *m);
 struct sepd_import *sepd_import_find(sepd_t *d, const char *name);
 void sepd_import_gone(sepd_t *d, const uint8_t *peer, size_t peer_len);
+/* sepd stops: each import still under way is taken back (a job for the
+ * store thread, which sepd_persist_close finishes); then, the store
+ * thread stopped, sepd_import_free frees what is left and the table. */
+void sepd_import_stop(sepd_t *d);
+void sepd_import_free(sepd_t *d);
 
 /* Jobs about s; each sets s->sj, and its answer steps s. */
 void sepd_persist_create(sepd_t *d, sep_session_t *s);

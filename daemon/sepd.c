@@ -525,8 +525,11 @@ static int sepd_start(sepd_t *d)
 
 static void sepd_cleanup(sepd_t *d)
 {
-    if (d->storer)
+    if (d->storer) {
+        sepd_import_stop(d);
         sepd_persist_close(d); /* what the store thread has is finished first */
+    }
+    sepd_import_free(d);
     while (d->n_sess)
         sep_session_destroy(&d->sess[--d->n_sess]);
     free(d->sess);

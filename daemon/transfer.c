@@ -329,3 +329,25 @@ void sepd_import_gone(sepd_t *d, const uint8_t *peer, size_t peer_len)
         }
     }
 }
+
+void sepd_import_stop(sepd_t *d)
+{
+    for (size_t i = 0; i < d->n_imports; i++) {
+        sepd_import_t *imp = d->imports[i];
+        if (!imp->failed && !imp->ended) {
+            sep_log(SEP_LOG_INFO, "import of '%s': sepd stops; taken back", imp->name);
+            imp->peer_len = 0;
+            imp->failed = 1;
+            import_submit(d, imp, IMPORT_ABORT, 0, NULL, 0);
+        }
+    }
+}
+
+void sepd_import_free(sepd_t *d)
+{
+    while (d->n_imports)
+        free(d->imports[--d->n_imports]);
+    free(d->imports);
+    d->imports = NULL;
+    d->cap_imports = 0;
+}
