@@ -28,6 +28,10 @@ killall_daemon() {
 # killed at exit too
 bg=
 trap 'kill $bg 2>/dev/null; killall_daemon; rm -rf "$tmp"' EXIT
+# SIGTERM: the suite's time limit (timeout(1) in Makefile.am) ran out, a
+# hung sepd or client most likely: one failed case saying so, and the log
+trap 'echo "not ok $((n + 1)) - the test ran past its time limit (SEP_TEST_TIMEOUT): killed"
+      tail -20 "$tmp/sepd.log" 2>/dev/null | sed "s/^/# log: /"; exit 124' TERM
 
 # ok NAME TEST: one TAP line; a failure shows the last command's stderr
 # and the end of sepd's log
@@ -79,10 +83,51 @@ start_daemon() {
     return 1
 }
 
-# stop_daemon: SIGTERM, its status in stop_rc
+# wait_pid SECS PID: wait for the child PID to end, its status returned;
+# past SECS seconds PID and its children are killed (-9) and the status
+# is 124, with a TAP comment: no wait of a test is unbounded, a hung sepd
+# or client is a failed check
+wait_pid() {
+    rm -f "$tmp/wait.$2"
+    (
+        sleep "$1" || exit 0
+        : >"$tmp/wait.$2"
+        kill -9 $(pgrep -P "$2") "$2" 2>/dev/null
+    ) </dev/null >/dev/null 2>&1 &
+    wd=$!
+    wait "$2"
+    wrc=$?
+    # the watchdog, then its sleep, with -9 (a subshell of dash may not
+    # act on a TERM: it holds the signals its parent traps)
+    kill -9 $wd $(pgrep -P $wd) 2>/dev/null
+    wait $wd 2>/dev/null
+    if [ -e "$tmp/wait.$2" ]; then
+        rm -f "$tmp/wait.$2"
+        echo "# pid $2 ran past $1 s: killed"
+        return 124
+    fi
+    return $wrc
+}
+
+# wait_pids SECS PID...: wait_pid for each; 124 if any ran past SECS,
+# else the last one's status
+wait_pids() {
+    wsecs=$1
+    shift
+    wst=0
+    for p in "$@"; do
+        wait_pid "$wsecs" "$p"
+        r=$?
+        [ $wst = 124 ] || wst=$r
+    done
+    return $wst
+}
+
+# stop_daemon: SIGTERM, its status in stop_rc (124: still running after
+# 120 s, then killed with its workers)
 stop_daemon() {
     kill "$daemon" 2>/dev/null
-    wait "$daemon"
+    wait_pid 120 "$daemon"
     stop_rc=$?
     daemon=
 }

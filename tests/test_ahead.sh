@@ -120,7 +120,7 @@ wait_for 60 'test "$(info_num g2 tokens)" -ge $((t_text + 20))'
 "$SEPCTL" feed f --nll-out "$tmp/f.nll" <"$tmp/other.txt" >/dev/null
 "$SEPCTL" close f --nll-out "$tmp/f.close" >/dev/null
 running=$("$SEPCTL" info g2 --json | grep -o '"running": *"[a-z]*"')
-wait $zpid
+wait_pid 120 $zpid
 ok "a feed in the middle of the run is served then: the run yields to its batches" \
     'echo "$running" | grep -q generate && test "$(stats_num ahead_runs)" -gt 2'
 ok "the generation meanwhile makes the tokens it makes alone" \
@@ -159,7 +159,7 @@ ck0=$(info_num k checkpoints)
 gpid=$!
 wait_for 60 'test "$(info_num k checkpoints)" -ge $((ck0 + 4))'
 killall_daemon
-wait $gpid 2>/dev/null
+wait_pid 120 $gpid 2>/dev/null
 ok "sepd restarts after kill -9 in the middle of the generation" 'start_daemon --model "$M0"'
 wait_for 20 '"$SEPCTL" info k --json | grep -q "\"state\": *\"active\""'
 at=$(($(info_num k tokens) - t_text))

@@ -65,7 +65,7 @@ for i in 1 2 3 4 5 6 7 8; do
       "$SEPCTL" close s$i --nll-out "$tmp/s$i.c" >/dev/null ) 2>>"$tmp/err" &
     pids="$pids $!"
 done
-wait $pids
+wait_pids 600 $pids
 same=0
 for i in 1 2 3 4 5 6 7 8; do
     cat "$tmp/s$i.a" "$tmp/s$i.b" "$tmp/s$i.c" | cmp -s - "$tmp/s$i.eval" && same=$((same + 1))
@@ -164,7 +164,7 @@ head -c 40000 "$T/persuasion.txt" | "$SEPCTL" feed k >/dev/null 2>&1 &
 feeder=$!
 sleep 1
 kill -9 $feeder
-wait $feeder 2>/dev/null
+wait_pid 60 $feeder 2>/dev/null
 # what it sent is still scored, and the next checkpoint (checkpoint_seconds
 # = 1) holds all of it
 i=0
@@ -202,7 +202,7 @@ for i in 2 3 5; do
       "$SEPCTL" close m$i --nll-out "$tmp/m$i.b" >/dev/null ) &
     pids="$pids $!"
 done
-wait $pids
+wait_pids 600 $pids
 same=0
 for i in 2 3 5; do
     cat "$tmp/m$i.a" "$tmp/m$i.b" | cmp -s - "$tmp/s$i.eval" && same=$((same + 1))

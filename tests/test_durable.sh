@@ -76,12 +76,18 @@ retry_feed() {
 # its workers in the pause (the feeder fails; the daemon is down)
 crash_mid_feed() {
     "$SEPCTL" open "$1" >/dev/null
-    slow_book 30 | "$SEPCTL" feed "$1" >/dev/null 2>&1 &
+    rm -f "$tmp/slow.fifo"
+    mkfifo "$tmp/slow.fifo"
+    slow_book 30 >"$tmp/slow.fifo" &
+    slow=$!
+    "$SEPCTL" feed "$1" <"$tmp/slow.fifo" >/dev/null 2>&1 &
     feeder=$!
     sleep 5
     killall_daemon
-    wait $feeder 2>/dev/null
-    pkill -f "sleep 30" 2>/dev/null
+    wait_pid 60 $feeder 2>/dev/null
+    kill $(pgrep -P $slow) $slow 2>/dev/null # the writer and its sleep
+    wait $slow 2>/dev/null
+    rm -f "$tmp/slow.fifo"
 }
 # book_exact NAME: close NAME; whether its figures and NLLs (fed, then at
 # close) are one eval's of the book
@@ -105,7 +111,10 @@ ok "tokens, ppl, avg_kv and max_kv equal one eval of the text" \
     'same_figures "$tmp/k.json" "$tmp/book.txt.json"'
 
 # ---- --retry through two restarts ---------------------------------------
-retry_feed r 6
+# both kills fall in the producer's pause (at 3 s and 9 s plus a start):
+# a book cut short by SEP_TEST_SCALE would otherwise be all fed before the
+# second one
+retry_feed r 20
 sleep 3
 killall_daemon
 sleep 1
@@ -114,8 +123,9 @@ sleep 5
 killall_daemon
 sleep 1
 start_daemon
-wait $feeder
+wait_pid 600 $feeder
 feed_rc=$?
+cp "$tmp/r.err" "$tmp/err"
 ok "feed --retry outlives two kill -9 of sepd" \
     'test $feed_rc = 0 && test "$(grep -c "sepd is back" "$tmp/r.err")" = 2'
 ok "its NLL file is eval's, bitwise: no gap, no duplicate" 'book_exact r'
@@ -127,7 +137,7 @@ kill -9 $(pgrep -P "$daemon")
 ok "a worker killed: sepd stays up and starts its workers again, naming the fault" \
     'wait_for 60 "grep -q \"workers restarted\" \"\$tmp/sepd.log\"" && grep -q "killed by signal 9" "$tmp/sepd.log"'
 ok "sepd serves on" 'kill -0 "$daemon" && "$SEPCTL" ls >/dev/null'
-wait $feeder
+wait_pid 600 $feeder
 feed_rc=$?
 ok "the --retry feed completes exactly from the last checkpoint" \
     'test $feed_rc = 0 && book_exact w'

@@ -199,9 +199,9 @@ wait_for 10 'grep -q pong "$tmp/c1" && grep -q pong "$tmp/c2"'
 run "$SEPCTL" ls
 ok "a third client: limit naming max_clients = 2" \
     'test $rc = 1 && grep -q "sepd serves 2 clients at once (max_clients = 2)" "$tmp/err"'
-wait $c1
+wait_pid 120 $c1
 c1_rc=$?
-wait $c2
+wait_pid 120 $c2
 c2_rc=$?
 ok "the two clients are served throughout" \
     'test $c1_rc = 0 && test $c2_rc = 0 && grep -q "\"op\":\"ls\"" "$tmp/c1" && grep -q "\"op\":\"ls\"" "$tmp/c2"'

@@ -84,7 +84,7 @@ ok "other sessions run meanwhile" 'test $rc = 0'
 "$SEPCTL" close other >/dev/null
 sleep 14 # past the liveness limit of the old 15 s timer
 kill -CONT $gen
-wait $gen
+wait_pid 300 $gen
 gen_rc=$?
 ok "after SIGCONT every token arrives and generate exits 0" \
     'test $gen_rc = 0 && test "$(grep -c "\"token\"" "$tmp/gs.out")" = 300'
@@ -107,7 +107,7 @@ ok "and sepd serves others meanwhile" 'test $rc = 0'
 gen=$!
 sleep 1
 kill -INT $gen
-wait $gen
+wait_pid 60 $gen
 gen_rc=$?
 ok "Ctrl-C: sepctl generate exits 130" 'test $gen_rc = 130'
 run "$SEPCTL" info gs --json
@@ -116,14 +116,14 @@ ok "the generation stopped in sepd" 'test "$(json_str running)" = none'
 gen=$!
 sleep 1
 kill -9 $gen
-wait $gen 2>/dev/null
+wait_pid 60 $gen 2>/dev/null
 ok "a generating client killed with -9: sepd notices and stops" \
     'wait_for 10 "\"$SEPCTL\" info gs --json | grep -q \"\\\"running\\\": *\\\"none\\\"\""'
 "$SEPCTL" generate gs -n 1000000 --ignore-eos >/dev/null 2>"$tmp/g.err" &
 gen=$!
 sleep 1
 run "$SEPCTL" close gs
-wait $gen
+wait_pid 120 $gen
 gen_rc=$?
 ok "close of a generating session cancels the generation and closes" \
     'test $rc = 0 && test $gen_rc = 1 && grep -q "cancelled" "$tmp/g.err"'
@@ -162,7 +162,7 @@ for i in 1 2 3 4; do
     printf 'send {"v":2,"op":"feed","session":"z1"} a:50000000\nsleep 500\nquit\n' | zc &
     pids="$pids $!"
 done
-wait $pids
+wait_pids 300 $pids
 sleep 1
 ok "frames of 50 MB from four clients: sepd's memory stays flat" \
     'test $(($(rss) - rss0)) -lt 20000 && "$SEPCTL" ls >/dev/null'
@@ -210,7 +210,7 @@ sleep 1
 workers=$(pgrep -P $daemon)
 kill -9 $daemon
 t0=$(date +%s)
-wait $feeder
+wait_pid 300 $feeder
 feed_rc=$?
 dt=$(($(date +%s) - t0))
 daemon=

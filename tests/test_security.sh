@@ -254,8 +254,9 @@ else
     ok "... and its cancel, ack, feed_end and feed are denied" \
         'test $rc = 0 && test $(grep -c "\"code\": *\"denied\"" "$tmp/out") = 4'
     kill "$upid"
-    wait "$upid"
-    ok "that sepd stops cleanly" 'test $? = 0'
+    wait_pid 120 "$upid"
+    urc=$?
+    ok "that sepd stops cleanly" 'test $urc = 0'
     rm -rf "$bin"
     fi
 fi

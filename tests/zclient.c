@@ -13,7 +13,8 @@
  *
  *   zclient ENDPOINT < SCRIPT
  *
- * Exit: 0 at the end of the script or quit, 1 on a timeout or a bad line.
+ * Exit: 0 at the end of the script or quit, 1 on a timeout (a reply, or a
+ * send that cannot go out within 10 s) or a bad line.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,8 +100,11 @@ int main(int argc, char **argv)
         return 2;
     }
     void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
+    /* a send waits at most 10 s (a DEALER without its peer, sepd gone,
+     * would wait for ever): a test never hangs on zclient */
+    int linger = 0, sndtimeo = 10000;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
     if (zmq_connect(s, argv[1]) != 0) {
         fprintf(stderr, "zclient: connect: %s\n", zmq_strerror(zmq_errno()));
         return 1;
@@ -123,8 +127,12 @@ int main(int argc, char **argv)
                     fprintf(stderr, "zclient: bad frame '%s'\n", words[i]);
                     return 1;
                 }
-                zmq_send(s, data, len, i + 1 < n ? ZMQ_SNDMORE : 0);
+                int sent = zmq_send(s, data, len, i + 1 < n ? ZMQ_SNDMORE : 0);
                 free(data);
+                if (sent < 0) {
+                    fprintf(stderr, "zclient: send: %s\n", zmq_strerror(zmq_errno()));
+                    return 1;
+                }
             }
         } else if (strcmp(words[0], "recv") == 0) {
             int k = n > 1 ? atoi(words[1]) : 1, ms = n > 2 ? atoi(words[2]) : 10000;
