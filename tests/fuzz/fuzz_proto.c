@@ -54,12 +54,21 @@ static const char *const fz_real_keys[] = { "temperature", "top_p", "min_p",
                                             "repetition_penalty", "presence_penalty",
                                             "frequency_penalty", "nll_sum" };
 
+static const char *const fz_bool_keys[] = { "shared", "nll", "ignore_eos", "ok", "json" };
+
 /* What the receivers of each op read beyond the common fields. */
 static void fz_fields(sep_msg_t *m)
 {
     const char *name = sep_msg_str(m, "session", NULL);
-    if (name)
-        (void)sep_name_ok(name);
+    if (name) {
+        /* a name that a new session may take is one that may be stored */
+        char why[160];
+        int ok = sep_name_ok(name);
+        FUZZ_CHECK(sep_name_check(name, why, sizeof why) || ok,
+                   "'%s': a new session's name that sep_name_ok refuses", name);
+    }
+    for (size_t i = 0; i < sizeof fz_bool_keys / sizeof *fz_bool_keys; i++)
+        (void)json_is_true(json_object_get(m->hdr, fz_bool_keys[i]));
     sep_method_t meth;
     (void)sep_method_parse(sep_msg_str(m, "method", "sepllm"), &meth);
     if (!strcmp(m->op, SEP_OP_GENERATE)) {
@@ -164,6 +173,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == SEP_OK) {
         FUZZ_CHECK(m.op && json_is_object(m.hdr) && m.n_frames <= SEP_MSG_MAX_FRAMES,
                    "a decoded message has its op and frames");
+        FUZZ_CHECK(memchr(m.user, 0, sizeof m.user), "the sender's identity is terminated");
         for (int i = 0; i < m.n_frames; i++)
             FUZZ_CHECK((uintptr_t)m.frames[i].data % SEP_FRAME_ALIGN == 0,
                        "frame %d aligned for in-place arrays", i);

@@ -1,7 +1,12 @@
 /* seed_records.c: writes the seed corpus of fuzz_records (make
- * tests/fuzz/seed_records; tests/fuzz/seed_records DIR): a session record,
- * cache states (empty, and one of 3 entries), and export streams of a
- * session with a two-stage snapshot and archive entries (f32 and bf16). */
+ * tests/fuzz/seed_records; tests/fuzz/seed_records CORPUS_DIR SCRATCH_DIR):
+ * a session record of the current version (3: an owner, shared), cache
+ * states of version 2 (empty; 3 entries of a full cache; 5 entries of a
+ * sepllm cache with a separator, its raw keys and a rope offset), and an
+ * export stream of a session with a two-stage snapshot and archive
+ * entries (f32 and bf16). The corpus keeps older seeds too: record-v2 (no
+ * owner), state-v1-full3 and export-v2 (the formats from before owners
+ * and before the in-place eviction), which the decoders still read. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +63,40 @@ static void record(sep_store_session_t *r, uint32_t sid, int stages, const uint6
     r->penalty_window = 64;
     r->recent = recent, r->n_recent = 2;
     r->rng[0] = 1, r->rng[1] = 2, r->rng[2] = 3, r->rng[3] = 4;
+    memcpy(r->owner, "uid:1000", 8);
+    r->owner_len = 8;
+    r->access = SEP_STORE_SHARED;
+}
+
+/* A state of version 2 written by hand in the documented layout
+ * (cache.h): header h, n_seen, rope_off, then ids, positions and rows
+ * (floats floats per entry); into out under name once a cache of policy
+ * p (on be) restores it. */
+static void state_v2(const char *out, const char *name, const int32_t h[12], int64_t seen,
+                     int64_t rope_off, const int32_t *ids, const int64_t *pos, int floats,
+                     sep_backend_t *be, const sep_policy_t *p)
+{
+    int n = h[9];
+    size_t nf = (size_t)n * floats, len = 4 + 48 + 16 + (size_t)n * 12 + nf * 4;
+    uint8_t *b = malloc(len), *q = b;
+    if (!b)
+        exit(1);
+    memcpy(q, "SEPC", 4), q += 4;
+    memcpy(q, h, 48), q += 48;
+    memcpy(q, &seen, 8), q += 8;
+    memcpy(q, &rope_off, 8), q += 8;
+    memcpy(q, ids, (size_t)n * 4), q += (size_t)n * 4;
+    memcpy(q, pos, (size_t)n * 8), q += (size_t)n * 8;
+    for (size_t i = 0; i < nf; i++, q += 4) {
+        float f = (float)i / 16;
+        memcpy(q, &f, 4);
+    }
+    sep_cache_t *c;
+    check(sep_cache_new(&c, be, h[7], h[8], p));
+    check(sep_cache_restore(c, b, len));
+    sep_cache_destroy(&c);
+    put(out, name, 1, b, len);
+    free(b);
 }
 
 int main(int argc, char **argv)
@@ -84,28 +123,26 @@ int main(int argc, char **argv)
     sep_policy_t p = { .method = SEP_METHOD_SEPLLM, .a = 2, .s = 4, .w = 8, .c = 16,
                        .shift = 1, .is_sep = is_sep, .n_vocab = 256 };
     sep_cache_t *c;
-    check(sep_cache_new(&c, be, 2, 8, &p));
+    check(sep_cache_new(&c, be, 2, 4, &p));
     uint8_t *st_empty;
     size_t n_empty;
     check(sep_cache_save(c, &st_empty, &n_empty));
     put(out, "state-empty", 1, st_empty, n_empty);
     sep_cache_destroy(&c);
-    /* a state of 3 entries, written by hand in the documented layout */
+    /* version 2 by hand: a full cache of 3 entries (2 layers, kv_dim 4,
+     * two planes), and a sepllm one (a=2 s=4 w=8 c=16, shift: three
+     * planes) of 5 entries after 12 tokens: 2 initial, the separator at
+     * 5, the recent 10 and 11, rotated 7 positions back */
     {
-        int32_t h[12] = { 1, SEP_METHOD_FULL, 0, 0, 0, 16, 0, 1, 4, 3, 0, 0 };
-        int64_t seen = 3, pos[3] = { 0, 1, 2 };
-        int32_t ids[3] = { 5, 11, 6 };
-        float rows[2 * 3 * 4];
-        for (int i = 0; i < 24; i++)
-            rows[i] = (float)i / 8;
-        uint8_t b[4 + sizeof h + 8 + sizeof ids + sizeof pos + sizeof rows], *q = b;
-        memcpy(q, "SEPC", 4), q += 4;
-        memcpy(q, h, sizeof h), q += sizeof h;
-        memcpy(q, &seen, 8), q += 8;
-        memcpy(q, ids, sizeof ids), q += sizeof ids;
-        memcpy(q, pos, sizeof pos), q += sizeof pos;
-        memcpy(q, rows, sizeof rows);
-        put(out, "state-full3", 1, b, sizeof b);
+        const int32_t hf[12] = { 2, SEP_METHOD_FULL, 0, 0, 0, 16, 0, 2, 4, 3, 0, 0 };
+        const int32_t ids[3] = { 5, 11, 6 };
+        const int64_t pos[3] = { 0, 1, 2 };
+        sep_policy_t pf = { .method = SEP_METHOD_FULL, .c = 16, .is_sep = is_sep, .n_vocab = 256 };
+        state_v2(out, "state-full3", hf, 3, 0, ids, pos, 2 * 2 * 4, be, &pf);
+        const int32_t hs[12] = { 2, SEP_METHOD_SEPLLM, 2, 4, 8, 16, 1, 2, 4, 5, 1, 1 };
+        const int32_t sids[5] = { 5, 6, 11, 7, 8 };
+        const int64_t spos[5] = { 0, 1, 5, 10, 11 };
+        state_v2(out, "state-sepllm5", hs, 12, 7, sids, spos, 2 * 3 * 4, be, &p);
     }
 
     /* an export stream: two stages (one of them empty) and 3 archive entries */
