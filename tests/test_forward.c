@@ -1502,7 +1502,8 @@ static void long_feed(sep_model_t *m, sep_cache_t *c, const int32_t *text, size_
  * last thousand tokens equal, within 1e-4, those of the same cache state
  * re-rotated at its slots (positions below c, as a fresh cache's) and
  * run from there: no drift. tiny-llama31 cut to one layer, whose
- * attention is what the rotations feed. */
+ * attention is what the rotations feed. SEP_TEST_SCALE k: 2M / k tokens
+ * (the same paths, positions k times smaller). */
 static void test_long_stream_no_drift(void **state)
 {
     (void)state;
@@ -1539,7 +1540,7 @@ static void test_long_stream_no_drift(void **state)
         sep_cache_t *c, *ref;
         assert_int_equal(sep_model_cache_new(m, &policies[p], &c), 0);
         assert_int_equal(sep_model_cache_new(m, &policies[p], &ref), 0);
-        int64_t head = LONG_TOKENS - LONG_TAIL;
+        int64_t head = LONG_TOKENS / golden_scale() - LONG_TAIL;
         long_feed(m, c, toks, n_toks, 0, head, NULL, ids, targets);
         assert_int_equal(c->n_seen, head);
         assert_int_equal(c->rope_off, 0); /* rotated at stream positions */
