@@ -16,7 +16,8 @@ shared=${SEP_SHARED:-$root/../shared}
 scripts/tree-copy.sh build-fuzz
 (
     cd build-fuzz
-    [ -x configure ] && [ configure -nt configure.ac ] || autoreconf -fi
+    [ -x configure ] && [ configure -nt configure.ac ] || autoreconf -fi >autoreconf.out 2>&1 ||
+        { tail -n 20 autoreconf.out; exit 1; }
     if [ ! -f Makefile ]; then
         ./configure CC="${FUZZ_CC:-clang-14}" --enable-fuzzers --without-cuda >configure.out 2>&1 ||
             { tail -n 20 configure.out; exit 1; }
@@ -42,10 +43,9 @@ run_one() {
         "build-fuzz/corpus/$name" "tests/fuzz/corpus/$name" \
         >"build-fuzz/logs/$name.log" 2>&1
 }
-pids=
 i=0
 for name in $names; do
-    run_one "$name" & pids="$pids $!:$name"
+    run_one "$name" &
     i=$((i + 1))
     if [ $((i % jobs)) -eq 0 ]; then wait; fi
 done
