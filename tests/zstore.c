@@ -107,7 +107,7 @@ static int zstore_edit(MDB_txn *txn, MDB_dbi sessions, MDB_dbi snapshots, int ar
         free(copy);
         return rc ? fail(name, rc) : 0;
     }
-    uint32_t sid;
+    uint32_t sid = 0;
     if (session_sid(txn, sessions, name, &sid))
         return 1;
     uint8_t key[10];
