@@ -31,6 +31,29 @@
 
 /* ---- replies ------------------------------------------------------------ */
 
+struct sepd_gone {
+    uint8_t id[256]; /* the client's routing id */
+    size_t len;
+};
+
+/* A peer a reply found gone, for sepd_gone_drain (once each). */
+static void gone_note(sepd_t *d, const uint8_t *peer, size_t len)
+{
+    if (len > sizeof d->gone->id)
+        return; /* not a ZeroMQ routing id: no op is waiting for it */
+    for (size_t i = 0; i < d->n_gone; i++)
+        if (d->gone[i].len == len && memcmp(d->gone[i].id, peer, len) == 0)
+            return;
+    if (SEP_GROW(d->gone, d->cap_gone, d->n_gone + 1)) {
+        /* its op stays until a heartbeat or the next reply finds it gone */
+        sep_log(SEP_LOG_WARN, "a client went away: %s; noticed at its next reply",
+                sep_errmsg());
+        return;
+    }
+    memcpy(d->gone[d->n_gone].id, peer, len);
+    d->gone[d->n_gone++].len = len;
+}
+
 void sepd_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr,
                const sep_frame_t *frames, int n)
 {
@@ -41,9 +64,18 @@ void sepd_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr,
     int rc = sepd_outbox_send(d->out, peer, peer_len, hdr, frames, n);
     json_decref(hdr);
     if (rc == SEP_EPEER)
-        sepd_peer_gone(d, peer, peer_len);
+        gone_note(d, peer, peer_len);
     else if (rc)
         sep_log(SEP_LOG_WARN, "reply: %s", sep_errmsg());
+}
+
+void sepd_gone_drain(sepd_t *d)
+{
+    /* sepd_peer_gone may reply to others and note more: take them all */
+    while (d->n_gone) {
+        struct sepd_gone g = d->gone[--d->n_gone];
+        sepd_peer_gone(d, g.id, g.len);
+    }
 }
 
 static void sepd_verror(sepd_t *d, const uint8_t *peer, size_t peer_len, const char *op,

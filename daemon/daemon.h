@@ -112,6 +112,9 @@ typedef struct sepd {
     void *zctx, *clients;
     sepd_outbox_t *out;
     struct sepd_known *known; /* the clients at once (quota.c) */
+    struct sepd_gone *gone;   /* (n_gone) clients a reply found gone, handled by the
+                                 loop (sepd_gone_drain), never inside the reply */
+    size_t n_gone, cap_gone;
     sep_pool_t *pool;
     sep_tok_t *tok;
     int eos[SEP_EOS_MAX];     /* (n_eos) the model's end-of-sequence ids (config.h) */
@@ -170,8 +173,10 @@ typedef struct sepd {
 void sepd_client_msg(sepd_t *d);
 /* Serve a request that waited for an op to end (it is not a reply). */
 void sepd_redo(sepd_t *d, const uint8_t *peer, size_t peer_len, const char *user, json_t *hdr);
-/* A reply to peer (hdr's reference is taken); a peer found gone is
- * handled (sepd_peer_gone). */
+/* A reply to peer (hdr's reference is taken). A peer found gone is noted
+ * and handled by the loop once the current message is done
+ * (sepd_gone_drain): a reply never ends an op or steps a session under its
+ * caller, which may go on using both. */
 void sepd_send(sepd_t *d, const uint8_t *peer, size_t peer_len, json_t *hdr,
                const sep_frame_t *frames, int n);
 void sepd_error(sepd_t *d, const uint8_t *peer, size_t peer_len, const char *op,
@@ -189,8 +194,12 @@ void sepd_next_error(sepd_t *d, sep_session_t *s, const char *code, const char *
 /* An error to the op's client (when there is one). */
 void sepd_op_error(sepd_t *d, sep_session_t *s, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* A client found gone: cancel what it waited for. */
+/* A client found gone: cancel what it waited for. Only where nothing
+ * up the stack holds a session or op (the loop, heartbeats). */
 void sepd_peer_gone(sepd_t *d, const uint8_t *peer, size_t peer_len);
+/* The clients replies found gone since the last call: sepd_peer_gone
+ * for each (the loop calls it between messages). */
+void sepd_gone_drain(sepd_t *d);
 /* Heartbeats to clients that wait (finds vanished ones). */
 void sepd_heartbeats(sepd_t *d);
 /* Tell every waiting client why sepd stops (code, message). */

@@ -189,6 +189,7 @@ static int sepd_loop(sepd_t *d)
             if (!(ev & ZMQ_POLLIN))
                 break;
             sepd_worker_msg(d);
+            sepd_gone_drain(d);
         }
         /* a stage that finished a batch gets its next one at once (a
          * generation step's next id is known now) */
@@ -196,6 +197,7 @@ static int sepd_loop(sepd_t *d)
             sepd_schedule(d);
         if (it[3].revents & ZMQ_POLLIN)
             sepd_persist_finish(d);
+        sepd_gone_drain(d);
         for (int i = 0; i < 256 && (it[0].revents & ZMQ_POLLIN); i++) {
             int ev = 0;
             size_t sz = sizeof ev;
@@ -203,6 +205,7 @@ static int sepd_loop(sepd_t *d)
             if (!(ev & ZMQ_POLLIN))
                 break;
             sepd_client_msg(d);
+            sepd_gone_drain(d);
         }
         if (it[2].revents & ZMQ_POLLIN)
             sepd_signal_msg(d);
@@ -222,6 +225,7 @@ static int sepd_loop(sepd_t *d)
         sepd_archive_due(d);
         sepd_ahead_yields(d);
         sepd_schedule(d);
+        sepd_gone_drain(d);
         sepd_heartbeats(d);
         sepd_rate(d);
     }
@@ -533,6 +537,7 @@ static void sepd_cleanup(sepd_t *d)
     while (d->n_sess)
         sep_session_destroy(&d->sess[--d->n_sess]);
     free(d->sess);
+    free(d->gone);
     sep_pool_stop(&d->pool);
     sepd_outbox_destroy(&d->out);
     sepd_limits_free(d);

@@ -6,7 +6,7 @@
 # SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZCLIENT:?}"
-echo "1..47"
+echo "1..49"
 
 zc() { "$ZCLIENT" "$sock"; }
 
@@ -119,6 +119,15 @@ kill -9 $gen
 wait_pid 60 $gen 2>/dev/null
 ok "a generating client killed with -9: sepd notices and stops" \
     'wait_for 10 "\"$SEPCTL\" info gs --json | grep -q \"\\\"running\\\": *\\\"none\\\"\""'
+# a raw client that asks for a generation with its NLLs and leaves at
+# once: sepd's first reply (the text's end) finds it gone, and the op ends
+# between messages, not under the reply (daemon/clients.c, sepd_gone_drain)
+t0=$(info_num gs tokens)
+printf '%s\n' 'send {"v":2,"op":"generate","session":"gs","n":100000,"nll":true,"ignore_eos":true}' quit | zc >/dev/null
+ok "a generating client gone before its first reply: sepd ends the op" \
+    'wait_for 20 "\"$SEPCTL\" info gs --json | grep -q \"\\\"running\\\": *\\\"none\\\"\""'
+ok "and serves the session on" \
+    'test "$(info_num gs tokens)" -lt $((t0 + 100000)) && printf "x" | "$SEPCTL" feed gs >/dev/null'
 "$SEPCTL" generate gs -n 1000000 --ignore-eos >/dev/null 2>"$tmp/g.err" &
 gen=$!
 sleep 1

@@ -49,7 +49,8 @@ static const char *const fz_str_keys[] = { "session", "method", "separators", "a
 static const char *const fz_int_keys[] = { "a", "s", "w", "c", "seq", "sid", "n", "tokens",
                                            "top_k", "penalty_window", "id_limit", "rank",
                                            "revision", "bytes_committed", "from", "to",
-                                           "layer", "window", "seed", "max_tokens" };
+                                           "layer", "window", "seed", "max_tokens", "ahead",
+                                           "step", "steps" };
 static const char *const fz_real_keys[] = { "temperature", "top_p", "min_p",
                                             "repetition_penalty", "presence_penalty",
                                             "frequency_penalty", "nll_sum" };
@@ -86,7 +87,24 @@ static void fz_fields(sep_msg_t *m)
         for (size_t i = 0; i < json_array_size(stop); i++)
             (void)json_string_length(json_array_get(stop, i));
     }
-    if (!strcmp(m->op, SEP_OP_W_BATCH) && m->n_frames == 5) {
+    if (!strcmp(m->op, SEP_OP_W_BATCH) && m->n_frames == 7) {
+        /* a run ahead (worker revision 3): a draw a step and the eos ids,
+         * read as the worker reads them once its checks pass */
+        json_t *c0 = json_array_get(json_object_get(m->hdr, "chunks"), 0);
+        json_int_t ahead = json_integer_value(json_object_get(c0, "ahead"));
+        if (ahead > 1 && ahead <= SEP_AHEAD_MAX && m->frames[5].len == (size_t)ahead * 8 &&
+            m->frames[6].len % 4 == 0) {
+            const uint64_t *draws = m->frames[5].data;
+            const int32_t *eos = m->frames[6].data;
+            uint64_t acc = 0;
+            for (json_int_t i = 0; i < ahead; i++)
+                acc ^= draws[i];
+            for (size_t i = 0; i < m->frames[6].len / 4; i++)
+                acc += (uint64_t)(uint32_t)eos[i];
+            (void)acc;
+        }
+    }
+    if (!strcmp(m->op, SEP_OP_W_BATCH) && m->n_frames >= 5) {
         /* the picks on the wire, as the worker takes them; one that passes
          * sep_pick_check is run on a row of logits */
         size_t n_wire = m->frames[2].len / SEP_PICK_WIRE;
