@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -390,6 +391,52 @@ static void cpu_attention(sep_backend_t *be, const sep_attn_t *probs, int n_prob
     }
 }
 
+/* The keys of a run's query, as fastmath's kernel reads them. */
+_Static_assert(sizeof(sep_attn_keys_t) == 4 * sizeof(int32_t) &&
+               offsetof(sep_attn_keys_t, pre_lo) == 0 && offsetof(sep_attn_keys_t, pre_hi) == 4 &&
+               offsetof(sep_attn_keys_t, win_lo) == 8 && offsetof(sep_attn_keys_t, win_hi) == 12,
+               "sep_attn_keys_t is four int32 in order");
+
+/* One task of a run: query head h, queries [i0, i1). */
+static void cpu_attention_run_block(const sep_attn_run_t *p, int h, int i0, int i1, int group,
+                                    int head_dim, int kv_dim, float *sc)
+{
+    int kvh = h / group, most = 1;
+    const int32_t(*keys)[4] = (const int32_t(*)[4])(p->keys + i0);
+    for (int i = 0; i < i1 - i0; i++) {
+        int n = keys[i][1] - keys[i][0] + keys[i][3] - keys[i][2];
+        most = n > most ? n : most;
+    }
+    size_t kh = (size_t)kvh * head_dim;
+    sep_attn_head_run(p->out + (size_t)i0 * p->out_stride + (size_t)h * head_dim, p->out_stride,
+                      p->q + (size_t)i0 * p->q_stride + (size_t)h * head_dim, p->q_stride,
+                      p->pk + kh, p->pv + kh, p->k + kh, p->v + kh, kv_dim, keys, i1 - i0,
+                      head_dim, 1.0f / sqrtf((float)head_dim), sc, ATTN_ROW_STRIDE(most));
+}
+
+/* As cpu_attention: tasks of ATTN_QBLOCK queries of one head. */
+static void cpu_attention_runs(sep_backend_t *be, const sep_attn_run_t *runs, int n_runs,
+                               int n_heads, int n_kv_heads, int head_dim)
+{
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    int group = n_heads / n_kv_heads, kv_dim = n_kv_heads * head_dim;
+    int n_tasks = 0;
+    for (int p = 0; p < n_runs; p++)
+        n_tasks += n_heads * ((runs[p].n_q + ATTN_QBLOCK - 1) / ATTN_QBLOCK);
+    #pragma omp parallel for num_threads(be->n_threads) schedule(dynamic)
+    for (int t = 0; t < n_tasks; t++) {
+        int p = 0, rest = t, nb;
+        while (rest >= (nb = n_heads * ((runs[p].n_q + ATTN_QBLOCK - 1) / ATTN_QBLOCK))) {
+            rest -= nb;
+            p++;
+        }
+        int h = rest % n_heads, i0 = rest / n_heads * ATTN_QBLOCK;
+        int i1 = i0 + ATTN_QBLOCK < runs[p].n_q ? i0 + ATTN_QBLOCK : runs[p].n_q;
+        cpu_attention_run_block(&runs[p], h, i0, i1, group, head_dim, kv_dim,
+                                cb->scratch[omp_get_thread_num()]);
+    }
+}
+
 static void cpu_add(sep_backend_t *be, float *x, const float *y, size_t n)
 {
     #pragma omp parallel for simd num_threads(be->n_threads) schedule(static)
@@ -505,6 +552,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->reserve = cpu_reserve;
     be->sync = cpu_sync;
     be->attention = cpu_attention;
+    be->attention_runs = cpu_attention_runs;
     be->add = cpu_add;
     be->swiglu = cpu_swiglu;
     be->gelu = cpu_gelu;
