@@ -17,6 +17,8 @@
  * enough that the score and value products are real matrix products. */
 #define ATTN_QBLOCK 64
 #define ATTN_ROW_STRIDE(n) (((n) + 15) & ~15)
+/* Keys of a run's value weights staged at a time (fastmath.h) */
+#define ATTN_RUN_SPAN 256
 
 /* The CPU backend with its per-thread attention scratch. */
 typedef struct {
@@ -408,10 +410,12 @@ static void cpu_attention_run_block(const sep_attn_run_t *p, int h, int i0, int 
         most = n > most ? n : most;
     }
     size_t kh = (size_t)kvh * head_dim;
+    float wt[SEP_ATTN_RUN_ROWS * ATTN_RUN_SPAN]; /* value weights, a span at a time */
     sep_attn_head_run(p->out + (size_t)i0 * p->out_stride + (size_t)h * head_dim, p->out_stride,
                       p->q + (size_t)i0 * p->q_stride + (size_t)h * head_dim, p->q_stride,
                       p->pk + kh, p->pv + kh, p->k + kh, p->v + kh, kv_dim, keys, i1 - i0,
-                      head_dim, 1.0f / sqrtf((float)head_dim), sc, ATTN_ROW_STRIDE(most));
+                      head_dim, 1.0f / sqrtf((float)head_dim), sc, ATTN_ROW_STRIDE(most), wt,
+                      ATTN_RUN_SPAN);
 }
 
 /* As cpu_attention: tasks of ATTN_QBLOCK queries of one head. */
