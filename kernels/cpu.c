@@ -10,6 +10,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,9 +85,51 @@ static void cpu_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gath
     }
 }
 
+#ifndef NDEBUG
+/* The bytes block r spans, first to last (its rows and what lies between). */
+static void rows_span(const float *x, const sep_rows_t *r, int stride, const char **lo,
+                      const char **hi)
+{
+    *lo = (const char *)x;
+    *hi = (const char *)(x + (size_t)(r->n - 1) * stride + r->width);
+}
+
+static int spans_meet(const char *a0, const char *a1, const char *b0, const char *b1)
+{
+    return a0 < b1 && b0 < a1;
+}
+
+/* copy_rows' contract (backend.h), which a GPU relies on: its blocks run
+ * at once there, in order here, where a breach would go unseen */
+static void rows_check(const sep_rows_t *blocks, int n_blocks)
+{
+    for (int a = 0; a < n_blocks; a++) {
+        const char *d0, *d1;
+        if (blocks[a].n <= 0)
+            continue;
+        rows_span(blocks[a].dst, &blocks[a], blocks[a].dst_stride, &d0, &d1);
+        for (int b = 0; b < n_blocks; b++) {
+            const char *s0, *s1, *e0, *e1;
+            if (blocks[b].n <= 0)
+                continue;
+            rows_span(blocks[b].src, &blocks[b], blocks[b].src_stride, &s0, &s1);
+            rows_span(blocks[b].dst, &blocks[b], blocks[b].dst_stride, &e0, &e1);
+            if (spans_meet(d0, d1, s0, s1) || (a != b && spans_meet(d0, d1, e0, e1))) {
+                fprintf(stderr, "copy_rows: block %d of %d writes rows that block %d reads "
+                        "or writes (backend.h)\n", a, n_blocks, b);
+                abort();
+            }
+        }
+    }
+}
+#endif
+
 static void cpu_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_blocks)
 {
     (void)be;
+#ifndef NDEBUG
+    rows_check(blocks, n_blocks);
+#endif
     for (int b = 0; b < n_blocks; b++) {
         const sep_rows_t *r = &blocks[b];
         for (int i = 0; i < r->n; i++)

@@ -1111,6 +1111,17 @@ static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
         r->keys_next[j] = r->keys_at[j];
     for (int round = 0;; round++) {
         int np = 0, nrun = 0, na = 0, ng = 0, nrot = 0, scratch = 0;
+        /* entries that move down to row 0 go in a call of their own: a
+         * run's tokens, appended after them, may reach the rows they come
+         * from (no copy of one call may write rows another reads) */
+        for (int j = 0; j < nc; j++)
+            if (round < r->plans[j].n_run)
+                na += sep_cache_move_copies(ch[j].cache, l,
+                                            &r->plans[j].seg[r->plans[j].run_first[round]],
+                                            r->appends + na);
+        if (na)
+            be->copy_rows(be, r->appends, na);
+        na = 0;
         for (int j = 0, row = 0; j < nc; row += ch[j].n, j++) {
             const sep_plan_t *p = &r->plans[j];
             if (round >= p->n_run)
@@ -1120,7 +1131,6 @@ static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
             sep_cache_t *kc = ch[j].cache;
             int r0 = row + sg->start, len = last->start + last->len - sg->start;
             const float *qkv = r->qkv + (size_t)r0 * m->qkv_dim;
-            na += sep_cache_move_copies(kc, l, sg, r->appends + na);
             /* the run's tokens go to consecutive rows: a compaction leaves
              * the next segment's first row right after the recent region */
             size_t base = (size_t)sg->lo * kv, at = base + (size_t)sg->n_past * kv;
