@@ -67,9 +67,54 @@ static void cpu_copy(sep_backend_t *be, void *dst, const void *src, size_t bytes
     memmove(dst, src, bytes);
 }
 
+#ifndef NDEBUG
+static int spans_meet(const char *a0, const char *a1, const char *b0, const char *b1);
+
+/* The bytes gather g writes (*d0, *d1) and reads (*s0, *s1), first to last. */
+static void gather_spans(const sep_gather_t *g, const char **d0, const char **d1,
+                         const char **s0, const char **s1)
+{
+    int lo = g->idx[0], hi = g->idx[0];
+    for (int i = 1; i < g->n; i++) {
+        lo = g->idx[i] < lo ? g->idx[i] : lo;
+        hi = g->idx[i] > hi ? g->idx[i] : hi;
+    }
+    *d0 = (const char *)g->dst;
+    *d1 = (const char *)(g->dst + (size_t)g->n * g->width);
+    *s0 = (const char *)(g->src + (size_t)lo * g->width);
+    *s1 = (const char *)(g->src + ((size_t)hi + 1) * g->width);
+}
+
+/* gather_rows' contract (backend.h): no gather writes rows another reads
+ * or writes; a GPU runs them at once */
+static void gathers_check(const sep_gather_t *g, int n_gathers)
+{
+    for (int a = 0; a < n_gathers; a++) {
+        const char *d0, *d1, *s0, *s1;
+        if (g[a].n <= 0)
+            continue;
+        gather_spans(&g[a], &d0, &d1, &s0, &s1);
+        for (int b = 0; b < n_gathers; b++) {
+            const char *e0, *e1, *t0, *t1;
+            if (b == a || g[b].n <= 0)
+                continue;
+            gather_spans(&g[b], &e0, &e1, &t0, &t1);
+            if (spans_meet(d0, d1, t0, t1) || spans_meet(d0, d1, e0, e1)) {
+                fprintf(stderr, "gather_rows: gather %d of %d writes rows that gather %d "
+                        "reads or writes (backend.h)\n", a, n_gathers, b);
+                abort();
+            }
+        }
+    }
+}
+#endif
+
 static void cpu_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gathers)
 {
     (void)be;
+#ifndef NDEBUG
+    gathers_check(g, n_gathers);
+#endif
     /* in place, rows are read at or after where they are written (in
      * order, no row is overwritten before it is read) or all at or before
      * (the same from the last down) */
