@@ -49,6 +49,29 @@ typedef struct {
     int out_stride, q_stride;
 } sep_attn_t;
 
+/* The keys of one query of a run (sep_attn_run_t): rows [pre_lo, pre_hi)
+ * of the run's prefix rows, then rows [win_lo, win_hi) of its window rows,
+ * in this order (at least one key in all). */
+typedef struct {
+    int32_t pre_lo, pre_hi, win_lo, win_hi;
+} sep_attn_keys_t;
+
+/* One attention problem whose queries each see their own keys: a run of a
+ * chunk's segments, each segment's queries with its prefix (initial and
+ * separator entries, rotated for it, copied out to pk/pv) ahead of its
+ * window of the recent region (the rows of the cache, causal). Query i
+ * (0 <= i < n_q) sees keys[i]. Every bound of keys ascends with i (not
+ * strictly), which keeps the keys of neighbouring queries together. */
+typedef struct {
+    float *out;        /* (n_q, n_heads * head_dim), row stride out_stride */
+    const float *q;    /* (n_q, n_heads * head_dim) rotated, stride q_stride */
+    const float *pk, *pv;   /* prefix rows, n_kv_heads * head_dim floats each */
+    const float *k, *v;     /* window rows, as wide */
+    const sep_attn_keys_t *keys; /* (n_q) in backend memory */
+    int n_q;
+    int out_stride, q_stride;
+} sep_attn_run_t;
+
 /* One gather: row i of dst := row idx[i] of src, n rows of `width`
  * floats; idx in host memory. dst may lie inside src (in-place
  * compaction) when idx ascends and either each dst row i sits at or
@@ -208,6 +231,12 @@ struct sep_backend {
      * none longer than the last reserve allowed. */
     void (*attention)(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
                       int n_heads, int n_kv_heads, int head_dim);
+    /* Attention for a batch of runs (sep_attn_run_t), none with a query
+     * of more keys than the last reserve allowed. On the CPU a query's
+     * result is the bits attention gives it over the same keys in one
+     * problem (its prefix rows then its window rows, one after another). */
+    void (*attention_runs)(sep_backend_t *be, const sep_attn_run_t *runs, int n_runs,
+                           int n_heads, int n_kv_heads, int head_dim);
     /* x += y, n*d elements */
     void (*add)(sep_backend_t *be, float *x, const float *y, size_t n);
     /* The SwiGLU MLP: y(n, w_down->rows) := (silu(g) * u) w_down^T

@@ -9,6 +9,8 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +18,8 @@
  * enough that the score and value products are real matrix products. */
 #define ATTN_QBLOCK 64
 #define ATTN_ROW_STRIDE(n) (((n) + 15) & ~15)
+/* Keys of a run's value weights staged at a time (fastmath.h) */
+#define ATTN_RUN_SPAN 256
 
 /* The CPU backend with its per-thread attention scratch. */
 typedef struct {
@@ -63,9 +67,54 @@ static void cpu_copy(sep_backend_t *be, void *dst, const void *src, size_t bytes
     memmove(dst, src, bytes);
 }
 
+#ifndef NDEBUG
+static int spans_meet(const char *a0, const char *a1, const char *b0, const char *b1);
+
+/* The bytes gather g writes (*d0, *d1) and reads (*s0, *s1), first to last. */
+static void gather_spans(const sep_gather_t *g, const char **d0, const char **d1,
+                         const char **s0, const char **s1)
+{
+    int lo = g->idx[0], hi = g->idx[0];
+    for (int i = 1; i < g->n; i++) {
+        lo = g->idx[i] < lo ? g->idx[i] : lo;
+        hi = g->idx[i] > hi ? g->idx[i] : hi;
+    }
+    *d0 = (const char *)g->dst;
+    *d1 = (const char *)(g->dst + (size_t)g->n * g->width);
+    *s0 = (const char *)(g->src + (size_t)lo * g->width);
+    *s1 = (const char *)(g->src + ((size_t)hi + 1) * g->width);
+}
+
+/* gather_rows' contract (backend.h): no gather writes rows another reads
+ * or writes; a GPU runs them at once */
+static void gathers_check(const sep_gather_t *g, int n_gathers)
+{
+    for (int a = 0; a < n_gathers; a++) {
+        const char *d0, *d1, *s0, *s1;
+        if (g[a].n <= 0)
+            continue;
+        gather_spans(&g[a], &d0, &d1, &s0, &s1);
+        for (int b = 0; b < n_gathers; b++) {
+            const char *e0, *e1, *t0, *t1;
+            if (b == a || g[b].n <= 0)
+                continue;
+            gather_spans(&g[b], &e0, &e1, &t0, &t1);
+            if (spans_meet(d0, d1, t0, t1) || spans_meet(d0, d1, e0, e1)) {
+                fprintf(stderr, "gather_rows: gather %d of %d writes rows that gather %d "
+                        "reads or writes (backend.h)\n", a, n_gathers, b);
+                abort();
+            }
+        }
+    }
+}
+#endif
+
 static void cpu_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gathers)
 {
     (void)be;
+#ifndef NDEBUG
+    gathers_check(g, n_gathers);
+#endif
     /* in place, rows are read at or after where they are written (in
      * order, no row is overwritten before it is read) or all at or before
      * (the same from the last down) */
@@ -81,9 +130,51 @@ static void cpu_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gath
     }
 }
 
+#ifndef NDEBUG
+/* The bytes block r spans, first to last (its rows and what lies between). */
+static void rows_span(const float *x, const sep_rows_t *r, int stride, const char **lo,
+                      const char **hi)
+{
+    *lo = (const char *)x;
+    *hi = (const char *)(x + (size_t)(r->n - 1) * stride + r->width);
+}
+
+static int spans_meet(const char *a0, const char *a1, const char *b0, const char *b1)
+{
+    return a0 < b1 && b0 < a1;
+}
+
+/* copy_rows' contract (backend.h), which a GPU relies on: its blocks run
+ * at once there, in order here, where a breach would go unseen */
+static void rows_check(const sep_rows_t *blocks, int n_blocks)
+{
+    for (int a = 0; a < n_blocks; a++) {
+        const char *d0, *d1;
+        if (blocks[a].n <= 0)
+            continue;
+        rows_span(blocks[a].dst, &blocks[a], blocks[a].dst_stride, &d0, &d1);
+        for (int b = 0; b < n_blocks; b++) {
+            const char *s0, *s1, *e0, *e1;
+            if (blocks[b].n <= 0)
+                continue;
+            rows_span(blocks[b].src, &blocks[b], blocks[b].src_stride, &s0, &s1);
+            rows_span(blocks[b].dst, &blocks[b], blocks[b].dst_stride, &e0, &e1);
+            if (spans_meet(d0, d1, s0, s1) || (a != b && spans_meet(d0, d1, e0, e1))) {
+                fprintf(stderr, "copy_rows: block %d of %d writes rows that block %d reads "
+                        "or writes (backend.h)\n", a, n_blocks, b);
+                abort();
+            }
+        }
+    }
+}
+#endif
+
 static void cpu_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_blocks)
 {
     (void)be;
+#ifndef NDEBUG
+    rows_check(blocks, n_blocks);
+#endif
     for (int b = 0; b < n_blocks; b++) {
         const sep_rows_t *r = &blocks[b];
         for (int i = 0; i < r->n; i++)
@@ -390,6 +481,54 @@ static void cpu_attention(sep_backend_t *be, const sep_attn_t *probs, int n_prob
     }
 }
 
+/* The keys of a run's query, as fastmath's kernel reads them. */
+_Static_assert(sizeof(sep_attn_keys_t) == 4 * sizeof(int32_t) &&
+               offsetof(sep_attn_keys_t, pre_lo) == 0 && offsetof(sep_attn_keys_t, pre_hi) == 4 &&
+               offsetof(sep_attn_keys_t, win_lo) == 8 && offsetof(sep_attn_keys_t, win_hi) == 12,
+               "sep_attn_keys_t is four int32 in order");
+
+/* One task of a run: query head h, queries [i0, i1). */
+static void cpu_attention_run_block(const sep_attn_run_t *p, int h, int i0, int i1, int group,
+                                    int head_dim, int kv_dim, float *sc)
+{
+    int kvh = h / group, most = 1;
+    const int32_t(*keys)[4] = (const int32_t(*)[4])(p->keys + i0);
+    for (int i = 0; i < i1 - i0; i++) {
+        int n = keys[i][1] - keys[i][0] + keys[i][3] - keys[i][2];
+        most = n > most ? n : most;
+    }
+    size_t kh = (size_t)kvh * head_dim;
+    float wt[SEP_ATTN_RUN_ROWS * ATTN_RUN_SPAN]; /* value weights, a span at a time */
+    sep_attn_head_run(p->out + (size_t)i0 * p->out_stride + (size_t)h * head_dim, p->out_stride,
+                      p->q + (size_t)i0 * p->q_stride + (size_t)h * head_dim, p->q_stride,
+                      p->pk + kh, p->pv + kh, p->k + kh, p->v + kh, kv_dim, keys, i1 - i0,
+                      head_dim, 1.0f / sqrtf((float)head_dim), sc, ATTN_ROW_STRIDE(most), wt,
+                      ATTN_RUN_SPAN);
+}
+
+/* As cpu_attention: tasks of ATTN_QBLOCK queries of one head. */
+static void cpu_attention_runs(sep_backend_t *be, const sep_attn_run_t *runs, int n_runs,
+                               int n_heads, int n_kv_heads, int head_dim)
+{
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    int group = n_heads / n_kv_heads, kv_dim = n_kv_heads * head_dim;
+    int n_tasks = 0;
+    for (int p = 0; p < n_runs; p++)
+        n_tasks += n_heads * ((runs[p].n_q + ATTN_QBLOCK - 1) / ATTN_QBLOCK);
+    #pragma omp parallel for num_threads(be->n_threads) schedule(dynamic)
+    for (int t = 0; t < n_tasks; t++) {
+        int p = 0, rest = t, nb;
+        while (rest >= (nb = n_heads * ((runs[p].n_q + ATTN_QBLOCK - 1) / ATTN_QBLOCK))) {
+            rest -= nb;
+            p++;
+        }
+        int h = rest % n_heads, i0 = rest / n_heads * ATTN_QBLOCK;
+        int i1 = i0 + ATTN_QBLOCK < runs[p].n_q ? i0 + ATTN_QBLOCK : runs[p].n_q;
+        cpu_attention_run_block(&runs[p], h, i0, i1, group, head_dim, kv_dim,
+                                cb->scratch[omp_get_thread_num()]);
+    }
+}
+
 static void cpu_add(sep_backend_t *be, float *x, const float *y, size_t n)
 {
     #pragma omp parallel for simd num_threads(be->n_threads) schedule(static)
@@ -505,6 +644,7 @@ int sep_backend_cpu_new(sep_backend_t **out, int n_threads)
     be->reserve = cpu_reserve;
     be->sync = cpu_sync;
     be->attention = cpu_attention;
+    be->attention_runs = cpu_attention_runs;
     be->add = cpu_add;
     be->swiglu = cpu_swiglu;
     be->gelu = cpu_gelu;

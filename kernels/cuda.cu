@@ -19,6 +19,7 @@ extern "C" {
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,7 @@ typedef struct {
     unsigned *d_count;    /* (FA_PART_BLOCKS + 1) finished splits of each row tile, zeroed */
     unsigned *d_done;     /* its last: finished blocks of a GEMV with a norm, zeroed */
     int n_sm;             /* multiprocessors: how many blocks fill the GPU */
+    int max_keys;         /* the most keys a query sees (reserve): runs' key splits */
     int pick_cluster;     /* blocks a row of the pick (k_pick): 16 or 8 */
     gemv_pending_t pending; /* a product held back for the norm after it */
     int bf16;             /* weights and product inputs in bf16 */
@@ -1517,11 +1519,126 @@ __global__ void k_attention(const attn_batch_t batch, int n_heads, int group, in
             out[lane + 32 * r] = acc[r] / sum;
 }
 
+/* Runs (sep_attn_run_t): the problems of a launch, by value as above. */
+#define ATTN_MAX_RUNS 32
+
+typedef struct {
+    sep_attn_run_t p[ATTN_MAX_RUNS];
+    int n;
+} run_batch_t;
+
+/* The keys queries [q0, q1] of a run see between them: rows span[0] ..
+ * span[1] - 1 of its prefix rows and span[2] .. span[3] - 1 of its window
+ * rows (an empty range where none sees any), the block's union of its
+ * rows' ranges, which neighbouring queries share. */
+__device__ __forceinline__ void run_span(const sep_attn_keys_t *keys, int q0, int q1, int span[4])
+{
+    int a = INT_MAX, b = INT_MIN, c = INT_MAX, d = INT_MIN;
+    for (int i = q0; i <= q1; i++) {
+        sep_attn_keys_t k = keys[i];
+        if (k.pre_hi > k.pre_lo) {
+            a = min(a, k.pre_lo);
+            b = max(b, k.pre_hi);
+        }
+        if (k.win_hi > k.win_lo) {
+            c = min(c, k.win_lo);
+            d = max(d, k.win_hi);
+        }
+    }
+    span[0] = a < b ? a : 0;
+    span[1] = a < b ? b : 0;
+    span[2] = c < d ? c : 0;
+    span[3] = c < d ? d : 0;
+}
+
+/* k_attention for runs, the twin of the CPU's sep_attn_head_run: a block
+ * per (run, KV head, tile of qt queries); the block stages the tiles of
+ * the prefix rows its queries see, then those of their window rows, and
+ * a warp (one row) folds in the keys of each tile that its query sees, in
+ * that order, skipping the tiles where it sees none. */
+__global__ void k_attention_run(const run_batch_t batch, int n_heads, int group, int head_dim,
+                                int qt, float scale)
+{
+    griddep_wait();
+    griddep_launch();
+    extern __shared__ float sh[];
+    const sep_attn_run_t *p = &batch.p[blockIdx.z];
+    int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int n_rows = qt * group, pad = head_dim + 1; /* padded rows: no bank conflicts */
+    float *ks = sh, *vs = ks + ATTN_KT * pad, *qs = vs + ATTN_KT * head_dim;
+    int q0 = blockIdx.x * qt;
+    if (q0 >= p->n_q)
+        return;
+    int kv_dim = n_heads / group * head_dim;
+    int row_i = q0 + warp / group, h = kvh * group + warp % group;
+    int active = warp < n_rows && row_i < p->n_q;
+    float *q = qs + warp * head_dim;
+    if (active)
+        for (int d = lane; d < head_dim; d += 32)
+            q[d] = p->q[(size_t)row_i * p->q_stride + (size_t)h * head_dim + d] * scale;
+    float acc[8], mx = -INFINITY, sum = 0.0f;
+    for (int r = 0; r < 8; r++)
+        acc[r] = 0.0f;
+    int last_q = q0 + qt - 1 < p->n_q - 1 ? q0 + qt - 1 : p->n_q - 1, span[4];
+    run_span(p->keys, q0, last_q, span);
+    sep_attn_keys_t mine = { 0, 0, 0, 0 };
+    if (active)
+        mine = p->keys[row_i];
+    for (int phase = 0; phase < 2; phase++) {
+        const float *kk = phase ? p->k : p->pk, *vv = phase ? p->v : p->pv;
+        int lo = phase ? span[2] : span[0], hi = phase ? span[3] : span[1];
+        int my_lo = phase ? mine.win_lo : mine.pre_lo, my_hi = phase ? mine.win_hi : mine.pre_hi;
+        for (int t0 = lo; t0 < hi; t0 += ATTN_KT) {
+            __syncthreads();
+            for (int e = threadIdx.x; e < ATTN_KT * head_dim; e += blockDim.x) {
+                int j = e / head_dim, d = e % head_dim, t = t0 + j;
+                size_t at = (size_t)t * kv_dim + (size_t)kvh * head_dim + d;
+                ks[j * pad + d] = t < hi ? kk[at] : 0.0f;
+                vs[j * head_dim + d] = t < hi ? vv[at] : 0.0f;
+            }
+            __syncthreads();
+            if (!active || my_lo >= my_hi || my_hi <= t0 || my_lo >= t0 + ATTN_KT)
+                continue;
+            int t = t0 + lane, ok = t >= my_lo && t < my_hi;
+            float s = -INFINITY;
+            if (ok) {
+                s = 0.0f;
+                for (int d = 0; d < head_dim; d++)
+                    s += q[d] * ks[lane * pad + d];
+            }
+            float tmax = s;
+            for (int o = 16; o > 0; o >>= 1)
+                tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+            float nm = fmaxf(mx, tmax), corr = expf(mx - nm);
+            float e = ok ? expf(s - nm) : 0.0f, es = e;
+            for (int o = 16; o > 0; o >>= 1)
+                es += __shfl_xor_sync(0xffffffffu, es, o);
+            sum = sum * corr + es;
+            for (int r = 0; r < 8; r++)
+                acc[r] *= corr;
+            int kn = hi - t0 < ATTN_KT ? hi - t0 : ATTN_KT;
+            for (int j = 0; j < kn; j++) {
+                float pj = __shfl_sync(0xffffffffu, e, j);
+                for (int r = 0; r < 8; r++)
+                    if (lane + 32 * r < head_dim)
+                        acc[r] += pj * vs[j * head_dim + lane + 32 * r];
+            }
+            mx = nm;
+        }
+    }
+    if (!active)
+        return;
+    float *out = p->out + (size_t)row_i * p->out_stride + (size_t)h * head_dim;
+    for (int r = 0; r < 8; r++)
+        if (lane + 32 * r < head_dim)
+            out[lane + 32 * r] = acc[r] / sum;
+}
+
 static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_width)
 {
     cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
-    (void)max_keys; /* scores never leave registers: nothing grows with keys */
+    cb->max_keys = max_keys; /* scores never leave registers: nothing grows with keys */
     size_t rows = (size_t)(max_rows > 0 ? max_rows : 1);
     cuda_written(cb); /* d_xb may move */
     if (32 * rows > cb->ring_len) {
@@ -1617,8 +1734,8 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t *r, const __nv_bfloat16 *
  * split blocks runs this): the rows' split weights exp2(max_s - max) and
  * sums first, in shared memory wt (FA_MAX_SPLIT x FA_ROWS floats) and inv
  * (FA_ROWS); then each output is the weighted sum of the partial rows. */
-template <int HD>
-__device__ void attn_combine(const sep_attn_t *p, int group, int kvh, int row0, int n_split,
+template <int HD, typename P>
+__device__ void attn_combine(const P *p, int group, int kvh, int row0, int n_split,
                              const float *part, size_t grp, float *wt, float *inv,
                              __nv_bfloat16 *ob, const float *ob_of)
 {
@@ -1848,13 +1965,227 @@ static void cuda_attention_mma(cuda_backend_t *cb, const attn_batch_t *batch, in
                 scale_log2, n_split, cb->d_part, cb->d_count, ob, ob_of);
 }
 
+/* k_attention_mma for runs (sep_attn_run_t), the twin of the CPU's
+ * sep_attn_head_run: a block's rows are (query, query head) pairs of
+ * consecutive queries of a run, which may lie in different segments; its
+ * key tiles are those of the prefix rows any of them sees, then those of
+ * their window rows, and each row masks the keys it does not see. The
+ * rest (online softmax, key splits and their merge) is k_attention_mma's. */
+template <int HD>
+__global__ void __launch_bounds__(128)
+    k_attention_run_mma(const run_batch_t batch, int n_heads, int group, float scale_log2,
+                        int n_split, float *part, unsigned *count, __nv_bfloat16 *ob,
+                        const float *ob_of)
+{
+    griddep_wait();
+    griddep_launch();
+    __shared__ __align__(16) __nv_bfloat16 ks[FA_KT][HD + 8], vs[FA_KT][HD + 8];
+    int z = blockIdx.z / n_split, split = blockIdx.z % n_split;
+    const sep_attn_run_t *p = &batch.p[z];
+    int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int n_rows = p->n_q * group, row0 = blockIdx.x * FA_ROWS;
+    if (row0 >= n_rows)
+        return;
+    int kv_dim = n_heads / group * HD, g = lane >> 2, tq = lane & 3;
+
+    /* the key ranges (prefix rows, then window rows) of the block's rows,
+     * in shared memory (registers are what the tiles need); none past the
+     * last row */
+    __shared__ sep_attn_keys_t rk[FA_ROWS];
+    if (threadIdx.x < FA_ROWS) {
+        int R = row0 + threadIdx.x;
+        sep_attn_keys_t k = { 0, 0, 0, 0 };
+        if (R < n_rows)
+            k = p->keys[R / group];
+        rk[threadIdx.x] = k;
+    }
+    /* this lane's two rows, warp * 16 + g and + 8: their query heads,
+     * queries and Q fragments */
+    const float *qrow[2];
+    float *orow[2];
+    for (int h = 0; h < 2; h++) {
+        int R = row0 + warp * 16 + g + 8 * h, i = R / group, head = kvh * group + R % group;
+        int ok = R < n_rows;
+        qrow[h] = ok ? p->q + (size_t)i * p->q_stride + (size_t)head * HD : NULL;
+        orow[h] = ok ? p->out + (size_t)i * p->out_stride + (size_t)head * HD : NULL;
+    }
+    uint32_t qa[HD / 16][4];
+    for (int kc = 0; kc < HD / 16; kc++)
+        for (int r = 0; r < 4; r++) {
+            const float *q = qrow[r & 1];
+            int d = kc * 16 + 2 * tq + (r >> 1) * 8;
+            qa[kc][r] = q ? pack_bf16(q[d] * scale_log2, q[d + 1] * scale_log2) : 0u;
+        }
+
+    /* the tiles of keys this block's rows see (prefix tiles first), and
+     * this split's share */
+    int last = (row0 + FA_ROWS < n_rows ? row0 + FA_ROWS : n_rows) - 1, span[4];
+    run_span(p->keys, row0 / group, last / group, span);
+    int n_pt = (span[1] - span[0] + FA_KT - 1) / FA_KT;
+    int n_tiles = n_pt + (span[3] - span[2] + FA_KT - 1) / FA_KT;
+    int per = (n_tiles + n_split - 1) / n_split;
+    int t_begin = split * per, t_end = t_begin + per < n_tiles ? t_begin + per : n_tiles;
+
+    float o[HD / 8][4], m[2] = { -INFINITY, -INFINITY }, l[2] = { 0.0f, 0.0f };
+    for (int dt = 0; dt < HD / 8; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    for (int tile = t_begin; tile < t_end; tile++) {
+        int ph = tile >= n_pt;
+        const float *kk = ph ? p->k : p->pk, *vv = ph ? p->v : p->pv;
+        int t0 = ph ? span[2] + (tile - n_pt) * FA_KT : span[0] + tile * FA_KT;
+        int end = ph ? span[3] : span[1];
+        __syncthreads();
+#pragma unroll 8
+        for (int e = threadIdx.x; e < FA_KT * HD / 4; e += 128) {
+            int j = e / (HD / 4), d = e % (HD / 4) * 4, t = t0 + j;
+            float4 kx = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vx = kx;
+            if (t < end) {
+                size_t at = (size_t)t * kv_dim + (size_t)kvh * HD + d;
+                kx = *(const float4 *)(kk + at);
+                vx = *(const float4 *)(vv + at);
+            }
+            *(uint2 *)&ks[j][d] = make_uint2(pack_bf16(kx.x, kx.y), pack_bf16(kx.z, kx.w));
+            *(uint2 *)&vs[j][d] = make_uint2(pack_bf16(vx.x, vx.y), pack_bf16(vx.z, vx.w));
+        }
+        __syncthreads();
+
+        float s[FA_KT / 8][4];
+        for (int nt = 0; nt < FA_KT / 8; nt++)
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        int mi = lane >> 3, mr = lane & 7;
+        for (int kc = 0; kc < HD / 16; kc++)
+            for (int np = 0; np < FA_KT / 16; np++) {
+                uint32_t b[4];
+                ldsm_x4(b, &ks[np * 16 + (mi >> 1) * 8 + mr][kc * 16 + (mi & 1) * 8]);
+                mma_bf16(s[2 * np], qa[kc], b[0], b[1]);
+                mma_bf16(s[2 * np + 1], qa[kc], b[2], b[3]);
+            }
+
+        /* each row's own keys of the tile, and the online softmax */
+        for (int h = 0; h < 2; h++) {
+            const sep_attn_keys_t *mine = &rk[warp * 16 + g + 8 * h];
+            int lo = ph ? mine->win_lo : mine->pre_lo, hi = ph ? mine->win_hi : mine->pre_hi;
+            float mx = -INFINITY;
+            for (int nt = 0; nt < FA_KT / 8; nt++)
+                for (int c = 0; c < 2; c++) {
+                    float *v = &s[nt][2 * h + c];
+                    int t = t0 + nt * 8 + 2 * tq + c;
+                    if (t < lo || t >= hi)
+                        *v = -INFINITY;
+                    mx = fmaxf(mx, *v);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float mn = fmaxf(m[h], mx), base = mn == -INFINITY ? 0.0f : mn;
+            float corr = exp2f(m[h] - base), sum = 0.0f;
+            for (int nt = 0; nt < FA_KT / 8; nt++)
+                for (int c = 0; c < 2; c++) {
+                    float e = exp2f(s[nt][2 * h + c] - base);
+                    s[nt][2 * h + c] = e;
+                    sum += e;
+                }
+            l[h] = l[h] * corr + sum;
+            m[h] = mn;
+            for (int dt = 0; dt < HD / 8; dt++) {
+                o[dt][2 * h] *= corr;
+                o[dt][2 * h + 1] *= corr;
+            }
+        }
+
+        for (int kk2 = 0; kk2 < FA_KT / 16; kk2++) {
+            uint32_t pa[4] = { pack_bf16(s[2 * kk2][0], s[2 * kk2][1]),
+                               pack_bf16(s[2 * kk2][2], s[2 * kk2][3]),
+                               pack_bf16(s[2 * kk2 + 1][0], s[2 * kk2 + 1][1]),
+                               pack_bf16(s[2 * kk2 + 1][2], s[2 * kk2 + 1][3]) };
+            for (int dp = 0; dp < HD / 16; dp++) {
+                uint32_t b[4];
+                ldsm_x4_trans(b, &vs[kk2 * 16 + (mi & 1) * 8 + mr][dp * 16 + (mi >> 1) * 8]);
+                mma_bf16(o[2 * dp], pa, b[0], b[1]);
+                mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+
+    for (int h = 0; h < 2; h++) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    }
+    if (n_split == 1) {
+        for (int h = 0; h < 2; h++) {
+            if (!orow[h])
+                continue;
+            float inv = 1.0f / l[h];
+            __nv_bfloat16 *obrow = ob ? ob + (orow[h] - ob_of) : NULL;
+            for (int dt = 0; dt < HD / 8; dt++)
+                put2(orow[h], obrow, dt * 8 + 2 * tq, o[dt][2 * h] * inv, o[dt][2 * h + 1] * inv);
+        }
+        return;
+    }
+    size_t grp = ((size_t)z * gridDim.y + kvh) * gridDim.x + blockIdx.x;
+    float *po = part + (grp * n_split + split) * FA_PART_FLOATS(HD);
+    float *ml = po + (size_t)FA_ROWS * HD;
+    for (int h = 0; h < 2; h++) {
+        int r = warp * 16 + g + 8 * h;
+        if (!orow[h])
+            continue;
+        for (int dt = 0; dt < HD / 8; dt++)
+            *(float2 *)&po[(size_t)r * HD + dt * 8 + 2 * tq] = make_float2(o[dt][2 * h],
+                                                                        o[dt][2 * h + 1]);
+        if (tq == 0) {
+            ml[2 * r] = m[h];
+            ml[2 * r + 1] = l[h];
+        }
+    }
+    __shared__ unsigned ticket;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        ticket = atomicAdd(&count[grp], 1u);
+    __syncthreads();
+    if (ticket != (unsigned)n_split - 1)
+        return;
+    __threadfence();
+    float *wt = (float *)&ks[0][0];
+    attn_combine<HD>(p, group, kvh, row0, n_split, part, grp, wt, wt + FA_MAX_SPLIT * FA_ROWS,
+                     ob, ob_of);
+    if (threadIdx.x == 0)
+        count[grp] = 0;
+}
+
+/* Launch the tensor-core attention for one batch of runs (key splits as
+ * for cuda_attention_mma, from the most keys a tile of rows may see). */
+template <int HD>
+static void cuda_attention_run_mma(cuda_backend_t *cb, const run_batch_t *batch, int n_heads,
+                                   int group, int max_rows, __nv_bfloat16 *ob,
+                                   const float *ob_of)
+{
+    int n_kv = n_heads / group, n_rt = (max_rows + FA_ROWS - 1) / FA_ROWS;
+    int blocks = n_rt * n_kv * batch->n;
+    /* a tile of rows sees at most the longest row's keys and the rows its
+     * neighbours' windows pass it by, prefix and window tiles apart */
+    int n_tiles = (cb->max_keys + FA_ROWS + FA_KT - 1) / FA_KT + 1;
+    int n_split = 1;
+    if (blocks < cb->n_sm && n_tiles > 1) {
+        n_split = (2 * cb->n_sm + blocks - 1) / blocks;
+        n_split = n_split < n_tiles ? n_split : n_tiles;
+        n_split = n_split < FA_MAX_SPLIT ? n_split : FA_MAX_SPLIT;
+        while (n_split > 1 && ((size_t)blocks * n_split > FA_PART_BLOCKS || !cb->d_count))
+            n_split--;
+    }
+    float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
+    dim3 grid(n_rt, n_kv, batch->n * n_split);
+    cuda_launch(cb->stream, k_attention_run_mma<HD>, grid, 128, 0, *batch, n_heads, group,
+                scale_log2, n_split, cb->d_part, cb->d_count, ob, ob_of);
+}
+
 /* Where the tensor-core attention also writes its outputs in bf16, for
  * the output product: the mirror, which the rounds of one layer's
  * attention extend (their outputs are rows of one buffer, the first
  * round's first row lowest); NULL when the outputs are not whole rows or
  * do not fit d_xb. */
-static __nv_bfloat16 *cuda_attention_twin(cuda_backend_t *cb, const sep_attn_t *probs,
-                                          int n_probs, int width)
+template <typename P>
+static __nv_bfloat16 *cuda_attention_twin(cuda_backend_t *cb, const P *probs, int n_probs,
+                                          int width)
 {
     const float *lo = probs[0].out, *hi = probs[0].out;
     for (int i = 0; i < n_probs; i++) {
@@ -1923,6 +2254,48 @@ static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_pro
         }
         dim3 grid((max_q + qt - 1) / qt, n_kv_heads, batch.n);
         cuda_launch(cb->stream, k_attention, grid, 32 * qt * group, shared, batch, n_heads,
+                    group, head_dim, qt, 1.0f / sqrtf((float)head_dim));
+    }
+}
+
+/* Runs: one launch for up to ATTN_MAX_RUNS of them, every segment of each
+ * (its keys in device memory, written once a forward by the model). */
+static void cuda_attention_runs(sep_backend_t *be, const sep_attn_run_t *runs, int n_runs,
+                                int n_heads, int n_kv_heads, int head_dim)
+{
+    cuda_flush(CB(be));
+    cuda_backend_t *cb = CB(be);
+    int mma = cb->bf16 && (head_dim == 128 || head_dim == 64);
+    __nv_bfloat16 *ob = NULL;
+    if (mma && n_runs > 0)
+        ob = cuda_attention_twin(cb, runs, n_runs, n_heads * head_dim);
+    else
+        cuda_written(cb);
+    const float *ob_of = cb->xb_of;
+    int group = n_heads / n_kv_heads;
+    int qt = ATTN_MAX_ROWS / group > 0 ? ATTN_MAX_ROWS / group : 1;
+    size_t shared = ((size_t)ATTN_KT * (head_dim + 1) + (size_t)ATTN_KT * head_dim +
+                     (size_t)qt * group * head_dim) * sizeof(float);
+    for (int at = 0; at < n_runs; at += ATTN_MAX_RUNS) {
+        run_batch_t batch;
+        batch.n = n_runs - at < ATTN_MAX_RUNS ? n_runs - at : ATTN_MAX_RUNS;
+        int max_q = 0;
+        for (int i = 0; i < batch.n; i++) {
+            batch.p[i] = runs[at + i];
+            max_q = runs[at + i].n_q > max_q ? runs[at + i].n_q : max_q;
+        }
+        if (max_q == 0)
+            continue;
+        if (mma && head_dim == 128) {
+            cuda_attention_run_mma<128>(cb, &batch, n_heads, group, max_q * group, ob, ob_of);
+            continue;
+        }
+        if (mma) {
+            cuda_attention_run_mma<64>(cb, &batch, n_heads, group, max_q * group, ob, ob_of);
+            continue;
+        }
+        dim3 grid((max_q + qt - 1) / qt, n_kv_heads, batch.n);
+        cuda_launch(cb->stream, k_attention_run, grid, 32 * qt * group, shared, batch, n_heads,
                     group, head_dim, qt, 1.0f / sqrtf((float)head_dim));
     }
 }
@@ -2577,6 +2950,8 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     }
     /* attention's shared memory at head_dim 256: above the 48 KB default */
     cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024);
+    cudaFuncSetAttribute(k_attention_run, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         160 * 1024);
     if (cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, device) !=
         cudaSuccess)
         cb->n_sm = 1;
@@ -2608,6 +2983,7 @@ extern "C" int sep_backend_cuda_open(sep_backend_t **out, int device, int bf16)
     be->reserve = cuda_reserve;
     be->sync = cuda_sync;
     be->attention = cuda_attention;
+    be->attention_runs = cuda_attention_runs;
     be->add = cuda_add;
     be->swiglu = cuda_swiglu;
     be->gelu = cuda_gelu;

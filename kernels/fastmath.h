@@ -49,6 +49,20 @@ void sep_attn_head(float *out, int out_stride, const float *q, int q_stride,
                    const float *k, const float *v, int kv_stride, int m, int n0, int d,
                    float scale, float *sc, int ld);
 
+/* The same for m queries that each see their own keys: query r sees rows
+ * [keys[r][0], keys[r][1]) of pk/pv, then rows [keys[r][2], keys[r][3])
+ * of k/v (at least one key in all), and its scores sit in sc's row r in
+ * that order (ld at least every row's keys, rounded up to 16). Each
+ * score, softmax and output is computed as sep_attn_head computes it for
+ * a query whose keys are those rows one after another, so the results
+ * are the same bits. wt is scratch of SEP_ATTN_RUN_ROWS rows of wl floats
+ * (wl a multiple of 16). */
+#define SEP_ATTN_RUN_ROWS 4
+void sep_attn_head_run(float *out, int out_stride, const float *q, int q_stride,
+                       const float *pk, const float *pv, const float *k, const float *v,
+                       int kv_stride, const int32_t (*keys)[4], int m, int d, float scale,
+                       float *sc, int ld, float *wt, int wl);
+
 /* A weight packed for products: column panels of SEP_MM_COLS outputs,
  * panel p holding W^T's columns [p * SEP_MM_COLS, ...) as (d, SEP_MM_COLS)
  * rows, zero past the weight's last output. */

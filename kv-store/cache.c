@@ -250,11 +250,11 @@ static int plan_keep(const sep_policy_t *po, sep_plan_t *p, int lo, int m, int *
     int skip = total > po->s ? total - po->s : 0, seen = 0, e = p->n_evict;
     /* the oldest skip separators go: exactly skip of them, room first */
     if (skip) {
-        void **bufs[] = { (void **)&p->evict_idx, (void **)&p->evict_id,
+        void **bufs[] = { (void **)&p->evict_idx, (void **)&p->evict_src, (void **)&p->evict_id,
                           (void **)&p->evict_pos };
-        const size_t sz[] = { sizeof *p->evict_idx, sizeof *p->evict_id,
+        const size_t sz[] = { sizeof *p->evict_idx, sizeof *p->evict_src, sizeof *p->evict_id,
                               sizeof *p->evict_pos };
-        int rc = plan_grow_shared(&p->evict_cap, e + skip, 3, bufs, sz);
+        int rc = plan_grow_shared(&p->evict_cap, e + skip, 4, bufs, sz);
         if (rc)
             return rc;
     }
@@ -267,6 +267,7 @@ static int plan_keep(const sep_policy_t *po, sep_plan_t *p, int lo, int m, int *
             keep[k++] = i;
         } else {
             p->evict_idx[e] = lo + i;
+            p->evict_src[e] = p->orig[lo + i];
             p->evict_id[e] = ids[i];
             p->evict_pos[e++] = p->pos[lo + i];
         }
@@ -278,7 +279,15 @@ static int plan_keep(const sep_policy_t *po, sep_plan_t *p, int lo, int m, int *
     return SEP_OK;
 }
 
-int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *p)
+/* Rows [lo, lo + m) hold their entries as at the start of a run. */
+static void plan_run_start(sep_plan_t *p, int lo, int m)
+{
+    for (int i = lo; i < lo + m; i++)
+        p->orig[i] = i;
+}
+
+int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, int max_run_rows,
+                   sep_plan_t *p)
 {
     const sep_policy_t *po = &c->policy;
     int evict = po->method != SEP_METHOD_FULL;
@@ -288,15 +297,18 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
         return sep_fail(SEP_ERANGE, "cache plan: %d entries and %d tokens exceed the "
                         "cache's limit", c->n, n);
     int rows = evict ? SEP_CACHE_ROWS(po->c) : c->lo + c->n + n;
-    int rc;
-    if ((rc = plan_grow((void **)&p->rope_pos, &p->tok_cap, n, sizeof *p->rope_pos)) ||
-        (rc = plan_grow((void **)&p->seg, &p->seg_cap, evict ? n : 1, sizeof *p->seg)))
+    int rc, max_seg = evict ? n : 1;
+    if ((rc = plan_grow((void **)&p->rope_pos, &p->tok_cap, n, sizeof *p->rope_pos)))
         return rc;
-    void **meta_bufs[] = { (void **)&p->ids, (void **)&p->pos };
-    const size_t meta_sz[] = { sizeof *p->ids, sizeof *p->pos };
-    if ((rc = plan_grow_shared(&p->meta_cap, rows, 2, meta_bufs, meta_sz)))
+    void **seg_bufs[] = { (void **)&p->seg, (void **)&p->run_first };
+    const size_t seg_sz[] = { sizeof *p->seg, sizeof *p->run_first };
+    if ((rc = plan_grow_shared(&p->seg_cap, max_seg + 1, 2, seg_bufs, seg_sz)))
         return rc;
-    int lo = c->lo, m = c->n, n_sep = c->n_sep, used_keep = 0;
+    void **meta_bufs[] = { (void **)&p->ids, (void **)&p->pos, (void **)&p->orig };
+    const size_t meta_sz[] = { sizeof *p->ids, sizeof *p->pos, sizeof *p->orig };
+    if ((rc = plan_grow_shared(&p->meta_cap, rows, 3, meta_bufs, meta_sz)))
+        return rc;
+    int lo = c->lo, m = c->n, n_sep = c->n_sep, used_keep = 0, run_rows = 0;
     if (m) { /* an empty cache has no arrays yet (memcpy from NULL is undefined) */
         memcpy(p->ids + lo, c->ids + lo, (size_t)m * sizeof *p->ids);
         memcpy(p->pos + lo, c->pos + lo, (size_t)m * sizeof *p->pos);
@@ -304,11 +316,10 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
 
     p->n_tokens = n;
     p->n_seg = 0;
+    p->n_run = 0;
     p->n_evict = 0;
     p->max_entries = m;
     p->rows = rows;
-    p->rope_lo = INT64_MAX;
-    p->rope_hi = INT64_MIN;
     for (int t = 0; t < n;) {
         int k = n - t;
         if (evict && k > po->c + 1 - m)
@@ -317,17 +328,33 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
         *sg = (sep_segment_t){ .start = t, .len = k, .n_past = m, .lo = lo, .move_from = -1 };
         /* no room for a whole cache past lo: down to row 0, where the
          * entries (at most c) do not reach the rows they come from */
+        int new_run = p->n_seg == 1 || max_run_rows <= 0;
         if (evict && lo + po->c + 1 > rows) {
             sg->move_from = lo;
             memcpy(p->ids, p->ids + lo, (size_t)m * sizeof *p->ids);
             memcpy(p->pos, p->pos + lo, (size_t)m * sizeof *p->pos);
             lo = sg->lo = 0;
+            new_run = 1;
+        }
+        /* the prefix this segment sees, which the previous compaction wrote */
+        int seen_pre = p->n_seg > 1 ? sg[-1].n_pre : 0;
+        if (!new_run && seen_pre > max_run_rows - run_rows)
+            new_run = 1;
+        if (new_run) {
+            p->run_first[p->n_run++] = p->n_seg - 1;
+            if (evict) /* only compactions read it */
+                plan_run_start(p, lo, m);
+            run_rows = 0;
+        } else {
+            run_rows += seen_pre;
         }
         for (int i = 0; i < k; i++) {
             int64_t spos = c->n_seen + t + i;
             p->rope_pos[t + i] = po->shift ? spos - c->rope_off : spos;
             p->ids[lo + m + i] = ids[t + i];
             p->pos[lo + m + i] = spos;
+            if (evict)
+                p->orig[lo + m + i] = lo + m + i;
         }
         m += k;
         t += k;
@@ -337,10 +364,12 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
             continue;
         /* a compaction's prefix is at most a + s entries; keep lists are
          * stored as offsets until the buffer stops moving */
-        if ((rc = plan_grow((void **)&p->keep_buf, &p->keep_cap, used_keep + po->a + po->s,
-                            sizeof *p->keep_buf)))
+        void **keep_bufs[] = { (void **)&p->keep_buf, (void **)&p->src_buf };
+        const size_t keep_sz[] = { sizeof *p->keep_buf, sizeof *p->src_buf };
+        if ((rc = plan_grow_shared(&p->keep_cap, used_keep + po->a + po->s, 2, keep_bufs,
+                                   keep_sz)))
             return rc;
-        int32_t *keep = p->keep_buf + used_keep;
+        int32_t *keep = p->keep_buf + used_keep, *src = p->src_buf + used_keep;
         int nk, rs;
         sg->evict_at = p->n_evict;
         if ((rc = plan_keep(po, p, lo, m, &n_sep, keep, &nk, &rs)))
@@ -352,8 +381,10 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
         int lo2 = lo + rs - nk;
         for (int i = nk - 1; i >= 0; i--) {
             keep[i] += lo;
+            src[i] = p->orig[keep[i]];
             p->ids[lo2 + i] = p->ids[keep[i]];
             p->pos[lo2 + i] = p->pos[keep[i]];
+            p->orig[lo2 + i] = p->orig[keep[i]];
         }
         sg->n_keep = nk + (m - rs);
         sg->lo_after = lo2;
@@ -363,18 +394,16 @@ int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *
         if (po->shift) {
             int64_t spos = c->n_seen + t; /* the next token's */
             sg->pre_rope = rope_base_of(spos, sg->n_keep, nk, c->rope_off);
-            if (nk && sg->pre_rope < p->rope_lo)
-                p->rope_lo = sg->pre_rope;
-            if (nk && sg->pre_rope + nk > p->rope_hi)
-                p->rope_hi = sg->pre_rope + nk;
         }
         lo = lo2;
         m = sg->n_keep;
     }
-    if (p->rope_lo > p->rope_hi)
-        p->rope_lo = p->rope_hi = 0;
-    for (int i = 0; i < p->n_seg; i++)
+    p->run_first[p->n_run] = p->n_seg;
+    for (int i = 0; i < p->n_seg; i++) {
         p->seg[i].pre = p->seg[i].n_pre ? p->keep_buf + p->seg[i].pre_at : NULL;
+        p->seg[i].src = p->seg[i].n_pre ? p->src_buf + p->seg[i].pre_at : NULL;
+    }
+    p->n_pre_rows = used_keep;
     p->n = m;
     p->n_sep = n_sep;
     p->lo = lo;
@@ -388,7 +417,11 @@ void sep_plan_free(sep_plan_t *p)
     free(p->ids);
     free(p->pos);
     free(p->keep_buf);
+    free(p->src_buf);
+    free(p->orig);
+    free(p->run_first);
     free(p->evict_idx);
+    free(p->evict_src);
     free(p->evict_id);
     free(p->evict_pos);
     memset(p, 0, sizeof *p);
@@ -417,6 +450,18 @@ int sep_cache_compact_gathers(const sep_cache_t *c, int layer, const sep_segment
     float *rows[2] = { c->v[layer], c->k_raw ? c->k_raw[layer] : c->k[layer] };
     for (int b = 0; b < 2; b++)
         out[b] = (sep_gather_t){ rows[b] + (size_t)sg->lo_after * c->kv_dim, rows[b], sg->pre,
+                                 sg->n_pre, c->kv_dim };
+    return 2;
+}
+
+int sep_cache_run_gathers(const sep_cache_t *c, int layer, const sep_segment_t *sg,
+                          sep_gather_t out[2])
+{
+    if (sg->n_pre <= 0)
+        return 0;
+    float *rows[2] = { c->v[layer], c->k_raw ? c->k_raw[layer] : c->k[layer] };
+    for (int b = 0; b < 2; b++)
+        out[b] = (sep_gather_t){ rows[b] + (size_t)sg->lo_after * c->kv_dim, rows[b], sg->src,
                                  sg->n_pre, c->kv_dim };
     return 2;
 }

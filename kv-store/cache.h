@@ -32,6 +32,16 @@
  * also lists the separators each compaction evicts, whose rows the model
  * copies out for the separator archive before the compaction moves them.
  *
+ * Runs: consecutive segments whose attention can go in one call. Within a
+ * run no row is written but by appends (the recent region stays where it
+ * is, and rows above it hold nothing yet), so once every token of the run
+ * is appended, every entry that any of its segments sees is in a row as
+ * it was at the run's start: a segment's own prefix is listed there (src)
+ * for the model to copy out (and re-rotate) beside the others', and only
+ * the run's last compaction is applied to the cache, from those rows. A
+ * run ends before a segment that first moves the entries down, or where
+ * its prefixes would take more rows than the caller allows.
+ *
  * All of a cache's state is in the fields below (plain arrays and
  * counters), so it can be written out and read back exactly.
  */
@@ -106,12 +116,17 @@ typedef struct {
     int n_pre;           /* the compaction rewrites slots [0, n_pre) (initial and
                             separators) at rows lo_after .., from rows pre */
     const int32_t *pre;  /* (n_pre) ascending rows, each at or before its new one */
-    int pre_at;          /* offset of pre in the plan's keep_buf */
+    const int32_t *src;  /* (n_pre) the same entries' rows as they were at the start
+                            of the segment's run (pre in a run's first segment):
+                            ascending, each at or before its row after the compaction */
+    int pre_at;          /* offset of pre in the plan's keep_buf and of src in src_buf:
+                            the row of the plan's prefix rows (n_pre_rows) that holds
+                            slot 0 of this compaction's prefix */
     int64_t pre_rope;    /* shift on: rope position of slot 0 after the compaction,
                             at which, plus the slot, the prefix is re-rotated */
     int n_evict;         /* separators the compaction evicts (sepllm: those beyond
                             the newest s) */
-    int evict_at;        /* offset of them in the plan's evict_idx, _id and _pos */
+    int evict_at;        /* offset of them in the plan's evict_idx, _src, _id and _pos */
 } sep_segment_t;
 
 /* The plan of one chunk, and the cache's metadata after it. */
@@ -122,8 +137,11 @@ typedef struct {
     int64_t *rope_pos;    /* (n_tokens) rotary position of each token */
     int max_entries;      /* most entries held during the chunk */
     int rows;             /* rows the cache must hold (sep_cache_reserve) */
-    int64_t rope_lo, rope_hi; /* the rope positions pre_rope + slot of the chunk's
-                                 re-rotations lie in [rope_lo, rope_hi) */
+    int n_pre_rows;       /* the compactions' prefix entries, compaction after
+                             compaction: sum of the segments' n_pre */
+    int n_run;            /* runs of segments (sep_cache_plan's max_run_rows) */
+    int *run_first;       /* (n_run + 1) run r is segments [run_first[r],
+                             run_first[r + 1]) */
     int n, n_sep, lo;     /* after the chunk */
     int32_t *ids;         /* (rows) ids of the entries after the chunk, rows [lo, lo + n) */
     int64_t *pos;         /* (rows) their stream positions */
@@ -132,10 +150,12 @@ typedef struct {
      * unallocated while nothing is evicted. */
     int n_evict;
     int32_t *evict_idx;   /* (n_evict) the row to read it from before its compaction */
+    int32_t *evict_src;   /* (n_evict) its row at the start of its segment's run */
     int32_t *evict_id;    /* (n_evict) token id */
     int64_t *evict_pos;   /* (n_evict) stream position, ascending */
     /* storage */
-    int32_t *keep_buf;
+    int32_t *keep_buf, *src_buf; /* (keep_cap) the segments' pre and src lists */
+    int32_t *orig;        /* (rows) planning: each row's entry's row at the run's start */
     int seg_cap, keep_cap, meta_cap, tok_cap, evict_cap;
 } sep_plan_t;
 
@@ -144,8 +164,13 @@ int sep_cache_new(sep_cache_t **out, sep_backend_t *be, int n_layers, int kv_dim
 void sep_cache_destroy(sep_cache_t **self_p);
 
 /* Plan a chunk of n ids against the cache's current state. The plan's
- * buffers grow as needed and are reused across calls. */
-int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, sep_plan_t *plan);
+ * buffers grow as needed and are reused across calls. max_run_rows bounds
+ * the prefix rows of a run's compactions but its last (the rows a model
+ * copies the prefixes of its segments after the first to): a segment
+ * whose prefix would pass it starts a new run; 0 makes every segment a
+ * run of its own. */
+int sep_cache_plan(const sep_cache_t *c, const int32_t *ids, int n, int max_run_rows,
+                   sep_plan_t *plan);
 void sep_plan_free(sep_plan_t *plan);
 
 /* The entries a cache allocates to hold `entries`: an evicting cache c + 1
@@ -173,6 +198,12 @@ int sep_cache_move_copies(const sep_cache_t *c, int layer, const sep_segment_t *
  * model's, which knows the rotary map. */
 int sep_cache_compact_gathers(const sep_cache_t *c, int layer, const sep_segment_t *seg,
                               sep_gather_t out[2]);
+
+/* The same gathers when the compactions of seg's run before it were not
+ * applied (the run's rows as they were at its start, its tokens appended):
+ * from rows src; seg must be its run's last compaction. */
+int sep_cache_run_gathers(const sep_cache_t *c, int layer, const sep_segment_t *seg,
+                          sep_gather_t out[2]);
 
 /* Slots [0, prefix) are the initial and separator entries (none for
  * full); the rest, the recent region, are the stream's newest tokens. */

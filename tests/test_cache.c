@@ -171,7 +171,7 @@ static int check_stream(sep_policy_t p, int n, int chunk, unsigned seed)
     for (int done = 0; done < n; done += chunk) {
         int k = n - done < chunk ? n - done : chunk;
         rand_ids(ids, k, &seed);
-        assert_int_equal(sep_cache_plan(c, ids, k, &plan), 0);
+        assert_int_equal(sep_cache_plan(c, ids, k, 0, &plan), 0);
         assert_int_equal(plan.n_tokens, k);
         int covered = 0;
         for (int s = 0; s < plan.n_seg; s++) {
@@ -360,7 +360,7 @@ static void fill_cache(sep_cache_t *c, int n, int chunk, unsigned seed)
     for (int done = 0; done < n; done += chunk) {
         int k = n - done < chunk ? n - done : chunk;
         rand_ids(ids, k, &seed);
-        assert_int_equal(sep_cache_plan(c, ids, k, &plan), 0);
+        assert_int_equal(sep_cache_plan(c, ids, k, 0, &plan), 0);
         assert_int_equal(sep_cache_reserve(c, plan.rows), 0);
         for (int s = 0; s < plan.n_seg; s++) {
             const sep_segment_t *sg = &plan.seg[s];
@@ -498,6 +498,197 @@ static void test_state_round_trip(void **state)
     check_round_trip(sepllm(4, 16, 32, 64, 0), 400, 100, 6);
     check_round_trip(sepllm(2, 3, 5, 11, 1), 300, 1, 7);
     check_round_trip(sepllm(2, 3, 5, 11, 1), 5, 5, 8); /* before any compaction */
+}
+
+/* Rows [at, at + n) of every plane of every layer of c := the tokens at
+ * stream positions spos, spos + 1, ... (row_value, as fill_cache). */
+static void write_tokens(sep_cache_t *c, int at, int64_t spos, int n, unsigned seed)
+{
+    float row[64];
+    int kv = c->kv_dim;
+    for (int i = 0; i < n; i++)
+        for (int l = 0; l < c->n_layers; l++) {
+            float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
+            for (int b = 0; b < 3; b++) {
+                if (!planes[b])
+                    continue;
+                for (int d = 0; d < kv; d++)
+                    row[d] = row_value(l, b, spos + i, d, seed);
+                c->be->upload(c->be, planes[b] + (size_t)(at + i) * kv, row, sizeof(float) * kv);
+            }
+        }
+}
+
+/* Rows idx[0..n) (rows from idx[0] on when idx is NULL) of a's planes
+ * that hold unrotated keys (k_raw, else k) and values equal rows
+ * [lo, lo + n) of b's, on every layer; all three planes when all. */
+static void assert_rows_at(const sep_cache_t *a, const int32_t *idx, int from,
+                           const sep_cache_t *b, int lo, int n, int all)
+{
+    int kv = a->kv_dim;
+    float x[64], y[64];
+    for (int l = 0; l < a->n_layers; l++) {
+        const float *pa[3] = { a->k[l], a->k_raw ? a->k_raw[l] : NULL, a->v[l] };
+        const float *pb[3] = { b->k[l], b->k_raw ? b->k_raw[l] : NULL, b->v[l] };
+        for (int p = 0; p < 3; p++) {
+            if (!pa[p] || (p == 0 && a->k_raw && !all))
+                continue; /* keys the model would re-rotate: a copy stands in */
+            for (int i = 0; i < n; i++) {
+                int ra = idx ? idx[i] : from + i;
+                a->be->download(a->be, x, pa[p] + (size_t)ra * kv, sizeof(float) * kv);
+                b->be->download(b->be, y, pb[p] + (size_t)(lo + i) * kv, sizeof(float) * kv);
+                if (memcmp(x, y, sizeof(float) * kv) != 0)
+                    fail_msg("layer %d plane %d: row %d of the run's cache is not row %d of "
+                             "the cache compacted segment by segment", l, p, ra, lo + i);
+            }
+        }
+    }
+}
+
+/* The compaction of segment sg applied to c (fill_cache's, from rows
+ * pre; run: from rows src, the run's compactions before it not applied). */
+static void apply_compaction(sep_cache_t *c, const sep_segment_t *sg, int run)
+{
+    sep_backend_t *be = c->be;
+    int kv = c->kv_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        sep_gather_t g[2];
+        be->gather_rows(be, g, run ? sep_cache_run_gathers(c, l, sg, g)
+                                   : sep_cache_compact_gathers(c, l, sg, g));
+        if (c->k_raw && sg->n_pre > 0) {
+            size_t at = (size_t)sg->lo_after * kv;
+            sep_rows_t raw = { c->k[l] + at, c->k_raw[l] + at, kv, kv, sg->n_pre, kv };
+            be->copy_rows(be, &raw, 1);
+        }
+    }
+}
+
+/* A stream planned in runs (at most max_rows prefix rows a run) and run
+ * as the model runs it, a run at a time (its tokens appended at once, its
+ * last compaction alone applied, from the rows of its start), against the
+ * same stream planned and run segment by segment: the same segments;
+ * while a run goes, each segment's prefix is in the rows src names (and
+ * its evicted separators where evict_src says), its window in its rows;
+ * after each chunk both caches hold the same. Returns the runs of more
+ * than one segment. */
+static int check_runs(sep_policy_t p, int n, int chunk, int max_rows, unsigned seed)
+{
+    sep_backend_t *be;
+    sep_cache_t *seg_c, *run_c;
+    assert_int_equal(sep_backend_cpu_new(&be, 1), 0);
+    assert_int_equal(sep_cache_new(&seg_c, be, 2, 8, &p), 0);
+    assert_int_equal(sep_cache_new(&run_c, be, 2, 8, &p), 0);
+    sep_plan_t ps = { 0 }, pr = { 0 };
+    int32_t ids[256];
+    int long_runs = 0;
+    assert_true(chunk <= 256);
+    for (int done = 0; done < n; done += chunk) {
+        int k = n - done < chunk ? n - done : chunk;
+        rand_ids(ids, k, &seed);
+        assert_int_equal(sep_cache_plan(seg_c, ids, k, 0, &ps), 0);
+        assert_int_equal(sep_cache_plan(run_c, ids, k, max_rows, &pr), 0);
+        assert_int_equal(sep_cache_reserve(seg_c, ps.rows), 0);
+        assert_int_equal(sep_cache_reserve(run_c, pr.rows), 0);
+        assert_int_equal(ps.n_run, ps.n_seg);
+        assert_int_equal(pr.n_seg, ps.n_seg);
+        assert_int_equal(pr.n_pre_rows, ps.n_pre_rows);
+        assert_int_equal(pr.n_evict, ps.n_evict);
+        assert_int_equal(pr.run_first[0], 0);
+        assert_int_equal(pr.run_first[pr.n_run], pr.n_seg);
+        for (int s = 0; s < ps.n_seg; s++) {
+            const sep_segment_t *a = &ps.seg[s], *b = &pr.seg[s];
+            assert_true(a->start == b->start && a->len == b->len && a->n_past == b->n_past &&
+                        a->lo == b->lo && a->move_from == b->move_from &&
+                        a->n_keep == b->n_keep && a->lo_after == b->lo_after &&
+                        a->n_pre == b->n_pre && a->pre_at == b->pre_at &&
+                        a->n_evict == b->n_evict && a->evict_at == b->evict_at &&
+                        (!p.shift || !a->n_pre || a->pre_rope == b->pre_rope));
+            if (a->n_pre)
+                assert_memory_equal(a->pre, b->pre, sizeof *a->pre * a->n_pre);
+        }
+        for (int r = 0; r < pr.n_run; r++) {
+            int s0 = pr.run_first[r], s1 = pr.run_first[r + 1];
+            assert_true(s1 > s0);
+            long_runs += s1 - s0 > 1;
+            /* a run starts where the entries move down, else only where
+             * its prefixes would pass max_rows */
+            for (int s = s0 + 1; s < s1; s++)
+                assert_true(pr.seg[s].move_from < 0);
+            int rows = 0;
+            for (int s = s0; s + 1 < s1; s++)
+                rows += pr.seg[s].n_pre;
+            assert_true(rows <= max_rows);
+            if (r > 0 && pr.seg[s0].move_from < 0) {
+                int before = 0;
+                for (int s = pr.run_first[r - 1]; s < s0; s++)
+                    before += pr.seg[s].n_pre; /* the previous run's, its last's too */
+                assert_true(before > max_rows);
+            }
+            const sep_segment_t *g0 = &pr.seg[s0], *gl = &pr.seg[s1 - 1];
+            sep_rows_t moves[3];
+            for (int l = 0; l < run_c->n_layers; l++)
+                be->copy_rows(be, moves, sep_cache_move_copies(run_c, l, g0, moves));
+            write_tokens(run_c, g0->lo + g0->n_past, run_c->n_seen + g0->start,
+                         gl->start + gl->len - g0->start, seed);
+            for (int s = s0; s < s1; s++) {
+                const sep_segment_t *sg = &ps.seg[s];
+                for (int l = 0; l < seg_c->n_layers; l++)
+                    be->copy_rows(be, moves, sep_cache_move_copies(seg_c, l, sg, moves));
+                write_tokens(seg_c, sg->lo + sg->n_past, seg_c->n_seen + sg->start, sg->len,
+                             seed);
+                int np = s > s0 ? pr.seg[s - 1].n_pre : 0;
+                if (np)
+                    assert_rows_at(run_c, pr.seg[s - 1].src, 0, seg_c, sg->lo, np, 0);
+                /* the window: from its first row to the segment's last token */
+                assert_rows_at(run_c, NULL, sg->lo + np, seg_c, sg->lo + np,
+                               sg->n_past + sg->len - np, 1);
+                for (int e = sg->evict_at; e < sg->evict_at + sg->n_evict; e++)
+                    assert_rows_at(run_c, &pr.evict_src[e], 0, seg_c, ps.evict_idx[e], 1, 0);
+                if (sg->n_keep)
+                    apply_compaction(seg_c, sg, 0);
+            }
+            const sep_segment_t *f = gl->n_keep ? gl : gl - 1;
+            if (f >= g0)
+                apply_compaction(run_c, f, 1);
+        }
+        sep_cache_commit(seg_c, &ps);
+        sep_cache_commit(run_c, &pr);
+        assert_caches_equal(seg_c, run_c);
+    }
+    sep_plan_free(&ps);
+    sep_plan_free(&pr);
+    sep_cache_destroy(&seg_c);
+    sep_cache_destroy(&run_c);
+    sep_backend_destroy(&be);
+    return long_runs;
+}
+
+static void test_runs(void **state)
+{
+    (void)state;
+    sep_policy_t st = { .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 };
+    sep_policy_t st0 = { .method = SEP_METHOD_STREAMING, .a = 0, .w = 30, .c = 30, .shift = 1 };
+    struct {
+        sep_policy_t p;
+        int n, chunk, max_rows;
+    } cases[] = {
+        { st, 700, 200, 2048 }, { st, 700, 37, 10 }, { st, 300, 1, 2048 },
+        { st0, 500, 100, 1 },
+        { sepllm(4, 16, 32, 64, 1), 1500, 256, 2048 }, { sepllm(4, 16, 32, 64, 1), 1500, 200, 30 },
+        { sepllm(2, 3, 5, 11, 1), 700, 64, 2048 }, { sepllm(2, 3, 5, 11, 1), 700, 50, 6 },
+        { sepllm(1, 40, 8, 50, 1), 700, 100, 2048 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int shift = 0; shift < 2; shift++) {
+            sep_policy_t p = cases[i].p;
+            p.shift = shift;
+            int got = check_runs(p, cases[i].n, cases[i].chunk, cases[i].max_rows,
+                                 (unsigned)(300 + 10 * i + shift));
+            if (cases[i].chunk > 1 && got == 0)
+                fail_msg("case %zu: no run of several segments, nothing checked", i);
+            if (cases[i].chunk == 1 && got != 0)
+                fail_msg("case %zu: one-token chunks make runs of several segments", i);
+        }
 }
 
 /* What sepd charges a session (sep_cache_cap_for, sep_cache_bytes) is
@@ -795,6 +986,7 @@ int main(void)
         cmocka_unit_test(test_policy_checks),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_cache_sizes),
+        cmocka_unit_test(test_runs),
         cmocka_unit_test(test_state_version1),
         cmocka_unit_test(test_state_truncated),
         cmocka_unit_test(test_state_save_to),

@@ -60,6 +60,10 @@ static int teardown_backend(void **state)
     return 0;
 }
 
+/* When not 0: the memory score's model gives the prefix copies of a round
+ * of runs (sep_run_t.run_bytes), to cut runs short. */
+static size_t score_run_bytes;
+
 /* Score the first tokens+1 ids of r through its model in chunks of chunk. */
 static void score(const run_t *r, int tokens, int chunk, float **nll_out, sep_stream_t *counts)
 {
@@ -76,6 +80,8 @@ static void score(const run_t *r, int tokens, int chunk, float **nll_out, sep_st
     int rc = sep_model_load(&m, r->model_dir, be, chunk);
     if (rc)
         fail_msg("%s: %s", r->model_dir, sep_errmsg());
+    if (score_run_bytes)
+        m->run.run_bytes = score_run_bytes;
     assert_int_equal(sep_sepset_build(&seps, tok, "auto", m->cfg.vocab), 0);
     sep_policy_t policy = r->policy;
     policy.is_sep = seps.is_sep;
@@ -397,6 +403,53 @@ static void test_batch_of_policies(void **state)
     sep_model_destroy(&m);
     sep_sepset_free(&seps);
     sep_tok_destroy(&tok);
+}
+
+/* Evicting caches run a chunk's segments in runs, each run's attention in
+ * one call (the prefixes of its segments copied out beside one another):
+ * the NLLs equal the one-token-per-step loop's, bitwise on the CPU, for
+ * StreamingLLM (one-token segments) and SepLLM, shift on and off, no
+ * initial entries, runs cut where the entries move down, a cache that
+ * compacts every token or two, and (the last two) runs cut short where
+ * their prefixes would pass 100 rows of copies. */
+static void assert_invariant(const float *a, const float *b, int n, const char *what);
+
+static void test_runs_per_token(void **state)
+{
+    (void)state;
+    const sep_policy_t policies[] = {
+        { .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 1 },
+        { .method = SEP_METHOD_STREAMING, .a = 4, .w = 60, .c = 64, .shift = 0 },
+        { .method = SEP_METHOD_STREAMING, .a = 40, .w = 24, .c = 64, .shift = 1 },
+        { .method = SEP_METHOD_STREAMING, .a = 0, .w = 50, .c = 50, .shift = 1 },
+        { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 16, .w = 32, .c = 64, .shift = 1 },
+        { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 16, .w = 32, .c = 64, .shift = 0 },
+        { .method = SEP_METHOD_SEPLLM, .a = 2, .s = 8, .w = 4, .c = 15, .shift = 1 },
+        { .method = SEP_METHOD_STREAMING, .a = 40, .w = 24, .c = 64, .shift = 1 },
+        { .method = SEP_METHOD_SEPLLM, .a = 4, .s = 16, .w = 32, .c = 64, .shift = 1 },
+    };
+    size_t n_pol = sizeof policies / sizeof policies[0];
+    for (size_t p = 0; p < n_pol; p++) {
+        run_t r = small_run(600);
+        r.policy = policies[p];
+        /* books-llama-16m: rows of 2 x 64 floats, two planes */
+        score_run_bytes = p + 2 >= n_pol ? 100 * 2 * 128 * sizeof(float) : 0;
+        float *one, *seven, *big;
+        char what[96];
+        score(&r, r.tokens, 1, &one, NULL);
+        score(&r, r.tokens, 7, &seven, NULL);
+        score(&r, r.tokens, 512, &big, NULL);
+        snprintf(what, sizeof what, "%s a=%d c=%d shift %d: per-token vs chunk 512",
+                 sep_method_name(r.policy.method), r.policy.a, r.policy.c, r.policy.shift);
+        assert_invariant(one, big, r.tokens, what);
+        snprintf(what, sizeof what, "%s a=%d c=%d shift %d: chunk 7 vs 512",
+                 sep_method_name(r.policy.method), r.policy.a, r.policy.c, r.policy.shift);
+        assert_invariant(seven, big, r.tokens, what);
+        free(one);
+        free(seven);
+        free(big);
+    }
+    score_run_bytes = 0;
 }
 
 /* ---- pipeline stages ----------------------------------------------------- */
@@ -1664,6 +1717,7 @@ int main(void)
         cmocka_unit_test(test_feed_in_pieces),
         cmocka_unit_test(test_batch_of_streams),
         cmocka_unit_test(test_batch_of_policies),
+        cmocka_unit_test(test_runs_per_token),
         cmocka_unit_test(test_stage_split),
         cmocka_unit_test(test_stage_logits),
         cmocka_unit_test(test_greedy_next),

@@ -485,6 +485,178 @@ static void test_attention(void **state)
     attention_case(64, 4, 1, 50, qn, pastn);
 }
 
+/* A run's layout (sep_attn_run_t) as a model makes it: segment 0 sees the
+ * cache from its first row, each later one its own prefix of pre[s] rows
+ * (the prefix rows one after another) ahead of a window that starts
+ * jump[s] rows after the previous one's; the tokens take consecutive
+ * rows. Returns the queries; keys gets one entry per query. */
+typedef struct {
+    int n_seg;
+    const int *len, *pre, *jump;
+    int first_win;   /* window rows segment 0's first query sees before itself */
+} run_shape_t;
+
+static int run_layout(const run_shape_t *sh, sep_attn_keys_t *keys, int *n_pre_rows,
+                      int *n_win_rows)
+{
+    int n = 0, pre = 0, lo = 0, end = sh->first_win; /* end: the next token's row */
+    for (int s = 0; s < sh->n_seg; s++) {
+        int np = s ? sh->pre[s] : 0;
+        lo += s ? sh->jump[s] : 0;
+        for (int i = 0; i < sh->len[s]; i++)
+            keys[n++] = (sep_attn_keys_t){ pre, pre + np, lo, ++end };
+        pre += np;
+    }
+    *n_pre_rows = pre;
+    *n_win_rows = end;
+    return n;
+}
+
+/* Runs of segments in one call against the same queries as attention
+ * problems over their keys laid out one after another, a problem a
+ * segment (the CPU: the same bits), and against the double reference. */
+static void attention_runs_case(int hd, int heads, int kv_heads, int n_runs,
+                                const run_shape_t *shapes)
+{
+    const int q_stride = heads * hd + 3, kv_dim = kv_heads * hd, width = heads * hd;
+    sep_attn_run_t *runs = calloc((size_t)n_runs, sizeof *runs);
+    float **host = calloc((size_t)n_runs * 5, sizeof *host);
+    float **devb = calloc((size_t)n_runs * 7, sizeof *devb);
+    sep_attn_keys_t **keys = calloc((size_t)n_runs, sizeof *keys);
+    assert_true(runs && host && devb && keys);
+    int max_keys = 1;
+    for (int r = 0; r < n_runs; r++) {
+        int total = 0, n_pre, n_win;
+        for (int s = 0; s < shapes[r].n_seg; s++)
+            total += shapes[r].len[s];
+        keys[r] = malloc(sizeof **keys * total);
+        assert_non_null(keys[r]);
+        int n_q = run_layout(&shapes[r], keys[r], &n_pre, &n_win);
+        float *q = rand_vec((size_t)n_q * q_stride, 100 + r);
+        float *pk = rand_vec((size_t)(n_pre + 1) * kv_dim, 200 + r);
+        float *pv = rand_vec((size_t)(n_pre + 1) * kv_dim, 300 + r);
+        float *k = rand_vec((size_t)n_win * kv_dim, 400 + r);
+        float *v = rand_vec((size_t)n_win * kv_dim, 500 + r);
+        host[5 * r] = q; host[5 * r + 1] = pk; host[5 * r + 2] = pv;
+        host[5 * r + 3] = k; host[5 * r + 4] = v;
+        devb[7 * r] = dev(q, (size_t)n_q * q_stride);
+        devb[7 * r + 1] = dev(pk, (size_t)(n_pre + 1) * kv_dim);
+        devb[7 * r + 2] = dev(pv, (size_t)(n_pre + 1) * kv_dim);
+        devb[7 * r + 3] = dev(k, (size_t)n_win * kv_dim);
+        devb[7 * r + 4] = dev(v, (size_t)n_win * kv_dim);
+        devb[7 * r + 5] = be->alloc(be, sizeof(float) * n_q * width);
+        devb[7 * r + 6] = be->alloc(be, sizeof *keys[r] * n_q);
+        assert_true(devb[7 * r + 5] && devb[7 * r + 6]);
+        be->upload(be, devb[7 * r + 6], keys[r], sizeof *keys[r] * n_q);
+        runs[r] = (sep_attn_run_t){ .out = devb[7 * r + 5], .q = devb[7 * r],
+                                    .pk = devb[7 * r + 1], .pv = devb[7 * r + 2],
+                                    .k = devb[7 * r + 3], .v = devb[7 * r + 4],
+                                    .keys = (const sep_attn_keys_t *)devb[7 * r + 6],
+                                    .n_q = n_q, .out_stride = width, .q_stride = q_stride };
+        for (int i = 0; i < n_q; i++) {
+            int nk = keys[r][i].pre_hi - keys[r][i].pre_lo + keys[r][i].win_hi - keys[r][i].win_lo;
+            max_keys = nk > max_keys ? nk : max_keys;
+        }
+    }
+    assert_int_equal(be->reserve(be, max_keys, 8, 8), 0);
+    be->attention_runs(be, runs, n_runs, heads, kv_heads, hd);
+    for (int r = 0; r < n_runs; r++) {
+        int n_q = runs[r].n_q;
+        const float *q = host[5 * r], *pk = host[5 * r + 1], *pv = host[5 * r + 2];
+        const float *k = host[5 * r + 3], *v = host[5 * r + 4];
+        float *got = malloc(sizeof *got * n_q * width), *one = malloc(sizeof *one * n_q * width);
+        assert_true(got && one);
+        be->download(be, got, runs[r].out, sizeof *got * n_q * width);
+        /* each segment as one problem: its prefix rows, then its window
+         * rows up to its last query's own key */
+        for (int s = 0, i0 = 0; s < shapes[r].n_seg; i0 += shapes[r].len[s], s++) {
+            const sep_attn_keys_t *f = &keys[r][i0], *l = &keys[r][i0 + shapes[r].len[s] - 1];
+            int np = f->pre_hi - f->pre_lo, nw = l->win_hi - f->win_lo, len = shapes[r].len[s];
+            float *kk = malloc(sizeof *kk * (np + nw) * kv_dim);
+            float *vv = malloc(sizeof *vv * (np + nw) * kv_dim);
+            assert_true(kk && vv);
+            memcpy(kk, pk + (size_t)f->pre_lo * kv_dim, sizeof *kk * np * kv_dim);
+            memcpy(vv, pv + (size_t)f->pre_lo * kv_dim, sizeof *vv * np * kv_dim);
+            memcpy(kk + (size_t)np * kv_dim, k + (size_t)f->win_lo * kv_dim,
+                   sizeof *kk * nw * kv_dim);
+            memcpy(vv + (size_t)np * kv_dim, v + (size_t)f->win_lo * kv_dim,
+                   sizeof *vv * nw * kv_dim);
+            int n_past = np + f->win_hi - f->win_lo - 1;
+            double *want = malloc(sizeof *want * len * width);
+            assert_non_null(want);
+            attn_ref(want, q + (size_t)i0 * q_stride, kk, vv, len, n_past, heads, kv_heads, hd,
+                     q_stride);
+            float *dq = dev(q + (size_t)i0 * q_stride, (size_t)len * q_stride);
+            float *dk = dev(kk, (size_t)(np + nw) * kv_dim), *dv = dev(vv, (size_t)(np + nw) * kv_dim);
+            float *dout = be->alloc(be, sizeof(float) * len * width);
+            assert_non_null(dout);
+            sep_attn_t prob = { .out = dout, .q = dq, .k = dk, .v = dv, .n_q = len,
+                                .n_past = n_past, .out_stride = width, .q_stride = q_stride };
+            be->attention(be, &prob, 1, heads, kv_heads, hd);
+            be->download(be, one + (size_t)i0 * width, dout, sizeof(float) * len * width);
+            expect_near(runs[r].out + (size_t)i0 * width, want, (size_t)len * width, matmul_tol());
+            free(kk); free(vv); free(want);
+            be->free(be, dq); be->free(be, dk); be->free(be, dv); be->free(be, dout);
+        }
+        if (strcmp(be->name, "cpu") == 0) {
+            for (int i = 0; i < n_q * width; i++)
+                if (memcmp(&got[i], &one[i], sizeof *got) != 0)
+                    fail_msg("run %d, query %d, element %d: %.9g, as one problem %.9g", r,
+                             i / width, i % width, got[i], one[i]);
+        } else {
+            for (int i = 0; i < n_q * width; i++)
+                if (fabs(got[i] - one[i]) > matmul_tol() * (1 + fabs(one[i])))
+                    fail_msg("run %d, query %d, element %d: %.7g, as one problem %.7g", r,
+                             i / width, i % width, got[i], one[i]);
+        }
+        free(got); free(one);
+    }
+    for (int r = 0; r < n_runs; r++) {
+        for (int b = 0; b < 5; b++)
+            free(host[5 * r + b]);
+        for (int b = 0; b < 7; b++)
+            be->free(be, devb[7 * r + b]);
+        free(keys[r]);
+    }
+    free(runs); free(host); free(devb); free(keys);
+}
+
+/* Runs as eviction makes them: StreamingLLM's one-token segments with a
+ * window sliding a row a token and the same prefix size (100 of them:
+ * several tasks, several tiles of queries), SepLLM's longer segments
+ * whose prefix grows and whose window jumps, a segment 0 only, prefixes
+ * of no rows (a = 0); head sizes of whole vector tiles and not, GQA, the
+ * GPU's tensor-core sizes (64, 128), and more runs than one launch takes. */
+static void test_attention_runs(void **state)
+{
+    (void)state;
+    enum { N = 100 };
+    int ones[N], four[N], slide[N], zero[N];
+    for (int i = 0; i < N; i++) {
+        ones[i] = 1;
+        four[i] = 4;
+        slide[i] = 1;
+        zero[i] = 0;
+    }
+    run_shape_t streaming = { N, ones, four, slide, 60 };
+    run_shape_t streaming_a0 = { 40, ones, zero, slide, 30 };
+    static const int len[] = { 13, 9, 20, 1, 70 }, pre[] = { 0, 5, 8, 8, 12 },
+                     jump[] = { 0, 11, 9, 20, 1 };
+    run_shape_t sepllm = { 5, len, pre, jump, 40 };
+    run_shape_t alone = { 1, len, pre, jump, 17 };
+    run_shape_t mix[3] = { streaming, sepllm, streaming_a0 };
+    attention_runs_case(16, 4, 2, 3, mix);
+    attention_runs_case(20, 6, 2, 3, mix);
+    attention_runs_case(48, 6, 6, 3, mix);
+    attention_runs_case(64, 8, 2, 3, mix);
+    attention_runs_case(128, 8, 2, 3, mix);
+    attention_runs_case(64, 4, 4, 1, &alone);
+    run_shape_t many[40];
+    for (int r = 0; r < 40; r++)
+        many[r] = r % 2 ? sepllm : (run_shape_t){ 3 + r % 5, ones, four, slide, 20 + r };
+    attention_runs_case(64, 4, 1, 40, many);
+}
+
 /* The SwiGLU MLP against its definition: one row, a few and many (GPU:
  * the fused GEMVs, and the bf16 products), with and without biases, and
  * widths of whole 16-byte vectors and ones without. */
@@ -777,6 +949,7 @@ int main(void)
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_rope_table),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_runs),
         cmocka_unit_test(test_product_after_attention),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_product_then_norm),

@@ -17,6 +17,13 @@
 #define SEP_LOGIT_BYTES ((size_t)256 << 20)
 #define SEP_LOGIT_MAX_ROWS 512
 
+/* The most memory a round's prefix copies take (run_k and run_v), shared
+ * evenly by the chunks of a batch: a run ends before a segment whose
+ * prefix would pass its chunk's share (256 MiB: 32768 rows of an 8B
+ * model, a StreamingLLM run of 8192 tokens for one stream, of 128 tokens
+ * each for 64). The model's run.run_bytes, which tests may lower. */
+#define SEP_RUN_BYTES ((size_t)256 << 20)
+
 /* ---- loading ----------------------------------------------------------
  * Matrices go to the backend as the checkpoint stores them: each tensor
  * is read (sep_st_read) into the backend's stage buffers a piece at a
@@ -307,6 +314,7 @@ static int model_alloc_run(sep_model_t *m, int max_tokens)
     size_t t = (size_t)max_tokens;
     int last = m->layer1 == c->n_layers;
     r->max_tokens = max_tokens;
+    r->run_bytes = SEP_RUN_BYTES;
     size_t fit = SEP_LOGIT_BYTES / ((size_t)c->vocab * sizeof(float));
     r->logit_rows = fit < 1 ? 1 : fit > SEP_LOGIT_MAX_ROWS ? SEP_LOGIT_MAX_ROWS : (int)fit;
     r->x = be->alloc(be, t * c->dim * sizeof(float));
@@ -546,13 +554,18 @@ void sep_model_destroy(sep_model_t **self_p)
     be->free(be, m->norm_b);
     sep_run_t *r = &m->run;
     float *bufs[] = { r->x, r->h, r->o, r->qkv, r->att, r->ff, r->act, r->logits, r->cs,
-                      r->k_raw, r->pre_cs, r->arch_k, r->arch_v };
+                      r->k_raw, r->pre_cs, r->arch_k, r->arch_v, r->run_k, r->run_v,
+                      (float *)r->keys };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         be->free(be, bufs[i]);
     for (int i = 0; i < r->n_plans; i++)
         sep_plan_free(&r->plans[i]);
     free(r->plans);
     free(r->probs);
+    free(r->runs);
+    free(r->keys_host);
+    free(r->keys_at);
+    free(r->keys_next);
     free(r->appends);
     free(r->gathers);
     free(r->rotations);
@@ -781,7 +794,39 @@ static void model_logits(sep_model_t *m, sep_chunk_t *ch, int nc)
     }
 }
 
-/* Plans for nc chunks and the rotary table of cache slots they need. */
+/* The prefix rows run r of plan p copies out: those of its segments
+ * after the first (none for a run of one segment). */
+static int model_run_rows(const sep_plan_t *p, int r)
+{
+    int s0 = p->run_first[r], s1 = p->run_first[r + 1];
+    if (s1 - s0 < 2)
+        return 0;
+    return p->seg[s1 - 2].pre_at + p->seg[s1 - 2].n_pre - p->seg[s0].pre_at;
+}
+
+/* The keys of each query of plan p's runs of several segments, into keys
+ * (as many entries as those runs have tokens): segment s0 of a run sees
+ * its cache's rows from slot 0, a later one its prefix's rows of the
+ * run's copies, then its window of the recent region. */
+static void model_run_keys(const sep_plan_t *p, sep_attn_keys_t *keys)
+{
+    for (int r = 0, at = 0; r < p->n_run; r++) {
+        int s0 = p->run_first[r], s1 = p->run_first[r + 1];
+        if (s1 - s0 < 2)
+            continue;
+        for (int s = s0; s < s1; s++) {
+            const sep_segment_t *sg = &p->seg[s];
+            int n_pre = s > s0 ? sg[-1].n_pre : 0;
+            int pre = s > s0 ? sg[-1].pre_at - p->seg[s0].pre_at : 0;
+            for (int i = 0; i < sg->len; i++)
+                keys[at++] = (sep_attn_keys_t){ pre, pre + n_pre, sg->lo + n_pre,
+                                                sg->lo + sg->n_past + i + 1 };
+        }
+    }
+}
+
+/* Plans for nc chunks, the rotary table of the prefixes they re-rotate,
+ * the rows their runs copy prefixes to and their queries' keys. */
 static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
 {
     sep_run_t *r = &m->run;
@@ -793,6 +838,9 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
         sep_attn_t *pp = realloc(r->probs, (size_t)nc * sizeof *pp);
         if (pp)
             r->probs = pp;
+        sep_attn_run_t *rn = realloc(r->runs, (size_t)nc * sizeof *rn);
+        if (rn)
+            r->runs = rn;
         sep_rows_t *ap = realloc(r->appends, (size_t)6 * nc * sizeof *ap);
         if (ap)
             r->appends = ap;
@@ -808,26 +856,52 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
         int32_t *pa = realloc(r->pre_at, (size_t)nc * sizeof *pa);
         if (pa)
             r->pre_at = pa;
-        if (!np || !pp || !ap || !gp || !rp || !at || !pa)
+        int32_t *ka = realloc(r->keys_at, (size_t)nc * sizeof *ka);
+        if (ka)
+            r->keys_at = ka;
+        int32_t *kn = realloc(r->keys_next, (size_t)nc * sizeof *kn);
+        if (kn)
+            r->keys_next = kn;
+        if (!np || !pp || !rn || !ap || !gp || !rp || !at || !pa || !ka || !kn)
             return sep_fail(SEP_ENOMEM, "forward: no memory to plan %d chunks", nc);
         memset(r->plans + r->n_plans, 0, (size_t)(nc - r->n_plans) * sizeof *np);
         r->n_plans = nc;
     }
-    /* rows of the rotary table for the prefixes the compactions
-     * re-rotate (shift on): each plan's range of positions */
-    size_t pre = 0;
+    /* rows of the rotary table for the prefixes the compactions re-rotate
+     * (shift on), and the queries of runs of several segments */
+    size_t pre = 0, n_keys = 0;
+    size_t share = r->run_bytes / (2 * sizeof(float) * (size_t)m->kv_dim) / (size_t)nc;
+    int rounds = 0, run_max = share < 1 ? 1 : share > (1 << 24) ? 1 << 24 : (int)share;
     for (int j = 0; j < nc; j++) {
         sep_plan_t *p = &r->plans[j];
-        if ((rc = sep_cache_plan(ch[j].cache, ch[j].ids, ch[j].n, p)) ||
+        if ((rc = sep_cache_plan(ch[j].cache, ch[j].ids, ch[j].n, run_max, p)) ||
             (rc = sep_cache_reserve(ch[j].cache, p->rows)))
             return rc;
         if (p->max_entries > max_keys)
             max_keys = p->max_entries;
         r->pre_at[j] = (int32_t)pre;
         if (ch[j].cache->k_raw)
-            pre += (size_t)(p->rope_hi - p->rope_lo);
+            pre += (size_t)p->n_pre_rows;
         if (pre > INT32_MAX / 2)
-            return sep_fail(SEP_ERANGE, "forward: %zu rotary positions to re-rotate", pre);
+            return sep_fail(SEP_ERANGE, "forward: %zu prefix rows to re-rotate", pre);
+        r->keys_at[j] = (int32_t)n_keys;
+        for (int k = 0; k < p->n_run; k++)
+            if (p->run_first[k + 1] - p->run_first[k] > 1) {
+                const sep_segment_t *last = &p->seg[p->run_first[k + 1] - 1];
+                n_keys += (size_t)(last->start + last->len - p->seg[p->run_first[k]].start);
+            }
+        rounds = p->n_run > rounds ? p->n_run : rounds;
+    }
+    /* the most prefix rows a round copies out, over its chunks */
+    int run_rows = 1;
+    for (int k = 0; k < rounds; k++) {
+        long sum = 0;
+        for (int j = 0; j < nc; j++)
+            if (k < r->plans[j].n_run)
+                sum += model_run_rows(&r->plans[j], k);
+        if (sum > INT32_MAX / 2)
+            return sep_fail(SEP_ERANGE, "forward: %ld prefix rows in a round", sum);
+        run_rows = sum > run_rows ? (int)sum : run_rows;
     }
     /* rows: tokens (products, embeddings), entries (compactions), a
      * block of logit rows (NLLs); width: the widest product input */
@@ -837,9 +911,39 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
     if ((rc = m->be->reserve(m->be, max_keys, rows > r->logit_rows ? rows : r->logit_rows,
                              width)))
         return rc;
+    sep_backend_t *be = m->be;
+    if (n_keys && run_rows > r->run_cap) {
+        /* a forward's scratch is not kept: free first */
+        int cap = 2 * run_rows;
+        size_t bytes = (size_t)cap * m->kv_dim * sizeof(float);
+        be->free(be, r->run_k);
+        be->free(be, r->run_v);
+        r->run_k = be->alloc(be, bytes);
+        r->run_v = be->alloc(be, bytes);
+        r->run_cap = r->run_k && r->run_v ? cap : 0;
+        if (!r->run_cap)
+            return sep_fail(SEP_ENOMEM, "forward: no %s memory for %d prefix rows", be->name,
+                            run_rows);
+    }
+    if (n_keys) {
+        if (n_keys > (size_t)r->keys_cap) {
+            int cap = 2 * (int)n_keys; /* n_keys <= the forward's tokens */
+            be->free(be, r->keys);
+            r->keys = be->alloc(be, (size_t)cap * sizeof *r->keys);
+            r->keys_cap = r->keys ? cap : 0;
+            if (!r->keys)
+                return sep_fail(SEP_ENOMEM, "forward: no %s memory for the keys of %zu "
+                                "queries", be->name, n_keys);
+        }
+        if (SEP_GROW(r->keys_host, r->keys_host_cap, n_keys))
+            return sep_fail(SEP_ENOMEM, "forward: no memory for the keys of %zu queries",
+                            n_keys);
+        for (int j = 0; j < nc; j++)
+            model_run_keys(&r->plans[j], r->keys_host + r->keys_at[j]);
+        be->upload(be, r->keys, r->keys_host, n_keys * sizeof *r->keys);
+    }
     if (pre == 0)
         return SEP_OK;
-    sep_backend_t *be = m->be;
     if ((rc = SEP_GROW(r->pre_pos, r->pre_pos_cap, pre)))
         return rc;
     if ((int)pre > r->pre_cs_cap) {
@@ -850,11 +954,14 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
         if (!r->pre_cs)
             return sep_fail(SEP_ENOMEM, "forward: no memory for %zu rotary positions", pre);
     }
+    /* slot i of a compaction's prefix is at its pre_rope + i */
     for (int j = 0; j < nc; j++) {
         const sep_plan_t *p = &r->plans[j];
-        if (ch[j].cache->k_raw)
-            for (int64_t x = p->rope_lo; x < p->rope_hi; x++)
-                r->pre_pos[r->pre_at[j] + (x - p->rope_lo)] = x;
+        if (!ch[j].cache->k_raw)
+            continue;
+        for (int s = 0; s < p->n_seg; s++)
+            for (int i = 0; i < p->seg[s].n_pre; i++)
+                r->pre_pos[r->pre_at[j] + p->seg[s].pre_at + i] = p->seg[s].pre_rope + i;
     }
     be->rope_table(be, r->pre_cs, r->pre_pos, (int)pre, m->inv_freq, m->cfg.rot_dim);
     return SEP_OK;
@@ -915,28 +1022,36 @@ static int model_archive_plan(sep_model_t *m, const sep_chunk_t *ch, int nc)
     return SEP_OK;
 }
 
-/* The gathers that copy the separators seg's compaction evicts from
- * layer l of chunk j's cache, its raw keys where it keeps them and its
- * values, to their rows in the staging buffers; returns how many. */
+/* The gathers that copy the separators the compactions of run `round`
+ * evict from layer l of chunk j's cache (their rows as at the run's
+ * start), its raw keys where it keeps them and its values, to their rows
+ * in the staging buffers; returns how many. */
 static int model_archive_gathers(const sep_model_t *m, const sep_chunk_t *ch, int j, int l,
-                                 const sep_segment_t *seg, sep_gather_t out[2])
+                                 int round, sep_gather_t out[2])
 {
     const sep_run_t *r = &m->run;
     const sep_cache_t *kc = ch[j].cache;
-    if (!seg->n_evict || r->arch_at[j] < 0)
+    const sep_plan_t *p = &r->plans[j];
+    int s0 = p->run_first[round], s1 = p->run_first[round + 1], n = 0;
+    for (int s = s0; s < s1; s++)
+        n += p->seg[s].n_evict;
+    if (!n || r->arch_at[j] < 0)
         return 0;
-    size_t row = ((size_t)l * r->arch_n + r->arch_at[j] + seg->evict_at) * m->kv_dim;
-    const int32_t *idx = r->plans[j].evict_idx + seg->evict_at;
-    out[0] = (sep_gather_t){ r->arch_k + row, kc->k_raw ? kc->k_raw[l] : kc->k[l], idx,
-                             seg->n_evict, m->kv_dim };
-    out[1] = (sep_gather_t){ r->arch_v + row, kc->v[l], idx, seg->n_evict, m->kv_dim };
+    /* the run's evictions follow one another, from its first segment's */
+    int first = p->seg[s0].evict_at;
+    size_t row = ((size_t)l * r->arch_n + r->arch_at[j] + first) * m->kv_dim;
+    const int32_t *idx = p->evict_src + first;
+    out[0] = (sep_gather_t){ r->arch_k + row, kc->k_raw ? kc->k_raw[l] : kc->k[l], idx, n,
+                             m->kv_dim };
+    out[1] = (sep_gather_t){ r->arch_v + row, kc->v[l], idx, n, m->kv_dim };
     return 2;
 }
 
-/* After round `round` of layer l's attention: the compactions that end
- * the round's segments, all chunks' at once: each rewrites its cache's
- * prefix before the recent region, and with shift on re-rotates the
- * prefix keys there from their raw keys. */
+/* After round `round` of layer l's attention: the compaction that ends
+ * each chunk's run (its last; those before it never touched the cache),
+ * all chunks' at once: each rewrites its cache's prefix before the recent
+ * region from the rows of the run's start, and with shift on re-rotates
+ * the prefix keys there from their raw keys. */
 static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int round)
 {
     sep_backend_t *be = m->be;
@@ -946,19 +1061,24 @@ static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int ro
     int ng = 0, nr = 0, na = 0;
     for (int j = 0; j < nc; j++) {
         const sep_plan_t *p = &r->plans[j];
-        if (round >= p->n_seg || !p->seg[round].n_keep)
+        if (round >= p->n_run)
             continue;
-        const sep_segment_t *seg = &p->seg[round];
+        int s0 = p->run_first[round], f = p->run_first[round + 1] - 1;
+        if (!p->seg[f].n_keep)
+            f--; /* the chunk's last segment, which no compaction ends */
+        na += model_archive_gathers(m, ch, j, l, round, arch + na);
+        if (f < s0)
+            continue;
+        const sep_segment_t *seg = &p->seg[f];
         sep_cache_t *kc = ch[j].cache;
-        na += model_archive_gathers(m, ch, j, l, seg, arch + na);
-        ng += sep_cache_compact_gathers(kc, l, seg, r->gathers + ng);
+        ng += sep_cache_run_gathers(kc, l, seg, r->gathers + ng);
         if (!kc->k_raw || seg->n_pre <= 0)
             continue;
         size_t at = (size_t)seg->lo_after * m->kv_dim;
         float *k = kc->k[l] + at;
         r->appends[nr] = (sep_rows_t){ k, kc->k_raw[l] + at, m->kv_dim, m->kv_dim, seg->n_pre,
                                        m->kv_dim };
-        size_t cs = (size_t)r->pre_at[j] + (size_t)(seg->pre_rope - p->rope_lo);
+        size_t cs = (size_t)r->pre_at[j] + (size_t)seg->pre_at;
         r->rotations[nr++] = (sep_rope_t){ k, r->pre_cs + cs * c->rot_dim, seg->n_pre, NULL,
                                            0, 0 };
     }
@@ -975,44 +1095,97 @@ static void model_compact(sep_model_t *m, sep_chunk_t *ch, int nc, int l, int ro
     }
 }
 
-/* Attention of layer l over every chunk, a segment round at a time:
- * round r runs the r-th segment of each chunk (its cache's entries moved
- * down first where the plan says, and its K/V appended, all chunks' rows
- * in one copy), then the compactions that end those segments. */
+/* Attention of layer l over every chunk, a run of segments at a time:
+ * round r runs the r-th run of each chunk (its cache's entries moved down
+ * first where the plan says, and all its tokens' K/V appended, all chunks'
+ * rows in one copy; the prefixes its segments after the first see copied
+ * out, and re-rotated, beside one another), its attention in one problem,
+ * then the compaction that ends it. */
 static void model_attention(sep_model_t *m, sep_chunk_t *ch, int nc, int l)
 {
     sep_backend_t *be = m->be;
     sep_run_t *r = &m->run;
     const sep_config_t *c = &m->cfg;
     int kv = m->kv_dim;
+    for (int j = 0; j < nc; j++)
+        r->keys_next[j] = r->keys_at[j];
     for (int round = 0;; round++) {
-        int np = 0, na = 0;
+        int np = 0, nrun = 0, na = 0, ng = 0, nrot = 0, scratch = 0;
+        /* entries that move down to row 0 go in a call of their own: a
+         * run's tokens, appended after them, may reach the rows they come
+         * from (no copy of one call may write rows another reads) */
+        for (int j = 0; j < nc; j++)
+            if (round < r->plans[j].n_run)
+                na += sep_cache_move_copies(ch[j].cache, l,
+                                            &r->plans[j].seg[r->plans[j].run_first[round]],
+                                            r->appends + na);
+        if (na)
+            be->copy_rows(be, r->appends, na);
+        na = 0;
         for (int j = 0, row = 0; j < nc; row += ch[j].n, j++) {
-            if (round >= r->plans[j].n_seg)
+            const sep_plan_t *p = &r->plans[j];
+            if (round >= p->n_run)
                 continue;
-            const sep_segment_t *sg = &r->plans[j].seg[round];
+            int s0 = p->run_first[round], s1 = p->run_first[round + 1];
+            const sep_segment_t *sg = &p->seg[s0], *last = &p->seg[s1 - 1];
             sep_cache_t *kc = ch[j].cache;
-            int r0 = row + sg->start;
+            int r0 = row + sg->start, len = last->start + last->len - sg->start;
             const float *qkv = r->qkv + (size_t)r0 * m->qkv_dim;
-            na += sep_cache_move_copies(kc, l, sg, r->appends + na);
+            /* the run's tokens go to consecutive rows: a compaction leaves
+             * the next segment's first row right after the recent region */
             size_t base = (size_t)sg->lo * kv, at = base + (size_t)sg->n_past * kv;
             r->appends[na++] = (sep_rows_t){ kc->k[l] + at, qkv + m->q_dim, kv, m->qkv_dim,
-                                             sg->len, kv };
+                                             len, kv };
             r->appends[na++] = (sep_rows_t){ kc->v[l] + at, qkv + m->q_dim + kv, kv,
-                                             m->qkv_dim, sg->len, kv };
+                                             m->qkv_dim, len, kv };
             if (kc->k_raw)
                 r->appends[na++] = (sep_rows_t){ kc->k_raw[l] + at, r->k_raw + (size_t)r0 * kv,
-                                                 kv, kv, sg->len, kv };
-            r->probs[np++] = (sep_attn_t){
-                .out = r->att + (size_t)r0 * m->q_dim, .q = qkv,
-                .k = kc->k[l] + base, .v = kc->v[l] + base, .n_q = sg->len,
-                .n_past = sg->n_past, .out_stride = m->q_dim, .q_stride = m->qkv_dim,
+                                                 kv, kv, len, kv };
+            if (s1 - s0 == 1) {
+                r->probs[np++] = (sep_attn_t){
+                    .out = r->att + (size_t)r0 * m->q_dim, .q = qkv,
+                    .k = kc->k[l] + base, .v = kc->v[l] + base, .n_q = sg->len,
+                    .n_past = sg->n_past, .out_stride = m->q_dim, .q_stride = m->qkv_dim,
+                };
+                continue;
+            }
+            int rows = model_run_rows(p, round);
+            float *pk = r->run_k + (size_t)scratch * kv, *pv = r->run_v + (size_t)scratch * kv;
+            if (rows) {
+                const int32_t *src = p->src_buf + sg->pre_at;
+                r->gathers[ng++] = (sep_gather_t){ pv, kc->v[l], src, rows, kv };
+                r->gathers[ng++] = (sep_gather_t){ pk, kc->k_raw ? kc->k_raw[l] : kc->k[l], src,
+                                                   rows, kv };
+                if (kc->k_raw) {
+                    size_t cs = (size_t)r->pre_at[j] + (size_t)sg->pre_at;
+                    r->rotations[nrot++] = (sep_rope_t){ pk, r->pre_cs + cs * c->rot_dim, rows,
+                                                         NULL, 0, 0 };
+                }
+            }
+            r->runs[nrun++] = (sep_attn_run_t){
+                .out = r->att + (size_t)r0 * m->q_dim, .q = qkv, .pk = pk, .pv = pv,
+                .k = kc->k[l], .v = kc->v[l], .keys = r->keys + r->keys_next[j], .n_q = len,
+                .out_stride = m->q_dim, .q_stride = m->qkv_dim,
             };
+            r->keys_next[j] += len;
+            scratch += rows;
         }
-        if (np == 0)
+        if (np == 0 && nrun == 0)
             return;
         be->copy_rows(be, r->appends, na);
-        be->attention(be, r->probs, np, c->n_heads, c->n_kv_heads, c->head_dim);
+        if (ng)
+            be->gather_rows(be, r->gathers, ng);
+        if (nrot)
+            be->rope(be, r->rotations, nrot, kv, c->n_kv_heads, c->head_dim, c->rot_dim);
+        /* the problems of the batch's first rows first (a GPU extends its
+         * bf16 copy of the outputs from there) */
+        int runs_first = nrun && (!np || r->runs[0].out < r->probs[0].out);
+        if (nrun && runs_first)
+            be->attention_runs(be, r->runs, nrun, c->n_heads, c->n_kv_heads, c->head_dim);
+        if (np)
+            be->attention(be, r->probs, np, c->n_heads, c->n_kv_heads, c->head_dim);
+        if (nrun && !runs_first)
+            be->attention_runs(be, r->runs, nrun, c->n_heads, c->n_kv_heads, c->head_dim);
         model_compact(m, ch, nc, l, round);
     }
 }

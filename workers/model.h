@@ -80,20 +80,40 @@ typedef struct {
     float *nll;      /* (logit_rows) host: a block's NLLs, or its greedy tokens' */
     int32_t *next;   /* (logit_rows) host: a block's picked tokens */
     sep_pick_t *picks; /* (logit_rows) host: how each row of a block picks */
-    float *pre_cs;   /* (pre_cs_cap, rot_dim) rope cos|sin at the positions that the
-                        compactions of a forward re-rotate prefixes at, backend */
+    float *pre_cs;   /* (pre_cs_cap, rot_dim) rope cos|sin of the prefix rows of a
+                        forward's compactions (shift on), backend: row pre_at[j] + i
+                        at the rope position of row i of plan j's prefix rows */
     int pre_cs_cap;
     int64_t *pre_pos;  /* (pre_pos_cap) host: those positions, plan after plan */
     size_t pre_pos_cap;
-    int32_t *pre_at;   /* (n_plans) row of pre_cs at each plan's rope_lo */
+    int32_t *pre_at;   /* (n_plans) row of pre_cs of each plan's first prefix row */
     sep_plan_t *plans; /* (n_plans) compaction plan of each chunk of a batch */
     int n_plans;
+    /* A round runs the r-th run of segments of each chunk: a run of one
+     * segment as an attention problem over the cache's rows (probs), a
+     * longer one as a run problem (runs) whose segments after the first
+     * see their prefixes copied out (and re-rotated) to run_k / run_v */
     sep_attn_t *probs; /* (n_plans) attention problems of one round */
+    sep_attn_run_t *runs; /* (n_plans) run problems of one round */
+    float *run_k, *run_v; /* (run_cap, kv_dim) backend: the prefixes of a round's runs,
+                             chunk after chunk */
+    int run_cap;
+    size_t run_bytes;     /* the most bytes of run_k and run_v a round's runs may
+                             take, shared by its chunks (model.c: 256 MiB) */
+    sep_attn_keys_t *keys; /* (keys_cap) backend: the keys of each query of the
+                              forward's runs of several segments, chunk after chunk */
+    int keys_cap;
+    sep_attn_keys_t *keys_host; /* (keys_host_cap) host: the same, as written */
+    size_t keys_host_cap;
+    int32_t *keys_at;  /* (n_plans) each chunk's first entry of keys */
+    int32_t *keys_next; /* (n_plans) a layer's attention: each chunk's next entry */
     sep_rows_t *appends; /* (6 * n_plans) K, V and raw-K rows a round moves down
                             and appends, or the raw keys a compaction re-rotates */
     sep_gather_t *gathers; /* (4 * n_plans) the compactions that end a round, then
-                              the copies of the separators they evict */
-    sep_rope_t *rotations; /* (n_plans) their prefix keys at their new positions */
+                              the copies of the separators they evict; before the
+                              round's attention, the prefixes its runs copy out */
+    sep_rope_t *rotations; /* (n_plans) their prefix keys at their new positions, or
+                              the prefixes copied out */
     /* the separator archive: what a forward's compactions evict from the
      * chunks that archive, copied out on the backend before each
      * compaction moves rows, downloaded once at the end */
