@@ -534,8 +534,14 @@ static void sepd_cleanup(sepd_t *d)
         sepd_persist_close(d); /* what the store thread has is finished first */
     }
     sepd_import_free(d);
-    while (d->n_sess)
-        sep_session_destroy(&d->sess[--d->n_sess]);
+    while (d->n_sess) {
+        /* a checkpoint's cut or a state read for a reload may be held
+         * still (sepd stopped during a recovery) */
+        sep_session_t *s = d->sess[--d->n_sess];
+        sep_ckpt_free(&s->cut);
+        sep_ckpt_free(&s->loaded);
+        sep_session_destroy(&s);
+    }
     free(d->sess);
     free(d->gone);
     sep_pool_stop(&d->pool);
