@@ -1769,130 +1769,126 @@ __device__ void attn_combine(const P *p, int group, int kvh, int row0, int n_spl
     }
 }
 
-template <int HD>
-__global__ void __launch_bounds__(128)
-    k_attention_mma(const attn_batch_t batch, int n_heads, int group, float scale_log2,
-                    int n_split, float *part, unsigned *count, __nv_bfloat16 *ob,
-                    const float *ob_of)
-{
-    griddep_wait();
-    griddep_launch();
-    __shared__ __align__(16) __nv_bfloat16 ks[FA_KT][HD + 8], vs[FA_KT][HD + 8];
-    int z = blockIdx.z / n_split, split = blockIdx.z % n_split;
-    const sep_attn_t *p = &batch.p[z];
-    int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int n_rows = p->n_q * group, row0 = blockIdx.x * FA_ROWS;
-    if (row0 >= n_rows)
-        return;
-    int kv_dim = n_heads / group * HD, g = lane >> 2, tq = lane & 3;
+/* The pieces of the tensor-core attention that k_attention_mma and
+ * k_attention_run_mma share (each a block of 4 warps over FA_ROWS rows;
+ * a lane holds two rows, warp * 16 + g and + 8). */
 
-    /* this lane's two rows, warp * 16 + g and + 8: their query heads,
-     * queries and key limits (causal), and their Q fragments */
-    int lim[2];
-    const float *qrow[2];
-    float *orow[2];
-    for (int h = 0; h < 2; h++) {
-        int R = row0 + warp * 16 + g + 8 * h, i = R / group, head = kvh * group + R % group;
-        int ok = R < n_rows;
-        lim[h] = ok ? p->n_past + i + 1 : 0;
-        qrow[h] = ok ? p->q + (size_t)i * p->q_stride + (size_t)head * HD : NULL;
-        orow[h] = ok ? p->out + (size_t)i * p->out_stride + (size_t)head * HD : NULL;
-    }
-    uint32_t qa[HD / 16][4];
+/* A lane's Q fragments of its two rows (NULL: past the last row), scaled. */
+template <int HD>
+__device__ __forceinline__ void fa_load_q(uint32_t (&qa)[HD / 16][4], const float *const qrow[2],
+                                          int tq, float scale_log2)
+{
     for (int kc = 0; kc < HD / 16; kc++)
         for (int r = 0; r < 4; r++) {
             const float *q = qrow[r & 1];
             int d = kc * 16 + 2 * tq + (r >> 1) * 8;
             qa[kc][r] = q ? pack_bf16(q[d] * scale_log2, q[d + 1] * scale_log2) : 0u;
         }
+}
 
-    /* the tiles of keys this block's rows see, and this split's share */
-    int last = (row0 + FA_ROWS < n_rows ? row0 + FA_ROWS : n_rows) - 1;
-    int n_keys = p->n_past + last / group + 1, n_tiles = (n_keys + FA_KT - 1) / FA_KT;
-    int per = (n_tiles + n_split - 1) / n_split;
-    int t_begin = split * per, t_end = t_begin + per < n_tiles ? t_begin + per : n_tiles;
-
-    float o[HD / 8][4], m[2] = { -INFINITY, -INFINITY }, l[2] = { 0.0f, 0.0f };
-    for (int dt = 0; dt < HD / 8; dt++)
-        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-    for (int tile = t_begin; tile < t_end; tile++) {
-        int t0 = tile * FA_KT;
-        __syncthreads();
-        /* 128 threads, compile-time strides: eight rounds of loads in flight */
+/* Rows t0 .. t0 + FA_KT - 1 of KV head kvh of kk and vv staged as bf16
+ * (zeros from row end on), once every warp is done with the last tile. */
+template <int HD>
+__device__ __forceinline__ void fa_stage(__nv_bfloat16 (*ks)[HD + 8], __nv_bfloat16 (*vs)[HD + 8],
+                                         const float *kk, const float *vv, int t0, int end,
+                                         int kv_dim, int kvh)
+{
+    __syncthreads();
+    /* 128 threads, compile-time strides: eight rounds of loads in flight */
 #pragma unroll 8
-        for (int e = threadIdx.x; e < FA_KT * HD / 4; e += 128) {
-            int j = e / (HD / 4), d = e % (HD / 4) * 4, t = t0 + j;
-            float4 kx = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vx = kx;
-            if (t < n_keys) {
-                size_t at = (size_t)t * kv_dim + (size_t)kvh * HD + d;
-                kx = *(const float4 *)(p->k + at);
-                vx = *(const float4 *)(p->v + at);
-            }
-            *(uint2 *)&ks[j][d] = make_uint2(pack_bf16(kx.x, kx.y), pack_bf16(kx.z, kx.w));
-            *(uint2 *)&vs[j][d] = make_uint2(pack_bf16(vx.x, vx.y), pack_bf16(vx.z, vx.w));
+    for (int e = threadIdx.x; e < FA_KT * HD / 4; e += 128) {
+        int j = e / (HD / 4), d = e % (HD / 4) * 4, t = t0 + j;
+        float4 kx = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vx = kx;
+        if (t < end) {
+            size_t at = (size_t)t * kv_dim + (size_t)kvh * HD + d;
+            kx = *(const float4 *)(kk + at);
+            vx = *(const float4 *)(vv + at);
         }
-        __syncthreads();
+        *(uint2 *)&ks[j][d] = make_uint2(pack_bf16(kx.x, kx.y), pack_bf16(kx.z, kx.w));
+        *(uint2 *)&vs[j][d] = make_uint2(pack_bf16(vx.x, vx.y), pack_bf16(vx.z, vx.w));
+    }
+    __syncthreads();
+}
 
-        /* S = Q K^T: 8 tiles of 8 keys; matrices 0-1 are keys 16np.. at
-         * dims 16kc and 16kc + 8, matrices 2-3 the next 8 keys */
-        float s[FA_KT / 8][4];
+/* S = Q K^T over the staged tile: 8 tiles of 8 keys; matrices 0-1 are
+ * keys 16np.. at dims 16kc and 16kc + 8, matrices 2-3 the next 8 keys.
+ * s[nt][2h + c] is the lane's row h, key nt * 8 + 2 * tq + c. */
+template <int HD>
+__device__ __forceinline__ void fa_scores(float (&s)[FA_KT / 8][4],
+                                          const uint32_t (&qa)[HD / 16][4],
+                                          __nv_bfloat16 (*ks)[HD + 8], int lane)
+{
+    for (int nt = 0; nt < FA_KT / 8; nt++)
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    int mi = lane >> 3, mr = lane & 7;
+    for (int kc = 0; kc < HD / 16; kc++)
+        for (int np = 0; np < FA_KT / 16; np++) {
+            uint32_t b[4];
+            ldsm_x4(b, &ks[np * 16 + (mi >> 1) * 8 + mr][kc * 16 + (mi & 1) * 8]);
+            mma_bf16(s[2 * np], qa[kc], b[0], b[1]);
+            mma_bf16(s[2 * np + 1], qa[kc], b[2], b[3]);
+        }
+}
+
+/* The tile folded into the online softmax (base 2: Q carries log2 e; the
+ * keys a row does not see are -inf in s) and O += P V. The four lanes of
+ * a quad share a row. P's fragments for keys 16kk.. are S tiles 2kk and
+ * 2kk + 1; V (keys x dims) transposed on load: matrices 0-1 are keys 16kk
+ * and 16kk + 8 at dims 16dp, matrices 2-3 at 16dp + 8. */
+template <int HD>
+__device__ __forceinline__ void fa_fold(float (&s)[FA_KT / 8][4], float (&m)[2], float (&l)[2],
+                                        float (&o)[HD / 8][4], __nv_bfloat16 (*vs)[HD + 8],
+                                        int lane)
+{
+    for (int h = 0; h < 2; h++) {
+        float mx = -INFINITY;
         for (int nt = 0; nt < FA_KT / 8; nt++)
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-        int mi = lane >> 3, mr = lane & 7;
-        for (int kc = 0; kc < HD / 16; kc++)
-            for (int np = 0; np < FA_KT / 16; np++) {
-                uint32_t b[4];
-                ldsm_x4(b, &ks[np * 16 + (mi >> 1) * 8 + mr][kc * 16 + (mi & 1) * 8]);
-                mma_bf16(s[2 * np], qa[kc], b[0], b[1]);
-                mma_bf16(s[2 * np + 1], qa[kc], b[2], b[3]);
+            mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mn = fmaxf(m[h], mx), base = mn == -INFINITY ? 0.0f : mn;
+        float corr = exp2f(m[h] - base), sum = 0.0f;
+        for (int nt = 0; nt < FA_KT / 8; nt++)
+            for (int c = 0; c < 2; c++) {
+                float e = exp2f(s[nt][2 * h + c] - base);
+                s[nt][2 * h + c] = e;
+                sum += e;
             }
-
-        /* causal mask and online softmax (base 2: Q carries log2 e); the
-         * four lanes of a quad share a row */
-        for (int h = 0; h < 2; h++) {
-            float mx = -INFINITY;
-            for (int nt = 0; nt < FA_KT / 8; nt++)
-                for (int c = 0; c < 2; c++) {
-                    float *v = &s[nt][2 * h + c];
-                    if (t0 + nt * 8 + 2 * tq + c >= lim[h])
-                        *v = -INFINITY;
-                    mx = fmaxf(mx, *v);
-                }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mn = fmaxf(m[h], mx), base = mn == -INFINITY ? 0.0f : mn;
-            float corr = exp2f(m[h] - base), sum = 0.0f;
-            for (int nt = 0; nt < FA_KT / 8; nt++)
-                for (int c = 0; c < 2; c++) {
-                    float e = exp2f(s[nt][2 * h + c] - base);
-                    s[nt][2 * h + c] = e;
-                    sum += e;
-                }
-            l[h] = l[h] * corr + sum;
-            m[h] = mn;
-            for (int dt = 0; dt < HD / 8; dt++) {
-                o[dt][2 * h] *= corr;
-                o[dt][2 * h + 1] *= corr;
-            }
-        }
-
-        /* O += P V: P's fragments for keys 16kk.. are S tiles 2kk and
-         * 2kk + 1; V (keys x dims) transposed on load: matrices 0-1 are
-         * keys 16kk and 16kk + 8 at dims 16dp, matrices 2-3 at 16dp + 8 */
-        for (int kk = 0; kk < FA_KT / 16; kk++) {
-            uint32_t pa[4] = { pack_bf16(s[2 * kk][0], s[2 * kk][1]),
-                               pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                               pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]) };
-            for (int dp = 0; dp < HD / 16; dp++) {
-                uint32_t b[4];
-                ldsm_x4_trans(b, &vs[kk * 16 + (mi & 1) * 8 + mr][dp * 16 + (mi >> 1) * 8]);
-                mma_bf16(o[2 * dp], pa, b[0], b[1]);
-                mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
-            }
+        l[h] = l[h] * corr + sum;
+        m[h] = mn;
+        for (int dt = 0; dt < HD / 8; dt++) {
+            o[dt][2 * h] *= corr;
+            o[dt][2 * h + 1] *= corr;
         }
     }
+    int mi = lane >> 3, mr = lane & 7;
+    for (int kk = 0; kk < FA_KT / 16; kk++) {
+        uint32_t pa[4] = { pack_bf16(s[2 * kk][0], s[2 * kk][1]),
+                           pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                           pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                           pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]) };
+        for (int dp = 0; dp < HD / 16; dp++) {
+            uint32_t b[4];
+            ldsm_x4_trans(b, &vs[kk * 16 + (mi & 1) * 8 + mr][dp * 16 + (mi >> 1) * 8]);
+            mma_bf16(o[2 * dp], pa, b[0], b[1]);
+            mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+        }
+    }
+}
 
+/* The block's end: with one split the rows' outputs (orow, NULL past the
+ * last row) and their bf16 twins; with several, this split's unnormalized
+ * rows with their max and sum to part, and the group's last block to
+ * finish merges the splits (and rearms the counter for the next launch),
+ * reusing the K/V tiles' shared memory. */
+template <int HD, typename P>
+__device__ __forceinline__ void fa_end(const P *p, int z, int group, int kvh, int row0, int split,
+                                       int n_split, float (&o)[HD / 8][4], float (&m)[2],
+                                       float (&l)[2], float *const orow[2], float *part,
+                                       unsigned *count, __nv_bfloat16 *ob, const float *ob_of,
+                                       float *wt)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     for (int h = 0; h < 2; h++) {
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
@@ -1923,8 +1919,6 @@ __global__ void __launch_bounds__(128)
             ml[2 * r + 1] = l[h];
         }
     }
-    /* the group's last block to finish merges the splits (and rearms the
-     * counter for the next launch) */
     __shared__ unsigned ticket;
     __threadfence();
     __syncthreads();
@@ -1934,11 +1928,68 @@ __global__ void __launch_bounds__(128)
     if (ticket != (unsigned)n_split - 1)
         return;
     __threadfence();
-    float *wt = (float *)&ks[0][0]; /* K/V tiles are done with: reuse them */
     attn_combine<HD>(p, group, kvh, row0, n_split, part, grp, wt, wt + FA_MAX_SPLIT * FA_ROWS,
                      ob, ob_of);
     if (threadIdx.x == 0)
         count[grp] = 0;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(128)
+    k_attention_mma(const attn_batch_t batch, int n_heads, int group, float scale_log2,
+                    int n_split, float *part, unsigned *count, __nv_bfloat16 *ob,
+                    const float *ob_of)
+{
+    griddep_wait();
+    griddep_launch();
+    __shared__ __align__(16) __nv_bfloat16 ks[FA_KT][HD + 8], vs[FA_KT][HD + 8];
+    int z = blockIdx.z / n_split, split = blockIdx.z % n_split;
+    const sep_attn_t *p = &batch.p[z];
+    int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int n_rows = p->n_q * group, row0 = blockIdx.x * FA_ROWS;
+    if (row0 >= n_rows)
+        return;
+    int kv_dim = n_heads / group * HD, g = lane >> 2, tq = lane & 3;
+
+    /* this lane's two rows: their query heads, queries and key limits
+     * (causal), and their Q fragments */
+    int lim[2];
+    const float *qrow[2];
+    float *orow[2];
+    for (int h = 0; h < 2; h++) {
+        int R = row0 + warp * 16 + g + 8 * h, i = R / group, head = kvh * group + R % group;
+        int ok = R < n_rows;
+        lim[h] = ok ? p->n_past + i + 1 : 0;
+        qrow[h] = ok ? p->q + (size_t)i * p->q_stride + (size_t)head * HD : NULL;
+        orow[h] = ok ? p->out + (size_t)i * p->out_stride + (size_t)head * HD : NULL;
+    }
+    uint32_t qa[HD / 16][4];
+    fa_load_q<HD>(qa, qrow, tq, scale_log2);
+
+    /* the tiles of keys this block's rows see, and this split's share */
+    int last = (row0 + FA_ROWS < n_rows ? row0 + FA_ROWS : n_rows) - 1;
+    int n_keys = p->n_past + last / group + 1, n_tiles = (n_keys + FA_KT - 1) / FA_KT;
+    int per = (n_tiles + n_split - 1) / n_split;
+    int t_begin = split * per, t_end = t_begin + per < n_tiles ? t_begin + per : n_tiles;
+
+    float o[HD / 8][4], m[2] = { -INFINITY, -INFINITY }, l[2] = { 0.0f, 0.0f };
+    for (int dt = 0; dt < HD / 8; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    for (int tile = t_begin; tile < t_end; tile++) {
+        int t0 = tile * FA_KT;
+        fa_stage<HD>(ks, vs, p->k, p->v, t0, n_keys, kv_dim, kvh);
+        float s[FA_KT / 8][4];
+        fa_scores<HD>(s, qa, ks, lane);
+        /* the causal mask */
+        for (int h = 0; h < 2; h++)
+            for (int nt = 0; nt < FA_KT / 8; nt++)
+                for (int c = 0; c < 2; c++)
+                    if (t0 + nt * 8 + 2 * tq + c >= lim[h])
+                        s[nt][2 * h + c] = -INFINITY;
+        fa_fold<HD>(s, m, l, o, vs, lane);
+    }
+    fa_end<HD>(p, z, group, kvh, row0, split, n_split, o, m, l, orow, part, count, ob, ob_of,
+               (float *)&ks[0][0]);
 }
 
 /* Launch the tensor-core attention for one batch of problems. */
@@ -1999,8 +2050,7 @@ __global__ void __launch_bounds__(128)
             k = p->keys[R / group];
         rk[threadIdx.x] = k;
     }
-    /* this lane's two rows, warp * 16 + g and + 8: their query heads,
-     * queries and Q fragments */
+    /* this lane's two rows: their query heads, queries and Q fragments */
     const float *qrow[2];
     float *orow[2];
     for (int h = 0; h < 2; h++) {
@@ -2010,12 +2060,7 @@ __global__ void __launch_bounds__(128)
         orow[h] = ok ? p->out + (size_t)i * p->out_stride + (size_t)head * HD : NULL;
     }
     uint32_t qa[HD / 16][4];
-    for (int kc = 0; kc < HD / 16; kc++)
-        for (int r = 0; r < 4; r++) {
-            const float *q = qrow[r & 1];
-            int d = kc * 16 + 2 * tq + (r >> 1) * 8;
-            qa[kc][r] = q ? pack_bf16(q[d] * scale_log2, q[d + 1] * scale_log2) : 0u;
-        }
+    fa_load_q<HD>(qa, qrow, tq, scale_log2);
 
     /* the tiles of keys this block's rows see (prefix tiles first), and
      * this split's share */
@@ -2031,125 +2076,26 @@ __global__ void __launch_bounds__(128)
         o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
     for (int tile = t_begin; tile < t_end; tile++) {
         int ph = tile >= n_pt;
-        const float *kk = ph ? p->k : p->pk, *vv = ph ? p->v : p->pv;
         int t0 = ph ? span[2] + (tile - n_pt) * FA_KT : span[0] + tile * FA_KT;
-        int end = ph ? span[3] : span[1];
-        __syncthreads();
-#pragma unroll 8
-        for (int e = threadIdx.x; e < FA_KT * HD / 4; e += 128) {
-            int j = e / (HD / 4), d = e % (HD / 4) * 4, t = t0 + j;
-            float4 kx = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vx = kx;
-            if (t < end) {
-                size_t at = (size_t)t * kv_dim + (size_t)kvh * HD + d;
-                kx = *(const float4 *)(kk + at);
-                vx = *(const float4 *)(vv + at);
-            }
-            *(uint2 *)&ks[j][d] = make_uint2(pack_bf16(kx.x, kx.y), pack_bf16(kx.z, kx.w));
-            *(uint2 *)&vs[j][d] = make_uint2(pack_bf16(vx.x, vx.y), pack_bf16(vx.z, vx.w));
-        }
-        __syncthreads();
-
+        fa_stage<HD>(ks, vs, ph ? p->k : p->pk, ph ? p->v : p->pv, t0, ph ? span[3] : span[1],
+                     kv_dim, kvh);
         float s[FA_KT / 8][4];
-        for (int nt = 0; nt < FA_KT / 8; nt++)
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-        int mi = lane >> 3, mr = lane & 7;
-        for (int kc = 0; kc < HD / 16; kc++)
-            for (int np = 0; np < FA_KT / 16; np++) {
-                uint32_t b[4];
-                ldsm_x4(b, &ks[np * 16 + (mi >> 1) * 8 + mr][kc * 16 + (mi & 1) * 8]);
-                mma_bf16(s[2 * np], qa[kc], b[0], b[1]);
-                mma_bf16(s[2 * np + 1], qa[kc], b[2], b[3]);
-            }
-
-        /* each row's own keys of the tile, and the online softmax */
+        fa_scores<HD>(s, qa, ks, lane);
+        /* each row's own keys of the tile */
         for (int h = 0; h < 2; h++) {
             const sep_attn_keys_t *mine = &rk[warp * 16 + g + 8 * h];
             int lo = ph ? mine->win_lo : mine->pre_lo, hi = ph ? mine->win_hi : mine->pre_hi;
-            float mx = -INFINITY;
             for (int nt = 0; nt < FA_KT / 8; nt++)
                 for (int c = 0; c < 2; c++) {
-                    float *v = &s[nt][2 * h + c];
                     int t = t0 + nt * 8 + 2 * tq + c;
                     if (t < lo || t >= hi)
-                        *v = -INFINITY;
-                    mx = fmaxf(mx, *v);
+                        s[nt][2 * h + c] = -INFINITY;
                 }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            float mn = fmaxf(m[h], mx), base = mn == -INFINITY ? 0.0f : mn;
-            float corr = exp2f(m[h] - base), sum = 0.0f;
-            for (int nt = 0; nt < FA_KT / 8; nt++)
-                for (int c = 0; c < 2; c++) {
-                    float e = exp2f(s[nt][2 * h + c] - base);
-                    s[nt][2 * h + c] = e;
-                    sum += e;
-                }
-            l[h] = l[h] * corr + sum;
-            m[h] = mn;
-            for (int dt = 0; dt < HD / 8; dt++) {
-                o[dt][2 * h] *= corr;
-                o[dt][2 * h + 1] *= corr;
-            }
         }
-
-        for (int kk2 = 0; kk2 < FA_KT / 16; kk2++) {
-            uint32_t pa[4] = { pack_bf16(s[2 * kk2][0], s[2 * kk2][1]),
-                               pack_bf16(s[2 * kk2][2], s[2 * kk2][3]),
-                               pack_bf16(s[2 * kk2 + 1][0], s[2 * kk2 + 1][1]),
-                               pack_bf16(s[2 * kk2 + 1][2], s[2 * kk2 + 1][3]) };
-            for (int dp = 0; dp < HD / 16; dp++) {
-                uint32_t b[4];
-                ldsm_x4_trans(b, &vs[kk2 * 16 + (mi & 1) * 8 + mr][dp * 16 + (mi >> 1) * 8]);
-                mma_bf16(o[2 * dp], pa, b[0], b[1]);
-                mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
-            }
-        }
+        fa_fold<HD>(s, m, l, o, vs, lane);
     }
-
-    for (int h = 0; h < 2; h++) {
-        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
-        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
-    }
-    if (n_split == 1) {
-        for (int h = 0; h < 2; h++) {
-            if (!orow[h])
-                continue;
-            float inv = 1.0f / l[h];
-            __nv_bfloat16 *obrow = ob ? ob + (orow[h] - ob_of) : NULL;
-            for (int dt = 0; dt < HD / 8; dt++)
-                put2(orow[h], obrow, dt * 8 + 2 * tq, o[dt][2 * h] * inv, o[dt][2 * h + 1] * inv);
-        }
-        return;
-    }
-    size_t grp = ((size_t)z * gridDim.y + kvh) * gridDim.x + blockIdx.x;
-    float *po = part + (grp * n_split + split) * FA_PART_FLOATS(HD);
-    float *ml = po + (size_t)FA_ROWS * HD;
-    for (int h = 0; h < 2; h++) {
-        int r = warp * 16 + g + 8 * h;
-        if (!orow[h])
-            continue;
-        for (int dt = 0; dt < HD / 8; dt++)
-            *(float2 *)&po[(size_t)r * HD + dt * 8 + 2 * tq] = make_float2(o[dt][2 * h],
-                                                                        o[dt][2 * h + 1]);
-        if (tq == 0) {
-            ml[2 * r] = m[h];
-            ml[2 * r + 1] = l[h];
-        }
-    }
-    __shared__ unsigned ticket;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-        ticket = atomicAdd(&count[grp], 1u);
-    __syncthreads();
-    if (ticket != (unsigned)n_split - 1)
-        return;
-    __threadfence();
-    float *wt = (float *)&ks[0][0];
-    attn_combine<HD>(p, group, kvh, row0, n_split, part, grp, wt, wt + FA_MAX_SPLIT * FA_ROWS,
-                     ob, ob_of);
-    if (threadIdx.x == 0)
-        count[grp] = 0;
+    fa_end<HD>(p, z, group, kvh, row0, split, n_split, o, m, l, orow, part, count, ob, ob_of,
+               (float *)&ks[0][0]);
 }
 
 /* Launch the tensor-core attention for one batch of runs (key splits as
