@@ -1449,6 +1449,76 @@ typedef struct {
     int n;
 } attn_batch_t;
 
+/* The pieces k_attention and k_attention_run share: a warp per row (a
+ * query and a query head of the group), the block's keys staged a tile of
+ * ATTN_KT rows at a time in shared memory (K rows padded: no bank
+ * conflicts), each row's online softmax and output in its warp. */
+
+/* Rows t0 .. t0 + ATTN_KT - 1 of KV head kvh of kk and vv staged (zeros
+ * from row end on), once every warp is done with the last tile. */
+__device__ __forceinline__ void attn_stage(float *ks, float *vs, const float *kk, const float *vv,
+                                           int t0, int end, int kv_dim, int kvh, int head_dim)
+{
+    int pad = head_dim + 1;
+    __syncthreads();
+    for (int e = threadIdx.x; e < ATTN_KT * head_dim; e += blockDim.x) {
+        int j = e / head_dim, d = e % head_dim, t = t0 + j;
+        size_t at = (size_t)t * kv_dim + (size_t)kvh * head_dim + d;
+        ks[j * pad + d] = t < end ? kk[at] : 0.0f;
+        vs[j * head_dim + d] = t < end ? vv[at] : 0.0f;
+    }
+    __syncthreads();
+}
+
+/* The staged tile folded into a warp's row: lane j's key if it sees it
+ * (see), the online softmax (mx, sum) and acc += p V over the tile's
+ * first kn keys (those it does not see weigh 0). */
+__device__ __forceinline__ void attn_fold(const float *q, const float *ks, const float *vs,
+                                          int see, int kn, int head_dim, float &mx, float &sum,
+                                          float (&acc)[8])
+{
+    int lane = threadIdx.x & 31, pad = head_dim + 1;
+    float s = -INFINITY;
+    if (see) {
+        s = 0.0f;
+        for (int d = 0; d < head_dim; d++)
+            s += q[d] * ks[lane * pad + d];
+    }
+    float tmax = s;
+    for (int o = 16; o > 0; o >>= 1)
+        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+    float nm = fmaxf(mx, tmax), corr = expf(mx - nm);
+    float e = see ? expf(s - nm) : 0.0f, es = e;
+    for (int o = 16; o > 0; o >>= 1)
+        es += __shfl_xor_sync(0xffffffffu, es, o);
+    sum = sum * corr + es;
+    for (int r = 0; r < 8; r++)
+        acc[r] *= corr;
+    for (int j = 0; j < kn; j++) {
+        float pj = __shfl_sync(0xffffffffu, e, j);
+        for (int r = 0; r < 8; r++)
+            if (lane + 32 * r < head_dim)
+                acc[r] += pj * vs[j * head_dim + lane + 32 * r];
+    }
+    mx = nm;
+}
+
+/* A warp's row: its query (scaled) into q, its output from acc / sum. */
+__device__ __forceinline__ void attn_load_q(float *q, const float *src, int head_dim, float scale)
+{
+    for (int d = threadIdx.x & 31; d < head_dim; d += 32)
+        q[d] = src[d] * scale;
+}
+
+__device__ __forceinline__ void attn_put(float *out, const float (&acc)[8], float sum,
+                                         int head_dim)
+{
+    int lane = threadIdx.x & 31;
+    for (int r = 0; r < 8; r++)
+        if (lane + 32 * r < head_dim)
+            out[lane + 32 * r] = acc[r] / sum;
+}
+
 __global__ void k_attention(const attn_batch_t batch, int n_heads, int group, int head_dim,
                             int qt, float scale)
 {
@@ -1457,8 +1527,8 @@ __global__ void k_attention(const attn_batch_t batch, int n_heads, int group, in
     extern __shared__ float sh[];
     const sep_attn_t *p = &batch.p[blockIdx.z];
     int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int n_rows = qt * group, pad = head_dim + 1; /* padded rows: no bank conflicts */
-    float *ks = sh, *vs = ks + ATTN_KT * pad, *qs = vs + ATTN_KT * head_dim;
+    int n_rows = qt * group;
+    float *ks = sh, *vs = ks + ATTN_KT * (head_dim + 1), *qs = vs + ATTN_KT * head_dim;
     int q0 = blockIdx.x * qt;
     if (q0 >= p->n_q)
         return;
@@ -1467,8 +1537,7 @@ __global__ void k_attention(const attn_batch_t batch, int n_heads, int group, in
     int active = warp < n_rows && row_i < p->n_q;
     float *q = qs + warp * head_dim;
     if (active)
-        for (int d = lane; d < head_dim; d += 32)
-            q[d] = p->q[(size_t)row_i * p->q_stride + (size_t)h * head_dim + d] * scale;
+        attn_load_q(q, p->q + (size_t)row_i * p->q_stride + (size_t)h * head_dim, head_dim, scale);
     float acc[8], mx = -INFINITY, sum = 0.0f;
     for (int r = 0; r < 8; r++)
         acc[r] = 0.0f;
@@ -1476,47 +1545,15 @@ __global__ void k_attention(const attn_batch_t batch, int n_heads, int group, in
     int n_keys = p->n_past + last_q + 1;         /* the tile's longest row */
     int my_keys = active ? p->n_past + row_i + 1 : 0;
     for (int t0 = 0; t0 < n_keys; t0 += ATTN_KT) {
-        __syncthreads();
-        for (int e = threadIdx.x; e < ATTN_KT * head_dim; e += blockDim.x) {
-            int j = e / head_dim, d = e % head_dim, t = t0 + j;
-            size_t at = (size_t)t * kv_dim + (size_t)kvh * head_dim + d;
-            ks[j * pad + d] = t < n_keys ? p->k[at] : 0.0f;
-            vs[j * head_dim + d] = t < n_keys ? p->v[at] : 0.0f;
-        }
-        __syncthreads();
+        attn_stage(ks, vs, p->k, p->v, t0, n_keys, kv_dim, kvh, head_dim);
         if (!active || t0 >= my_keys)
             continue;
-        float s = -INFINITY;
-        if (t0 + lane < my_keys) {
-            s = 0.0f;
-            for (int d = 0; d < head_dim; d++)
-                s += q[d] * ks[lane * pad + d];
-        }
-        float tmax = s;
-        for (int o = 16; o > 0; o >>= 1)
-            tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
-        float nm = fmaxf(mx, tmax), corr = expf(mx - nm);
-        float e = t0 + lane < my_keys ? expf(s - nm) : 0.0f, es = e;
-        for (int o = 16; o > 0; o >>= 1)
-            es += __shfl_xor_sync(0xffffffffu, es, o);
-        sum = sum * corr + es;
-        for (int r = 0; r < 8; r++)
-            acc[r] *= corr;
         int kn = my_keys - t0 < ATTN_KT ? my_keys - t0 : ATTN_KT;
-        for (int j = 0; j < kn; j++) {
-            float pj = __shfl_sync(0xffffffffu, e, j);
-            for (int r = 0; r < 8; r++)
-                if (lane + 32 * r < head_dim)
-                    acc[r] += pj * vs[j * head_dim + lane + 32 * r];
-        }
-        mx = nm;
+        attn_fold(q, ks, vs, t0 + lane < my_keys, kn, head_dim, mx, sum, acc);
     }
-    if (!active)
-        return;
-    float *out = p->out + (size_t)row_i * p->out_stride + (size_t)h * head_dim;
-    for (int r = 0; r < 8; r++)
-        if (lane + 32 * r < head_dim)
-            out[lane + 32 * r] = acc[r] / sum;
+    if (active)
+        attn_put(p->out + (size_t)row_i * p->out_stride + (size_t)h * head_dim, acc, sum,
+                 head_dim);
 }
 
 /* Runs (sep_attn_run_t): the problems of a launch, by value as above. */
@@ -1564,8 +1601,8 @@ __global__ void k_attention_run(const run_batch_t batch, int n_heads, int group,
     extern __shared__ float sh[];
     const sep_attn_run_t *p = &batch.p[blockIdx.z];
     int kvh = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int n_rows = qt * group, pad = head_dim + 1; /* padded rows: no bank conflicts */
-    float *ks = sh, *vs = ks + ATTN_KT * pad, *qs = vs + ATTN_KT * head_dim;
+    int n_rows = qt * group;
+    float *ks = sh, *vs = ks + ATTN_KT * (head_dim + 1), *qs = vs + ATTN_KT * head_dim;
     int q0 = blockIdx.x * qt;
     if (q0 >= p->n_q)
         return;
@@ -1574,8 +1611,7 @@ __global__ void k_attention_run(const run_batch_t batch, int n_heads, int group,
     int active = warp < n_rows && row_i < p->n_q;
     float *q = qs + warp * head_dim;
     if (active)
-        for (int d = lane; d < head_dim; d += 32)
-            q[d] = p->q[(size_t)row_i * p->q_stride + (size_t)h * head_dim + d] * scale;
+        attn_load_q(q, p->q + (size_t)row_i * p->q_stride + (size_t)h * head_dim, head_dim, scale);
     float acc[8], mx = -INFINITY, sum = 0.0f;
     for (int r = 0; r < 8; r++)
         acc[r] = 0.0f;
@@ -1589,49 +1625,16 @@ __global__ void k_attention_run(const run_batch_t batch, int n_heads, int group,
         int lo = phase ? span[2] : span[0], hi = phase ? span[3] : span[1];
         int my_lo = phase ? mine.win_lo : mine.pre_lo, my_hi = phase ? mine.win_hi : mine.pre_hi;
         for (int t0 = lo; t0 < hi; t0 += ATTN_KT) {
-            __syncthreads();
-            for (int e = threadIdx.x; e < ATTN_KT * head_dim; e += blockDim.x) {
-                int j = e / head_dim, d = e % head_dim, t = t0 + j;
-                size_t at = (size_t)t * kv_dim + (size_t)kvh * head_dim + d;
-                ks[j * pad + d] = t < hi ? kk[at] : 0.0f;
-                vs[j * head_dim + d] = t < hi ? vv[at] : 0.0f;
-            }
-            __syncthreads();
+            attn_stage(ks, vs, kk, vv, t0, hi, kv_dim, kvh, head_dim);
             if (!active || my_lo >= my_hi || my_hi <= t0 || my_lo >= t0 + ATTN_KT)
                 continue;
-            int t = t0 + lane, ok = t >= my_lo && t < my_hi;
-            float s = -INFINITY;
-            if (ok) {
-                s = 0.0f;
-                for (int d = 0; d < head_dim; d++)
-                    s += q[d] * ks[lane * pad + d];
-            }
-            float tmax = s;
-            for (int o = 16; o > 0; o >>= 1)
-                tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
-            float nm = fmaxf(mx, tmax), corr = expf(mx - nm);
-            float e = ok ? expf(s - nm) : 0.0f, es = e;
-            for (int o = 16; o > 0; o >>= 1)
-                es += __shfl_xor_sync(0xffffffffu, es, o);
-            sum = sum * corr + es;
-            for (int r = 0; r < 8; r++)
-                acc[r] *= corr;
-            int kn = hi - t0 < ATTN_KT ? hi - t0 : ATTN_KT;
-            for (int j = 0; j < kn; j++) {
-                float pj = __shfl_sync(0xffffffffu, e, j);
-                for (int r = 0; r < 8; r++)
-                    if (lane + 32 * r < head_dim)
-                        acc[r] += pj * vs[j * head_dim + lane + 32 * r];
-            }
-            mx = nm;
+            int t = t0 + lane, kn = hi - t0 < ATTN_KT ? hi - t0 : ATTN_KT;
+            attn_fold(q, ks, vs, t >= my_lo && t < my_hi, kn, head_dim, mx, sum, acc);
         }
     }
-    if (!active)
-        return;
-    float *out = p->out + (size_t)row_i * p->out_stride + (size_t)h * head_dim;
-    for (int r = 0; r < 8; r++)
-        if (lane + 32 * r < head_dim)
-            out[lane + 32 * r] = acc[r] / sum;
+    if (active)
+        attn_put(p->out + (size_t)row_i * p->out_stride + (size_t)h * head_dim, acc, sum,
+                 head_dim);
 }
 
 static int cuda_reserve(sep_backend_t *be, int max_keys, int max_rows, int max_width)
@@ -1992,16 +1995,12 @@ __global__ void __launch_bounds__(128)
                (float *)&ks[0][0]);
 }
 
-/* Launch the tensor-core attention for one batch of problems. */
-template <int HD>
-static void cuda_attention_mma(cuda_backend_t *cb, const attn_batch_t *batch, int n_heads,
-                               int group, int max_rows, int max_keys, __nv_bfloat16 *ob,
-                               const float *ob_of)
+/* Key splits for a launch of `blocks` row tiles seeing up to n_tiles key
+ * tiles each: more than one when the rows leave multiprocessors idle
+ * (one-token steps, short chunks), aiming at two blocks a multiprocessor,
+ * as far as d_part holds their partial rows. */
+static int fa_splits(const cuda_backend_t *cb, int blocks, int n_tiles)
 {
-    int n_kv = n_heads / group, n_rt = (max_rows + FA_ROWS - 1) / FA_ROWS;
-    int blocks = n_rt * n_kv * batch->n, n_tiles = (max_keys + FA_KT - 1) / FA_KT;
-    /* split keys when the rows leave multiprocessors idle (one-token
-     * steps, short chunks); aim at two blocks a multiprocessor */
     int n_split = 1;
     if (blocks < cb->n_sm && n_tiles > 1) {
         n_split = (2 * cb->n_sm + blocks - 1) / blocks;
@@ -2010,6 +2009,17 @@ static void cuda_attention_mma(cuda_backend_t *cb, const attn_batch_t *batch, in
         while (n_split > 1 && ((size_t)blocks * n_split > FA_PART_BLOCKS || !cb->d_count))
             n_split--;
     }
+    return n_split;
+}
+
+/* Launch the tensor-core attention for one batch of problems. */
+template <int HD>
+static void cuda_attention_mma(cuda_backend_t *cb, const attn_batch_t *batch, int n_heads,
+                               int group, int max_rows, int max_keys, __nv_bfloat16 *ob,
+                               const float *ob_of)
+{
+    int n_kv = n_heads / group, n_rt = (max_rows + FA_ROWS - 1) / FA_ROWS;
+    int n_split = fa_splits(cb, n_rt * n_kv * batch->n, (max_keys + FA_KT - 1) / FA_KT);
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
     dim3 grid(n_rt, n_kv, batch->n * n_split);
     cuda_launch(cb->stream, k_attention_mma<HD>, grid, 128, 0, *batch, n_heads, group,
@@ -2106,18 +2116,10 @@ static void cuda_attention_run_mma(cuda_backend_t *cb, const run_batch_t *batch,
                                    const float *ob_of)
 {
     int n_kv = n_heads / group, n_rt = (max_rows + FA_ROWS - 1) / FA_ROWS;
-    int blocks = n_rt * n_kv * batch->n;
     /* a tile of rows sees at most the longest row's keys and the rows its
      * neighbours' windows pass it by, prefix and window tiles apart */
-    int n_tiles = (cb->max_keys + FA_ROWS + FA_KT - 1) / FA_KT + 1;
-    int n_split = 1;
-    if (blocks < cb->n_sm && n_tiles > 1) {
-        n_split = (2 * cb->n_sm + blocks - 1) / blocks;
-        n_split = n_split < n_tiles ? n_split : n_tiles;
-        n_split = n_split < FA_MAX_SPLIT ? n_split : FA_MAX_SPLIT;
-        while (n_split > 1 && ((size_t)blocks * n_split > FA_PART_BLOCKS || !cb->d_count))
-            n_split--;
-    }
+    int n_split = fa_splits(cb, n_rt * n_kv * batch->n,
+                            (cb->max_keys + FA_ROWS + FA_KT - 1) / FA_KT + 1);
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
     dim3 grid(n_rt, n_kv, batch->n * n_split);
     cuda_launch(cb->stream, k_attention_run_mma<HD>, grid, 128, 0, *batch, n_heads, group,
@@ -2160,23 +2162,47 @@ static __nv_bfloat16 *cuda_attention_twin(cuda_backend_t *cb, const P *probs, in
     return cb->d_xb;
 }
 
+/* What a batch of attention problems (or runs) launches with: the
+ * tensor cores (bf16, head_dim 64 or 128; head_dim <= max_head_dim, which
+ * sep_model_load checks) and the bf16 twin of the outputs they write, or
+ * k_attention's rows a block (qt queries of the group) and its shared
+ * memory. */
+typedef struct {
+    int mma, group, qt;
+    __nv_bfloat16 *ob;
+    const float *ob_of;
+    size_t shared;
+} attn_launch_t;
+
+template <typename P>
+static attn_launch_t attn_begin(cuda_backend_t *cb, const P *probs, int n_probs, int n_heads,
+                                int n_kv_heads, int head_dim)
+{
+    attn_launch_t a;
+    a.mma = cb->bf16 && (head_dim == 128 || head_dim == 64);
+    a.ob = NULL;
+    if (a.mma && n_probs > 0)
+        a.ob = cuda_attention_twin(cb, probs, n_probs, n_heads * head_dim);
+    else
+        cuda_written(cb);
+    a.ob_of = cb->xb_of;
+    a.group = n_heads / n_kv_heads;
+    a.qt = ATTN_MAX_ROWS / a.group > 0 ? ATTN_MAX_ROWS / a.group : 1;
+    a.shared = ((size_t)ATTN_KT * (head_dim + 1) + (size_t)ATTN_KT * head_dim +
+                (size_t)a.qt * a.group * head_dim) * sizeof(float);
+    return a;
+}
+
 static void cuda_attention(sep_backend_t *be, const sep_attn_t *probs, int n_probs,
                            int n_heads, int n_kv_heads, int head_dim)
 {
     cuda_flush(CB(be));
-    /* head_dim <= max_head_dim: sep_model_load checks it */
     cuda_backend_t *cb = CB(be);
-    int mma = cb->bf16 && (head_dim == 128 || head_dim == 64);
-    __nv_bfloat16 *ob = NULL;
-    if (mma && n_probs > 0)
-        ob = cuda_attention_twin(cb, probs, n_probs, n_heads * head_dim);
-    else
-        cuda_written(cb);
-    const float *ob_of = cb->xb_of;
-    int group = n_heads / n_kv_heads;
-    int qt = ATTN_MAX_ROWS / group > 0 ? ATTN_MAX_ROWS / group : 1;
-    size_t shared = ((size_t)ATTN_KT * (head_dim + 1) + (size_t)ATTN_KT * head_dim +
-                     (size_t)qt * group * head_dim) * sizeof(float);
+    attn_launch_t a = attn_begin(cb, probs, n_probs, n_heads, n_kv_heads, head_dim);
+    int mma = a.mma, group = a.group, qt = a.qt;
+    __nv_bfloat16 *ob = a.ob;
+    const float *ob_of = a.ob_of;
+    size_t shared = a.shared;
     /* problems travel in the launch parameters: no copy, no host wait */
     for (int at = 0; at < n_probs; at += ATTN_MAX_PROBS) {
         attn_batch_t batch;
@@ -2211,17 +2237,11 @@ static void cuda_attention_runs(sep_backend_t *be, const sep_attn_run_t *runs, i
 {
     cuda_flush(CB(be));
     cuda_backend_t *cb = CB(be);
-    int mma = cb->bf16 && (head_dim == 128 || head_dim == 64);
-    __nv_bfloat16 *ob = NULL;
-    if (mma && n_runs > 0)
-        ob = cuda_attention_twin(cb, runs, n_runs, n_heads * head_dim);
-    else
-        cuda_written(cb);
-    const float *ob_of = cb->xb_of;
-    int group = n_heads / n_kv_heads;
-    int qt = ATTN_MAX_ROWS / group > 0 ? ATTN_MAX_ROWS / group : 1;
-    size_t shared = ((size_t)ATTN_KT * (head_dim + 1) + (size_t)ATTN_KT * head_dim +
-                     (size_t)qt * group * head_dim) * sizeof(float);
+    attn_launch_t a = attn_begin(cb, runs, n_runs, n_heads, n_kv_heads, head_dim);
+    int mma = a.mma, group = a.group, qt = a.qt;
+    __nv_bfloat16 *ob = a.ob;
+    const float *ob_of = a.ob_of;
+    size_t shared = a.shared;
     for (int at = 0; at < n_runs; at += ATTN_MAX_RUNS) {
         run_batch_t batch;
         batch.n = n_runs - at < ATTN_MAX_RUNS ? n_runs - at : ATTN_MAX_RUNS;

@@ -345,6 +345,25 @@ static float row_value(int layer, int plane, int64_t pos, int d, unsigned salt)
     return (float)(int32_t)x / 1024.0f;
 }
 
+/* Rows [at, at + n) of every plane of every layer of c := the tokens at
+ * stream positions spos, spos + 1, ... (row_value, as fill_cache). */
+static void write_tokens(sep_cache_t *c, int at, int64_t spos, int n, unsigned seed)
+{
+    float row[64];
+    int kv = c->kv_dim;
+    for (int i = 0; i < n; i++)
+        for (int l = 0; l < c->n_layers; l++) {
+            float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
+            for (int b = 0; b < 3; b++) {
+                if (!planes[b])
+                    continue;
+                for (int d = 0; d < kv; d++)
+                    row[d] = row_value(l, b, spos + i, d, seed);
+                c->be->upload(c->be, planes[b] + (size_t)(at + i) * kv, row, sizeof(float) * kv);
+            }
+        }
+}
+
 /* Run n random ids through c in chunks as the model does: each segment's
  * K/V rows written at its slots, then its compaction on every layer; with
  * shift on, moved keys are rebuilt from their raw keys (the model would
@@ -354,7 +373,6 @@ static void fill_cache(sep_cache_t *c, int n, int chunk, unsigned seed)
     sep_backend_t *be = c->be;
     sep_plan_t plan = { 0 };
     int32_t ids[256];
-    float row[64];
     int kv = c->kv_dim;
     assert_true(chunk <= 256 && kv <= 64);
     for (int done = 0; done < n; done += chunk) {
@@ -367,20 +385,7 @@ static void fill_cache(sep_cache_t *c, int n, int chunk, unsigned seed)
             sep_rows_t moves[3];
             for (int l = 0; l < c->n_layers; l++)
                 be->copy_rows(be, moves, sep_cache_move_copies(c, l, sg, moves));
-            for (int i = 0; i < sg->len; i++) {
-                size_t at = (size_t)(sg->lo + sg->n_past + i) * kv;
-                int64_t spos = c->n_seen + sg->start + i;
-                for (int l = 0; l < c->n_layers; l++) {
-                    float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
-                    for (int b = 0; b < 3; b++) {
-                        if (!planes[b])
-                            continue;
-                        for (int d = 0; d < kv; d++)
-                            row[d] = row_value(l, b, spos, d, seed);
-                        be->upload(be, planes[b] + at, row, sizeof(float) * kv);
-                    }
-                }
-            }
+            write_tokens(c, sg->lo + sg->n_past, c->n_seen + sg->start, sg->len, seed);
             if (!sg->n_keep)
                 continue;
             /* every layer's compaction in one call */
@@ -500,24 +505,6 @@ static void test_state_round_trip(void **state)
     check_round_trip(sepllm(2, 3, 5, 11, 1), 5, 5, 8); /* before any compaction */
 }
 
-/* Rows [at, at + n) of every plane of every layer of c := the tokens at
- * stream positions spos, spos + 1, ... (row_value, as fill_cache). */
-static void write_tokens(sep_cache_t *c, int at, int64_t spos, int n, unsigned seed)
-{
-    float row[64];
-    int kv = c->kv_dim;
-    for (int i = 0; i < n; i++)
-        for (int l = 0; l < c->n_layers; l++) {
-            float *planes[3] = { c->k[l], c->k_raw ? c->k_raw[l] : NULL, c->v[l] };
-            for (int b = 0; b < 3; b++) {
-                if (!planes[b])
-                    continue;
-                for (int d = 0; d < kv; d++)
-                    row[d] = row_value(l, b, spos + i, d, seed);
-                c->be->upload(c->be, planes[b] + (size_t)(at + i) * kv, row, sizeof(float) * kv);
-            }
-        }
-}
 
 /* Rows idx[0..n) (rows from idx[0] on when idx is NULL) of a's planes
  * that hold unrotated keys (k_raw, else k) and values equal rows

@@ -832,39 +832,30 @@ static int model_plan(sep_model_t *m, sep_chunk_t *ch, int nc)
     sep_run_t *r = &m->run;
     int rc, max_keys = 0;
     if (nc > r->n_plans) {
-        sep_plan_t *np = realloc(r->plans, (size_t)nc * sizeof *np);
-        if (np)
-            r->plans = np;
-        sep_attn_t *pp = realloc(r->probs, (size_t)nc * sizeof *pp);
-        if (pp)
-            r->probs = pp;
-        sep_attn_run_t *rn = realloc(r->runs, (size_t)nc * sizeof *rn);
-        if (rn)
-            r->runs = rn;
-        sep_rows_t *ap = realloc(r->appends, (size_t)6 * nc * sizeof *ap);
-        if (ap)
-            r->appends = ap;
-        sep_gather_t *gp = realloc(r->gathers, (size_t)4 * nc * sizeof *gp);
-        if (gp)
-            r->gathers = gp;
-        sep_rope_t *rp = realloc(r->rotations, (size_t)nc * sizeof *rp);
-        if (rp)
-            r->rotations = rp;
-        int32_t *at = realloc(r->arch_at, (size_t)nc * sizeof *at);
-        if (at)
-            r->arch_at = at;
-        int32_t *pa = realloc(r->pre_at, (size_t)nc * sizeof *pa);
-        if (pa)
-            r->pre_at = pa;
-        int32_t *ka = realloc(r->keys_at, (size_t)nc * sizeof *ka);
-        if (ka)
-            r->keys_at = ka;
-        int32_t *kn = realloc(r->keys_next, (size_t)nc * sizeof *kn);
-        if (kn)
-            r->keys_next = kn;
-        if (!np || !pp || !rn || !ap || !gp || !rp || !at || !pa || !ka || !kn)
-            return sep_fail(SEP_ENOMEM, "forward: no memory to plan %d chunks", nc);
-        memset(r->plans + r->n_plans, 0, (size_t)(nc - r->n_plans) * sizeof *np);
+        /* the tables a forward keeps a chunk's worth of (a table that grew
+         * before another failed stays grown: n_plans says what is set) */
+        struct {
+            void **p;
+            size_t per_chunk;
+        } t[] = {
+            { (void **)&r->plans, sizeof *r->plans },
+            { (void **)&r->probs, sizeof *r->probs },
+            { (void **)&r->runs, sizeof *r->runs },
+            { (void **)&r->appends, 6 * sizeof *r->appends },
+            { (void **)&r->gathers, 4 * sizeof *r->gathers },
+            { (void **)&r->rotations, sizeof *r->rotations },
+            { (void **)&r->arch_at, sizeof *r->arch_at },
+            { (void **)&r->pre_at, sizeof *r->pre_at },
+            { (void **)&r->keys_at, sizeof *r->keys_at },
+            { (void **)&r->keys_next, sizeof *r->keys_next },
+        };
+        for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+            void *x = realloc(*t[i].p, (size_t)nc * t[i].per_chunk);
+            if (!x)
+                return sep_fail(SEP_ENOMEM, "forward: no memory to plan %d chunks", nc);
+            *t[i].p = x;
+        }
+        memset(r->plans + r->n_plans, 0, (size_t)(nc - r->n_plans) * sizeof *r->plans);
         r->n_plans = nc;
     }
     /* rows of the rotary table for the prefixes the compactions re-rotate
