@@ -1519,8 +1519,11 @@ __device__ __forceinline__ void attn_put(float *out, const float (&acc)[8], floa
             out[lane + 32 * r] = acc[r] / sum;
 }
 
-__global__ void k_attention(const attn_batch_t batch, int n_heads, int group, int head_dim,
-                            int qt, float scale)
+/* at most 32 * ATTN_MAX_ROWS threads a block: the bound keeps the
+ * registers within what a block of that many may have */
+__global__ void __launch_bounds__(32 * ATTN_MAX_ROWS)
+    k_attention(const attn_batch_t batch, int n_heads, int group, int head_dim, int qt,
+                float scale)
 {
     griddep_wait();
     griddep_launch();
@@ -1593,8 +1596,9 @@ __device__ __forceinline__ void run_span(const sep_attn_keys_t *keys, int q0, in
  * the prefix rows its queries see, then those of their window rows, and
  * a warp (one row) folds in the keys of each tile that its query sees, in
  * that order, skipping the tiles where it sees none. */
-__global__ void k_attention_run(const run_batch_t batch, int n_heads, int group, int head_dim,
-                                int qt, float scale)
+__global__ void __launch_bounds__(32 * ATTN_MAX_ROWS)
+    k_attention_run(const run_batch_t batch, int n_heads, int group, int head_dim, int qt,
+                    float scale)
 {
     griddep_wait();
     griddep_launch();
