@@ -109,13 +109,14 @@ feed_n() {
     awk -v n="$n" -v t="$tok" -v a="$t0" -v b="$t1" -v ta="$ta" -v tb="$tb" -v ka="$ka" -v kb="$kb" \
         'BEGIN { printf "sepd, %d sessions fed: %d tokens in %.2f s, %.0f tokens/s (checkpoints included); %.0f tokens/s over %.1f s in the middle\n", n, t, b - a, t / (b - a), (kb - ka) / (tb - ta), tb - ta }'
 }
-# 512 tokens of generate after 4000 bytes of text; greedy unless told
+# 512 tokens of generate after 4000 bytes of text (past any eos, as
+# gpu_bench's steps); greedy unless told
 gen() {
     "$ctl" open g >/dev/null
     head -c 4000 "$work/text" | "$ctl" feed g >/dev/null
     "$ctl" generate g -n 16 "$@" >/dev/null # warm
     t0=$(now)
-    "$ctl" generate g -n 512 "$@" >/dev/null
+    "$ctl" generate g -n 512 --ignore-eos "$@" >/dev/null
     t1=$(now)
     "$ctl" close g >/dev/null
     awk -v a="$t0" -v b="$t1" -v o="$*" \
