@@ -304,11 +304,14 @@ static void zap_serve(sepd_auth_t *a)
 
 /* ---- monitors ----------------------------------------------------------- */
 
+/* The peer of an accepted connection's fd. The monitor reads its events
+ * after the fact: a client that failed its handshake at once may be gone
+ * by then, and the fd with it (said so, rather than a wrong address). */
 static void conn_addr(int fd, char *buf, size_t cap)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
-    snprintf(buf, cap, "fd %d", fd);
+    snprintf(buf, cap, "a peer gone before its address was read (fd %d)", fd);
     if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
         return;
     char ip[INET6_ADDRSTRLEN];
