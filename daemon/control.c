@@ -264,19 +264,12 @@ static int feed_progress(sepd_t *d, sep_session_t *s)
     int k = 0;
     while (k < op->n_pieces && s->tokens >= op->pieces[k].ids_end - 1)
         k++;
-    /* the pieces leave the op before their replies go: a reply that finds
-     * its client gone ends the op from inside sepd_send (sepd_peer_gone
-     * clears it and steps the session), and what is left here must be
-     * the op as that left it (under ASan: a memmove of -32 bytes) */
-    int64_t seqs[SEP_FEED_WINDOW];
+    /* a reply never ends the op: a client it finds gone is handled
+     * between messages (sepd_gone_drain) */
     for (int i = 0; i < k; i++)
-        seqs[i] = op->pieces[i].seq;
+        sepd_op_reply(d, s, SEP_OP_FEED, json_pack("{s:I}", "seq", (json_int_t)op->pieces[i].seq));
     memmove(op->pieces, op->pieces + k, (size_t)(op->n_pieces - k) * sizeof *op->pieces);
     op->n_pieces -= k;
-    for (int i = 0; i < k && op->kind == SEP_SOP_FEED; i++)
-        sepd_op_reply(d, s, SEP_OP_FEED, json_pack("{s:I}", "seq", (json_int_t)seqs[i]));
-    if (op->kind != SEP_SOP_FEED)
-        return 0; /* its client went away: sepd_peer_gone ended the feed */
     if (op->n_pieces)
         return 0;
     if (op->ending == 1)
