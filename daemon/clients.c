@@ -874,8 +874,11 @@ static void op_stats(sepd_t *d, const sep_msg_t *m)
         json_t *h = json_pack("{s:s}", "op", SEP_OP_W_STATS);
         int rc = h ? sep_pool_send_all(d->pool, h, NULL, 0) : SEP_ENOMEM;
         json_decref(h);
+        /* the last round's table goes; a round that cannot start leaves none
+         * (not the freed one, which the next round would free again) */
         json_decref(st->workers);
-        if (rc || !(st->workers = json_array()))
+        st->workers = rc ? NULL : json_array();
+        if (!st->workers)
             return sepd_error(d, m->peer, m->peer_len, m->op, SEP_ERR_INTERNAL, "stats: %s",
                               sep_errmsg());
         for (int r = 0; r < d->pool->stages; r++)
