@@ -68,44 +68,83 @@ static void cpu_copy(sep_backend_t *be, void *dst, const void *src, size_t bytes
 }
 
 #ifndef NDEBUG
-static int spans_meet(const char *a0, const char *a1, const char *b0, const char *b1);
+/* Bytes [lo, hi) a block of a call writes or reads, first to last ({NULL,
+ * NULL}: none). */
+typedef struct {
+    const char *lo, *hi;
+} span_t;
 
-/* The bytes gather g writes (*d0, *d1) and reads (*s0, *s1), first to last. */
-static void gather_spans(const sep_gather_t *g, const char **d0, const char **d1,
-                         const char **s0, const char **s1)
+static int spans_meet(span_t a, span_t b)
 {
-    int lo = g->idx[0], hi = g->idx[0];
-    for (int i = 1; i < g->n; i++) {
-        lo = g->idx[i] < lo ? g->idx[i] : lo;
-        hi = g->idx[i] > hi ? g->idx[i] : hi;
-    }
-    *d0 = (const char *)g->dst;
-    *d1 = (const char *)(g->dst + (size_t)g->n * g->width);
-    *s0 = (const char *)(g->src + (size_t)lo * g->width);
-    *s1 = (const char *)(g->src + ((size_t)hi + 1) * g->width);
+    return a.lo < b.hi && b.lo < a.hi;
 }
 
-/* gather_rows' contract (backend.h): no gather writes rows another reads
- * or writes; a GPU runs them at once */
-static void gathers_check(const sep_gather_t *g, int n_gathers)
+/* The contract of gather_rows and copy_rows (backend.h), which a GPU
+ * relies on: their blocks run at once there, in order here, where a
+ * breach would go unseen. No block writes what another reads or writes;
+ * own: whether a block may write what it reads itself (a gather in
+ * place). w and r: what each of the n blocks writes and reads. */
+static void spans_check(const char *call, const span_t *w, const span_t *r, int n, int own)
 {
-    for (int a = 0; a < n_gathers; a++) {
-        const char *d0, *d1, *s0, *s1;
-        if (g[a].n <= 0)
-            continue;
-        gather_spans(&g[a], &d0, &d1, &s0, &s1);
-        for (int b = 0; b < n_gathers; b++) {
-            const char *e0, *e1, *t0, *t1;
-            if (b == a || g[b].n <= 0)
-                continue;
-            gather_spans(&g[b], &e0, &e1, &t0, &t1);
-            if (spans_meet(d0, d1, t0, t1) || spans_meet(d0, d1, e0, e1)) {
-                fprintf(stderr, "gather_rows: gather %d of %d writes rows that gather %d "
-                        "reads or writes (backend.h)\n", a, n_gathers, b);
+    for (int a = 0; a < n; a++)
+        for (int b = 0; b < n; b++)
+            if (b == a ? !own && spans_meet(w[a], r[a])
+                       : spans_meet(w[a], r[b]) || spans_meet(w[a], w[b])) {
+                fprintf(stderr, "%s: block %d of %d writes rows that block %d reads or "
+                        "writes (backend.h)\n", call, a, n, b);
                 abort();
             }
+}
+
+static void gathers_check(const sep_gather_t *g, int n)
+{
+    if (n <= 0)
+        return;
+    span_t *w = malloc(2 * (size_t)n * sizeof *w);
+    if (!w)
+        return; /* a check only: the gathers run as they would without it */
+    span_t *r = w + n;
+    for (int i = 0; i < n; i++) {
+        w[i] = r[i] = (span_t){ NULL, NULL };
+        if (g[i].n <= 0)
+            continue;
+        int lo = g[i].idx[0], hi = g[i].idx[0];
+        for (int k = 1; k < g[i].n; k++) {
+            lo = g[i].idx[k] < lo ? g[i].idx[k] : lo;
+            hi = g[i].idx[k] > hi ? g[i].idx[k] : hi;
         }
+        w[i] = (span_t){ (const char *)g[i].dst,
+                         (const char *)(g[i].dst + (size_t)g[i].n * g[i].width) };
+        r[i] = (span_t){ (const char *)(g[i].src + (size_t)lo * g[i].width),
+                         (const char *)(g[i].src + ((size_t)hi + 1) * g[i].width) };
     }
+    spans_check("gather_rows", w, r, n, 1);
+    free(w);
+}
+
+/* A block's rows at x, stride floats apart, and what lies between. */
+static span_t rows_span(const float *x, const sep_rows_t *b, int stride)
+{
+    if (b->n <= 0)
+        return (span_t){ NULL, NULL };
+    return (span_t){ (const char *)x,
+                     (const char *)(x + (size_t)(b->n - 1) * stride + b->width) };
+}
+
+static void rows_check(const sep_rows_t *blocks, int n)
+{
+    if (n <= 0)
+        return;
+    span_t *w = malloc(2 * (size_t)n * sizeof *w);
+    if (!w)
+        return; /* a check only */
+    span_t *r = w + n;
+    for (int i = 0; i < n; i++) {
+        w[i] = rows_span(blocks[i].dst, &blocks[i], blocks[i].dst_stride);
+        r[i] = rows_span(blocks[i].src, &blocks[i], blocks[i].src_stride);
+    }
+    spans_check("copy_rows", w, r, n, 0);
+    free(w);
 }
 #endif
 
@@ -129,45 +168,6 @@ static void cpu_gather_rows(sep_backend_t *be, const sep_gather_t *g, int n_gath
         }
     }
 }
-
-#ifndef NDEBUG
-/* The bytes block r spans, first to last (its rows and what lies between). */
-static void rows_span(const float *x, const sep_rows_t *r, int stride, const char **lo,
-                      const char **hi)
-{
-    *lo = (const char *)x;
-    *hi = (const char *)(x + (size_t)(r->n - 1) * stride + r->width);
-}
-
-static int spans_meet(const char *a0, const char *a1, const char *b0, const char *b1)
-{
-    return a0 < b1 && b0 < a1;
-}
-
-/* copy_rows' contract (backend.h), which a GPU relies on: its blocks run
- * at once there, in order here, where a breach would go unseen */
-static void rows_check(const sep_rows_t *blocks, int n_blocks)
-{
-    for (int a = 0; a < n_blocks; a++) {
-        const char *d0, *d1;
-        if (blocks[a].n <= 0)
-            continue;
-        rows_span(blocks[a].dst, &blocks[a], blocks[a].dst_stride, &d0, &d1);
-        for (int b = 0; b < n_blocks; b++) {
-            const char *s0, *s1, *e0, *e1;
-            if (blocks[b].n <= 0)
-                continue;
-            rows_span(blocks[b].src, &blocks[b], blocks[b].src_stride, &s0, &s1);
-            rows_span(blocks[b].dst, &blocks[b], blocks[b].dst_stride, &e0, &e1);
-            if (spans_meet(d0, d1, s0, s1) || (a != b && spans_meet(d0, d1, e0, e1))) {
-                fprintf(stderr, "copy_rows: block %d of %d writes rows that block %d reads "
-                        "or writes (backend.h)\n", a, n_blocks, b);
-                abort();
-            }
-        }
-    }
-}
-#endif
 
 static void cpu_copy_rows(sep_backend_t *be, const sep_rows_t *blocks, int n_blocks)
 {
