@@ -442,28 +442,31 @@ int sep_cache_move_copies(const sep_cache_t *c, int layer, const sep_segment_t *
     return k;
 }
 
-int sep_cache_compact_gathers(const sep_cache_t *c, int layer, const sep_segment_t *sg,
-                              sep_gather_t out[2])
+/* The gathers of sg's compaction reading its prefix entries from rows
+ * from: the values, then the keys (their raw keys where the cache keeps
+ * them). */
+static int prefix_gathers(const sep_cache_t *c, int layer, const sep_segment_t *sg,
+                          const int32_t *from, sep_gather_t out[2])
 {
     if (sg->n_pre <= 0)
         return 0;
     float *rows[2] = { c->v[layer], c->k_raw ? c->k_raw[layer] : c->k[layer] };
     for (int b = 0; b < 2; b++)
-        out[b] = (sep_gather_t){ rows[b] + (size_t)sg->lo_after * c->kv_dim, rows[b], sg->pre,
+        out[b] = (sep_gather_t){ rows[b] + (size_t)sg->lo_after * c->kv_dim, rows[b], from,
                                  sg->n_pre, c->kv_dim };
     return 2;
+}
+
+int sep_cache_compact_gathers(const sep_cache_t *c, int layer, const sep_segment_t *sg,
+                              sep_gather_t out[2])
+{
+    return prefix_gathers(c, layer, sg, sg->pre, out);
 }
 
 int sep_cache_run_gathers(const sep_cache_t *c, int layer, const sep_segment_t *sg,
                           sep_gather_t out[2])
 {
-    if (sg->n_pre <= 0)
-        return 0;
-    float *rows[2] = { c->v[layer], c->k_raw ? c->k_raw[layer] : c->k[layer] };
-    for (int b = 0; b < 2; b++)
-        out[b] = (sep_gather_t){ rows[b] + (size_t)sg->lo_after * c->kv_dim, rows[b], sg->src,
-                                 sg->n_pre, c->kv_dim };
-    return 2;
+    return prefix_gathers(c, layer, sg, sg->src, out);
 }
 
 void sep_cache_commit(sep_cache_t *c, const sep_plan_t *p)
