@@ -213,11 +213,8 @@ for r in $(pgrep -P "$m"); do kill -STOP "$r"; done
 printf 'More text.' | "$SEPCTL" feed h >/dev/null 2>&1 &
 wait_for 20 'test "$(info_num h bytes_in)" = 3010'
 kill "$daemon"
-(sleep 40; kill -9 "$daemon") 2>/dev/null &
-watchdog=$!
-wait "$daemon"
+wait_pid 40 "$daemon"
 stop_rc=$?
-kill $watchdog 2>/dev/null
 daemon=
 ok "SIGTERM with hung workers: the shutdown is bounded and exits 0" 'test $stop_rc = 0'
 ok "... by shutdown_timeout, which the log names with the session it left" \
