@@ -32,6 +32,7 @@
 #define AUTH_MAX_DOMAINS 4
 #define AUTH_CONNS 256            /* accepted connections whose address is remembered */
 #define AUTH_EVENTS (ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED | \
+                     ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | \
                      ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
 typedef enum { AUTH_IPC = 1, AUTH_CURVE, AUTH_INSECURE } auth_kind_t;
@@ -46,6 +47,13 @@ typedef struct {
     char addr[80];
 } auth_conn_t;
 
+typedef enum {
+    AUTH_PENDING_NONE = 0,
+    AUTH_PENDING_LOG,             /* a handshake failure to log with the peer's address */
+    AUTH_PENDING_LOGGED           /* a refused key: zap_fail logged it (the ZAP request
+                                     has the address) */
+} auth_pending_t;
+
 typedef struct {
     char name[32];                /* the ZAP domain */
     char endpoint[256];
@@ -54,7 +62,12 @@ typedef struct {
     char mon_ep[64];
     auth_conn_t conn[AUTH_CONNS]; /* ring of accepted connections */
     size_t next_conn;
-    char pending[160];            /* a failed handshake waiting for its DISCONNECTED */
+    /* A failed handshake waiting for its connection's DISCONNECTED, which
+     * names the peer (ZeroMQ's failure events carry no descriptor; one
+     * I/O thread emits a connection's failure and its DISCONNECTED one
+     * after the other). */
+    auth_pending_t pending;
+    char reason[160];             /* AUTH_PENDING_LOG: why */
 } auth_domain_t;
 
 struct sepd_auth {
@@ -360,7 +373,8 @@ static void mon_event(sepd_auth_t *a, auth_domain_t *dom)
         c->fd = (int)val;
         conn_addr(c->fd, c->addr, sizeof c->addr);
     } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
-        snprintf(dom->pending, sizeof dom->pending, "%s",
+        dom->pending = AUTH_PENDING_LOG;
+        snprintf(dom->reason, sizeof dom->reason, "%s",
                  val == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
                  ? (dom->kind == AUTH_CURVE ? "the client does not use CURVE"
                                             : "the client uses CURVE, this endpoint does not")
@@ -368,19 +382,35 @@ static void mon_event(sepd_auth_t *a, auth_domain_t *dom)
                  ? "its CURVE handshake does not decrypt (a wrong server key?)"
                  : "a malformed handshake");
         __atomic_add_fetch(&a->failures, 1, __ATOMIC_RELAXED);
+    } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL && dom->kind == AUTH_CURVE) {
+        /* the connection failed before its handshake did: the peer hung
+           up first (a client without CURVE that saw the mismatch itself,
+           one that gave up, a port probe); val is the errno of the read
+           or write. Not on ipc, where sepctl's liveness probe connects
+           and hangs up, nor on insecure tcp, where nothing authenticates */
+        dom->pending = AUTH_PENDING_LOG;
+        snprintf(dom->reason, sizeof dom->reason,
+                 "the connection closed during its handshake (%s)",
+                 val ? strerror((int)val) : "end of stream");
+        __atomic_add_fetch(&a->failures, 1, __ATOMIC_RELAXED);
     } else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
-        snprintf(dom->pending, sizeof dom->pending, "refused (logged above)");
+        dom->pending = AUTH_PENDING_LOGGED;
     } else if (ev == ZMQ_EVENT_DISCONNECTED) {
-        for (size_t i = 0; i < AUTH_CONNS; i++)
-            if (dom->conn[i].fd == (int)val && dom->conn[i].addr[0]) {
-                if (dom->pending[0] && strncmp(dom->pending, "refused", 7) != 0)
-                    sep_log(SEP_LOG_WARN, "authentication failed from %s on %s: %s",
-                            dom->conn[i].addr, dom->endpoint, dom->pending);
-                dom->conn[i].addr[0] = '\0';
-                dom->conn[i].fd = -1;
-                break;
-            }
-        dom->pending[0] = '\0';
+        auth_conn_t *c = NULL;
+        for (size_t i = 0; i < AUTH_CONNS && !c; i++)
+            if (dom->conn[i].fd == (int)val && dom->conn[i].addr[0])
+                c = &dom->conn[i];
+        if (dom->pending == AUTH_PENDING_LOG) {
+            char unknown[64];
+            snprintf(unknown, sizeof unknown, "a peer whose address was not kept (fd %u)", val);
+            sep_log(SEP_LOG_WARN, "authentication failed from %s on %s: %s",
+                    c ? c->addr : unknown, dom->endpoint, dom->reason);
+        }
+        if (c) {
+            c->addr[0] = '\0';
+            c->fd = -1;
+        }
+        dom->pending = AUTH_PENDING_NONE;
     }
 }
 
@@ -429,7 +459,7 @@ static void *auth_main(void *arg)
                     dom->conn[c].fd = -1;
                     dom->conn[c].addr[0] = '\0';
                 }
-                dom->pending[0] = '\0';
+                dom->pending = AUTH_PENDING_NONE;
             }
             int ok = dom && (dom->mon = zmq_socket(a->zctx, ZMQ_PAIR)) &&
                      zmq_setsockopt(dom->mon, ZMQ_LINGER, &linger, sizeof linger) == 0 &&

@@ -21,7 +21,8 @@
  * Anything else is refused: fail closed (a request the handler cannot
  * read, an unknown domain, an address without credentials). Refusals and
  * failed handshakes (a wrong server key, a client without CURVE, a key
- * not allowed) are logged with the peer's address and counted
+ * not allowed, a tcp peer that hangs up during its CURVE handshake) are
+ * logged with the peer's address and counted
  * (sepd_auth_failures); the peer learns nothing but that it failed. The
  * key lists are re-read on SIGHUP (sepd_auth_reload): a list that fails
  * to read leaves the one before in force.

@@ -41,7 +41,13 @@ for tap in build-asan/sanitizer.tap build-fuzz/fuzz.tap; do
     pass=$((pass + p))
     fail=$((fail + f))
 done
-[ "$fail" -eq 0 ] || sed -n '/^FAIL\|^ERROR\|^not ok/p' tests/*.log build-asan/tests/*.log \
-    build-asan/sanitizer.tap build-fuzz/fuzz.tap 2>/dev/null | head -n 40
+# each failed case with the diagnostics its test printed after it (the
+# '#' lines: the command's stderr, the end of sepd's log), named by log
+[ "$fail" -eq 0 ] || awk '
+    FNR == 1 { keep = 0 }
+    /^not ok|^ERROR|^FAIL/ { print FILENAME ": " $0; keep = /^not ok/ ? 12 : 0; next }
+    keep > 0 && /^#/ { print "    " $0; keep--; next }
+    { keep = 0 }' tests/*.log build-asan/tests/*.log build-asan/sanitizer.tap \
+    build-fuzz/fuzz.tap 2>/dev/null | grep -v '^[^:]*: FAIL: ' | head -n 120
 echo "${pass} passed, ${fail} failed"
 [ "$status" -eq 0 ] && [ "$fail" -eq 0 ]
