@@ -14,6 +14,7 @@
 #include "ctl.h"
 #include "err.h"
 #include "keys.h"
+#include "lines.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -48,16 +49,19 @@ static int ctl_config_dir(char *buf, size_t cap)
 /* CONFIG/sepctl.conf's server_key and key, into the buffers ("" if absent). */
 static int ctl_config_read(const char *dir, char *server, char *key, size_t cap)
 {
-    char path[4200], line[4200];
+    char path[4200];
     snprintf(path, sizeof path, "%s/sepctl.conf", dir);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return errno == ENOENT ? SEP_OK : sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
-    int no = 0, rc = SEP_OK;
-    while (!rc && fgets(line, sizeof line, f)) {
-        no++;
-        char *s = line + strspn(line, " \t");
-        s[strcspn(s, "\r\n")] = '\0';
+    sep_lines_t f;
+    int rc = sep_lines_open(&f, path), got;
+    if (rc && errno == ENOENT)
+        return SEP_OK;
+    while (!rc && (got = sep_lines_next(&f)) != 0) {
+        if (got < 0) {
+            rc = got;
+            break;
+        }
+        int no = f.no;
+        char *s = f.line + strspn(f.line, " \t");
         if (!*s || *s == '#')
             continue; /* comments are whole lines: a Z85 key may hold '#' */
         char *eq = strchr(s, '=');
@@ -72,7 +76,10 @@ static int ctl_config_read(const char *dir, char *server, char *key, size_t cap)
         v += strspn(v, " \t");
         for (size_t n = strlen(v); n && (v[n - 1] == ' ' || v[n - 1] == '\t'); n--)
             v[n - 1] = '\0';
-        if (!strcmp(k, "server_key"))
+        if ((!strcmp(k, "server_key") || !strcmp(k, "key")) && strlen(v) >= cap)
+            rc = sep_fail(SEP_EINVAL, "%s:%d: %s: a value of %zu bytes (at most %zu)", path,
+                          no, k, strlen(v), cap - 1);
+        else if (!strcmp(k, "server_key"))
             snprintf(server, cap, "%s", v);
         else if (!strcmp(k, "key"))
             snprintf(key, cap, "%s", v);
@@ -80,7 +87,7 @@ static int ctl_config_read(const char *dir, char *server, char *key, size_t cap)
             rc = sep_fail(SEP_EINVAL, "%s:%d: unknown key '%.64s' (server_key, key)", path, no,
                           k);
     }
-    fclose(f);
+    sep_lines_close(&f);
     return rc;
 }
 

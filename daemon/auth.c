@@ -11,11 +11,11 @@
 #include "auth.h"
 #include "err.h"
 #include "grow.h"
+#include "keylist.h"
 #include "keys.h"
 #include "log.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <libgen.h>
 #include <netinet/in.h>
@@ -36,11 +36,6 @@
                      ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
 typedef enum { AUTH_IPC = 1, AUTH_CURVE, AUTH_INSECURE } auth_kind_t;
-
-typedef struct {
-    char (*key)[SEP_KEY_Z85 + 1]; /* (n) */
-    size_t n, cap;
-} keylist_t;
 
 typedef struct {
     int fd;
@@ -75,10 +70,10 @@ struct sepd_auth {
     pthread_t thread;
     int running;
     pthread_mutex_t mu;           /* guards clients, workers, dom[].kind/name */
-    keylist_t clients, workers;
+    sepd_keylist_t clients, workers;
     char *allowed_path, *worker_path;
     char **ops;                   /* (n_ops) operator identities */
-    size_t n_ops;
+    size_t n_ops, ops_cap;
     sep_keypair_t server;
     int have_server, insecure;
     auth_domain_t dom[AUTH_MAX_DOMAINS];
@@ -88,110 +83,36 @@ struct sepd_auth {
     char self[SEP_USER_MAX];
 };
 
-/* ---- key lists ---------------------------------------------------------- */
-
-static int keys_add(keylist_t *l, const char *key)
-{
-    int rc = SEP_GROW(l->key, l->cap, l->n + 1);
-    if (!rc)
-        memcpy(l->key[l->n++], key, SEP_KEY_Z85 + 1);
-    return rc;
-}
-
-static int keys_has(const keylist_t *l, const char *key)
-{
-    for (size_t i = 0; i < l->n; i++)
-        if (strcmp(l->key[i], key) == 0)
-            return 1;
-    return 0;
-}
-
-/* A list file: a key per line (40 Z85 characters, then anything: a
- * comment), '#' lines and blank lines skipped; anything else is an error. */
-static int keys_file(keylist_t *l, const char *path, int one)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
-    char line[1024], key[SEP_KEY_Z85 + 1];
-    int no = 0, rc = SEP_OK, got = 0;
-    while (!rc && fgets(line, sizeof line, f)) {
-        no++;
-        char *s = line + strspn(line, " \t");
-        if (*s == '\n' || *s == '\r' || !*s)
-            continue;
-        int is_key = sep_key_parse_line(s, key) == 0;
-        if (!is_key && *s == '#')
-            continue; /* a comment ('#' may also start a key: keys are tried first) */
-        if (!is_key)
-            rc = sep_fail(SEP_EFORMAT, "%s:%d: not a public key (40 Z85 characters)", path, no);
-        else if (!(one && got) && (rc = keys_add(l, key)) == SEP_OK)
-            got++;
-    }
-    fclose(f);
-    return rc;
-}
-
-/* path: a list file, or a folder whose *.pub files hold a key each. */
-static int keys_load(keylist_t *l, const char *path)
-{
-    struct stat st;
-    memset(l, 0, sizeof *l);
-    if (stat(path, &st) != 0)
-        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
-    if (!S_ISDIR(st.st_mode))
-        return keys_file(l, path, 0);
-    DIR *dir = opendir(path);
-    if (!dir)
-        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
-    struct dirent *e;
-    int rc = SEP_OK;
-    while (!rc && (e = readdir(dir))) {
-        size_t n = strlen(e->d_name);
-        if (n < 5 || strcmp(e->d_name + n - 4, ".pub") != 0 || e->d_name[0] == '.')
-            continue;
-        char file[4400];
-        snprintf(file, sizeof file, "%s/%s", path, e->d_name);
-        rc = keys_file(l, file, 1);
-    }
-    closedir(dir);
-    return rc;
-}
-
-static void keys_free(keylist_t *l)
-{
-    free(l->key);
-    memset(l, 0, sizeof *l);
-}
+/* ---- key lists (keylist.h) --------------------------------------------- */
 
 /* Both lists from their paths (an absent path: an empty list). */
-static int auth_read_lists(sepd_auth_t *a, keylist_t *clients, keylist_t *workers)
+static int auth_read_lists(sepd_auth_t *a, sepd_keylist_t *clients, sepd_keylist_t *workers)
 {
     int rc = SEP_OK;
     memset(clients, 0, sizeof *clients);
     memset(workers, 0, sizeof *workers);
-    if (a->allowed_path && (rc = keys_load(clients, a->allowed_path)))
+    if (a->allowed_path && (rc = sepd_keys_load(clients, a->allowed_path)))
         return rc;
-    if (a->worker_path && (rc = keys_load(workers, a->worker_path)))
-        keys_free(clients);
+    if (a->worker_path && (rc = sepd_keys_load(workers, a->worker_path)))
+        sepd_keys_free(clients);
     return rc;
 }
 
 void sepd_auth_reload(sepd_auth_t *a)
 {
-    keylist_t c, w;
+    sepd_keylist_t c, w;
     if (auth_read_lists(a, &c, &w)) {
         sep_log(SEP_LOG_ERROR, "SIGHUP: the key lists were not reloaded (the old ones stay): "
                 "%s", sep_errmsg());
         return;
     }
     pthread_mutex_lock(&a->mu);
-    keylist_t oc = a->clients, ow = a->workers;
+    sepd_keylist_t oc = a->clients, ow = a->workers;
     a->clients = c;
     a->workers = w;
     pthread_mutex_unlock(&a->mu);
-    keys_free(&oc);
-    keys_free(&ow);
+    sepd_keys_free(&oc);
+    sepd_keys_free(&ow);
     sep_log(SEP_LOG_INFO, "SIGHUP: key lists reloaded: %zu client key(s), %zu worker key(s)",
             c.n, w.n);
 }
@@ -249,8 +170,8 @@ static int zap_decide(sepd_auth_t *a, const zap_req_t *r, char *user, size_t cap
         char key[SEP_KEY_Z85 + 1];
         zmq_z85_encode(key, (const uint8_t *)r->frame[6], 32);
         snprintf(user, cap, "key:%s", key);
-        ok = workers ? keys_has(&a->workers, key)
-                     : keys_has(&a->clients, key) || sepd_auth_operator(a, user);
+        ok = workers ? sepd_keys_has(&a->workers, key)
+                     : sepd_keys_has(&a->clients, key) || sepd_auth_operator(a, user);
         snprintf(why, sizeof why, "key %s is not in %s", key,
                  workers ? "worker_keys" : "allowed_keys");
     } else if (dom->kind == AUTH_IPC && strcmp(mech, "NULL") == 0) {
@@ -521,13 +442,11 @@ static int auth_operators(sepd_auth_t *a, const char *list)
             return sep_fail(SEP_EINVAL, "operators: '%.*s' is neither uid:N, key:KEY, a "
                             "40-character Z85 key nor a .pub file (a key with '#' must be "
                             "given as a file: '#' starts a comment)", (int)(n < 64 ? n : 64), p);
-        char **grown = realloc(a->ops, (a->n_ops + 1) * sizeof *grown);
-        if (!grown || !(grown[a->n_ops] = strdup(id))) {
-            if (grown)
-                a->ops = grown;
+        int rc = SEP_GROW(a->ops, a->ops_cap, a->n_ops + 1);
+        if (rc)
+            return rc;
+        if (!(a->ops[a->n_ops] = strdup(id)))
             return sep_fail(SEP_ENOMEM, "operators: out of memory");
-        }
-        a->ops = grown;
         a->n_ops++;
         p += n;
     }
@@ -608,8 +527,8 @@ void sepd_auth_destroy(sepd_auth_t **self_p)
         zmq_close(a->ctl);
     if (a->ctl_thread)
         zmq_close(a->ctl_thread);
-    keys_free(&a->clients);
-    keys_free(&a->workers);
+    sepd_keys_free(&a->clients);
+    sepd_keys_free(&a->workers);
     for (size_t i = 0; i < a->n_ops; i++)
         free(a->ops[i]);
     free(a->ops);

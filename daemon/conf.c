@@ -1,6 +1,7 @@
 /* conf.c: the config file and its keys. */
 #include "conf.h"
 #include "err.h"
+#include "lines.h"
 #include "proto.h"
 #include "util.h"
 
@@ -42,6 +43,39 @@ static int conf_bool(int *dst, const char *key, const char *v)
     else
         return sep_fail(SEP_EINVAL, "%s: '%.64s' is not yes or no", key, v);
     return SEP_OK;
+}
+
+/* One of the limits' keys (quota.h); SEP_ENOTFOUND when key is none of them. */
+static int limits_set(sepd_limits_conf_t *l, const char *key, const char *v)
+{
+    long x;
+    int rc;
+    if (!strcmp(key, "max_active_sessions")) {
+        if (!(rc = sep_parse_long(key, v, 1, 1 << 20, &x)))
+            l->max_active_sessions = (int)x;
+        return rc;
+    }
+    if (!strcmp(key, "max_clients")) {
+        if (!(rc = sep_parse_long(key, v, 1, 1 << 20, &x)))
+            l->max_clients = (int)x;
+        return rc;
+    }
+    if (!strcmp(key, "max_pending_bytes"))
+        /* a piece always fits; the feed window never holds more than 8 */
+        return sep_parse_long(key, v, SEP_FEED_PIECE, (long)SEP_FEED_WINDOW * SEP_FEED_PIECE,
+                              &l->max_pending_bytes);
+    if (!strcmp(key, "cache_memory_mib")) {
+        if (!strcmp(v, "auto")) {
+            l->cache_memory_mib = 0;
+            return SEP_OK;
+        }
+        if (sep_parse_long(key, v, 1, 1L << 30, &x))
+            return sep_fail(SEP_EINVAL, "%s: '%.64s': expected auto or a whole number of MiB "
+                            "in 1..%ld", key, v, 1L << 30);
+        l->cache_memory_mib = x;
+        return SEP_OK;
+    }
+    return SEP_ENOTFOUND;
 }
 
 int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
@@ -97,7 +131,7 @@ int sep_conf_set(sep_conf_t *c, const char *key, const char *v)
     if (!strcmp(key, "allow_insecure_tcp")) return conf_bool(&c->allow_insecure_tcp, key, v);
     if (!strcmp(key, "worker_socket")) return conf_str(&c->worker_socket, v);
     if (!strcmp(key, "worker_key")) return conf_str(&c->worker_key, v);
-    int rc = sepd_limits_conf_set(&c->limits, key, v);
+    int rc = limits_set(&c->limits, key, v);
     if (rc != SEP_ENOTFOUND)
         return rc;
     return sep_fail(SEP_EINVAL, "unknown key '%.64s'", key);
@@ -115,35 +149,30 @@ static char *conf_trim(char *s)
 
 int sep_conf_read(sep_conf_t *c, const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return sep_fail(SEP_EIO, "%s: %s", path, strerror(errno));
-    char line[4096];
-    int no = 0, rc = SEP_OK;
-    while (!rc && fgets(line, sizeof line, f)) {
-        no++;
-        char *hash = strchr(line, '#');
+    sep_lines_t l;
+    int rc = sep_lines_open(&l, path), got;
+    while (!rc && (got = sep_lines_next(&l)) != 0) {
+        if (got < 0) {
+            rc = got;
+            break;
+        }
+        char *hash = strchr(l.line, '#');
         if (hash)
             *hash = '\0';
-        char *s = conf_trim(line);
+        char *s = conf_trim(l.line);
         if (!*s)
             continue;
         char *eq = strchr(s, '=');
         if (!eq) {
-            rc = sep_fail(SEP_EFORMAT, "%s:%d: expected 'key = value'", path, no);
+            rc = sep_fail(SEP_EFORMAT, "%s:%d: expected 'key = value'", path, l.no);
             break;
         }
         *eq = '\0';
         char *key = conf_trim(s), *value = conf_trim(eq + 1);
-        if ((rc = sep_conf_set(c, key, value))) {
-            char msg[1024];
-            snprintf(msg, sizeof msg, "%s", sep_errmsg());
-            rc = sep_fail(rc, "%s:%d: %s", path, no, msg);
-        }
+        if ((rc = sep_conf_set(c, key, value)))
+            rc = sep_fail(rc, "%s:%d: %s", path, l.no, sep_errmsg());
     }
-    if (!rc && ferror(f))
-        rc = sep_fail(SEP_EIO, "%s: read error", path);
-    fclose(f);
+    sep_lines_close(&l);
     return rc;
 }
 

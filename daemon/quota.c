@@ -22,38 +22,6 @@ struct sepd_known {
     uint64_t refused;      /* clients turned away, for the log */
 };
 
-int sepd_limits_conf_set(sepd_limits_conf_t *l, const char *key, const char *v)
-{
-    long x;
-    int rc;
-    if (!strcmp(key, "max_active_sessions")) {
-        if (!(rc = sep_parse_long(key, v, 1, 1 << 20, &x)))
-            l->max_active_sessions = (int)x;
-        return rc;
-    }
-    if (!strcmp(key, "max_clients")) {
-        if (!(rc = sep_parse_long(key, v, 1, 1 << 20, &x)))
-            l->max_clients = (int)x;
-        return rc;
-    }
-    if (!strcmp(key, "max_pending_bytes"))
-        /* a piece always fits; the feed window never holds more than 8 */
-        return sep_parse_long(key, v, SEP_FEED_PIECE, (long)SEP_FEED_WINDOW * SEP_FEED_PIECE,
-                              &l->max_pending_bytes);
-    if (!strcmp(key, "cache_memory_mib")) {
-        if (!strcmp(v, "auto")) {
-            l->cache_memory_mib = 0;
-            return SEP_OK;
-        }
-        if (sep_parse_long(key, v, 1, 1L << 30, &x))
-            return sep_fail(SEP_EINVAL, "%s: '%.64s': expected auto or a whole number of MiB "
-                            "in 1..%ld", key, v, 1L << 30);
-        l->cache_memory_mib = x;
-        return SEP_OK;
-    }
-    return SEP_ENOTFOUND;
-}
-
 void sepd_limits_free(sepd_t *d)
 {
     if (!d->known)

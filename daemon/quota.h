@@ -35,8 +35,6 @@ typedef struct {
                                .max_pending_bytes = SEP_FEED_WINDOW * SEP_FEED_PIECE, \
                                .cache_memory_mib = 0 }
 
-/* Set one of the keys above; SEP_ENOTFOUND when key is not one of them. */
-int sepd_limits_conf_set(sepd_limits_conf_t *l, const char *key, const char *value);
 
 struct sepd;
 

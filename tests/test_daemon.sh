@@ -3,10 +3,13 @@
 # Needs SEPCTL, SEPD, ZCLIENT, PADVOCAB, MPIRUN and SEP_SHARED, set by make check.
 . "$(dirname "$0")/daemon_lib.sh"
 : "${ZCLIENT:?}" "${PADVOCAB:?}"
-echo "1..51"
+echo "1..53"
 # the first daemon's workers and loop poll awake around generation steps
 # as they do on a GPU (poll_spin_us), so that path runs here too
 printf 'checkpoint_seconds = 1\ncheckpoint_budget = 100\npoll_spin_us = 300\n' >"$tmp/one.conf"
+# (an allow-list, unused on ipc but read at start: its one key has a
+# comment of 6000 bytes, one line however long)
+printf 'allowed_keys = %s\n' "$tmp/allowed.keys" >>"$tmp/one.conf"
 
 # zsend FRAME...: one raw message (zclient's frame syntax), its reply
 zsend() { printf 'send %s\nrecv\n' "$*" | "$ZCLIENT" "$sock"; }
@@ -43,7 +46,23 @@ for kv in "batches_ahead = 0" "checkpoint_budget = 0" "checkpoint_budget = 101";
     test $rc = 2 && grep -q "${kv%% *}: '[0-9]*' is not a whole number in" "$tmp/err" || bad=$((bad + 1))
 done
 ok "batches_ahead and checkpoint_budget out of range are refused" 'test $bad = 0'
-ok "sepd starts with one worker" 'start_daemon --config "$tmp/one.conf"'
+# settings files are read a line at a time, however long: a long comment
+# is one line (a fixed buffer read its tail as a line of its own), and a
+# file with a NUL byte is not text, refused rather than read up to it
+long=$(head -c 6000 /dev/zero | tr '\0' x)
+z85="rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+{ echo "# $long"; echo "allowed_keys = $tmp/allowed.keys"; echo "store_sync = nosuch"; } >"$tmp/bad.conf"
+printf '%s   # a key of %s\n' "$z85" "$long" >"$tmp/allowed.keys"
+run "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --config "$tmp/bad.conf"
+ok "a 6000-byte comment is one line of sepd.conf" \
+    'test $rc = 2 && grep -q "bad.conf:3: store_sync" "$tmp/err"'
+sed -i '$d' "$tmp/bad.conf"
+printf 'threads = 1\0garbage\n' >>"$tmp/bad.conf"
+run "$SEPD" --foreground --socket "$sock" --store "$tmp/store" --config "$tmp/bad.conf"
+ok "a NUL byte in sepd.conf is refused, naming the line" \
+    'test $rc = 2 && grep -q "bad.conf:3: a NUL byte (not a text file?)" "$tmp/err"'
+ok "sepd starts with one worker (an allow-list with a 6000-byte comment read)" \
+    'start_daemon --config "$tmp/one.conf"'
 ok "the socket is private (0600)" 'test "$(stat -c %a "$tmp/sepd.sock")" = 600'
 
 run "$SEPD" --foreground --socket "$sock" --store "$tmp/store2"
