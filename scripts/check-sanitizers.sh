@@ -17,14 +17,14 @@
 # suppressed). Their stacks need the slow unwinder (Open MPI is built
 # without frame pointers) and MCA components kept mapped until exit.
 #
-# SEP_TEST_SCALE (default 4 here) makes the heavy tests run on shorter
+# SEP_TEST_SCALE (default 8 here) makes the heavy tests run on shorter
 # streams (tests/golden.h); every test runs. Results in
 # build-asan/test-suite.log and build-asan/tests/*.log.
 set -eu
 cd "$(dirname "$0")/.."
 root=$(pwd)
 SEP_SHARED=${SEP_SHARED:-$root/../shared}
-SEP_TEST_SCALE=${SEP_TEST_SCALE:-4}
+SEP_TEST_SCALE=${SEP_TEST_SCALE:-8}
 export SEP_SHARED SEP_TEST_SCALE
 scripts/tree-copy.sh build-asan
 cd build-asan
